@@ -1,0 +1,406 @@
+//! The tcptrace kernel program.
+//!
+//! Small and boring on purpose: read the tracepoint fields, drop non-TCP and filtered events
+//! in the kernel, stamp the time, attach the owning process, and write one fixed-size record
+//! to the ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
+//!
+//! Field offsets are those of the tracepoint format files
+//! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
+//! running kernel's formats match them before it loads this program.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
+    FILTER_PORT, FILTER_RPORT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
+    MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, counter,
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+// Kernel TCP state numbers (include/net/tcp_states.h).
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_CLOSE: u32 = 7;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_LISTEN: u32 = 10;
+
+/// `FILTER_*` bits, set by userspace at load time.
+#[unsafe(no_mangle)]
+static FILTER_FLAGS: u32 = 0;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Port -> `PORT_*` bits; read only when a port filter is active.
+#[map]
+static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+
+/// Socket address -> the process that last acted on it from its own context.
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// (family << 16 | local port) -> the process that put a socket in LISTEN on that port, so a
+/// child socket (created in softirq context at the final ACK) starts with its server's owner.
+#[map]
+static LISTENERS: LruHashMap<u32, Owner> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a per-CPU array slot of this CPU; tracepoint programs
+        // do not nest on one CPU for the same program, so the increment is not torn.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn port_in(port: u16, bit: u8) -> bool {
+    // SAFETY: the value is a plain u8 copied out immediately.
+    unsafe { PORTS.get(&port) }.is_some_and(|v| *v & bit != 0)
+}
+
+/// True when the event passes the load-time filter.
+#[inline(always)]
+fn pass(family: u16, sport: u16, dport: u16) -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    let flags = unsafe { core::ptr::read_volatile(&FILTER_FLAGS) };
+    if flags == 0 {
+        return true;
+    }
+    if flags & FILTER_IPV4_ONLY != 0 && family != AF_INET {
+        return false;
+    }
+    if flags & FILTER_IPV6_ONLY != 0 && family != AF_INET6 {
+        return false;
+    }
+    if flags & FILTER_LPORT != 0 && !port_in(sport, PORT_LOCAL) {
+        return false;
+    }
+    if flags & FILTER_RPORT != 0 && !port_in(dport, PORT_REMOTE) {
+        return false;
+    }
+    if flags & FILTER_PORT != 0 && !port_in(sport, PORT_EITHER) && !port_in(dport, PORT_EITHER) {
+        return false;
+    }
+    true
+}
+
+/// Reads a scalar tracepoint field directly from the context (the verifier allows aligned
+/// reads inside the record; cheaper than a probe-read helper call).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: `offset` is a field offset from the tracepoint format, inside the record and
+    // naturally aligned for T (checked by the verifier at load time).
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+fn current_owner() -> Owner {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Owner {
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// True for transitions that only a system call on the socket makes, so the current task is
+/// the socket's owner: connect, listen, close and shutdown.
+#[inline(always)]
+fn in_owner_context(old: u32, new: u32) -> bool {
+    matches!(new, TCP_SYN_SENT | TCP_LISTEN | TCP_FIN_WAIT1)
+        || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK)
+        || (old == TCP_LISTEN && new == TCP_CLOSE)
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) {
+    // sock:inet_sock_set_state layout (stable since Linux 4.16).
+    let protocol: u16 = field(ctx, 30);
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    let sport: u16 = field(ctx, 24);
+    let dport: u16 = field(ctx, 26);
+    let family: u16 = field(ctx, 28);
+    if !pass(family, sport, dport) {
+        count(counter::FILTERED);
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let skaddr: u64 = field(ctx, 8);
+    let old: u32 = field(ctx, 16);
+    let new: u32 = field(ctx, 20);
+
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = field(ctx, 32);
+        let d: [u8; 4] = field(ctx, 36);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        saddr = field(ctx, 40);
+        daddr = field(ctx, 56);
+    }
+
+    let (owner, flags) = owner_for(skaddr, old, new, family, sport);
+
+    emit(&Event {
+        ts_ns,
+        skaddr,
+        saddr,
+        daddr,
+        tgid: owner.tgid,
+        pid: owner.pid,
+        comm: owner.comm,
+        sport,
+        dport,
+        family,
+        kind: EventKind::StateChange as u16,
+        old: old as u8,
+        new: new as u8,
+        flags,
+        _pad: 0,
+        aux: 0,
+    });
+}
+
+/// Resolves the owning process of `skaddr` and keeps the owner caches current.
+#[inline(always)]
+fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (Owner, u8) {
+    let listener_key = (u32::from(family) << 16) | u32::from(sport);
+    if in_owner_context(old, new) {
+        let owner = current_owner();
+        if new == TCP_CLOSE {
+            let _ = OWNERS.remove(&skaddr);
+        } else {
+            let _ = OWNERS.insert(&skaddr, &owner, 0);
+        }
+        if new == TCP_LISTEN {
+            let _ = LISTENERS.insert(&listener_key, &owner, 0);
+        }
+        return (owner, FLAG_OWNER_CURRENT);
+    }
+    // SAFETY: the value is copied out before any other map operation.
+    let cached = unsafe { OWNERS.get(&skaddr) }.copied();
+    let found = match cached {
+        Some(o) => Some((o, FLAG_OWNER_CACHED)),
+        None if old == TCP_LISTEN && new == TCP_SYN_RECV => {
+            // SAFETY: as above.
+            let inherited = unsafe { LISTENERS.get(&listener_key) }.copied();
+            if let Some(o) = inherited {
+                let _ = OWNERS.insert(&skaddr, &o, 0);
+            }
+            inherited.map(|o| (o, FLAG_OWNER_LISTENER))
+        }
+        None => None,
+    };
+    if new == TCP_CLOSE {
+        let _ = OWNERS.remove(&skaddr);
+    }
+    found.unwrap_or((
+        Owner {
+            tgid: 0,
+            pid: 0,
+            comm: [0; 16],
+        },
+        0,
+    ))
+}
+
+#[inline(always)]
+fn emit(event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(0);
+            count(counter::SUBMITTED);
+        }
+        None => count(counter::LOST),
+    }
+}
+
+/// Common reader for the `tcp:*` tracepoints that carry skaddr, ports, family and addresses
+/// at `base` (sport at base, dport +2, family +4, saddr[4] +6, daddr[4] +10, saddr_v6 +14,
+/// daddr_v6 +30). Their offsets are not all naturally aligned, so they go through the
+/// probe-read helper; these events are rare compared with state changes.
+#[inline(always)]
+fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, base: usize) {
+    // SAFETY (all reads below): offsets come from the tracepoint format and lie inside it.
+    let sport: u16 = unsafe { ctx.read_at(base) }.unwrap_or(0);
+    let dport: u16 = unsafe { ctx.read_at(base + 2) }.unwrap_or(0);
+    let family: u16 = unsafe { ctx.read_at(base + 4) }.unwrap_or(0);
+    if !pass(family, sport, dport) {
+        count(counter::FILTERED);
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = unsafe { ctx.read_at(base + 6) }.unwrap_or([0; 4]);
+        let d: [u8; 4] = unsafe { ctx.read_at(base + 10) }.unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        saddr = unsafe { ctx.read_at(base + 14) }.unwrap_or([0; 16]);
+        daddr = unsafe { ctx.read_at(base + 30) }.unwrap_or([0; 16]);
+    }
+    // SAFETY: copied out at once.
+    let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
+        Some(o) => (o, FLAG_OWNER_CACHED),
+        None => (
+            Owner {
+                tgid: 0,
+                pid: 0,
+                comm: [0; 16],
+            },
+            0,
+        ),
+    };
+    emit(&Event {
+        ts_ns,
+        skaddr,
+        saddr,
+        daddr,
+        tgid: owner.tgid,
+        pid: owner.pid,
+        comm: owner.comm,
+        sport,
+        dport,
+        family,
+        kind: kind as u16,
+        old: state as u8,
+        new: 0,
+        flags,
+        _pad: 0,
+        aux: 0,
+    });
+}
+
+/// SYN retransmits: only retransmits while SYN_SENT are forwarded (data retransmits are
+/// frequent on busy hosts and answer a different question).
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let skaddr: u64 = field(&ctx, 16);
+    let state: u32 = field(&ctx, 24);
+    if state == TCP_SYN_SENT {
+        tcp_event(&ctx, EventKind::Retransmit, skaddr, state, 28);
+    }
+    0
+}
+
+/// A SYN-ACK resent for a pending connection; skaddr is the listener.
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    let skaddr: u64 = field(&ctx, 8);
+    tcp_event(&ctx, EventKind::RetransmitSynAck, skaddr, TCP_SYN_RECV, 24);
+    0
+}
+
+/// A RST arrived on an established or connecting socket.
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let skaddr: u64 = field(&ctx, 8);
+    // The state is not in this tracepoint; userspace knows it from the socket's history.
+    tcp_event(&ctx, EventKind::ReceiveReset, skaddr, 0, 16);
+    0
+}
+
+/// This host sent a RST. Only resets tied to a full socket are reported (a RST answering a
+/// SYN to a closed port has no socket, and the refused client sees it as a received reset).
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let skaddr: u64 = field(&ctx, 16);
+    if skaddr == 0 {
+        return 0;
+    }
+    let state: u32 = field(&ctx, 24);
+    // Addresses here are sockaddr_in/in6 (28 bytes each): family at +0, port (network byte
+    // order) at +2, IPv4 address at +4, IPv6 address at +8.
+    let family: u16 = field(&ctx, 32);
+    let sport_be: u16 = field(&ctx, 34);
+    let dport_be: u16 = field(&ctx, 62);
+    let sport = u16::from_be(sport_be);
+    let dport = u16::from_be(dport_be);
+    if !pass(family, sport, dport) {
+        count(counter::FILTERED);
+        return 0;
+    }
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = field(&ctx, 36);
+        let d: [u8; 4] = field(&ctx, 64);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        // SAFETY: inside the record; daddr's address at 68 is not 8-aligned, so probe-read.
+        saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+        daddr = unsafe { ctx.read_at(68) }.unwrap_or([0; 16]);
+    }
+    // SAFETY: copied out at once.
+    let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
+        Some(o) => (o, FLAG_OWNER_CACHED),
+        None => (
+            Owner {
+                tgid: 0,
+                pid: 0,
+                comm: [0; 16],
+            },
+            0,
+        ),
+    };
+    emit(&Event {
+        ts_ns,
+        skaddr,
+        saddr,
+        daddr,
+        tgid: owner.tgid,
+        pid: owner.pid,
+        comm: owner.comm,
+        sport,
+        dport,
+        family,
+        kind: EventKind::SendReset as u16,
+        old: state as u8,
+        new: 0,
+        flags,
+        _pad: 0,
+        aux: 0,
+    });
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
