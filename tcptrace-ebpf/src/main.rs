@@ -116,6 +116,32 @@ fn current_owner() -> Owner {
     }
 }
 
+/// An IPv4 address field as the first four bytes of a 16-byte address, read as one u32
+/// (byte-wise copies from the context compile to pointer arithmetic the verifier rejects).
+#[inline(always)]
+fn addr4(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let v: u32 = field(ctx, offset);
+    let b = v.to_ne_bytes();
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[inline(always)]
+fn widen(b: [u8; 4]) -> [u8; 16] {
+    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// An 8-aligned IPv6 address field read as two u64 words.
+#[inline(always)]
+fn addr16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let hi: u64 = field(ctx, offset);
+    let lo: u64 = field(ctx, offset + 8);
+    let (a, b) = (hi.to_ne_bytes(), lo.to_ne_bytes());
+    [
+        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
+        b[7],
+    ]
+}
+
 /// True for transitions that only a system call on the socket makes, so the current task is
 /// the socket's owner: connect, listen, close and shutdown.
 #[inline(always)]
@@ -151,17 +177,11 @@ fn try_set_state(ctx: &TracePointContext) {
     let old: u32 = field(ctx, 16);
     let new: u32 = field(ctx, 20);
 
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = field(ctx, 32);
-        let d: [u8; 4] = field(ctx, 36);
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+    let (saddr, daddr) = if family == AF_INET {
+        (addr4(ctx, 32), addr4(ctx, 36))
     } else {
-        saddr = field(ctx, 40);
-        daddr = field(ctx, 56);
-    }
+        (addr16(ctx, 40), addr16(ctx, 56))
+    };
 
     let (owner, flags) = owner_for(skaddr, old, new, family, sport);
 
@@ -256,17 +276,15 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
     }
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
+    let (saddr, daddr) = if family == AF_INET {
         let s: [u8; 4] = unsafe { ctx.read_at(base + 6) }.unwrap_or([0; 4]);
         let d: [u8; 4] = unsafe { ctx.read_at(base + 10) }.unwrap_or([0; 4]);
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+        (widen(s), widen(d))
     } else {
-        saddr = unsafe { ctx.read_at(base + 14) }.unwrap_or([0; 16]);
-        daddr = unsafe { ctx.read_at(base + 30) }.unwrap_or([0; 16]);
-    }
+        let s: [u8; 16] = unsafe { ctx.read_at(base + 14) }.unwrap_or([0; 16]);
+        let d: [u8; 16] = unsafe { ctx.read_at(base + 30) }.unwrap_or([0; 16]);
+        (s, d)
+    };
     // SAFETY: copied out at once.
     let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
         Some(o) => (o, FLAG_OWNER_CACHED),
@@ -350,18 +368,13 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = field(&ctx, 36);
-        let d: [u8; 4] = field(&ctx, 64);
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
+    let (saddr, daddr) = if family == AF_INET {
+        (addr4(&ctx, 36), addr4(&ctx, 64))
     } else {
         // SAFETY: inside the record; daddr's address at 68 is not 8-aligned, so probe-read.
-        saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
-        daddr = unsafe { ctx.read_at(68) }.unwrap_or([0; 16]);
-    }
+        let d: [u8; 16] = unsafe { ctx.read_at(68) }.unwrap_or([0; 16]);
+        (addr16(&ctx, 40), d)
+    };
     // SAFETY: copied out at once.
     let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
         Some(o) => (o, FLAG_OWNER_CACHED),

@@ -1,0 +1,316 @@
+//! Facts to distributions: HDR histograms and counters, overall and by group.
+//!
+//! Values are recorded in microseconds. The overall histograms keep 3 significant digits; the
+//! per-group ones keep 2 (1% resolution) so that hundreds of groups stay within a few MiB.
+//! Groups are capped per dimension; what does not fit is counted under "other".
+
+use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::{
+    decode::{Comm, TcpState},
+    track::{CloseKind, Conn, Fact, PHASES, Side, phase_index},
+};
+
+/// Largest value a histogram holds: one day, in microseconds. Larger values are clamped.
+const MAX_US: u64 = 86_400_000_000;
+/// Most groups kept per dimension before the rest go to "other".
+pub const MAX_GROUPS: usize = 1024;
+
+/// A lazily allocated latency histogram in microseconds.
+#[derive(Clone, Debug, Default)]
+pub struct Hist {
+    h: Option<Box<Histogram<u64>>>,
+    sigfig: u8,
+}
+
+/// Quantiles of a histogram in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Quantiles {
+    pub count: u64,
+    pub min_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+impl Hist {
+    fn with_sigfig(sigfig: u8) -> Self {
+        Self { h: None, sigfig }
+    }
+
+    pub fn record_ns(&mut self, ns: u64) {
+        let us = (ns / 1000).min(MAX_US);
+        let sigfig = self.sigfig.max(1);
+        let h = self.h.get_or_insert_with(|| {
+            Box::new(
+                Histogram::new_with_bounds(1, MAX_US, sigfig)
+                    .unwrap_or_else(|_| unreachable!("bounds are valid constants")),
+            )
+        });
+        h.saturating_record(us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.h.as_ref().map_or(0, |h| h.len())
+    }
+
+    pub fn quantiles(&self) -> Option<Quantiles> {
+        let h = self.h.as_ref().filter(|h| h.len() > 0)?;
+        Some(Quantiles {
+            count: h.len(),
+            min_us: h.min(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        })
+    }
+
+    /// The underlying histogram, for charts.
+    pub fn histogram(&self) -> Option<&Histogram<u64>> {
+        self.h.as_deref()
+    }
+}
+
+/// Everything measured about one group of connections.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Handshake latency: index 0 client, 1 server.
+    pub handshake: [Hist; 2],
+    /// Handshakes whose latency could not be known (server side without the SYN-ACK RTT).
+    pub handshake_unmeasured: [u64; 2],
+    /// Dwell per teardown phase, indexed like [`PHASES`].
+    pub phases: [Hist; 5],
+    /// Finished connections per [`CloseKind`] (indexed like `CloseKind::ALL`).
+    pub closes: [u64; 7],
+    /// Connection lifetimes (opened to closed).
+    pub lifetime: Hist,
+    pub syn_retransmits: u64,
+    pub synack_retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub time_wait_entries: u64,
+}
+
+impl Stats {
+    fn new(sigfig: u8) -> Self {
+        let h = || Hist::with_sigfig(sigfig);
+        Self {
+            handshake: [h(), h()],
+            handshake_unmeasured: [0; 2],
+            phases: [h(), h(), h(), h(), h()],
+            closes: [0; 7],
+            lifetime: h(),
+            syn_retransmits: 0,
+            synack_retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            time_wait_entries: 0,
+        }
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.closes.iter().sum()
+    }
+
+    fn add(&mut self, fact: &Fact) {
+        match fact {
+            Fact::Handshake {
+                side, latency_ns, ..
+            } => {
+                let i = side_index(*side);
+                match latency_ns {
+                    Some(ns) => self.handshake[i].record_ns(*ns),
+                    None => self.handshake_unmeasured[i] += 1,
+                }
+            }
+            Fact::Phase {
+                phase, dwell_ns, ..
+            } => {
+                if let Some(i) = phase_index(*phase) {
+                    self.phases[i].record_ns(*dwell_ns);
+                }
+            }
+            Fact::Closed(c) => {
+                self.closes[close_index(c.close)] += 1;
+                if let Some(l) = c.lifetime_ns() {
+                    self.lifetime.record_ns(l);
+                }
+            }
+            Fact::TimeWait { .. } => self.time_wait_entries += 1,
+            Fact::SynRetransmit { .. } => self.syn_retransmits += 1,
+            Fact::SynAckRetransmit { .. } => self.synack_retransmits += 1,
+            Fact::Reset { sent: true, .. } => self.resets_sent += 1,
+            Fact::Reset { sent: false, .. } => self.resets_received += 1,
+            Fact::Transition { .. } => {}
+        }
+    }
+}
+
+pub const fn side_index(s: Side) -> usize {
+    match s {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
+}
+
+pub fn close_index(k: CloseKind) -> usize {
+    CloseKind::ALL.iter().position(|c| *c == k).unwrap_or(0)
+}
+
+/// A group key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum GroupKey {
+    Port(u16),
+    Process(Comm),
+    /// Everything beyond [`MAX_GROUPS`].
+    Other,
+}
+
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Port(p) => write!(f, "{p}"),
+            Self::Process(p) if p.0[0] == 0 => f.write_str("?"),
+            Self::Process(p) => f.write_str(&p.as_str()),
+            Self::Other => f.write_str("(other)"),
+        }
+    }
+}
+
+/// One grouping dimension with its cap.
+#[derive(Clone, Debug, Default)]
+pub struct Groups {
+    pub map: FxHashMap<GroupKey, Stats>,
+}
+
+impl Groups {
+    fn get(&mut self, key: GroupKey) -> &mut Stats {
+        let key = if self.map.len() >= MAX_GROUPS && !self.map.contains_key(&key) {
+            GroupKey::Other
+        } else {
+            key
+        };
+        self.map.entry(key).or_insert_with(|| Stats::new(2))
+    }
+
+    /// Groups sorted by connection count (then key), largest first.
+    pub fn sorted(&self) -> Vec<(&GroupKey, &Stats)> {
+        let mut v: Vec<_> = self.map.iter().collect();
+        v.sort_by(|a, b| {
+            let ca = a.1.connections() + a.1.handshake[0].count() + a.1.handshake[1].count();
+            let cb = b.1.connections() + b.1.handshake[0].count() + b.1.handshake[1].count();
+            cb.cmp(&ca).then_with(|| a.0.cmp(b.0))
+        });
+        v
+    }
+}
+
+/// Transition counts and dwell in the old state, per (old, new) edge of the state machine.
+#[derive(Clone, Debug, Default)]
+pub struct Edge {
+    pub count: u64,
+    pub dwell: Hist,
+}
+
+/// All aggregates of a run.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    pub overall: Stats,
+    /// Client-side connections by remote port: the services this host calls.
+    pub by_remote_port: Groups,
+    /// Server-side connections by local port: the services this host offers.
+    pub by_local_port: Groups,
+    /// By owning process name (an empty name, shown as "?", when the owner is unknown).
+    pub by_process: Groups,
+    pub transitions: u64,
+    pub edges: FxHashMap<(TcpState, TcpState), Edge>,
+}
+
+impl Default for Aggregate {
+    fn default() -> Self {
+        Self {
+            overall: Stats::new(3),
+            by_remote_port: Groups::default(),
+            by_local_port: Groups::default(),
+            by_process: Groups::default(),
+            transitions: 0,
+            edges: FxHashMap::default(),
+        }
+    }
+}
+
+fn fact_conn(f: &Fact) -> &Conn {
+    match f {
+        Fact::Transition { conn, .. }
+        | Fact::Handshake { conn, .. }
+        | Fact::Phase { conn, .. }
+        | Fact::TimeWait { conn, .. }
+        | Fact::SynRetransmit { conn, .. }
+        | Fact::SynAckRetransmit { conn, .. }
+        | Fact::Reset { conn, .. } => conn,
+        Fact::Closed(c) => &c.conn,
+    }
+}
+
+impl Aggregate {
+    pub fn add(&mut self, fact: &Fact) {
+        if let Fact::Transition {
+            old, new, dwell_ns, ..
+        } = fact
+        {
+            self.transitions += 1;
+            let e = self.edges.entry((*old, *new)).or_insert_with(|| Edge {
+                count: 0,
+                dwell: Hist::with_sigfig(2),
+            });
+            e.count += 1;
+            if let Some(d) = dwell_ns {
+                e.dwell.record_ns(*d);
+            }
+            return;
+        }
+        self.overall.add(fact);
+        let conn = fact_conn(fact);
+        match conn.side {
+            Some(Side::Client) => self
+                .by_remote_port
+                .get(GroupKey::Port(conn.remote.port()))
+                .add(fact),
+            Some(Side::Server) => self
+                .by_local_port
+                .get(GroupKey::Port(conn.local.port()))
+                .add(fact),
+            None => {}
+        }
+        let process = conn.owner.map_or(Comm::default(), |o| o.comm);
+        self.by_process.get(GroupKey::Process(process)).add(fact);
+    }
+}
+
+/// Names of the rows of a summary table, in order: two handshake sides, then [`PHASES`].
+pub fn row_names() -> [&'static str; 7] {
+    let mut names = ["handshake client", "handshake server", "", "", "", "", ""];
+    for (i, p) in PHASES.iter().enumerate() {
+        names[2 + i] = p.name();
+    }
+    names
+}
+
+/// The histograms behind [`row_names`], in the same order.
+pub fn rows(s: &Stats) -> [&Hist; 7] {
+    [
+        &s.handshake[0],
+        &s.handshake[1],
+        &s.phases[0],
+        &s.phases[1],
+        &s.phases[2],
+        &s.phases[3],
+        &s.phases[4],
+    ]
+}

@@ -1,0 +1,488 @@
+//! The only module that touches the kernel: start-up checks, loading and attaching the eBPF
+//! program, reading the ring buffer and the loss counters.
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tcptrace_common::{FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, counter};
+use tokio::io::unix::AsyncFd;
+
+use crate::config::Filter;
+
+/// Where tracefs is (or was mounted by us).
+#[derive(Debug, Clone)]
+pub struct Tracefs(pub PathBuf);
+
+const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Minimum kernel: the BPF ring buffer arrived in Linux 5.8.
+const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// Capabilities from /proc/self/status: CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39.
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// Fails unless this process may load and attach tracing programs.
+pub fn check_privileges() -> Result<()> {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    if has(21) || (has(38) && has(39)) {
+        return Ok(());
+    }
+    bail!(
+        "tcptrace needs root (or the capabilities CAP_BPF and CAP_PERFMON) to load its eBPF \
+         program: run it with sudo, e.g. `sudo tcptrace watch`; to study a recording without \
+         root use `tcptrace report FILE`"
+    )
+}
+
+/// Parses "6.18.44-fc-v782" into (6, 18).
+pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Fails on kernels older than [`MIN_KERNEL`].
+pub fn check_kernel() -> Result<()> {
+    let release = kernel_release();
+    if let Some(v) = parse_kernel_release(&release)
+        && v < MIN_KERNEL
+    {
+        bail!(
+            "kernel {release} is too old: tcptrace needs Linux {}.{} or newer (BPF ring buffer)",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+    }
+    Ok(())
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted.
+pub fn ensure_tracefs() -> Result<Tracefs> {
+    for p in TRACEFS_PATHS {
+        if Path::new(p).join("events").is_dir() {
+            return Ok(Tracefs(PathBuf::from(p)));
+        }
+    }
+    let target = TRACEFS_PATHS[0];
+    let fix = format!("mount it with `mount -t tracefs nodev {target}` and run tcptrace again");
+    let c_target = std::ffi::CString::new(target).context("tracefs path")?;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call;
+    // data is null, which mount(2) accepts for tracefs.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c_target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        bail!("tracefs is not mounted and mounting it at {target} failed ({err}): {fix}");
+    }
+    if !Path::new(target).join("events").is_dir() {
+        bail!("tracefs mounted at {target} but has no events directory: {fix}");
+    }
+    log::warn!("tracefs was not mounted; mounted it at {target}");
+    Ok(Tracefs(PathBuf::from(target)))
+}
+
+/// A tracepoint field as the format file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: usize,
+    pub size: usize,
+}
+
+/// Parses the fields of a tracepoint format file.
+pub fn parse_format(text: &str) -> Vec<Field> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let mut name = None;
+        let mut offset = None;
+        let mut size = None;
+        for part in rest.split(';') {
+            let part = part.trim();
+            if let Some(v) = part.strip_prefix("offset:") {
+                offset = v.parse().ok();
+            } else if let Some(v) = part.strip_prefix("size:") {
+                size = v.parse().ok();
+            } else if !part.starts_with("signed:") && !part.is_empty() && name.is_none() {
+                // "const void * skaddr" or "__u8 saddr[4]": the name is the last word,
+                // without any array suffix.
+                let last = part.rsplit([' ', '*']).next().unwrap_or(part);
+                name = Some(last.split('[').next().unwrap_or(last).to_owned());
+            }
+        }
+        if let (Some(name), Some(offset), Some(size)) = (name, offset, size) {
+            out.push(Field { name, offset, size });
+        }
+    }
+    out
+}
+
+/// A tracepoint the program attaches to, with the field layout the program was written for.
+pub struct Probe {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub required: bool,
+    pub fields: &'static [(&'static str, usize, usize)],
+}
+
+pub const PROBES: [Probe; 5] = [
+    Probe {
+        category: "sock",
+        name: "inet_sock_set_state",
+        required: true,
+        fields: &[
+            ("skaddr", 8, 8),
+            ("oldstate", 16, 4),
+            ("newstate", 20, 4),
+            ("sport", 24, 2),
+            ("dport", 26, 2),
+            ("family", 28, 2),
+            ("protocol", 30, 2),
+            ("saddr", 32, 4),
+            ("daddr", 36, 4),
+            ("saddr_v6", 40, 16),
+            ("daddr_v6", 56, 16),
+        ],
+    },
+    Probe {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        required: false,
+        fields: &[
+            ("skaddr", 16, 8),
+            ("state", 24, 4),
+            ("sport", 28, 2),
+            ("dport", 30, 2),
+            ("family", 32, 2),
+            ("saddr", 34, 4),
+            ("daddr", 38, 4),
+            ("saddr_v6", 42, 16),
+            ("daddr_v6", 58, 16),
+        ],
+    },
+    Probe {
+        category: "tcp",
+        name: "tcp_retransmit_synack",
+        required: false,
+        fields: &[
+            ("skaddr", 8, 8),
+            ("sport", 24, 2),
+            ("dport", 26, 2),
+            ("family", 28, 2),
+            ("saddr", 30, 4),
+            ("daddr", 34, 4),
+            ("saddr_v6", 38, 16),
+            ("daddr_v6", 54, 16),
+        ],
+    },
+    Probe {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        required: false,
+        fields: &[
+            ("skaddr", 8, 8),
+            ("sport", 16, 2),
+            ("dport", 18, 2),
+            ("family", 20, 2),
+            ("saddr", 22, 4),
+            ("daddr", 26, 4),
+            ("saddr_v6", 30, 16),
+            ("daddr_v6", 46, 16),
+        ],
+    },
+    Probe {
+        category: "tcp",
+        name: "tcp_send_reset",
+        required: false,
+        fields: &[
+            ("skaddr", 16, 8),
+            ("state", 24, 4),
+            ("saddr", 32, 28),
+            ("daddr", 60, 28),
+        ],
+    },
+];
+
+/// Checks a probe's format file against the layout the program reads. `Ok(None)` when it
+/// matches; `Ok(Some(reason))` when the probe is unusable on this kernel.
+pub fn check_probe(tracefs: &Tracefs, probe: &Probe) -> Result<Option<String>> {
+    let path = tracefs
+        .0
+        .join("events")
+        .join(probe.category)
+        .join(probe.name)
+        .join("format");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok(Some(format!(
+                "tracepoint {}:{} is missing ({}: {e})",
+                probe.category,
+                probe.name,
+                path.display()
+            )));
+        }
+    };
+    let fields = parse_format(&text);
+    for (name, offset, size) in probe.fields {
+        match fields.iter().find(|f| f.name == *name) {
+            Some(f) if f.offset == *offset && f.size == *size => {}
+            Some(f) => {
+                return Ok(Some(format!(
+                    "tracepoint {}:{} field {name} is at offset {} size {} on this kernel, \
+                     the program expects offset {offset} size {size}",
+                    probe.category, probe.name, f.offset, f.size
+                )));
+            }
+            None => {
+                return Ok(Some(format!(
+                    "tracepoint {}:{} has no field {name} on this kernel",
+                    probe.category, probe.name
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Loss and throughput counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Events dropped because the ring buffer was full.
+    pub lost: u64,
+    /// Events written to the ring buffer.
+    pub submitted: u64,
+    /// Events dropped by the kernel-side filter.
+    pub filtered: u64,
+}
+
+/// The loaded program, its ring buffer and counters.
+pub struct Collector {
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Optional probes that could not be used, with the reason.
+    pub skipped: Vec<String>,
+}
+
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
+
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        // Kernels since 5.11 account BPF memory to the memory cgroup instead.
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on Linux 5.11+",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Collector {
+    /// Runs every start-up check, then loads and attaches the program.
+    pub fn start(filter: &Filter) -> Result<Self> {
+        check_privileges()?;
+        check_kernel()?;
+        let tracefs = ensure_tracefs()?;
+        if PROGRAM.is_empty() {
+            bail!(
+                "this tcptrace binary was built without its eBPF program (AYA_BUILD_SKIP was set); \
+                 rebuild it with `cargo xtask setup && cargo build`"
+            );
+        }
+        let mut usable = Vec::new();
+        let mut skipped = Vec::new();
+        for probe in &PROBES {
+            match check_probe(&tracefs, probe)? {
+                None => usable.push(probe),
+                Some(reason) if probe.required => bail!(
+                    "{reason}: tcptrace needs sock:inet_sock_set_state with the layout of \
+                     Linux 4.16 or newer"
+                ),
+                Some(reason) => skipped.push(reason),
+            }
+        }
+        raise_memlock();
+
+        let flags = filter.flags();
+        let mut loader = EbpfLoader::new();
+        loader.override_global("FILTER_FLAGS", &flags, true);
+        let mut ebpf = loader
+            .load(PROGRAM)
+            .context("loading the eBPF object failed")?;
+
+        if filter.any_ports() {
+            let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+                ebpf.map_mut("PORTS").context("the PORTS map is missing")?,
+            )?;
+            let mut bits: std::collections::BTreeMap<u16, u8> = Default::default();
+            for p in &filter.lports {
+                *bits.entry(*p).or_default() |= PORT_LOCAL;
+            }
+            for p in &filter.rports {
+                *bits.entry(*p).or_default() |= PORT_REMOTE;
+            }
+            for p in &filter.ports {
+                *bits.entry(*p).or_default() |= PORT_EITHER;
+            }
+            for (port, b) in bits {
+                ports
+                    .insert(port, b, 0)
+                    .with_context(|| format!("writing port {port} to the filter map"))?;
+            }
+        }
+        debug_assert!(
+            filter.flags() & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT) == 0 || filter.any_ports()
+        );
+
+        for probe in usable {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(probe.name)
+                .with_context(|| format!("program {} missing from the object", probe.name))?
+                .try_into()?;
+            prog.load().with_context(|| {
+                format!("the kernel verifier rejected the {} program", probe.name)
+            })?;
+            prog.attach(probe.category, probe.name).with_context(|| {
+                format!("attaching to tracepoint {}:{} failed", probe.category, probe.name)
+            })?;
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as
+        // it lives; the AsyncFd owns the ring buffer, so the fd outlives the registration.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            skipped,
+        })
+    }
+
+    /// Waits until the ring buffer has data, then hands every available record to `f`.
+    /// Returns the number of records read.
+    pub async fn read_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
+        let ring = guard.get_inner_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        guard.clear_ready();
+        Ok(n)
+    }
+
+    /// Reads whatever is in the ring buffer without waiting.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters> {
+        let read = |i: u32| -> Result<u64> {
+            Ok(self
+                .counters
+                .get(&i, 0)
+                .with_context(|| format!("reading counter {i}"))?
+                .iter()
+                .sum())
+        };
+        Ok(Counters {
+            lost: read(counter::LOST)?,
+            submitted: read(counter::SUBMITTED)?,
+            filtered: read(counter::FILTERED)?,
+        })
+    }
+
+    /// The ring buffer's file descriptor (for diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 1234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn parses_tracepoint_format_fields() {
+        let f = parse_format(FORMAT);
+        assert_eq!(
+            f,
+            vec![
+                Field { name: "common_type".into(), offset: 0, size: 2 },
+                Field { name: "skaddr".into(), offset: 8, size: 8 },
+                Field { name: "oldstate".into(), offset: 16, size: 4 },
+                Field { name: "saddr_v6".into(), offset: 40, size: 16 },
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_kernel_release("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.4.0-150-generic"), Some((5, 4)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+        assert!(parse_kernel_release("5.4.0").is_some_and(|v| v < MIN_KERNEL));
+    }
+}

@@ -1,0 +1,380 @@
+//! Raw ring-buffer records to typed events.
+//!
+//! Pure: no I/O, no clock. A record that does not decode is an error the caller counts, never
+//! a panic, because the bytes come from another program (the kernel side, or a recording).
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+use tcptrace_common::{
+    AF_INET, AF_INET6, Event as RawEvent, EventKind, FLAG_AUX_SRTT, FLAG_OWNER_CACHED,
+    FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
+};
+
+/// The kernel's TCP states (include/net/tcp_states.h), named as the kernel spells them
+/// without the `TCP_` prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum TcpState {
+    #[serde(rename = "ESTABLISHED")]
+    Established = 1,
+    #[serde(rename = "SYN_SENT")]
+    SynSent = 2,
+    #[serde(rename = "SYN_RECV")]
+    SynRecv = 3,
+    #[serde(rename = "FIN_WAIT1")]
+    FinWait1 = 4,
+    #[serde(rename = "FIN_WAIT2")]
+    FinWait2 = 5,
+    #[serde(rename = "TIME_WAIT")]
+    TimeWait = 6,
+    #[serde(rename = "CLOSE")]
+    Close = 7,
+    #[serde(rename = "CLOSE_WAIT")]
+    CloseWait = 8,
+    #[serde(rename = "LAST_ACK")]
+    LastAck = 9,
+    #[serde(rename = "LISTEN")]
+    Listen = 10,
+    #[serde(rename = "CLOSING")]
+    Closing = 11,
+    #[serde(rename = "NEW_SYN_RECV")]
+    NewSynRecv = 12,
+    #[serde(rename = "BOUND_INACTIVE")]
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    /// Every state, in kernel order.
+    pub const ALL: [TcpState; 13] = [
+        Self::Established,
+        Self::SynSent,
+        Self::SynRecv,
+        Self::FinWait1,
+        Self::FinWait2,
+        Self::TimeWait,
+        Self::Close,
+        Self::CloseWait,
+        Self::LastAck,
+        Self::Listen,
+        Self::Closing,
+        Self::NewSynRecv,
+        Self::BoundInactive,
+    ];
+
+    /// Decodes a kernel state number.
+    pub fn from_kernel(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v).checked_sub(1)?).copied()
+    }
+
+    /// The kernel's name without `TCP_`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+
+    /// Parses a kernel name (with or without `TCP_`).
+    pub fn from_name(s: &str) -> Option<Self> {
+        let s = s.strip_prefix("TCP_").unwrap_or(s);
+        Self::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Family {
+    #[serde(rename = "ipv4")]
+    V4,
+    #[serde(rename = "ipv6")]
+    V6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
+    }
+}
+
+/// A task name: 16 NUL-padded bytes, kept inline so decoding allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Comm(pub [u8; 16]);
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl Comm {
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end])
+    }
+
+    pub fn from_str_lossy(s: &str) -> Self {
+        let mut b = [0u8; 16];
+        let n = s.len().min(15);
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Self(b)
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// How the owner of an event was determined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerSource {
+    /// The transition ran in the owner's own system call (connect, listen, close, shutdown).
+    Current,
+    /// Remembered from an earlier event of the same socket.
+    Cached,
+    /// A server child socket: the process listening on its port.
+    Listener,
+}
+
+/// The process a socket belongs to, as far as the kernel program could tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: Comm,
+    pub source: OwnerSource,
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `old -> new` (sock:inet_sock_set_state).
+    State { old: TcpState, new: TcpState },
+    /// A SYN was retransmitted (tcp:tcp_retransmit_skb in SYN_SENT).
+    SynRetransmit,
+    /// A SYN-ACK was retransmitted by a listener (tcp:tcp_retransmit_synack).
+    SynAckRetransmit,
+    /// The socket received a RST (tcp:tcp_receive_reset).
+    ResetReceived,
+    /// The socket sent a RST in `state` (tcp:tcp_send_reset).
+    ResetSent { state: Option<TcpState> },
+}
+
+/// One decoded event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel socket address: identity while the socket lives.
+    pub sock: u64,
+    pub family: Family,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<Owner>,
+    pub kind: Kind,
+    /// The server child's smoothed RTT at SYN_RECV -> ESTABLISHED, when the kernel program
+    /// could read it (microseconds).
+    pub srtt_us: Option<u32>,
+}
+
+/// Why a record did not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record is {0} bytes, expected {1}")]
+    Size(usize, usize),
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+fn addr(family: Family, bytes: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(*bytes)),
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn state(v: u8) -> Result<TcpState, DecodeError> {
+    TcpState::from_kernel(v).ok_or(DecodeError::State(v))
+}
+
+/// Decodes the bytes of one ring-buffer record.
+pub fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let size = std::mem::size_of::<RawEvent>();
+    if bytes.len() != size {
+        return Err(DecodeError::Size(bytes.len(), size));
+    }
+    // SAFETY: the length was checked above; RawEvent is repr(C) plain old data for which
+    // every bit pattern is valid; read_unaligned copes with any alignment of `bytes`.
+    let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
+    decode(&raw)
+}
+
+/// Decodes one raw record.
+pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
+    let family = match raw.family {
+        AF_INET => Family::V4,
+        AF_INET6 => Family::V6,
+        other => return Err(DecodeError::Family(other)),
+    };
+    let kind = match EventKind::from_u16(raw.kind).ok_or(DecodeError::Kind(raw.kind))? {
+        EventKind::StateChange => Kind::State {
+            old: state(raw.old)?,
+            new: state(raw.new)?,
+        },
+        EventKind::Retransmit => Kind::SynRetransmit,
+        EventKind::RetransmitSynAck => Kind::SynAckRetransmit,
+        EventKind::ReceiveReset => Kind::ResetReceived,
+        EventKind::SendReset => Kind::ResetSent {
+            state: TcpState::from_kernel(raw.old),
+        },
+    };
+    let source = if raw.flags & FLAG_OWNER_CURRENT != 0 {
+        Some(OwnerSource::Current)
+    } else if raw.flags & FLAG_OWNER_CACHED != 0 {
+        Some(OwnerSource::Cached)
+    } else if raw.flags & FLAG_OWNER_LISTENER != 0 {
+        Some(OwnerSource::Listener)
+    } else {
+        None
+    };
+    let owner = source.map(|source| Owner {
+        tgid: raw.tgid,
+        pid: raw.pid,
+        comm: Comm(raw.comm),
+        source,
+    });
+    Ok(Event {
+        ts_ns: raw.ts_ns,
+        sock: raw.skaddr,
+        family,
+        local: addr(family, &raw.saddr, raw.sport),
+        remote: addr(family, &raw.daddr, raw.dport),
+        owner,
+        kind,
+        srtt_us: (raw.flags & FLAG_AUX_SRTT != 0).then_some(raw.aux),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A raw state-change record for tests.
+    pub(crate) fn raw_state(ts: u64, sk: u64, old: u8, new: u8) -> RawEvent {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        RawEvent {
+            ts_ns: ts,
+            skaddr: sk,
+            saddr,
+            daddr,
+            tgid: 42,
+            pid: 43,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            sport: 40000,
+            dport: 80,
+            family: AF_INET,
+            kind: EventKind::StateChange as u16,
+            old,
+            new,
+            flags: FLAG_OWNER_CURRENT,
+            _pad: 0,
+            aux: 0,
+        }
+    }
+
+    #[test]
+    fn decodes_ipv4_state_change_with_owner() {
+        let ev = decode(&raw_state(5, 0xffff_8880_0000_1000, 7, 2)).expect("decodes");
+        assert_eq!(ev.family, Family::V4);
+        assert_eq!(ev.local.to_string(), "127.0.0.1:40000");
+        assert_eq!(ev.remote.to_string(), "127.0.0.2:80");
+        assert_eq!(
+            ev.kind,
+            Kind::State {
+                old: TcpState::Close,
+                new: TcpState::SynSent
+            }
+        );
+        let owner = ev.owner.expect("owner");
+        assert_eq!((owner.tgid, owner.pid), (42, 43));
+        assert_eq!(owner.comm.as_str(), "curl");
+        assert_eq!(owner.source, OwnerSource::Current);
+        assert_eq!(ev.srtt_us, None);
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses() {
+        let mut raw = raw_state(1, 1, 10, 3);
+        raw.family = AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "fe80::1".parse::<Ipv6Addr>().expect("addr").octets();
+        let ev = decode(&raw).expect("decodes");
+        assert_eq!(ev.local.to_string(), "[::1]:40000");
+        assert_eq!(ev.remote.to_string(), "[fe80::1]:80");
+    }
+
+    #[test]
+    fn missing_owner_flags_mean_unknown_owner() {
+        let mut raw = raw_state(1, 1, 1, 8);
+        raw.flags = 0;
+        assert_eq!(decode(&raw).expect("decodes").owner, None);
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        let mut raw = raw_state(1, 1, 1, 99);
+        assert_eq!(decode(&raw), Err(DecodeError::State(99)));
+        raw.new = 1;
+        raw.family = 1;
+        assert_eq!(decode(&raw), Err(DecodeError::Family(1)));
+        raw.family = AF_INET;
+        raw.kind = 77;
+        assert_eq!(decode(&raw), Err(DecodeError::Kind(77)));
+        assert_eq!(decode_bytes(&[0u8; 10]), Err(DecodeError::Size(10, 88)));
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in TcpState::ALL {
+            assert_eq!(TcpState::from_name(s.name()), Some(s));
+            assert_eq!(TcpState::from_kernel(s as u8), Some(s));
+        }
+        assert_eq!(TcpState::from_name("TCP_FIN_WAIT2"), Some(TcpState::FinWait2));
+        assert_eq!(TcpState::from_kernel(0), None);
+        assert_eq!(TcpState::from_kernel(14), None);
+    }
+}

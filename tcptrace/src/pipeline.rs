@@ -1,0 +1,141 @@
+//! Everything after `collect`, wired in one place: decode -> reorder -> track -> aggregate
+//! -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
+//! same code as a live run.
+
+use std::io;
+
+use crate::{
+    aggregate::Aggregate,
+    decode::{Event, decode_bytes},
+    reorder::{Reorder, WINDOW_NS},
+    stream::Sink,
+    track::{Fact, Limits, TrackStats, Tracker},
+};
+
+/// How often (in event time) idle sockets are swept from the tracker.
+const SWEEP_EVERY_NS: u64 = 60_000_000_000;
+
+struct Core {
+    tracker: Tracker,
+    agg: Aggregate,
+    facts: Vec<Fact>,
+    sinks: Vec<Box<dyn Sink>>,
+    sink_error: Option<io::Error>,
+    last_sweep_ns: u64,
+}
+
+impl Core {
+    fn process(&mut self, ev: Event) {
+        if self.sink_error.is_none() {
+            for s in &mut self.sinks {
+                if let Err(e) = s.event(&ev) {
+                    self.sink_error = Some(e);
+                    break;
+                }
+            }
+        }
+        self.facts.clear();
+        self.tracker.process(&ev, &mut self.facts);
+        for f in &self.facts {
+            self.agg.add(f);
+            if self.sink_error.is_none() {
+                for s in &mut self.sinks {
+                    if let Err(e) = s.fact(f) {
+                        self.sink_error = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if ev.ts_ns.saturating_sub(self.last_sweep_ns) > SWEEP_EVERY_NS {
+            self.last_sweep_ns = ev.ts_ns;
+            self.tracker.sweep(ev.ts_ns);
+        }
+    }
+}
+
+/// The userspace pipeline.
+pub struct Pipeline {
+    reorder: Reorder,
+    core: Core,
+    undecodable: u64,
+    first_decode_error: Option<String>,
+}
+
+impl Pipeline {
+    pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        Self {
+            reorder: Reorder::new(WINDOW_NS),
+            core: Core {
+                tracker: Tracker::new(Limits::default()),
+                agg: Aggregate::default(),
+                facts: Vec::with_capacity(8),
+                sinks,
+                sink_error: None,
+                last_sweep_ns: 0,
+            },
+            undecodable: 0,
+            first_decode_error: None,
+        }
+    }
+
+    /// Decodes one ring-buffer record and feeds it in; bad records are counted.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        match decode_bytes(bytes) {
+            Ok(ev) => self.push(ev),
+            Err(e) => {
+                self.undecodable += 1;
+                if self.first_decode_error.is_none() {
+                    log::warn!("skipping an undecodable record: {e}");
+                    self.first_decode_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Feeds one decoded event in.
+    pub fn push(&mut self, ev: Event) {
+        let core = &mut self.core;
+        self.reorder.push(ev, |ev| core.process(ev));
+    }
+
+    /// Releases every held event (the source went quiet, or the run ends) and flushes sinks.
+    pub fn flush(&mut self) {
+        let core = &mut self.core;
+        self.reorder.flush(|ev| core.process(ev));
+        if self.core.sink_error.is_none() {
+            for s in &mut self.core.sinks {
+                if let Err(e) = s.flush() {
+                    self.core.sink_error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The first error a sink returned, if any (e.g. a closed pipe).
+    pub fn sink_error(&self) -> Option<&io::Error> {
+        self.core.sink_error.as_ref()
+    }
+
+    pub fn aggregate(&self) -> &Aggregate {
+        &self.core.agg
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.core.tracker
+    }
+
+    pub fn track_stats(&self) -> TrackStats {
+        self.core.tracker.stats()
+    }
+
+    pub fn undecodable(&self) -> u64 {
+        self.undecodable
+    }
+
+    /// Events waiting in the reorder window.
+    pub fn held(&self) -> usize {
+        self.reorder.len()
+    }
+}

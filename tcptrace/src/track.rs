@@ -1,0 +1,564 @@
+//! The per-socket TCP state machine: events in, lifecycle facts out.
+//!
+//! Pure: no I/O, no clock, no root. Time comes only from event timestamps, so a recording
+//! replays to exactly the same facts as the live run that made it.
+//!
+//! Identity: the kernel reuses socket addresses, so a socket's history restarts at
+//! CLOSE->SYN_SENT, CLOSE->LISTEN and LISTEN->SYN_RECV (child creation). A socket first seen
+//! in the middle of its life (the tracer started late) is tracked from there, with the facts
+//! that need its beginning left unknown rather than guessed.
+
+use std::net::SocketAddr;
+
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use crate::decode::{Event, Kind, Owner, TcpState};
+
+/// Which end opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Active open: connect().
+    Client,
+    /// Passive open: a child of a listener.
+    Server,
+}
+
+impl Side {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseKind {
+    /// Both FINs exchanged: the active closer handed over to TIME_WAIT, or the passive closer
+    /// got the last ACK.
+    Fin,
+    /// This host sent a RST (e.g. close with SO_LINGER 0, or unread data at close).
+    ResetSent,
+    /// The peer sent a RST.
+    ResetReceived,
+    /// connect() answered with RST: nothing listened on the port.
+    Refused,
+    /// connect() never completed: SYNs went unanswered until the kernel or the application
+    /// gave up.
+    ConnectTimeout,
+    /// The socket left FIN_WAIT2 by timeout without the peer's FIN.
+    FinWait2Timeout,
+    /// Closed without a FIN exchange or a reset this tracer saw (e.g. aborted in SYN_RECV).
+    Aborted,
+}
+
+impl CloseKind {
+    pub const ALL: [CloseKind; 7] = [
+        Self::Fin,
+        Self::ResetSent,
+        Self::ResetReceived,
+        Self::Refused,
+        Self::ConnectTimeout,
+        Self::FinWait2Timeout,
+        Self::Aborted,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::ResetSent => "reset_sent",
+            Self::ResetReceived => "reset_received",
+            Self::Refused => "refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::FinWait2Timeout => "fin_wait2_timeout",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+/// The teardown phases whose dwell the tracker measures, in the order tables show them.
+pub const PHASES: [TcpState; 5] = [
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::Closing,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+];
+
+/// Index of a teardown phase in [`PHASES`].
+pub fn phase_index(s: TcpState) -> Option<usize> {
+    PHASES.iter().position(|p| *p == s)
+}
+
+/// Who a connection is: its addresses and owner, copied into every fact about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub sock: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub owner: Option<Owner>,
+    pub side: Option<Side>,
+}
+
+/// A finished connection, as `watch --per connection` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub conn: Conn,
+    /// When it opened (CLOSE->SYN_SENT or child creation); `None` if first seen mid-life.
+    pub opened_ns: Option<u64>,
+    pub closed_ns: u64,
+    /// Handshake latency: client side SYN_SENT until ESTABLISHED; server side the SYN-ACK
+    /// round trip. `None` when not observed.
+    pub handshake_ns: Option<u64>,
+    /// SYNs (client) or SYN-ACKs (server) retransmitted.
+    pub retransmits: u32,
+    /// Dwell of each of [`PHASES`] the connection went through.
+    pub phases: [Option<u64>; 5],
+    pub close: CloseKind,
+    /// The socket handed over to a TIME_WAIT mini-socket.
+    pub time_wait: bool,
+}
+
+impl Connection {
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.opened_ns.map(|o| self.closed_ns.saturating_sub(o))
+    }
+}
+
+/// What the tracker concluded from one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fact {
+    /// A state transition, with the time spent in the old state when it is known.
+    Transition {
+        ts_ns: u64,
+        conn: Conn,
+        old: TcpState,
+        new: TcpState,
+        dwell_ns: Option<u64>,
+    },
+    /// A handshake finished. `latency_ns` is `None` where it cannot be known (a server child
+    /// whose SYN-ACK RTT the kernel program could not read).
+    Handshake {
+        ts_ns: u64,
+        conn: Conn,
+        side: Side,
+        latency_ns: Option<u64>,
+        retransmits: u32,
+    },
+    /// A teardown phase ended after `dwell_ns`.
+    Phase {
+        ts_ns: u64,
+        conn: Conn,
+        phase: TcpState,
+        dwell_ns: u64,
+    },
+    /// The socket handed over to a TIME_WAIT mini-socket (no tracepoint reports its end).
+    TimeWait { ts_ns: u64, conn: Conn },
+    /// A connection ended.
+    Closed(Connection),
+    /// A SYN was retransmitted while connecting.
+    SynRetransmit { ts_ns: u64, conn: Conn },
+    /// A SYN-ACK was retransmitted by a listener.
+    SynAckRetransmit { ts_ns: u64, conn: Conn },
+    /// A RST was received or sent.
+    Reset { ts_ns: u64, conn: Conn, sent: bool },
+}
+
+/// Counters about the stream itself: how complete and consistent it was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackStats {
+    /// Events consumed.
+    pub events: u64,
+    /// Sockets first seen mid-life (the tracer started after they opened).
+    pub joined_mid_life: u64,
+    /// Transitions whose old state differed from the state the tracker held (a missed event).
+    pub gaps: u64,
+    /// Events older than the socket's previous event (cross-CPU reordering the reorder stage
+    /// did not absorb); their dwell is taken as zero.
+    pub out_of_order: u64,
+    /// Sockets dropped for idleness or to respect the memory bound.
+    pub evicted: u64,
+    /// A socket address started a new life while the old one was never seen closing.
+    pub reused_unclosed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sock {
+    conn: Conn,
+    state: TcpState,
+    /// When the current state was entered; `None` if first seen mid-life in this state.
+    since_ns: Option<u64>,
+    last_ns: u64,
+    opened_ns: Option<u64>,
+    handshake_ns: Option<u64>,
+    retransmits: u32,
+    phases: [Option<u64>; 5],
+    reset_received: bool,
+    reset_sent: bool,
+}
+
+/// Tracker limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most sockets held at once; beyond it the least recently seen are evicted.
+    pub max_sockets: usize,
+    /// A socket with no event for this long is evicted on the next sweep.
+    pub max_idle_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sockets: 262_144,
+            max_idle_ns: 24 * 3600 * 1_000_000_000,
+        }
+    }
+}
+
+/// SYN-ACK retransmits seen for a connection whose child socket does not exist yet, keyed by
+/// (local, remote); consumed when the child appears.
+#[derive(Clone, Copy, Debug)]
+struct PendingSynAck {
+    count: u32,
+    last_ns: u64,
+}
+
+/// The state machine over all sockets.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    socks: FxHashMap<u64, Sock>,
+    pending_synack: FxHashMap<(SocketAddr, SocketAddr), PendingSynAck>,
+    limits: Limits,
+    stats: TrackStats,
+    newest_ns: u64,
+}
+
+impl Tracker {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    pub fn stats(&self) -> TrackStats {
+        self.stats
+    }
+
+    /// Sockets currently in `state`, with the time they entered it (if known) and their
+    /// connection, for "who is stuck in CLOSE_WAIT" views.
+    pub fn sockets_in(&self, state: TcpState) -> Vec<(Option<u64>, Conn)> {
+        let mut v: Vec<_> = self
+            .socks
+            .values()
+            .filter(|s| s.state == state)
+            .map(|s| (s.since_ns, s.conn))
+            .collect();
+        v.sort_by_key(|(since, c)| (since.unwrap_or(0), c.sock));
+        v
+    }
+
+    /// Number of sockets per state right now.
+    pub fn population(&self) -> [(TcpState, usize); 13] {
+        let mut counts = TcpState::ALL.map(|s| (s, 0usize));
+        for s in self.socks.values() {
+            counts[s.state as usize - 1].1 += 1;
+        }
+        counts
+    }
+
+    /// Newest event time seen.
+    pub fn newest_ns(&self) -> u64 {
+        self.newest_ns
+    }
+
+    /// Consumes one event and appends the facts it yields to `out`.
+    pub fn process(&mut self, ev: &Event, out: &mut Vec<Fact>) {
+        self.stats.events += 1;
+        self.newest_ns = self.newest_ns.max(ev.ts_ns);
+        match ev.kind {
+            Kind::State { old, new } => self.transition(ev, old, new, out),
+            Kind::SynRetransmit => {
+                let s = self.sock_mut(ev, TcpState::SynSent);
+                s.retransmits += 1;
+                out.push(Fact::SynRetransmit {
+                    ts_ns: ev.ts_ns,
+                    conn: s.conn,
+                });
+            }
+            Kind::SynAckRetransmit => {
+                let key = (ev.local, ev.remote);
+                let p = self.pending_synack.entry(key).or_insert(PendingSynAck {
+                    count: 0,
+                    last_ns: ev.ts_ns,
+                });
+                p.count += 1;
+                p.last_ns = ev.ts_ns;
+                out.push(Fact::SynAckRetransmit {
+                    ts_ns: ev.ts_ns,
+                    conn: conn_of(ev, None),
+                });
+            }
+            Kind::ResetReceived | Kind::ResetSent { .. } => {
+                let sent = matches!(ev.kind, Kind::ResetSent { .. });
+                let conn = match self.socks.get_mut(&ev.sock) {
+                    Some(s) => {
+                        if sent {
+                            s.reset_sent = true;
+                        } else {
+                            s.reset_received = true;
+                        }
+                        s.conn
+                    }
+                    None => conn_of(ev, None),
+                };
+                out.push(Fact::Reset {
+                    ts_ns: ev.ts_ns,
+                    conn,
+                    sent,
+                });
+            }
+        }
+    }
+
+    /// The tracked socket for `ev`, created (as first seen mid-life in `state`) if unknown.
+    fn sock_mut(&mut self, ev: &Event, state: TcpState) -> &mut Sock {
+        let stats = &mut self.stats;
+        self.socks.entry(ev.sock).or_insert_with(|| {
+            stats.joined_mid_life += 1;
+            Sock::new(conn_of(ev, side_from_state(state)), state, None, ev.ts_ns)
+        })
+    }
+
+    fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState, out: &mut Vec<Fact>) {
+        let ts = ev.ts_ns;
+        let restart = matches!(
+            (old, new),
+            (TcpState::Close, TcpState::SynSent)
+                | (TcpState::Close, TcpState::Listen)
+                | (TcpState::Listen, TcpState::SynRecv)
+        );
+        if restart {
+            if self.socks.remove(&ev.sock).is_some() {
+                self.stats.reused_unclosed += 1;
+            }
+            let side = match new {
+                TcpState::SynSent => Some(Side::Client),
+                TcpState::SynRecv => Some(Side::Server),
+                _ => None,
+            };
+            let mut s = Sock::new(conn_of(ev, side), new, Some(ts), ts);
+            if side.is_some() {
+                s.opened_ns = Some(ts);
+            }
+            if new == TcpState::SynRecv
+                && let Some(p) = self.pending_synack.remove(&(ev.local, ev.remote))
+            {
+                s.retransmits = p.count;
+            }
+            out.push(Fact::Transition {
+                ts_ns: ts,
+                conn: s.conn,
+                old,
+                new,
+                dwell_ns: None,
+            });
+            self.socks.insert(ev.sock, s);
+            self.maybe_sweep(ts);
+            return;
+        }
+
+        let stats = &mut self.stats;
+        let s = self.socks.entry(ev.sock).or_insert_with(|| {
+            stats.joined_mid_life += 1;
+            Sock::new(conn_of(ev, side_from_state(old)), old, None, ts)
+        });
+        // Keep the newest addresses and owner: a client's local port is 0 at CLOSE->SYN_SENT
+        // (connect() sets the state before it picks the port).
+        s.conn.local = ev.local;
+        s.conn.remote = ev.remote;
+        if ev.owner.is_some() {
+            s.conn.owner = ev.owner;
+        }
+        let consistent = s.state == old;
+        if !consistent {
+            stats.gaps += 1;
+        }
+        let dwell = match s.since_ns {
+            Some(since) if ts >= since => Some(ts - since),
+            Some(_) => {
+                stats.out_of_order += 1;
+                Some(0)
+            }
+            None => None,
+        };
+        s.last_ns = s.last_ns.max(ts);
+        out.push(Fact::Transition {
+            ts_ns: ts,
+            conn: s.conn,
+            old,
+            new,
+            dwell_ns: if consistent { dwell } else { None },
+        });
+
+        if consistent && let Some(d) = dwell {
+            if let Some(i) = phase_index(old) {
+                s.phases[i] = Some(d);
+                out.push(Fact::Phase {
+                    ts_ns: ts,
+                    conn: s.conn,
+                    phase: old,
+                    dwell_ns: d,
+                });
+            }
+        }
+
+        // Handshakes.
+        if new == TcpState::Established {
+            match (s.conn.side, old) {
+                (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => {
+                    let latency = s.opened_ns.map(|o| ts.saturating_sub(o));
+                    s.handshake_ns = latency;
+                    out.push(Fact::Handshake {
+                        ts_ns: ts,
+                        conn: s.conn,
+                        side: Side::Client,
+                        latency_ns: latency,
+                        retransmits: s.retransmits,
+                    });
+                }
+                (Some(Side::Server), TcpState::SynRecv) => {
+                    let latency = ev.srtt_us.filter(|&r| r > 0).map(|r| u64::from(r) * 1000);
+                    s.handshake_ns = latency;
+                    out.push(Fact::Handshake {
+                        ts_ns: ts,
+                        conn: s.conn,
+                        side: Side::Server,
+                        latency_ns: latency,
+                        retransmits: s.retransmits,
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        s.state = new;
+        s.since_ns = Some(ts);
+
+        if new == TcpState::Close {
+            let s = *s;
+            self.socks.remove(&ev.sock);
+            if old == TcpState::Listen {
+                return;
+            }
+            let time_wait = !s.reset_received
+                && !s.reset_sent
+                && matches!(old, TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait);
+            if time_wait {
+                out.push(Fact::TimeWait {
+                    ts_ns: ts,
+                    conn: s.conn,
+                });
+            }
+            let close = classify_close(&s, old);
+            out.push(Fact::Closed(Connection {
+                conn: s.conn,
+                opened_ns: s.opened_ns,
+                closed_ns: ts,
+                handshake_ns: s.handshake_ns,
+                retransmits: s.retransmits,
+                phases: s.phases,
+                close,
+                time_wait,
+            }));
+        }
+    }
+
+    /// Evicts idle sockets, and the least recently seen ones beyond the size bound.
+    fn maybe_sweep(&mut self, now_ns: u64) {
+        if self.socks.len() <= self.limits.max_sockets {
+            return;
+        }
+        self.sweep(now_ns);
+        if self.socks.len() > self.limits.max_sockets {
+            // Drop the oldest tenth (by last event) to make room for a while.
+            let mut ages: Vec<(u64, u64)> =
+                self.socks.iter().map(|(k, s)| (s.last_ns, *k)).collect();
+            ages.sort_unstable();
+            let n = self.socks.len() / 10 + 1;
+            for (_, k) in ages.into_iter().take(n) {
+                self.socks.remove(&k);
+                self.stats.evicted += 1;
+            }
+        }
+    }
+
+    /// Evicts sockets (other than listeners) idle for longer than the limit, and SYN-ACK
+    /// retransmit records older than a minute. Call now and then with the newest event time.
+    pub fn sweep(&mut self, now_ns: u64) {
+        let max_idle = self.limits.max_idle_ns;
+        let before = self.socks.len();
+        self.socks.retain(|_, s| {
+            s.state == TcpState::Listen || now_ns.saturating_sub(s.last_ns) <= max_idle
+        });
+        self.stats.evicted += (before - self.socks.len()) as u64;
+        self.pending_synack
+            .retain(|_, p| now_ns.saturating_sub(p.last_ns) <= 60_000_000_000);
+    }
+}
+
+impl Sock {
+    fn new(conn: Conn, state: TcpState, since_ns: Option<u64>, ts: u64) -> Self {
+        Self {
+            conn,
+            state,
+            since_ns,
+            last_ns: ts,
+            opened_ns: None,
+            handshake_ns: None,
+            retransmits: 0,
+            phases: [None; 5],
+            reset_received: false,
+            reset_sent: false,
+        }
+    }
+}
+
+fn side_from_state(s: TcpState) -> Option<Side> {
+    match s {
+        TcpState::SynSent => Some(Side::Client),
+        TcpState::SynRecv => Some(Side::Server),
+        _ => None,
+    }
+}
+
+fn conn_of(ev: &Event, side: Option<Side>) -> Conn {
+    Conn {
+        sock: ev.sock,
+        local: ev.local,
+        remote: ev.remote,
+        owner: ev.owner,
+        side,
+    }
+}
+
+fn classify_close(s: &Sock, old: TcpState) -> CloseKind {
+    match old {
+        TcpState::SynSent if s.reset_received => CloseKind::Refused,
+        TcpState::SynSent => CloseKind::ConnectTimeout,
+        _ if s.reset_received => CloseKind::ResetReceived,
+        TcpState::FinWait2 if s.reset_sent => CloseKind::FinWait2Timeout,
+        _ if s.reset_sent => CloseKind::ResetSent,
+        TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait | TcpState::LastAck => {
+            CloseKind::Fin
+        }
+        _ => CloseKind::Aborted,
+    }
+}
+
+#[cfg(test)]
+mod tests;
