@@ -59,7 +59,7 @@ impl Hist {
     }
 
     pub fn quantiles(&self) -> Option<Quantiles> {
-        let h = self.h.as_ref().filter(|h| h.len() > 0)?;
+        let h = self.h.as_ref().filter(|h| !h.is_empty())?;
         Some(Quantiles {
             count: h.len(),
             min_us: h.min(),
@@ -69,11 +69,6 @@ impl Hist {
             max_us: h.max(),
             mean_us: h.mean(),
         })
-    }
-
-    /// The underlying histogram, for charts.
-    pub fn histogram(&self) -> Option<&Histogram<u64>> {
-        self.h.as_deref()
     }
 }
 

@@ -23,11 +23,6 @@ fn now_ns(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (the clock `bpf_ktime_get_ns` reads).
-pub fn monotonic_ns() -> u64 {
-    now_ns(libc::CLOCK_MONOTONIC).max(0) as u64
-}
-
 impl Clock {
     /// Measures the offset now (the monotonic reading is taken between two realtime ones).
     pub fn measure() -> Self {

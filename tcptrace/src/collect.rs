@@ -3,7 +3,6 @@
 
 use std::{
     fs,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -13,7 +12,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tcptrace_common::{FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, counter};
+use tcptrace_common::{
+    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, counter,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::config::Filter;
@@ -348,9 +349,8 @@ impl Collector {
             .context("loading the eBPF object failed")?;
 
         if filter.any_ports() {
-            let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
-                ebpf.map_mut("PORTS").context("the PORTS map is missing")?,
-            )?;
+            let mut ports: BpfHashMap<_, u16, u8> =
+                BpfHashMap::try_from(ebpf.map_mut("PORTS").context("the PORTS map is missing")?)?;
             let mut bits: std::collections::BTreeMap<u16, u8> = Default::default();
             for p in &filter.lports {
                 *bits.entry(*p).or_default() |= PORT_LOCAL;
@@ -380,7 +380,10 @@ impl Collector {
                 format!("the kernel verifier rejected the {} program", probe.name)
             })?;
             prog.attach(probe.category, probe.name).with_context(|| {
-                format!("attaching to tracepoint {}:{} failed", probe.category, probe.name)
+                format!(
+                    "attaching to tracepoint {}:{} failed",
+                    probe.category, probe.name
+                )
             })?;
         }
 
@@ -444,11 +447,6 @@ impl Collector {
             filtered: read(counter::FILTERED)?,
         })
     }
-
-    /// The ring buffer's file descriptor (for diagnostics).
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
-    }
 }
 
 #[cfg(test)]
@@ -470,10 +468,26 @@ format:
         assert_eq!(
             f,
             vec![
-                Field { name: "common_type".into(), offset: 0, size: 2 },
-                Field { name: "skaddr".into(), offset: 8, size: 8 },
-                Field { name: "oldstate".into(), offset: 16, size: 4 },
-                Field { name: "saddr_v6".into(), offset: 40, size: 16 },
+                Field {
+                    name: "common_type".into(),
+                    offset: 0,
+                    size: 2
+                },
+                Field {
+                    name: "skaddr".into(),
+                    offset: 8,
+                    size: 8
+                },
+                Field {
+                    name: "oldstate".into(),
+                    offset: 16,
+                    size: 4
+                },
+                Field {
+                    name: "saddr_v6".into(),
+                    offset: 40,
+                    size: 16
+                },
             ]
         );
     }

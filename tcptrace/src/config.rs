@@ -14,7 +14,9 @@ pub fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
     for part in s.split(',') {
         let part = part.trim();
         if part.is_empty() {
-            return Err(format!("empty entry in port list {s:?}: use e.g. 80,443 or 8000-8010"));
+            return Err(format!(
+                "empty entry in port list {s:?}: use e.g. 80,443 or 8000-8010"
+            ));
         }
         let (lo, hi) = match part.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),
@@ -49,7 +51,9 @@ fn port(s: &str) -> Result<u16, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("{s:?} is not a positive number of seconds (e.g. 10 or 0.5)")),
+        _ => Err(format!(
+            "{s:?} is not a positive number of seconds (e.g. 10 or 0.5)"
+        )),
     }
 }
 
@@ -78,7 +82,13 @@ impl Filter {
             rports: flat(&a.rport),
             ports: flat(&a.port),
         };
-        let mut all: Vec<u16> = f.lports.iter().chain(&f.rports).chain(&f.ports).copied().collect();
+        let mut all: Vec<u16> = f
+            .lports
+            .iter()
+            .chain(&f.rports)
+            .chain(&f.ports)
+            .copied()
+            .collect();
         all.sort_unstable();
         all.dedup();
         if all.len() > MAX_FILTER_PORTS as usize {
@@ -131,10 +141,22 @@ mod tests {
         let e = parse_ports("70000").expect_err("out of range");
         assert!(e.contains("70000") && e.contains("1 to 65535"), "{e}");
         assert!(parse_ports("0").expect_err("zero").contains("out of range"));
-        assert!(parse_ports("http").expect_err("word").contains("not a port"));
-        assert!(parse_ports("9-3").expect_err("reversed").contains("reversed"));
+        assert!(
+            parse_ports("http")
+                .expect_err("word")
+                .contains("not a port")
+        );
+        assert!(
+            parse_ports("9-3")
+                .expect_err("reversed")
+                .contains("reversed")
+        );
         assert!(parse_ports("80,,81").expect_err("empty").contains("empty"));
-        assert!(parse_ports("1-2000").expect_err("many").contains("too many"));
+        assert!(
+            parse_ports("1-2000")
+                .expect_err("many")
+                .contains("too many")
+        );
     }
 
     #[test]

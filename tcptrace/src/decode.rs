@@ -90,6 +90,7 @@ impl TcpState {
     }
 
     /// Parses a kernel name (with or without `TCP_`).
+    #[cfg(test)]
     pub fn from_name(s: &str) -> Option<Self> {
         let s = s.strip_prefix("TCP_").unwrap_or(s);
         Self::ALL.into_iter().find(|st| st.name() == s)
@@ -136,6 +137,7 @@ impl Comm {
         String::from_utf8_lossy(&self.0[..end])
     }
 
+    #[cfg(test)]
     pub fn from_str_lossy(s: &str) -> Self {
         let mut b = [0u8; 16];
         let n = s.len().min(15);
@@ -373,7 +375,10 @@ pub(crate) mod tests {
             assert_eq!(TcpState::from_name(s.name()), Some(s));
             assert_eq!(TcpState::from_kernel(s as u8), Some(s));
         }
-        assert_eq!(TcpState::from_name("TCP_FIN_WAIT2"), Some(TcpState::FinWait2));
+        assert_eq!(
+            TcpState::from_name("TCP_FIN_WAIT2"),
+            Some(TcpState::FinWait2)
+        );
         assert_eq!(TcpState::from_kernel(0), None);
         assert_eq!(TcpState::from_kernel(14), None);
     }

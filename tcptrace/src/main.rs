@@ -78,6 +78,13 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
         log::warn!("{reason}; the facts it gives are not collected");
     }
     let clock = Clock::measure();
+    eprintln!(
+        "tcptrace: tracing TCP state transitions{}; Ctrl-C to stop",
+        match args.duration {
+            Some(d) => format!(" for {:.1}s", d.as_secs_f64()),
+            None => String::new(),
+        }
+    );
 
     let style = match args.format {
         Format::Text => Style::Text,
@@ -142,7 +149,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
         pipeline.aggregate(),
         &counters,
         pipeline.undecodable(),
-        pipeline.track_stats(),
+        pipeline.tracker(),
         args.top,
     );
     if let Some(path) = &args.summary_json {
@@ -153,13 +160,6 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     if !args.no_summary {
         let mut err = io::stderr().lock();
         let _ = summary.write_text(&mut err);
-        if counters.filtered > 0 {
-            let _ = writeln!(
-                err,
-                "  ({} events dropped by the kernel-side filter, as asked)",
-                counters.filtered
-            );
-        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::{
     decode::{Event, decode_bytes},
     reorder::{Reorder, WINDOW_NS},
     stream::Sink,
-    track::{Fact, Limits, TrackStats, Tracker},
+    track::{Fact, Limits, Tracker},
 };
 
 /// How often (in event time) idle sockets are swept from the tracker.
@@ -126,16 +126,7 @@ impl Pipeline {
         &self.core.tracker
     }
 
-    pub fn track_stats(&self) -> TrackStats {
-        self.core.tracker.stats()
-    }
-
     pub fn undecodable(&self) -> u64 {
         self.undecodable
-    }
-
-    /// Events waiting in the reorder window.
-    pub fn held(&self) -> usize {
-        self.reorder.len()
     }
 }

@@ -81,10 +81,7 @@ impl Reorder {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -164,7 +164,14 @@ impl<W: io::Write> Stream<W> {
         }
     }
 
-    fn transition_line(&mut self, ts_ns: u64, conn: &Conn, old: &'static str, new: &'static str, dwell: Option<u64>) {
+    fn transition_line(
+        &mut self,
+        ts_ns: u64,
+        conn: &Conn,
+        old: &'static str,
+        new: &'static str,
+        dwell: Option<u64>,
+    ) {
         let line = &mut self.line;
         match self.style {
             Style::Text => {
@@ -174,10 +181,7 @@ impl<W: io::Write> Stream<W> {
                 let _ = write!(
                     line,
                     " {:<26} {:<26} {:>11} -> {:<11} ",
-                    conn.local,
-                    conn.remote,
-                    old,
-                    new
+                    conn.local, conn.remote, old, new
                 );
                 push_ms(line, dwell, 10);
             }
@@ -228,7 +232,11 @@ impl<W: io::Write> Stream<W> {
                     line.push(' ');
                     push_ms(line, p, 9);
                 }
-                let close = if c.time_wait { "fin+time_wait" } else { c.close.name() };
+                let close = if c.time_wait {
+                    "fin+time_wait"
+                } else {
+                    c.close.name()
+                };
                 let _ = write!(line, " {close:<15} ");
                 push_ms(line, c.lifetime_ns(), 10);
             }
@@ -356,7 +364,11 @@ mod tests {
 
     #[test]
     fn text_transition_line() {
-        let out = render(Style::Text, Unit::Transition, &[transition(Some(1_234_567)), transition(None)]);
+        let out = render(
+            Style::Text,
+            Unit::Transition,
+            &[transition(Some(1_234_567)), transition(None)],
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("TIME"));
@@ -369,9 +381,15 @@ mod tests {
 
     #[test]
     fn json_transition_has_the_documented_keys() {
-        let out = render(Style::Json, Unit::Transition, &[transition(Some(2_000_000))]);
+        let out = render(
+            Style::Json,
+            Unit::Transition,
+            &[transition(Some(2_000_000))],
+        );
         let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
-        for k in ["time", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "old", "new", "ms"] {
+        for k in [
+            "time", "pid", "comm", "family", "laddr", "lport", "raddr", "rport", "old", "new", "ms",
+        ] {
             assert!(v.get(k).is_some(), "missing {k} in {v}");
         }
         assert_eq!(v["pid"], 4242);

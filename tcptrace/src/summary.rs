@@ -9,8 +9,22 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregate, Groups, Quantiles, Stats, row_names, rows},
     collect::Counters,
-    track::{CloseKind, TrackStats},
+    decode::TcpState,
+    track::{CloseKind, TrackStats, Tracker},
 };
+
+/// A socket still waiting in CLOSE_WAIT when the run ended: the peer closed, the application
+/// has not (the classic socket-leak signal).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Stuck {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub local: String,
+    pub remote: String,
+    /// Time in CLOSE_WAIT up to the last event of the run; `None` if it was already there when
+    /// tracing started.
+    pub age_ms: Option<f64>,
+}
 
 /// One group's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -82,11 +96,16 @@ pub struct Summary {
     pub lost: u64,
     /// Records that did not decode (counted, skipped).
     pub undecodable: u64,
+    /// Events the kernel-side filter dropped, as asked.
+    pub filtered: u64,
     pub track: TrackStats,
     pub overall: GroupSummary,
     pub by_remote_port: Vec<GroupSummary>,
     pub by_local_port: Vec<GroupSummary>,
     pub by_process: Vec<GroupSummary>,
+    /// Sockets in CLOSE_WAIT at the end of the run (count and the oldest few).
+    pub close_wait_now: u64,
+    pub close_wait_oldest: Vec<Stuck>,
 }
 
 fn top(groups: &Groups, n: usize) -> Vec<GroupSummary> {
@@ -104,19 +123,36 @@ impl Summary {
         agg: &Aggregate,
         counters: &Counters,
         undecodable: u64,
-        track: TrackStats,
+        tracker: &Tracker,
         top_n: usize,
     ) -> Self {
+        let track: TrackStats = tracker.stats();
+        let waiting = tracker.sockets_in(TcpState::CloseWait);
+        let end = tracker.newest_ns();
+        let close_wait_oldest = waiting
+            .iter()
+            .take(top_n)
+            .map(|(since, c)| Stuck {
+                pid: c.owner.map(|o| o.tgid),
+                comm: c.owner.map(|o| o.comm.as_str().into_owned()),
+                local: c.local.to_string(),
+                remote: c.remote.to_string(),
+                age_ms: since.map(|t| end.saturating_sub(t) as f64 / 1e6),
+            })
+            .collect();
         Self {
             transitions: agg.transitions,
             events: track.events,
             lost: counters.lost,
             undecodable,
+            filtered: counters.filtered,
             track,
             overall: GroupSummary::of("overall".to_owned(), &agg.overall),
             by_remote_port: top(&agg.by_remote_port, top_n),
             by_local_port: top(&agg.by_local_port, top_n),
             by_process: top(&agg.by_process, top_n),
+            close_wait_now: waiting.len() as u64,
+            close_wait_oldest,
         }
     }
 
@@ -128,8 +164,8 @@ impl Summary {
     pub fn write_text(&self, mut w: impl io::Write) -> io::Result<()> {
         writeln!(
             w,
-            "tcptrace summary: {} transitions, {} events, {} lost, {} undecodable",
-            self.transitions, self.events, self.lost, self.undecodable
+            "tcptrace summary: {} transitions, {} events, {} lost, {} undecodable, {} filtered in the kernel",
+            self.transitions, self.events, self.lost, self.undecodable, self.filtered
         )?;
         if self.lost > 0 {
             writeln!(
@@ -147,7 +183,28 @@ impl Summary {
                 t.joined_mid_life, t.gaps, t.out_of_order, t.evicted, t.reused_unclosed
             )?;
         }
-        write_group(&mut w, &self.overall)?;
+        write_group(&mut w, &self.overall, true)?;
+        if self.close_wait_now > 0 {
+            writeln!(
+                w,
+                "still in CLOSE_WAIT at the end (peer closed, application has not): {}",
+                self.close_wait_now
+            )?;
+            for st in &self.close_wait_oldest {
+                writeln!(
+                    w,
+                    "  {:>7} {:<15} {} -> {}  {}",
+                    st.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    st.comm.as_deref().unwrap_or("-"),
+                    st.local,
+                    st.remote,
+                    st.age_ms.map_or_else(
+                        || "since before tracing".to_owned(),
+                        |a| format!("{:.3} ms so far", a)
+                    )
+                )?;
+            }
+        }
         for (title, groups) in [
             ("by remote port (client side)", &self.by_remote_port),
             ("by local port (server side)", &self.by_local_port),
@@ -158,7 +215,7 @@ impl Summary {
             }
             writeln!(w, "{title}:")?;
             for g in groups {
-                write_group(&mut w, g)?;
+                write_group(&mut w, g, false)?;
             }
         }
         Ok(())
@@ -169,7 +226,7 @@ fn fmt_ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1000.0)
 }
 
-fn write_group(w: &mut impl io::Write, g: &GroupSummary) -> io::Result<()> {
+fn write_group(w: &mut impl io::Write, g: &GroupSummary, all_rows: bool) -> io::Result<()> {
     let closes: Vec<String> = g.closes.iter().map(|(k, n)| format!("{k} {n}")).collect();
     writeln!(
         w,
@@ -205,7 +262,8 @@ fn write_group(w: &mut impl io::Write, g: &GroupSummary) -> io::Result<()> {
                 fmt_ms(q.p99_us),
                 fmt_ms(q.max_us)
             )?,
-            None => writeln!(w, "  {:<18} {:>8}", name, 0)?,
+            None if all_rows => writeln!(w, "  {:<18} {:>8}", name, 0)?,
+            None => {}
         }
     }
     if g.server_handshake_unmeasured > 0 {

@@ -262,15 +262,6 @@ impl Tracker {
         v
     }
 
-    /// Number of sockets per state right now.
-    pub fn population(&self) -> [(TcpState, usize); 13] {
-        let mut counts = TcpState::ALL.map(|s| (s, 0usize));
-        for s in self.socks.values() {
-            counts[s.state as usize - 1].1 += 1;
-        }
-        counts
-    }
-
     /// Newest event time seen.
     pub fn newest_ns(&self) -> u64 {
         self.newest_ns
@@ -405,16 +396,17 @@ impl Tracker {
             dwell_ns: if consistent { dwell } else { None },
         });
 
-        if consistent && let Some(d) = dwell {
-            if let Some(i) = phase_index(old) {
-                s.phases[i] = Some(d);
-                out.push(Fact::Phase {
-                    ts_ns: ts,
-                    conn: s.conn,
-                    phase: old,
-                    dwell_ns: d,
-                });
-            }
+        if consistent
+            && let Some(d) = dwell
+            && let Some(i) = phase_index(old)
+        {
+            s.phases[i] = Some(d);
+            out.push(Fact::Phase {
+                ts_ns: ts,
+                conn: s.conn,
+                phase: old,
+                dwell_ns: d,
+            });
         }
 
         // Handshakes.
@@ -457,7 +449,10 @@ impl Tracker {
             }
             let time_wait = !s.reset_received
                 && !s.reset_sent
-                && matches!(old, TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait);
+                && matches!(
+                    old,
+                    TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
+                );
             if time_wait {
                 out.push(Fact::TimeWait {
                     ts_ns: ts,

@@ -191,7 +191,9 @@ pub fn linked_toolchain_ok() -> bool {
 
 fn ensure_linked_toolchain() -> Result<()> {
     if linked_toolchain_ok() {
-        eprintln!("setup: rustup toolchain `{BPF_TOOLCHAIN}` present (Debian's rustc with BPF core)");
+        eprintln!(
+            "setup: rustup toolchain `{BPF_TOOLCHAIN}` present (Debian's rustc with BPF core)"
+        );
         return Ok(());
     }
     let dir = toolchain_dir();
@@ -215,8 +217,7 @@ fn ensure_linked_toolchain() -> Result<()> {
             .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
     }
     let mut link = Command::new("rustup");
-    link.args(["toolchain", "link", BPF_TOOLCHAIN])
-        .arg(&dir);
+    link.args(["toolchain", "link", BPF_TOOLCHAIN]).arg(&dir);
     run(&mut link).context("rustup toolchain link failed")?;
     if !linked_toolchain_ok() {
         bail!(

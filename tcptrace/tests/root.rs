@@ -1,0 +1,342 @@
+//! Root integration tests: load the real eBPF program through the real binary and check what
+//! it reports about connections these tests make themselves on loopback.
+//!
+//! They are `#[ignore]`d because they need root; `cargo xtask test` runs them (as root, one at
+//! a time) and fails if none ran.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+    process::Command,
+};
+
+use common::{
+    BIN, CloseOrder, Life, Tracer, client_expected, connect_and_close, lives, require_root, s,
+    server_expected,
+};
+use serde_json::Value;
+
+fn listener(ip: std::net::IpAddr) -> TcpListener {
+    TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind listener")
+}
+
+/// A port nothing listens on right now (the kernel's pick, released at once), so a test can
+/// start the tracer filtered on it before the listener exists.
+fn free_port(ip: std::net::IpAddr) -> u16 {
+    listener(ip).local_addr().expect("addr").port()
+}
+
+/// The life whose lines carry these ports.
+fn find(lives: &[Life], lport: u16, rport: u16) -> &Life {
+    lives
+        .iter()
+        .find(|l| l.has_ports(lport, rport))
+        .unwrap_or_else(|| panic!("no socket life with ports {lport}->{rport}"))
+}
+
+fn check_life(life: &Life, expected: &[&str], pid: u32, laddr: &str, raddr: &str) {
+    assert_eq!(
+        life.transitions(),
+        expected,
+        "socket {} went through the wrong transitions",
+        life.sock
+    );
+    for (i, l) in life.lines.iter().enumerate() {
+        assert_eq!(l["pid"], pid, "wrong pid on {l}");
+        assert!(!s(&l["comm"]).is_empty(), "empty comm on {l}");
+        assert_eq!(s(&l["laddr"]), laddr, "local address on {l}");
+        if !(s(&l["old"]) == "CLOSE" && s(&l["new"]) == "SYN_SENT") {
+            assert_eq!(s(&l["raddr"]), raddr, "remote address on {l}");
+        }
+        match (i, &l["ms"]) {
+            (0, Value::Null) => {}
+            (0, other) => panic!("first transition of a life has no dwell, got {other} on {l}"),
+            (_, v) => {
+                let ms = v
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("ms is not a number on {l}"));
+                assert!(ms >= 0.0, "negative ms on {l}");
+            }
+        }
+    }
+}
+
+fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize) {
+    require_root();
+    let port = free_port(ip);
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let l = TcpListener::bind(SocketAddr::new(ip, port)).expect("bind the chosen port");
+    let mut conns = Vec::new();
+    for i in 0..per_order * 2 {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        conns.push((order, connect_and_close(&l, order)));
+    }
+    drop(l);
+    let out = tracer.stop();
+    assert_eq!(out.summary["lost"], 0, "lost events:\n{}", out.stderr);
+    assert_eq!(out.summary["undecodable"], 0);
+
+    let pid = std::process::id();
+    let ip_s = ip.to_string();
+    for l in &out.lines {
+        assert_eq!(s(&l["family"]), family, "family on {l}");
+    }
+    let lives = lives(&out.lines);
+    // The listener: CLOSE->LISTEN ... LISTEN->CLOSE.
+    let listener_life = lives
+        .iter()
+        .find(|l| {
+            l.transitions()
+                .first()
+                .is_some_and(|t| t == "CLOSE->LISTEN")
+        })
+        .expect("listener life");
+    assert_eq!(
+        listener_life.transitions(),
+        ["CLOSE->LISTEN", "LISTEN->CLOSE"]
+    );
+    assert_eq!(listener_life.lines[0]["lport"], port);
+
+    for (order, (cport, sport)) in &conns {
+        let client = find(&lives, *cport, *sport);
+        check_life(client, &client_expected(*order), pid, &ip_s, &ip_s);
+        assert_eq!(client.lines[0]["rport"], *sport);
+        let lport0 = client.lines[0]["lport"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            lport0 == 0 || lport0 == u64::from(*cport),
+            "CLOSE->SYN_SENT local port is 0 (not yet chosen) or the final port, got {lport0}"
+        );
+        let server = find(&lives, *sport, *cport);
+        check_life(server, &server_expected(*order), pid, &ip_s, &ip_s);
+    }
+    // Exactly these sockets and nothing else: listener + 2 per connection.
+    assert_eq!(lives.len(), 1 + 2 * conns.len(), "unexpected extra sockets");
+    let n = conns.len() as u64;
+    let overall = &out.summary["overall"];
+    assert_eq!(overall["rows"]["handshake client"]["count"], n);
+    assert_eq!(overall["rows"]["FIN_WAIT1"]["count"], n);
+    assert_eq!(overall["rows"]["CLOSE_WAIT"]["count"], n);
+    assert_eq!(overall["rows"]["LAST_ACK"]["count"], n);
+    assert_eq!(overall["closes"]["fin"], 2 * n);
+    eprintln!(
+        "{family}: {} connections, {} transitions checked",
+        conns.len(),
+        out.lines.len()
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn ipv4_loopback_connections_report_exact_transitions() {
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn ipv6_loopback_connections_report_exact_transitions() {
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn port_filters_keep_other_traffic_in_the_kernel() {
+    require_root();
+    let a = listener(Ipv4Addr::LOCALHOST.into());
+    let b = listener(Ipv4Addr::LOCALHOST.into());
+    let pa = a.local_addr().expect("addr").port();
+    let pb = b.local_addr().expect("addr").port();
+    let either = Tracer::start(&["--port", &pa.to_string()]);
+    let local = Tracer::start(&["--lport", &pa.to_string()]);
+    let remote = Tracer::start(&["--rport", &pa.to_string()]);
+    let v6only = Tracer::start(&["-6", "--port", &format!("{pa},{pb}")]);
+    for _ in 0..5 {
+        connect_and_close(&a, CloseOrder::ClientFirst);
+        connect_and_close(&b, CloseOrder::ClientFirst);
+    }
+    let (either, local, remote, v6only) =
+        (either.stop(), local.stop(), remote.stop(), v6only.stop());
+
+    for l in &either.lines {
+        assert!(
+            l["lport"] == pa || l["rport"] == pa,
+            "--port {pa} let through {l}"
+        );
+    }
+    // 5 connections x (5 client + 5 server transitions); the listener predates the tracer.
+    assert_eq!(
+        either.lines.len(),
+        50,
+        "--port {pa}: {} lines",
+        either.lines.len()
+    );
+    assert!(
+        either.summary["filtered"].as_u64().unwrap_or(0) >= 50,
+        "port {pb}'s events were not dropped in the kernel"
+    );
+
+    for l in &local.lines {
+        assert_eq!(l["lport"], pa, "--lport {pa} let through {l}");
+    }
+    assert_eq!(local.lines.len(), 25, "server sides");
+    for l in &remote.lines {
+        assert_eq!(l["rport"], pa, "--rport {pa} let through {l}");
+    }
+    assert_eq!(remote.lines.len(), 25, "client sides");
+    assert!(
+        v6only.lines.is_empty(),
+        "-6 let IPv4 through: {:?}",
+        v6only.lines.first()
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn per_connection_lines_carry_timings() {
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "connection"]);
+    let (cport, _) = connect_and_close(&l, CloseOrder::ClientFirst);
+    let out = tracer.stop();
+    assert_eq!(
+        out.lines.len(),
+        2,
+        "one line per finished connection: {:?}",
+        out.lines
+    );
+    let client = out
+        .lines
+        .iter()
+        .find(|c| c["side"] == "client")
+        .expect("client line");
+    assert_eq!(client["lport"], cport);
+    assert!(client["handshake_ms"].as_f64().is_some_and(|v| v > 0.0));
+    assert!(client["fin_wait1_ms"].as_f64().is_some());
+    assert_eq!(client["close"], "fin");
+    assert_eq!(client["time_wait"], true);
+    let server = out
+        .lines
+        .iter()
+        .find(|c| c["side"] == "server")
+        .expect("server line");
+    assert!(server["close_wait_ms"].as_f64().is_some());
+    assert_eq!(server["close"], "fin");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn summary_on_stderr_counts_handshakes_and_phases() {
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "none"]);
+    for _ in 0..3 {
+        connect_and_close(&l, CloseOrder::ServerFirst);
+    }
+    let out = tracer.stop();
+    assert!(out.lines.is_empty());
+    assert!(out.stderr.contains("tcptrace summary:"), "{}", out.stderr);
+    assert!(out.stderr.contains(" 0 lost"), "{}", out.stderr);
+    let row = out
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("handshake client"))
+        .expect("handshake row");
+    assert_eq!(row.split_whitespace().nth(2), Some("3"), "{row}");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn duration_stops_by_itself_and_a_closed_pipe_is_a_normal_exit() {
+    require_root();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["watch", "--duration", "1", "--per", "none"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tcptrace summary:"));
+
+    // `tcptrace watch | head -n 1`: the reader goes away; tcptrace must exit 0 with a summary.
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let mut child = Command::new(BIN)
+        .args(["watch", "--port", &port.to_string(), "--duration", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    drop(stdout);
+    for _ in 0..20 {
+        connect_and_close(&l, CloseOrder::ClientFirst);
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "broken pipe must be a normal exit: {stderr}"
+    );
+    assert!(stderr.contains("tcptrace summary:"), "{stderr}");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn not_root_is_a_clear_error() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "watch",
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs the tool as nobody");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn unmounted_tracefs_is_mounted_and_said() {
+    require_root();
+    // A private mount namespace in which tracefs is not mounted: the host keeps its mounts.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         umount /sys/kernel/debug 2>/dev/null; \
+         test ! -d /sys/kernel/tracing/events || exit 99; \
+         exec {BIN} watch --duration 0.5 --per none"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "could not unmount tracefs in the namespace"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tracefs was not mounted; mounted it at /sys/kernel/tracing"),
+        "{stderr}"
+    );
+}
