@@ -1,1 +1,337 @@
+//! Tracker case tables: every path through the state machine, address reuse, sockets first
+//! seen mid-life, missing and out-of-order events, resets and retransmits.
 
+use rstest::rstest;
+
+use super::*;
+use crate::decode::{Comm, Family, OwnerSource, TcpState as S};
+
+const MS: u64 = 1_000_000;
+
+fn owner() -> Option<Owner> {
+    Some(Owner {
+        tgid: 7,
+        pid: 7,
+        comm: Comm::from_str_lossy("app"),
+        source: OwnerSource::Current,
+    })
+}
+
+fn ev(ts_ms: u64, sock: u64, kind: Kind) -> Event {
+    Event {
+        ts_ns: ts_ms * MS,
+        sock,
+        family: Family::V4,
+        local: "10.0.0.1:40000".parse().expect("addr"),
+        remote: "10.0.0.2:80".parse().expect("addr"),
+        owner: owner(),
+        kind,
+        srtt_us: None,
+    }
+}
+
+fn st(ts_ms: u64, sock: u64, old: S, new: S) -> Event {
+    ev(ts_ms, sock, Kind::State { old, new })
+}
+
+fn run(events: &[Event]) -> (Tracker, Vec<Fact>) {
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    for e in events {
+        t.process(e, &mut out);
+    }
+    (t, out)
+}
+
+fn closed(facts: &[Fact]) -> Vec<Connection> {
+    facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Closed(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn handshakes(facts: &[Fact]) -> Vec<(Side, Option<u64>, u32)> {
+    facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Handshake {
+                side,
+                latency_ns,
+                retransmits,
+                ..
+            } => Some((*side, *latency_ns, *retransmits)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn phases(facts: &[Fact]) -> Vec<(S, u64)> {
+    facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Phase {
+                phase, dwell_ns, ..
+            } => Some((*phase, *dwell_ns / MS)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A client that opens at t=0 and is established at t=`hs`.
+fn client_open(sock: u64, hs: u64) -> Vec<Event> {
+    vec![
+        st(0, sock, S::Close, S::SynSent),
+        st(hs, sock, S::SynSent, S::Established),
+    ]
+}
+
+#[rstest]
+// Active close: FIN_WAIT1 5 ms, FIN_WAIT2 7 ms, then the TIME_WAIT hand-over.
+#[case::active_close(
+    vec![(S::Established, S::FinWait1, 10), (S::FinWait1, S::FinWait2, 15), (S::FinWait2, S::Close, 22)],
+    vec![(S::FinWait1, 5), (S::FinWait2, 7)], CloseKind::Fin, true)]
+// Passive close: CLOSE_WAIT 30 ms (the application's delay), LAST_ACK 1 ms.
+#[case::passive_close(
+    vec![(S::Established, S::CloseWait, 10), (S::CloseWait, S::LastAck, 40), (S::LastAck, S::Close, 41)],
+    vec![(S::CloseWait, 30), (S::LastAck, 1)], CloseKind::Fin, false)]
+// Simultaneous close through CLOSING.
+#[case::simultaneous_close(
+    vec![(S::Established, S::FinWait1, 10), (S::FinWait1, S::Closing, 12), (S::Closing, S::Close, 15)],
+    vec![(S::FinWait1, 2), (S::Closing, 3)], CloseKind::Fin, true)]
+// Abortive close from ESTABLISHED without a reset event seen.
+#[case::abort(vec![(S::Established, S::Close, 10)], vec![], CloseKind::Aborted, false)]
+fn teardown_paths(
+    #[case] steps: Vec<(S, S, u64)>,
+    #[case] want_phases: Vec<(S, u64)>,
+    #[case] want_close: CloseKind,
+    #[case] want_time_wait: bool,
+) {
+    let mut events = client_open(1, 2);
+    events.extend(steps.iter().map(|(o, n, t)| st(*t, 1, *o, *n)));
+    let (t, facts) = run(&events);
+    assert_eq!(phases(&facts), want_phases);
+    let c = closed(&facts);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].close, want_close);
+    assert_eq!(c[0].time_wait, want_time_wait);
+    assert_eq!(
+        facts
+            .iter()
+            .filter(|f| matches!(f, Fact::TimeWait { .. }))
+            .count(),
+        usize::from(want_time_wait)
+    );
+    let last = steps.last().map_or(0, |s| s.2);
+    assert_eq!(c[0].lifetime_ns(), Some(last * MS));
+    assert_eq!(c[0].handshake_ns, Some(2 * MS));
+    assert_eq!(t.sockets_in(S::Established).len(), 0, "closed sockets are forgotten");
+    assert_eq!(t.stats().gaps, 0);
+}
+
+#[test]
+fn client_handshake_counts_syn_retransmits() {
+    let events = vec![
+        st(0, 1, S::Close, S::SynSent),
+        ev(1000, 1, Kind::SynRetransmit),
+        st(1020, 1, S::SynSent, S::Established),
+    ];
+    let (_, facts) = run(&events);
+    assert_eq!(handshakes(&facts), vec![(Side::Client, Some(1020 * MS), 1)]);
+}
+
+#[test]
+fn server_handshake_uses_the_synack_rtt_and_never_the_back_to_back_dwell() {
+    let mut est = st(100, 2, S::SynRecv, S::Established);
+    est.srtt_us = Some(20_500);
+    let events = vec![st(100, 2, S::Listen, S::SynRecv), est];
+    let (_, facts) = run(&events);
+    assert_eq!(handshakes(&facts), vec![(Side::Server, Some(20_500_000), 0)]);
+
+    // Without the RTT the latency is unknown, not zero.
+    let events = vec![
+        st(100, 3, S::Listen, S::SynRecv),
+        st(100, 3, S::SynRecv, S::Established),
+    ];
+    let (_, facts) = run(&events);
+    assert_eq!(handshakes(&facts), vec![(Side::Server, None, 0)]);
+}
+
+#[test]
+fn synack_retransmits_are_matched_to_the_child_by_addresses() {
+    let mut rtx = ev(50, 99, Kind::SynAckRetransmit);
+    rtx.sock = 99; // the listener
+    let child = st(1100, 4, S::Listen, S::SynRecv);
+    let est = st(1100, 4, S::SynRecv, S::Established);
+    let (_, facts) = run(&[rtx, child, est]);
+    assert_eq!(handshakes(&facts), vec![(Side::Server, None, 1)]);
+}
+
+#[rstest]
+#[case::refused(S::SynSent, Some(false), CloseKind::Refused)]
+#[case::connect_timeout(S::SynSent, None, CloseKind::ConnectTimeout)]
+#[case::reset_received(S::Established, Some(false), CloseKind::ResetReceived)]
+#[case::reset_sent(S::Established, Some(true), CloseKind::ResetSent)]
+#[case::fin_wait2_timeout(S::FinWait2, Some(true), CloseKind::FinWait2Timeout)]
+#[case::reset_in_close_wait(S::CloseWait, Some(false), CloseKind::ResetReceived)]
+fn close_kinds(#[case] last: S, #[case] reset_sent: Option<bool>, #[case] want: CloseKind) {
+    let mut events = vec![st(0, 5, S::Close, S::SynSent)];
+    let path: &[S] = match last {
+        S::SynSent => &[],
+        S::Established => &[S::Established],
+        S::FinWait2 => &[S::Established, S::FinWait1, S::FinWait2],
+        S::CloseWait => &[S::Established, S::CloseWait],
+        _ => unreachable!("not a case"),
+    };
+    let mut prev = S::SynSent;
+    for (i, s) in path.iter().enumerate() {
+        events.push(st(i as u64 + 1, 5, prev, *s));
+        prev = *s;
+    }
+    match reset_sent {
+        Some(true) => events.push(ev(10, 5, Kind::ResetSent { state: Some(last) })),
+        Some(false) => events.push(ev(10, 5, Kind::ResetReceived)),
+        None => {}
+    }
+    events.push(st(11, 5, last, S::Close));
+    let (_, facts) = run(&events);
+    let c = closed(&facts);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].close, want);
+    assert!(!c[0].time_wait, "a reset close is not a TIME_WAIT hand-over");
+}
+
+#[test]
+fn address_reuse_starts_a_new_life() {
+    let mut events = client_open(1, 1);
+    events.push(st(5, 1, S::Established, S::Close));
+    // The same kernel address, a new socket.
+    events.extend([
+        st(10, 1, S::Close, S::SynSent),
+        st(13, 1, S::SynSent, S::Established),
+    ]);
+    let (t, facts) = run(&events);
+    assert_eq!(
+        handshakes(&facts),
+        vec![(Side::Client, Some(MS), 0), (Side::Client, Some(3 * MS), 0)]
+    );
+    assert_eq!(t.stats().reused_unclosed, 0);
+
+    // Reuse without the close ever seen: the old life is dropped and counted.
+    let events = vec![
+        st(0, 1, S::Close, S::SynSent),
+        st(5, 1, S::Close, S::SynSent),
+    ];
+    let (t, _) = run(&events);
+    assert_eq!(t.stats().reused_unclosed, 1);
+}
+
+#[test]
+fn socket_first_seen_mid_life_has_unknown_beginnings() {
+    let events = vec![
+        st(100, 6, S::Established, S::CloseWait),
+        st(130, 6, S::CloseWait, S::LastAck),
+        st(131, 6, S::LastAck, S::Close),
+    ];
+    let (t, facts) = run(&events);
+    assert_eq!(t.stats().joined_mid_life, 1);
+    // The first dwell (time in ESTABLISHED) is unknown; the later phases are measured.
+    assert!(matches!(
+        facts[0],
+        Fact::Transition { dwell_ns: None, .. }
+    ));
+    assert_eq!(phases(&facts), vec![(S::CloseWait, 30), (S::LastAck, 1)]);
+    let c = closed(&facts);
+    assert_eq!(c[0].opened_ns, None);
+    assert_eq!(c[0].lifetime_ns(), None);
+    assert_eq!(c[0].conn.side, None);
+}
+
+#[test]
+fn a_missed_transition_is_a_gap_not_a_wrong_dwell() {
+    let mut events = client_open(1, 1);
+    // ESTABLISHED -> FIN_WAIT1 missed.
+    events.push(st(20, 1, S::FinWait1, S::FinWait2));
+    let (t, facts) = run(&events);
+    assert_eq!(t.stats().gaps, 1);
+    assert!(phases(&facts).is_empty(), "no phase from an inconsistent history");
+}
+
+#[test]
+fn out_of_order_records_never_give_negative_dwell() {
+    let mut events = client_open(1, 10);
+    events.push(st(5, 1, S::Established, S::FinWait1));
+    let (t, facts) = run(&events);
+    assert_eq!(t.stats().out_of_order, 1);
+    assert!(facts.iter().all(|f| match f {
+        Fact::Transition { dwell_ns, .. } => dwell_ns.is_none_or(|d| d < u64::MAX / 2),
+        _ => true,
+    }));
+}
+
+#[test]
+fn close_wait_sockets_are_listed_oldest_first() {
+    let events = vec![
+        st(0, 1, S::Listen, S::SynRecv),
+        st(0, 1, S::SynRecv, S::Established),
+        st(50, 1, S::Established, S::CloseWait),
+        st(0, 2, S::Listen, S::SynRecv),
+        st(0, 2, S::SynRecv, S::Established),
+        st(20, 2, S::Established, S::CloseWait),
+    ];
+    let (t, _) = run(&events);
+    let stuck = t.sockets_in(S::CloseWait);
+    assert_eq!(stuck.len(), 2);
+    assert_eq!(stuck[0].0, Some(20 * MS));
+    assert_eq!(stuck[0].1.sock, 2);
+}
+
+#[test]
+fn memory_stays_bounded() {
+    let mut t = Tracker::new(Limits {
+        max_sockets: 100,
+        max_idle_ns: u64::MAX,
+    });
+    let mut out = Vec::new();
+    for i in 0..1000u64 {
+        t.process(&st(i, i + 1, S::Close, S::SynSent), &mut out);
+    }
+    assert!(t.socks.len() <= 101, "{} sockets held", t.socks.len());
+    assert!(t.stats().evicted >= 899);
+
+    // Idle sockets go on a sweep; listeners stay.
+    let mut t = Tracker::new(Limits {
+        max_sockets: 100,
+        max_idle_ns: 10 * MS,
+    });
+    t.process(&st(0, 1, S::Close, S::Listen), &mut out);
+    t.process(&st(0, 2, S::Close, S::SynSent), &mut out);
+    t.sweep(100 * MS);
+    assert_eq!(t.socks.len(), 1);
+    assert_eq!(t.stats().evicted, 1);
+}
+
+#[test]
+fn simultaneous_open_is_a_client_handshake() {
+    let events = vec![
+        st(0, 1, S::Close, S::SynSent),
+        st(3, 1, S::SynSent, S::SynRecv),
+        st(4, 1, S::SynRecv, S::Established),
+    ];
+    let (_, facts) = run(&events);
+    assert_eq!(handshakes(&facts), vec![(Side::Client, Some(4 * MS), 0)]);
+}
+
+#[test]
+fn owner_learned_later_is_kept() {
+    let mut first = st(0, 1, S::Established, S::CloseWait);
+    first.owner = None;
+    let second = st(5, 1, S::CloseWait, S::LastAck);
+    let mut third = st(6, 1, S::LastAck, S::Close);
+    third.owner = None;
+    let (_, facts) = run(&[first, second, third]);
+    let c = closed(&facts);
+    assert_eq!(c[0].conn.owner.map(|o| o.tgid), Some(7));
+}
