@@ -1,0 +1,70 @@
+//! The command line, without root: flag validation and help. Errors must name the flag and
+//! the fix, and exit with clap's usage code (2) before anything touches the kernel.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn tcptrace() -> Command {
+    Command::cargo_bin("tcptrace").expect("binary")
+}
+
+#[test]
+fn out_of_range_port_names_the_flag() {
+    for flag in ["--port", "--lport", "--rport"] {
+        tcptrace()
+            .args(["watch", flag, "70000"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(flag))
+            .stderr(predicate::str::contains("port 70000 is out of range"));
+    }
+}
+
+#[test]
+fn bad_port_lists_are_rejected() {
+    tcptrace()
+        .args(["--port", "80,http"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("\"http\" is not a port number"));
+    tcptrace()
+        .args(["watch", "--lport", "9000-8000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("reversed"));
+}
+
+#[test]
+fn unknown_format_lists_the_choices() {
+    tcptrace()
+        .args(["watch", "--format", "xml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--format"))
+        .stderr(predicate::str::contains("text"))
+        .stderr(predicate::str::contains("json"));
+}
+
+#[test]
+fn bad_duration_and_conflicting_families() {
+    tcptrace()
+        .args(["watch", "--duration=-1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--duration"));
+    tcptrace()
+        .args(["watch", "-4", "-6"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot be used with"));
+}
+
+#[test]
+fn help_describes_watch_and_its_filters() {
+    tcptrace()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("watch"))
+        .stdout(predicate::str::contains("--rport"));
+}
