@@ -38,8 +38,14 @@ pub struct Quantiles {
 }
 
 impl Hist {
-    fn with_sigfig(sigfig: u8) -> Self {
+    /// An empty histogram keeping `sigfig` significant digits.
+    pub fn with_sigfig(sigfig: u8) -> Self {
         Self { h: None, sigfig }
+    }
+
+    /// The recorded distribution, for charts (`None` until a value is recorded).
+    pub fn histogram(&self) -> Option<&Histogram<u64>> {
+        self.h.as_deref().filter(|h| !h.is_empty())
     }
 
     pub fn record_ns(&mut self, ns: u64) {

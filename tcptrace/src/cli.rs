@@ -23,6 +23,70 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions (or finished connections) live; summary on exit.
     Watch(WatchArgs),
+    /// Record the transition stream to a file (JSON Lines; .zst compresses) for `report`.
+    Record(RecordArgs),
+    /// Summary and charts from a recording; needs no root.
+    Report(ReportArgs),
+    /// Write a synthetic recording (for benchmarks and demos).
+    #[command(hide = true)]
+    GenerateRecording(GenerateArgs),
+}
+
+/// `tcptrace record`.
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// The recording to write; a name ending in .zst is compressed with zstd.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Stop after this many seconds (e.g. 600 or 0.5).
+    #[arg(long, value_name = "SECS", value_parser = crate::config::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Groups shown per dimension in the exit summary.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub top: usize,
+    /// Do not print the summary on exit.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Write the summary to this file as JSON on exit.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+}
+
+/// `tcptrace report`.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// A recording made by `tcptrace record` (.jsonl or .jsonl.zst).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write the charts (SVG) and an index.html showing them into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
+    /// Format of the summary on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Groups shown per dimension in the summary.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub top: usize,
+    /// Report on the valid part of a recording that ends early (the recorder was killed,
+    /// the disk filled); the kernel's lost-event counters are then unknown.
+    #[arg(long)]
+    pub allow_truncated: bool,
+}
+
+/// `tcptrace generate-recording` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// About this many state transitions (whole connections are generated).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub transitions: u64,
+    /// The recording to write (.zst compresses).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Seed of the pseudo-random generator (same seed, same file).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// Which sockets to trace. Filters run in the kernel: filtered traffic never reaches
@@ -90,4 +154,7 @@ pub struct WatchArgs {
     /// Write the summary to this file as JSON on exit (in addition to the text on stderr).
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// At exit, write the charts (SVG) and an index.html showing them into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg: Option<PathBuf>,
 }

@@ -4,20 +4,28 @@
 //! records through [`pipeline::Pipeline`] and print the summary when the run ends.
 
 mod aggregate;
+mod charts;
 mod cli;
 mod clock;
 mod collect;
 mod config;
 mod decode;
+mod generate;
 mod pipeline;
+mod record;
 mod reorder;
+mod report;
 mod stream;
 mod summary;
+mod timeline;
 mod track;
 
 use std::{
+    cell::RefCell,
     io::{self, Write as _},
+    path::PathBuf,
     process::ExitCode,
+    rc::Rc,
     time::Duration,
 };
 
@@ -26,13 +34,15 @@ use clap::Parser as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Cli, Command, Format, Per, WatchArgs},
+    cli::{Cli, Command, Format, Per, RecordArgs, WatchArgs},
     clock::Clock,
     collect::Collector,
     config::Filter,
     pipeline::Pipeline,
+    record::{Recorder, Shared},
     stream::{Sink, Stream, Style, Unit},
     summary::Summary,
+    timeline::Timeline,
 };
 
 fn main() -> ExitCode {
@@ -49,6 +59,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Watch(args)) => run_watch(args),
+        Some(Command::Record(args)) => run_record(args),
+        Some(Command::Report(args)) => report::run(&args),
+        Some(Command::GenerateRecording(args)) => generate::run(&args),
         None => run_watch(cli.watch),
     };
     match result {
@@ -66,13 +79,33 @@ fn run_watch(args: WatchArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(watch(args, filter))
+    rt.block_on(watch(args, filter, None))
+}
+
+/// `record` is `watch` without a stream, plus a recording sink.
+fn run_record(args: RecordArgs) -> Result<()> {
+    let output = args.output;
+    let watch_args = WatchArgs {
+        filter: args.filter,
+        duration: args.duration,
+        per: Per::None,
+        top: args.top,
+        no_summary: args.no_summary,
+        summary_json: args.summary_json,
+        ..WatchArgs::default()
+    };
+    let filter = Filter::from_args(&watch_args.filter).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(watch(watch_args, filter, Some(output)))
 }
 
 /// How long the ring buffer may stay silent before held events are released.
 const QUIET_TICK: Duration = Duration::from_millis(100);
 
-async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
+async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Result<()> {
     let mut collector = Collector::start(&filter)?;
     for reason in &collector.skipped {
         log::warn!("{reason}; the facts it gives are not collected");
@@ -100,6 +133,21 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
         sinks.push(Box::new(Stream::new(out, clock, style, unit)));
     }
+    let recorder = match &record {
+        Some(path) => {
+            let r = Recorder::create(path, &record::Header::now(clock, &filter))
+                .with_context(|| format!("creating the recording {}", path.display()))?;
+            let r = Rc::new(RefCell::new(r));
+            sinks.push(Box::new(Shared(Rc::clone(&r))));
+            Some(r)
+        }
+        None => None,
+    };
+    let timeline = args.svg.as_ref().map(|_| {
+        let t = Rc::new(RefCell::new(Timeline::default()));
+        sinks.push(Box::new(Shared(Rc::clone(&t))));
+        t
+    });
     let mut pipeline = Pipeline::new(sinks);
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -142,7 +190,15 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     if let Some(e) = pipeline.sink_error()
         && e.kind() != io::ErrorKind::BrokenPipe
     {
-        return Err(anyhow::anyhow!("writing the stream failed: {e}"));
+        return Err(anyhow::anyhow!(
+            "writing the {} failed: {e}",
+            if record.is_some() { "recording" } else { "stream" }
+        ));
+    }
+    if let Some(r) = &recorder {
+        let mut r = r.borrow_mut();
+        r.finish(counters, pipeline.undecodable())
+            .with_context(|| format!("finishing the recording {}", r.path().display()))?;
     }
 
     let summary = Summary::build(
@@ -160,6 +216,11 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     if !args.no_summary {
         let mut err = io::stderr().lock();
         let _ = summary.write_text(&mut err);
+    }
+    if let (Some(dir), Some(t)) = (&args.svg, &timeline) {
+        let title = format!("live run on {}", record::host_name());
+        charts::write_dir(dir, &summary, pipeline.aggregate(), &t.borrow(), &clock, &title)?;
+        eprintln!("tcptrace: charts written to {}", dir.join("index.html").display());
     }
     Ok(())
 }

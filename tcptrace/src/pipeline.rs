@@ -99,6 +99,12 @@ impl Pipeline {
         self.reorder.push(ev, |ev| core.process(ev));
     }
 
+    /// Feeds an event that is already in the order the tracker must see it, bypassing the
+    /// reorder window: a recording holds the order the live run's reorder stage released.
+    pub fn push_ordered(&mut self, ev: Event) {
+        self.core.process(ev);
+    }
+
     /// Releases every held event (the source went quiet, or the run ends) and flushes sinks.
     pub fn flush(&mut self) {
         let core = &mut self.core;

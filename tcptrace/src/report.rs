@@ -1,0 +1,117 @@
+//! `tcptrace report FILE`: replays a recording through the same pipeline a live run uses and
+//! prints the same summary (and, with `--svg`, the charts). Needs no root and no eBPF.
+
+use std::{
+    cell::RefCell,
+    io::{self, Write as _},
+    path::Path,
+    rc::Rc,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    charts,
+    cli::{Format, ReportArgs},
+    collect::Counters,
+    pipeline::Pipeline,
+    record::{self, Header, Replay, Shared},
+    stream::Sink,
+    summary::Summary,
+    timeline::Timeline,
+};
+
+/// Everything a report is made of.
+pub struct Report {
+    pub replay: Replay,
+    pub summary: Summary,
+    pub pipeline: Pipeline,
+    pub timeline: Option<Rc<RefCell<Timeline>>>,
+}
+
+/// Replays `path`; with `timeline`, also gathers what the charts need.
+pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> Result<Report> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let timeline = timeline.then(|| {
+        let t = Rc::new(RefCell::new(Timeline::default()));
+        sinks.push(Box::new(Shared(Rc::clone(&t))));
+        t
+    });
+    let mut pipeline = Pipeline::new(sinks);
+    let replay = record::replay(path, allow_truncated, |ev| pipeline.push_ordered(ev))?;
+    pipeline.flush();
+    if let Some(e) = &replay.truncated {
+        log::warn!("{e}; reporting on the {} events before it", replay.events);
+    }
+    let (counters, undecodable) = match &replay.trailer {
+        Some(t) => (t.counters, t.undecodable),
+        // The kernel's counters are written at the end; a truncated file never got them.
+        None => (Counters::default(), 0),
+    };
+    let summary = Summary::build(
+        pipeline.aggregate(),
+        &counters,
+        undecodable,
+        pipeline.tracker(),
+        top,
+    );
+    Ok(Report {
+        replay,
+        summary,
+        pipeline,
+        timeline,
+    })
+}
+
+/// A one-line description of a recording for chart titles.
+pub fn describe(h: &Header, file: &Path) -> String {
+    format!(
+        "{} on {} (Linux {}), recorded {}",
+        file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into_owned()
+        ),
+        h.host,
+        h.kernel,
+        h.start
+    )
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let r = build(
+        &args.file,
+        args.allow_truncated,
+        args.top,
+        args.svg.is_some(),
+    )?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let written = match args.format {
+        Format::Text => r.summary.write_text(&mut out),
+        Format::Json => r.summary.write_json(&mut out),
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other.context("writing the summary")?,
+    }
+    if r.replay.truncated.is_some() {
+        eprintln!(
+            "tcptrace: note: the recording was truncated; lost and filtered counts are unknown (shown as 0)"
+        );
+    }
+    if let (Some(dir), Some(t)) = (&args.svg, &r.timeline) {
+        let title = describe(&r.replay.header, &args.file);
+        charts::write_dir(
+            dir,
+            &r.summary,
+            r.pipeline.aggregate(),
+            &t.borrow(),
+            &r.replay.header.clock,
+            &title,
+        )?;
+        eprintln!(
+            "tcptrace: charts written to {}",
+            dir.join("index.html").display()
+        );
+    }
+    Ok(())
+}
