@@ -1,6 +1,7 @@
 //! Orchestration for tcptrace: toolchain setup, running the tool as root, the test tiers and
 //! the benchmarks. `cargo xtask --help` lists the commands.
 
+mod bench;
 mod setup;
 mod util;
 
@@ -43,6 +44,12 @@ enum Task {
         #[arg(long)]
         no_root: bool,
     },
+    /// Loopback churn untraced vs traced (tcptrace, libbpf-tools tcpstates): rates, CPU per
+    /// transition, lost events, memory; then `tcptrace report` throughput. Needs root.
+    Bench(bench::Args),
+    /// The benchmark's loopback churn load alone (for profiling a tracer started by hand).
+    #[command(hide = true)]
+    BenchChurn(bench::ChurnArgs),
 }
 
 fn main() -> Result<()> {
@@ -56,6 +63,8 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => run(&args),
         Task::Test { no_root } => test(no_root),
+        Task::Bench(args) => bench::bench(&args),
+        Task::BenchChurn(args) => bench::churn_main(&args),
     }
 }
 
