@@ -137,7 +137,6 @@ impl Comm {
         String::from_utf8_lossy(&self.0[..end])
     }
 
-    #[cfg(test)]
     pub fn from_str_lossy(s: &str) -> Self {
         let mut b = [0u8; 16];
         let n = s.len().min(15);
@@ -162,6 +161,8 @@ pub enum OwnerSource {
     Cached,
     /// A server child socket: the process listening on its port.
     Listener,
+    /// A socket that existed before tracing started: its holder found in /proc at start-up.
+    Proc,
 }
 
 /// The process a socket belongs to, as far as the kernel program could tell.

@@ -2,11 +2,13 @@
 //! -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
 //! same code as a live run.
 
-use std::io;
+use std::{io, net::SocketAddr};
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     aggregate::Aggregate,
-    decode::{Event, decode_bytes},
+    decode::{Event, Kind, Owner, TcpState, decode_bytes},
     reorder::{Reorder, WINDOW_NS},
     stream::Sink,
     track::{Fact, Limits, Tracker},
@@ -56,6 +58,9 @@ impl Core {
 
 /// The userspace pipeline.
 pub struct Pipeline {
+    /// Owners of sockets that predate the run, by (local, remote), applied to events that
+    /// arrive without an owner (before any sink sees them, so recordings carry them too).
+    prior_owners: FxHashMap<(SocketAddr, SocketAddr), Owner>,
     reorder: Reorder,
     core: Core,
     undecodable: u64,
@@ -65,6 +70,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
         Self {
+            prior_owners: FxHashMap::default(),
             reorder: Reorder::new(WINDOW_NS),
             core: Core {
                 tracker: Tracker::new(Limits::default()),
@@ -93,8 +99,26 @@ impl Pipeline {
         }
     }
 
+    /// Remembers who held sockets that existed before the run (see `procfs`).
+    pub fn set_prior_owners(&mut self, owners: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>) {
+        self.prior_owners = owners.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
+    }
+
     /// Feeds one decoded event in.
-    pub fn push(&mut self, ev: Event) {
+    pub fn push(&mut self, mut ev: Event) {
+        if !self.prior_owners.is_empty() {
+            let key = (ev.local, ev.remote);
+            if ev.owner.is_none() {
+                ev.owner = self.prior_owners.get(&key).copied();
+            }
+            if let Kind::State {
+                new: TcpState::Close,
+                ..
+            } = ev.kind
+            {
+                self.prior_owners.remove(&key);
+            }
+        }
         let core = &mut self.core;
         self.reorder.push(ev, |ev| core.process(ev));
     }

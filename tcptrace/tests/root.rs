@@ -340,3 +340,35 @@ fn unmounted_tracefs_is_mounted_and_said() {
         "{stderr}"
     );
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn sockets_opened_before_tracing_still_name_their_owner() {
+    require_root();
+    // A listener and an established connection that both predate the tracer: their owners
+    // come from /proc at start-up (seeded into the kernel's owner caches).
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let early = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (early_server, _) = l.accept().expect("accept");
+    let early_port = early.local_addr().expect("addr").port();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    drop(early);
+    drop(early_server);
+    connect_and_close(&l, CloseOrder::ServerFirst);
+    let out = tracer.stop();
+    let pid = std::process::id();
+    assert!(!out.lines.is_empty());
+    for l in &out.lines {
+        assert_eq!(l["pid"], pid, "owner missing or wrong on {l}");
+    }
+    // The accepted socket's first event (ESTABLISHED->CLOSE_WAIT, in softirq) can only know
+    // its owner from the start-up scan of /proc.
+    let first = out
+        .lines
+        .iter()
+        .find(|l| l["rport"] == early_port)
+        .expect("early server socket");
+    assert_eq!(s(&first["old"]), "ESTABLISHED");
+    assert_eq!(s(&first["owner"]), "proc", "{first}");
+}

@@ -1,0 +1,228 @@
+//! Owners of sockets that existed before tracing started, from /proc.
+//!
+//! The kernel program learns a socket's owner when the owner acts on it (connect, listen,
+//! close). Sockets opened before tcptrace started would show no owner until they close, and
+//! children of a listener started earlier would show none at all. At start-up we therefore
+//! read every process's socket inodes (`/proc/PID/fd`) and the TCP tables of each network
+//! namespace (`/proc/PID/net/tcp{,6}`, whose `pointer` column is the kernel socket address that
+//! the tracepoints report), and seed the kernel's owner caches with what we find.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+/// One socket from a /proc/net/tcp table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpRow {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub local_port: u16,
+    pub listening: bool,
+    pub inode: u64,
+    /// Kernel socket address (0 when the kernel hides pointers from us).
+    pub sock: u64,
+}
+
+/// Parses a /proc/net/tcp or /proc/net/tcp6 table.
+pub fn parse_tcp_table(text: &str) -> Vec<TcpRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer ...
+            if f.len() < 12 {
+                return None;
+            }
+            let local = parse_addr(f[1])?;
+            Some(TcpRow {
+                local,
+                remote: parse_addr(f[2])?,
+                local_port: local.port(),
+                listening: f[3] == "0A",
+                inode: f[9].parse().ok()?,
+                sock: u64::from_str_radix(f[11], 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Parses "0100007F:1F90" (IPv4) or 32 hex digits + port (IPv6): the kernel prints the
+/// address as 32-bit words in host byte order.
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?.to_le_bytes())
+    };
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A process that holds socket inodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Socket inode -> holder, and the set of network namespaces seen (with one pid in each).
+fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
+    let mut inodes = HashMap::new();
+    let mut netns = HashMap::new();
+    let Ok(dir) = fs::read_dir(proc) else {
+        return (inodes, netns);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let base = entry.path();
+        if let Ok(ns) = fs::read_link(base.join("ns/net")) {
+            netns.entry(ns.to_string_lossy().into_owned()).or_insert(pid);
+        }
+        let Ok(fds) = fs::read_dir(base.join("fd")) else {
+            continue;
+        };
+        let comm = fs::read_to_string(base.join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                inodes.entry(inode).or_insert_with(|| Holder {
+                    pid,
+                    comm: comm.clone(),
+                });
+            }
+        }
+    }
+    (inodes, netns)
+}
+
+/// Existing TCP sockets with their owners.
+#[derive(Debug, Default)]
+pub struct Existing {
+    /// (kernel socket address, owner) for sockets whose real address the kernel showed us
+    /// (with kptr_restrict=0 the table shows hashed pointers, which are useless).
+    pub sockets: Vec<(u64, Holder)>,
+    /// (local, remote, owner) for every connected socket found.
+    pub connected: Vec<(SocketAddr, SocketAddr, Holder)>,
+    /// (family, local port, owner) for listening sockets.
+    pub listeners: Vec<(u16, u16, Holder)>,
+}
+
+/// Scans /proc for TCP sockets and their owning processes, in every network namespace.
+pub fn scan() -> Existing {
+    let proc = Path::new("/proc");
+    let (inodes, netns) = scan_processes(proc);
+    let mut out = Existing::default();
+    let mut seen = HashSet::new();
+    for pid in netns.values() {
+        for (file, family) in [
+            ("tcp", tcptrace_common::AF_INET),
+            ("tcp6", tcptrace_common::AF_INET6),
+        ] {
+            let Ok(text) = fs::read_to_string(proc.join(pid.to_string()).join("net").join(file))
+            else {
+                continue;
+            };
+            for row in parse_tcp_table(&text) {
+                let Some(holder) = inodes.get(&row.inode) else {
+                    continue;
+                };
+                // Real kernel addresses live in the top half of the address space.
+                if row.sock >= 0xffff_0000_0000_0000 && seen.insert(row.sock) {
+                    out.sockets.push((row.sock, holder.clone()));
+                }
+                if !row.listening {
+                    out.connected.push((row.local, row.remote, holder.clone()));
+                }
+                if row.listening {
+                    out.listeners.push((family, row.local_port, holder.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 43210 1 ffff888104a8c000 100 0 0 10 0
+   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 43211 1 ffff888104a8d100 20 4 30 10 -1
+   2: garbage
+";
+
+    #[test]
+    fn parses_proc_net_tcp_rows() {
+        let rows = parse_tcp_table(TABLE);
+        assert_eq!(
+            rows,
+            vec![
+                TcpRow {
+                    local: "127.0.0.1:8080".parse().expect("addr"),
+                    remote: "0.0.0.0:0".parse().expect("addr"),
+                    local_port: 8080,
+                    listening: true,
+                    inode: 43210,
+                    sock: 0xffff_8881_04a8_c000
+                },
+                TcpRow {
+                    local: "127.0.0.1:40000".parse().expect("addr"),
+                    remote: "127.0.0.1:8080".parse().expect("addr"),
+                    local_port: 40000,
+                    listening: false,
+                    inode: 43211,
+                    sock: 0xffff_8881_04a8_d100
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_ipv6_addresses() {
+        assert_eq!(
+            parse_addr("00000000000000000000000001000000:1F90"),
+            Some("[::1]:8080".parse().expect("addr"))
+        );
+        assert_eq!(parse_addr("zz:1"), None);
+    }
+
+    #[test]
+    fn finds_this_process_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let existing = scan();
+        let me = std::process::id();
+        assert!(
+            existing
+                .listeners
+                .iter()
+                .any(|(f, p, h)| *f == tcptrace_common::AF_INET && *p == port && h.pid == me),
+            "listener on {port} not found"
+        );
+    }
+}
