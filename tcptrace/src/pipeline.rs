@@ -133,6 +133,12 @@ impl Pipeline {
     pub fn flush(&mut self) {
         let core = &mut self.core;
         self.reorder.flush(|ev| core.process(ev));
+        self.flush_sinks();
+    }
+
+    /// Flushes the sinks' writers without releasing held events (a steady trickle of events
+    /// must still reach a terminal promptly).
+    pub fn flush_sinks(&mut self) {
         if self.core.sink_error.is_none() {
             for s in &mut self.core.sinks {
                 if let Err(e) = s.flush() {
