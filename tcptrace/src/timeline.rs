@@ -15,8 +15,10 @@ use crate::{
 };
 
 /// Most buckets kept; beyond it neighbouring buckets merge (the bucket width doubles), so a
-/// week-long recording stays small.
+/// week-long recording stays small while a few seconds' run still shows its shape.
 const MAX_BUCKETS: usize = 4096;
+/// The finest bucket width.
+const BASE_WIDTH_NS: u64 = 10_000_000;
 
 /// One time bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,9 +36,9 @@ pub struct Bucket {
 /// The timeline and per-peer aggregates.
 #[derive(Debug)]
 pub struct Timeline {
-    /// Bucket width in seconds (1, 2, 4, ...).
-    pub width_s: u64,
-    /// Buckets by start (monotonic seconds, a multiple of `width_s`).
+    /// Bucket width in nanoseconds (10 ms, doubled as often as needed).
+    pub width_ns: u64,
+    /// Buckets by start (monotonic nanoseconds, a multiple of `width_ns`).
     pub buckets: BTreeMap<u64, Bucket>,
     /// Monotonic time of the first and last fact.
     pub first_ns: Option<u64>,
@@ -53,7 +55,7 @@ pub struct Timeline {
 impl Default for Timeline {
     fn default() -> Self {
         Self {
-            width_s: 1,
+            width_ns: BASE_WIDTH_NS,
             buckets: BTreeMap::new(),
             first_ns: None,
             last_ns: 0,
@@ -72,7 +74,7 @@ fn state_index(s: TcpState) -> usize {
 
 impl Timeline {
     fn bucket(&mut self, ts_ns: u64) -> &mut Bucket {
-        let start = ts_ns / 1_000_000_000 / self.width_s * self.width_s;
+        let start = ts_ns / self.width_ns * self.width_ns;
         if self.current != Some(start) {
             // Time moved to another bucket: the one we leave keeps the population as it was.
             if let Some(cur) = self.current
@@ -94,7 +96,7 @@ impl Timeline {
     }
 
     fn coarsen(&mut self) {
-        let w = self.width_s * 2;
+        let w = self.width_ns * 2;
         let mut merged: BTreeMap<u64, Bucket> = BTreeMap::new();
         for (start, b) in std::mem::take(&mut self.buckets) {
             let m = merged.entry(start / w * w).or_default();
@@ -105,7 +107,7 @@ impl Timeline {
             m.population = b.population;
         }
         self.buckets = merged;
-        self.width_s = w;
+        self.width_ns = w;
         self.current = None;
     }
 
@@ -162,6 +164,7 @@ impl Timeline {
     }
 
     /// Sockets the timeline currently believes are in `state`.
+    #[cfg(test)]
     pub fn population(&self, state: TcpState) -> u32 {
         self.population[state_index(state)]
     }
@@ -229,9 +232,9 @@ mod tests {
         ] {
             t.add(&f);
         }
-        assert_eq!(t.buckets[&1].opened, 1);
-        assert_eq!(t.buckets[&1].population[state_index(Established)], 1);
-        assert_eq!(t.buckets[&2].population[state_index(SynSent)], 1);
+        assert_eq!(t.buckets[&s].opened, 1);
+        assert_eq!(t.buckets[&s].population[state_index(Established)], 1);
+        assert_eq!(t.buckets[&(2 * s)].population[state_index(SynSent)], 1);
         assert_eq!(t.population(FinWait1), 1);
         assert_eq!(t.population(CloseWait), 1);
         assert_eq!(t.population(Established), 0);
@@ -248,7 +251,7 @@ mod tests {
                 TcpState::SynSent,
             ));
         }
-        assert_eq!(t.width_s, 2);
+        assert!(t.width_ns > 1_000_000_000, "width {}", t.width_ns);
         assert!(t.buckets.len() <= MAX_BUCKETS);
         let opened: u64 = t.buckets.values().map(|b| b.opened).sum();
         assert_eq!(opened, MAX_BUCKETS as u64 + 10);

@@ -1,10 +1,258 @@
-//! SVG charts of a run (plotters, SVG backend) and an `index.html` that shows them.
+//! SVG charts of a run (plotters' SVG backend, rendered into a `String`) and an `index.html`
+//! that shows the summary table and every chart. One module per chart; sizes, fonts and
+//! colours live here.
+//!
+//! Fonts: plotters is built without its `ttf` feature, so it lays text out with a fixed size
+//! estimate instead of the machine's font files and writes `<text font-family="sans-serif">`
+//! elements: the SVG bytes are the same on every machine (snapshot tests rely on it) and the
+//! viewer's browser picks the actual face. Layouts leave room for faces up to ~20% wider than
+//! the estimate.
 
-use std::path::Path;
+mod handshake;
+mod index;
+mod states;
+mod teardown;
+mod timeline;
+mod top;
 
-use anyhow::{Context as _, Result};
+use std::{error::Error, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use hdrhistogram::Histogram;
+use plotters::{
+    coord::Shift,
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use crate::{aggregate::Aggregate, clock::Clock, summary::Summary, timeline::Timeline};
+
+/// Every chart is this size, in pixels.
+pub const WIDTH: u32 = 1200;
+pub const HEIGHT: u32 = 800;
+/// The one font family the SVGs name.
+pub const FONT: &str = "sans-serif";
+pub const TITLE_SIZE: f64 = 30.0;
+pub const CAPTION_SIZE: f64 = 22.0;
+pub const LABEL_SIZE: f64 = 19.0;
+pub const TICK_SIZE: f64 = 16.0;
+pub const NOTE_SIZE: f64 = 16.0;
+
+pub const BACKGROUND: RGBColor = RGBColor(252, 252, 249);
+pub const PANEL: RGBColor = RGBColor(255, 255, 255);
+pub const INK: RGBColor = RGBColor(34, 34, 34);
+pub const MUTED: RGBColor = RGBColor(120, 120, 120);
+pub const GRID_LIGHT: RGBColor = RGBColor(238, 238, 238);
+pub const GRID_BOLD: RGBColor = RGBColor(215, 215, 215);
+pub const CLIENT: RGBColor = RGBColor(31, 119, 180);
+pub const SERVER: RGBColor = RGBColor(230, 120, 20);
+pub const P50: RGBColor = RGBColor(34, 139, 34);
+pub const P90: RGBColor = RGBColor(128, 80, 180);
+pub const P99: RGBColor = RGBColor(200, 30, 30);
+/// Colours for several series (states, phases), distinguishable and print-safe.
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(230, 120, 20),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(100, 100, 100),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+type DrawResult<T = ()> = std::result::Result<T, Box<dyn Error>>;
+/// A chart's renderer.
+type RenderFn = fn(&Input<'_>) -> DrawResult<String>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// Everything the charts draw from.
+pub struct Input<'a> {
+    pub summary: &'a Summary,
+    pub agg: &'a Aggregate,
+    pub timeline: &'a Timeline,
+    pub clock: &'a Clock,
+    /// What was traced (file, host, time), shown under each chart's title.
+    pub subtitle: &'a str,
+}
+
+/// One rendered chart.
+pub struct Chart {
+    pub file: &'static str,
+    pub title: &'static str,
+    pub svg: String,
+}
+
+fn font(size: f64) -> TextStyle<'static> {
+    (FONT, size).into_font().color(&INK)
+}
+
+fn font_c(size: f64, c: RGBColor) -> TextStyle<'static> {
+    (FONT, size).into_font().color(&c)
+}
+
+fn bold(size: f64, c: RGBColor) -> TextStyle<'static> {
+    (FONT, size, FontStyle::Bold).into_font().color(&c)
+}
+
+fn anchored(style: TextStyle<'static>, h: HPos, v: VPos) -> TextStyle<'static> {
+    style.pos(Pos::new(h, v))
+}
+
+/// Renders one chart into an SVG string: a background, the title, the subtitle, then `draw`
+/// on the area below.
+fn frame(
+    title: &str,
+    subtitle: &str,
+    draw: impl FnOnce(&Area<'_>) -> DrawResult,
+) -> DrawResult<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&BACKGROUND)?;
+        root.draw(&Text::new(
+            title.to_owned(),
+            (24, 14),
+            anchored(font(TITLE_SIZE), HPos::Left, VPos::Top),
+        ))?;
+        root.draw(&Text::new(
+            subtitle.to_owned(),
+            (24, 52),
+            anchored(font_c(NOTE_SIZE, MUTED), HPos::Left, VPos::Top),
+        ))?;
+        let (_, body) = root.split_vertically(80);
+        draw(&body)?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+/// "No data" in the middle of an area, with a frame, instead of an empty chart.
+fn no_data(area: &Area<'_>, caption: &str, why: &str) -> DrawResult {
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    area.draw(&Rectangle::new(
+        [(8, 8), (w - 8, h - 8)],
+        GRID_BOLD.stroke_width(1),
+    ))?;
+    if !caption.is_empty() {
+        area.draw(&Text::new(
+            caption.to_owned(),
+            (w / 2, 16),
+            anchored(font(CAPTION_SIZE), HPos::Center, VPos::Top),
+        ))?;
+    }
+    area.draw(&Text::new(
+        "no data".to_owned(),
+        (w / 2, h / 2 - 14),
+        anchored(font_c(TITLE_SIZE, MUTED), HPos::Center, VPos::Center),
+    ))?;
+    area.draw(&Text::new(
+        why.to_owned(),
+        (w / 2, h / 2 + 22),
+        anchored(font_c(NOTE_SIZE, MUTED), HPos::Center, VPos::Center),
+    ))?;
+    Ok(())
+}
+
+/// Milliseconds for labels: about three significant digits.
+pub fn fmt_ms(ms: f64) -> String {
+    let a = ms.abs();
+    if a >= 100.0 {
+        format!("{ms:.0}")
+    } else if a >= 10.0 {
+        format!("{ms:.1}")
+    } else if a >= 1.0 {
+        format!("{ms:.2}")
+    } else if a >= 0.01 {
+        format!("{ms:.3}")
+    } else {
+        format!("{ms:.4}")
+    }
+}
+
+/// A count with thousands separators.
+pub fn fmt_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Histogram values are microseconds; charts show milliseconds, never below 1 µs (a log axis
+/// has no zero).
+fn us_to_ms(us: u64) -> f64 {
+    us.max(1) as f64 / 1000.0
+}
+
+/// Bins per decade of the log-time histograms.
+const BINS_PER_DECADE: f64 = 10.0;
+
+/// A histogram re-binned on a log scale: (low ms, high ms, count), in order.
+pub fn log_bins(h: &Histogram<u64>) -> Vec<(f64, f64, u64)> {
+    let mut bins: Vec<(f64, f64, u64)> = Vec::new();
+    for v in h.iter_recorded() {
+        let ms = us_to_ms(h.highest_equivalent(v.value_iterated_to()));
+        let i = (ms.log10() * BINS_PER_DECADE).floor();
+        let lo = 10f64.powf(i / BINS_PER_DECADE);
+        let hi = 10f64.powf((i + 1.0) / BINS_PER_DECADE);
+        match bins.last_mut() {
+            Some(b) if (b.0 - lo).abs() < lo * 1e-9 => b.2 += v.count_at_value(),
+            _ => bins.push((lo, hi, v.count_at_value())),
+        }
+    }
+    bins
+}
+
+/// The empirical CDF: (ms, fraction at or below), in order.
+pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    let total = h.len().max(1) as f64;
+    let mut acc = 0u64;
+    let mut pts = Vec::new();
+    for v in h.iter_recorded() {
+        acc += v.count_at_value();
+        pts.push((
+            us_to_ms(h.highest_equivalent(v.value_iterated_to())),
+            acc as f64 / total,
+        ));
+    }
+    pts
+}
+
+/// A log axis range covering `lo..hi` ms, whole decades, never empty.
+pub fn decade_range(lo: f64, hi: f64) -> (f64, f64) {
+    let lo = 10f64.powf(lo.max(0.001).log10().floor());
+    let mut hi = 10f64.powf(hi.max(0.001).log10().ceil());
+    if hi <= lo * 1.0001 {
+        hi = lo * 10.0;
+    }
+    (lo, hi)
+}
+
+/// Renders every chart.
+pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
+    let charts: [(&'static str, &'static str, RenderFn); 5] = [
+        ("handshake.svg", "Handshake latency", handshake::render),
+        ("teardown.svg", "Teardown phases", teardown::render),
+        ("timeline.svg", "Timeline", timeline::render),
+        ("states.svg", "TCP state machine", states::render),
+        ("top.svg", "Slowest ports and peers", top::render),
+    ];
+    charts
+        .into_iter()
+        .map(|(file, title, f)| {
+            let svg = f(input).map_err(|e| anyhow!("drawing {file}: {e}"))?;
+            Ok(Chart { file, title, svg })
+        })
+        .collect()
+}
 
 /// Writes every chart and `index.html` into `dir` (created if missing).
 pub fn write_dir(
@@ -13,9 +261,50 @@ pub fn write_dir(
     agg: &Aggregate,
     timeline: &Timeline,
     clock: &Clock,
-    title: &str,
+    subtitle: &str,
 ) -> Result<()> {
-    let _ = (summary, agg, timeline, clock, title);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let input = Input {
+        summary,
+        agg,
+        timeline,
+        clock,
+        subtitle,
+    };
+    let charts = render_all(&input)?;
+    for c in &charts {
+        let path = dir.join(c.file);
+        std::fs::write(&path, &c.svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let path = dir.join("index.html");
+    std::fs::write(&path, index::html(&input, &charts))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_bins_cover_every_count() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 86_400_000_000, 3).expect("hist");
+        for v in [1u64, 5, 50, 500, 5000, 5000, 1_000_000] {
+            h.record(v).expect("record");
+        }
+        let bins = log_bins(&h);
+        assert_eq!(bins.iter().map(|b| b.2).sum::<u64>(), 7);
+        assert!(bins.windows(2).all(|w| w[0].1 <= w[1].0 * 1.0001));
+        let c = cdf(&h);
+        assert_eq!(c.last().map(|p| p.1), Some(1.0));
+    }
+
+    #[test]
+    fn formats_numbers_for_labels() {
+        assert_eq!(fmt_count(1_234_567), "1,234,567");
+        assert_eq!(fmt_count(12), "12");
+        assert_eq!(fmt_ms(1234.4), "1234");
+        assert_eq!(fmt_ms(0.0441), "0.044");
+        assert_eq!(decade_range(0.044, 0.044), (0.01, 0.1));
+    }
 }
