@@ -12,20 +12,24 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
-    FILTER_PORT, FILTER_RPORT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
-    MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, counter,
+    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT,
+    FLAG_OWNER_LISTENER, MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
+    counter,
 };
 
 const IPPROTO_TCP: u16 = 6;
 
 // Kernel TCP state numbers (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_SYN_RECV: u32 = 3;
 const TCP_FIN_WAIT1: u32 = 4;
@@ -37,6 +41,11 @@ const TCP_LISTEN: u32 = 10;
 /// `FILTER_*` bits, set by userspace at load time.
 #[unsafe(no_mangle)]
 static FILTER_FLAGS: u32 = 0;
+
+/// Byte offset of `struct tcp_sock::srtt_us`, found by userspace in the kernel's BTF; 0 when
+/// unknown (then no RTT is read).
+#[unsafe(no_mangle)]
+static SRTT_OFFSET: u32 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -183,7 +192,15 @@ fn try_set_state(ctx: &TracePointContext) {
         (addr16(ctx, 40), addr16(ctx, 56))
     };
 
-    let (owner, flags) = owner_for(skaddr, old, new, family, sport);
+    let (owner, mut flags) = owner_for(skaddr, old, new, family, sport);
+    let mut aux = 0;
+    if old == TCP_SYN_RECV
+        && new == TCP_ESTABLISHED
+        && let Some(rtt) = synack_rtt_us(skaddr)
+    {
+        aux = rtt;
+        flags |= FLAG_AUX_SRTT;
+    }
 
     emit(&Event {
         ts_ns,
@@ -201,8 +218,27 @@ fn try_set_state(ctx: &TracePointContext) {
         new: new as u8,
         flags,
         _pad: 0,
-        aux: 0,
+        aux,
     });
+}
+
+/// The smoothed RTT (µs) of a socket leaving SYN_RECV. For a server child the kernel seeds it
+/// in tcp_check_req (tcp_synack_rtt_meas) from the SYN-ACK's send time to this final ACK,
+/// before tcp_rcv_state_process moves the child to ESTABLISHED, and it is the first sample,
+/// so `srtt_us >> 3` is that interval exactly. After a SYN-ACK retransmit (Karn) the kernel
+/// takes the sample from the timestamp echo, or leaves srtt 0 when timestamps are off: 0 is
+/// reported as unknown.
+#[inline(always)]
+fn synack_rtt_us(skaddr: u64) -> Option<u32> {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    let off = unsafe { core::ptr::read_volatile(&SRTT_OFFSET) };
+    if off == 0 || skaddr == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the address; a fault returns an error, never a crash.
+    let srtt: u32 =
+        unsafe { bpf_probe_read_kernel((skaddr + u64::from(off)) as *const u32) }.ok()?;
+    (srtt >> 3 > 0).then_some(srtt >> 3)
 }
 
 /// Resolves the owning process of `skaddr` and keeps the owner caches current.

@@ -344,6 +344,20 @@ impl Collector {
         let flags = filter.flags();
         let mut loader = EbpfLoader::new();
         loader.override_global("FILTER_FLAGS", &flags, true);
+        // The server handshake latency comes from the child socket's srtt_us, read at an
+        // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
+        // off in the program); never guessed.
+        let srtt_offset = match crate::btf::tcp_sock_srtt_offset() {
+            Ok(off) => off,
+            Err(e) => {
+                log::warn!(
+                    "server-side handshake latency is not measured: no offset for \
+                     tcp_sock.srtt_us ({e:#})"
+                );
+                0
+            }
+        };
+        loader.override_global("SRTT_OFFSET", &srtt_offset, true);
         let mut ebpf = loader
             .load(PROGRAM)
             .context("loading the eBPF object failed")?;

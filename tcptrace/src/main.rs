@@ -4,6 +4,7 @@
 //! records through [`pipeline::Pipeline`] and print the summary when the run ends.
 
 mod aggregate;
+mod btf;
 mod charts;
 mod cli;
 mod clock;

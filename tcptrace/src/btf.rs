@@ -1,0 +1,392 @@
+//! Just enough of a BTF reader to find a struct member's byte offset in the running kernel.
+//!
+//! The kernel program reads `struct tcp_sock::srtt_us` of a server child socket (the RTT
+//! the kernel measured from the SYN-ACK to the final ACK) with `bpf_probe_read_kernel`. The
+//! member's offset changes between kernel builds, so it is looked up at start-up in
+//! `/sys/kernel/btf/vmlinux` and handed to the program as a global. aya 0.14 parses BTF but
+//! does not expose member lookup, hence this small reader of the documented format
+//! (Documentation/bpf/btf.rst): a header, a type section and a string section.
+
+use std::fmt;
+
+/// Where the running kernel describes its types.
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+
+// Type kinds (include/uapi/linux/btf.h).
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// Why a member offset could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    #[error("not BTF data (bad magic or truncated header)")]
+    BadHeader,
+    #[error("BTF data is truncated or has an unknown type kind {0}")]
+    Malformed(u32),
+    #[error("struct {0} is not in the kernel's BTF")]
+    NoStruct(String),
+    #[error("struct {0} has no member {1}")]
+    NoMember(String, String),
+    #[error("member {0}.{1} is a bitfield or has size {2}, expected a {3}-byte integer")]
+    WrongShape(String, String, u32, u32),
+}
+
+#[derive(Clone, Copy)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    kind_flag: bool,
+    vlen: u32,
+    /// `size` for INT/STRUCT/UNION/ENUM, the referred type id for modifiers and typedefs.
+    size_or_type: u32,
+    /// Byte offset of the kind-specific data that follows the common header.
+    extra: usize,
+}
+
+/// A parsed BTF blob (borrowed).
+pub struct Btf<'a> {
+    data: &'a [u8],
+    strings: &'a [u8],
+    /// Index = type id - 1.
+    types: Vec<Type>,
+}
+
+impl fmt::Debug for Btf<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Btf({} types)", self.types.len())
+    }
+}
+
+fn u16_at(d: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(d.get(o..o + 2)?.try_into().ok()?))
+}
+
+fn u32_at(d: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(o..o + 4)?.try_into().ok()?))
+}
+
+impl<'a> Btf<'a> {
+    /// Parses a little-endian BTF blob (the kernel's own byte order on the machines we run on).
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        if u16_at(data, 0) != Some(MAGIC) {
+            return Err(BtfError::BadHeader);
+        }
+        let hdr = |o| u32_at(data, o).ok_or(BtfError::BadHeader);
+        let hdr_len = hdr(4)? as usize;
+        let (type_off, type_len) = (hdr(8)? as usize, hdr(12)? as usize);
+        let (str_off, str_len) = (hdr(16)? as usize, hdr(20)? as usize);
+        let types_sec = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::BadHeader)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::BadHeader)?;
+        let base = hdr_len + type_off;
+        let mut types = Vec::new();
+        let mut o = 0;
+        while o < types_sec.len() {
+            let bad = BtfError::Malformed(0);
+            let name_off = u32_at(types_sec, o).ok_or(bad.clone())?;
+            let info = u32_at(types_sec, o + 4).ok_or(bad.clone())?;
+            let size_or_type = u32_at(types_sec, o + 8).ok_or(bad)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = info & 0xffff;
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen as usize,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen as usize,
+                other => return Err(BtfError::Malformed(other)),
+            };
+            types.push(Type {
+                name_off,
+                kind,
+                kind_flag: info >> 31 != 0,
+                vlen,
+                size_or_type,
+                extra: base + o + 12,
+            });
+            o += 12 + extra;
+        }
+        if o != types_sec.len() {
+            return Err(BtfError::Malformed(0));
+        }
+        Ok(Self {
+            data,
+            strings,
+            types,
+        })
+    }
+
+    fn name(&self, off: u32) -> &'a [u8] {
+        let s = self.strings.get(off as usize..).unwrap_or_default();
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn get(&self, id: u32) -> Option<Type> {
+        self.types.get((id as usize).checked_sub(1)?).copied()
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<Type> {
+        for _ in 0..32 {
+            let t = self.get(id)?;
+            match t.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = t.size_or_type;
+                }
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Finds `member` in `t` (a struct or union), looking inside anonymous struct/union
+    /// members too. Returns (bit offset, member type id, is a bitfield).
+    fn find_member(&self, t: Type, member: &[u8], depth: u32) -> Option<(u32, u32, bool)> {
+        if depth > 8 {
+            return None;
+        }
+        for i in 0..t.vlen as usize {
+            let m = t.extra + 12 * i;
+            let name_off = u32_at(self.data, m)?;
+            let ty = u32_at(self.data, m + 4)?;
+            let raw = u32_at(self.data, m + 8)?;
+            let (bit_off, bitfield) = if t.kind_flag {
+                (raw & 0x00ff_ffff, raw >> 24 != 0)
+            } else {
+                (raw, false)
+            };
+            let name = self.name(name_off);
+            if name == member {
+                return Some((bit_off, ty, bitfield));
+            }
+            if name.is_empty()
+                && let Some(inner) = self.resolve(ty)
+                && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some((o, ty, bf)) = self.find_member(inner, member, depth + 1)
+            {
+                return Some((bit_off + o, ty, bf));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `strukt.member`, which must be a `size`-byte integer (not a bitfield).
+    pub fn member_offset(&self, strukt: &str, member: &str, size: u32) -> Result<u32, BtfError> {
+        let owned = || (strukt.to_owned(), member.to_owned());
+        let t = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt.as_bytes())
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let (bit_off, ty, bitfield) = self
+            .find_member(t, member.as_bytes(), 0)
+            .ok_or_else(|| BtfError::NoMember(owned().0, owned().1))?;
+        let mt = self.resolve(ty);
+        let msize = mt.map_or(0, |m| {
+            if matches!(m.kind, KIND_INT | KIND_ENUM) {
+                m.size_or_type
+            } else {
+                0
+            }
+        });
+        if bitfield || bit_off % 8 != 0 || msize != size {
+            let (s, m) = owned();
+            return Err(BtfError::WrongShape(s, m, msize, size));
+        }
+        Ok(bit_off / 8)
+    }
+}
+
+/// Offset of `struct tcp_sock::srtt_us` in the running kernel, read from [`VMLINUX`].
+pub fn tcp_sock_srtt_offset() -> anyhow::Result<u32> {
+    use anyhow::Context as _;
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    Ok(btf.member_offset("tcp_sock", "srtt_us", 4)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob from (name, info, size_or_type, extra words) entries.
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+            }
+        }
+
+        fn str(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn ty(&mut self, name: &str, kind: u32, flag: bool, vlen: u32, st: u32, extra: &[u32]) {
+            let n = self.str(name);
+            let info = (kind << 24) | vlen | (u32::from(flag) << 31);
+            for w in [n, info, st].iter().chain(extra) {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+
+        fn strukt(&mut self, name: &str, flag: bool, size: u32, members: &[(&str, u32, u32)]) {
+            let mut extra = Vec::new();
+            for (n, ty, off) in members {
+                extra.extend([self.str(n), *ty, *off]);
+            }
+            self.ty(name, KIND_STRUCT, flag, members.len() as u32, size, &extra);
+        }
+
+        fn build(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [
+                24,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend(self.types);
+            out.extend(self.strings);
+            out
+        }
+    }
+
+    /// id 1 u32, 2 typedef u32 __u32, 3 u8, 4 anon union { u32 a; u8 b }, 5 FUNC_PROTO with
+    /// two params (variable-length data to skip), 6 ENUM with one value,
+    /// 7 struct tcp_sock { u8 pad; __u32 srtt_us @ 64 bits; union { ... } @ 96; u8 bits:3 },
+    /// 8 struct other { u32 srtt_us @ 0 }.
+    fn sample(flag: bool) -> Vec<u8> {
+        let mut b = Builder::new();
+        b.ty("unsigned int", KIND_INT, false, 0, 4, &[32]);
+        b.ty("__u32", KIND_TYPEDEF, false, 0, 1, &[]);
+        b.ty("unsigned char", KIND_INT, false, 0, 1, &[8]);
+        b.ty("", KIND_UNION, false, 2, 4, &[]);
+        // Fix up the union's members by hand: they follow the union header.
+        let (a, bb) = (b.str("inner_a"), b.str("inner_b"));
+        b.types
+            .extend([a, 1, 0, bb, 3, 0].iter().flat_map(|w| w.to_le_bytes()));
+        b.ty("", KIND_FUNC_PROTO, false, 2, 1, &[0, 1, 0, 3]);
+        b.ty("e", KIND_ENUM, false, 1, 4, &[0, 7]);
+        let bits = if flag { (3 << 24) | 128 } else { 128 };
+        b.strukt(
+            "tcp_sock",
+            flag,
+            24,
+            &[
+                ("pad", 3, 0),
+                ("srtt_us", 2, 64),
+                ("", 4, 96),
+                ("bits", 3, bits),
+            ],
+        );
+        b.strukt("other", false, 4, &[("srtt_us", 1, 0)]);
+        b.build()
+    }
+
+    #[test]
+    fn finds_member_offset_through_typedef() {
+        let data = sample(false);
+        let btf = Btf::parse(&data).expect("parse");
+        assert_eq!(btf.member_offset("tcp_sock", "srtt_us", 4), Ok(8));
+        assert_eq!(btf.member_offset("other", "srtt_us", 4), Ok(0));
+    }
+
+    #[test]
+    fn finds_member_inside_anonymous_union() {
+        let data = sample(true);
+        let btf = Btf::parse(&data).expect("parse");
+        assert_eq!(btf.member_offset("tcp_sock", "inner_a", 4), Ok(12));
+        assert_eq!(btf.member_offset("tcp_sock", "inner_b", 1), Ok(12));
+    }
+
+    #[test]
+    fn rejects_bitfields_wrong_sizes_and_missing_names() {
+        let data = sample(true);
+        let btf = Btf::parse(&data).expect("parse");
+        assert!(matches!(
+            btf.member_offset("tcp_sock", "bits", 1),
+            Err(BtfError::WrongShape(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("tcp_sock", "srtt_us", 8),
+            Err(BtfError::WrongShape(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("tcp_sock", "nope", 4),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("udp_sock", "srtt_us", 4),
+            Err(BtfError::NoStruct(..))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert_eq!(Btf::parse(b"hello").map(|_| ()), Err(BtfError::BadHeader));
+        let mut data = sample(false);
+        data.truncate(data.len() - 40);
+        assert!(Btf::parse(&data).is_err());
+        // An unknown kind is an error, not a silent misparse of everything after it.
+        let mut b = Builder::new();
+        b.ty("x", 31, false, 0, 0, &[]);
+        assert_eq!(
+            Btf::parse(&b.build()).map(|_| ()),
+            Err(BtfError::Malformed(31))
+        );
+    }
+
+    /// The running kernel's BTF, when there is one (not a root test: the file is world
+    /// readable on most distributions).
+    #[test]
+    fn reads_the_running_kernel_when_present() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("SKIP: {VMLINUX} is absent on this machine");
+            return;
+        }
+        let off = tcp_sock_srtt_offset().expect("srtt_us offset");
+        // struct tcp_sock starts with struct inet_connection_sock (well over 1 KiB).
+        assert!(off > 1000 && off % 4 == 0, "offset {off}");
+    }
+}

@@ -1,0 +1,499 @@
+//! Network-namespace lab for ground-truth tests: two namespaces joined by a veth pair,
+//! peers (separate processes) running inside them, and packet drops or exact delays.
+//!
+//! A peer is this very test binary re-executed under `ip netns exec NS` with `LAB_PEER=1`
+//! and the filter `lab_peer`; it reads one command per line on stdin and answers one line
+//! `LAB ok ...` or `LAB err ...` on stdout. Every wait is bounded; the namespaces (and with
+//! them the veth pair and every iptables rule, which live inside the namespaces) are deleted
+//! by a Drop guard, panics included.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// Env var that turns the test binary into a peer.
+pub const PEER_ENV: &str = "LAB_PEER";
+/// How long one peer command may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces `a` (10.201.0.1) and `b` (10.201.0.2) joined by a veth pair.
+pub struct Lab {
+    pub a: String,
+    pub b: String,
+    /// A port range of 16 unique to this lab (tests use base, base+1, ...).
+    pub port_base: u16,
+}
+
+impl Lab {
+    pub const A_IP: &'static str = "10.201.0.1";
+    pub const B_IP: &'static str = "10.201.0.2";
+
+    pub fn new() -> Self {
+        let pid = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{n}", pid % 100_000);
+        let lab = Self {
+            a: format!("ttlab-{tag}-a"),
+            b: format!("ttlab-{tag}-b"),
+            port_base: 20_000 + ((pid % 1000) * 32 + n * 16) as u16 % 40_000,
+        };
+        let (va, vb) = (format!("tt{tag}a"), format!("tt{tag}b"));
+        run(&["ip", "netns", "add", &lab.a]);
+        run(&["ip", "netns", "add", &lab.b]);
+        run(&[
+            "ip", "link", "add", &va, "netns", &lab.a, "type", "veth", "peer", "name", &vb,
+            "netns", &lab.b,
+        ]);
+        for (ns, dev, ip) in [(&lab.a, &va, Self::A_IP), (&lab.b, &vb, Self::B_IP)] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// Runs a command inside namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> String {
+        let mut v = vec!["ip", "netns", "exec", ns];
+        v.extend_from_slice(args);
+        run(&v)
+    }
+
+    /// Adds an iptables rule (`iptables -A ...`) inside namespace `ns`.
+    pub fn iptables(&self, ns: &str, rule: &str) {
+        let mut v = vec!["iptables", "-w"];
+        v.extend(rule.split_whitespace());
+        self.exec(ns, &v);
+    }
+
+    /// Flushes the filter table inside `ns`.
+    pub fn flush(&self, ns: &str) {
+        self.exec(ns, &["iptables", "-w", "-F"]);
+    }
+
+    pub fn sysctl(&self, ns: &str, kv: &str) {
+        self.exec(ns, &["sysctl", "-q", "-w", kv]);
+    }
+
+    pub fn peer(&self, ns: &str) -> Peer {
+        Peer::spawn(ns)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its veth end (and so the pair) and its iptables rules.
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A peer process inside a namespace.
+pub struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::Receiver<String>,
+    pub pid: u32,
+}
+
+impl Peer {
+    fn spawn(ns: &str) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(exe)
+            .args(["lab_peer", "--exact", "--nocapture", "--test-threads=1"])
+            .env(PEER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                // libtest may print "test lab_peer ... " before the first reply.
+                if let Some(i) = line.find("LAB ")
+                    && tx.send(line[i + 4..].to_owned()).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut p = Self {
+            child,
+            stdin,
+            rx,
+            pid: 0,
+        };
+        p.pid = p.ok("pid").parse().expect("pid");
+        p
+    }
+
+    /// Sends a command and returns its reply ("ok ..." or "err ...").
+    pub fn cmd(&mut self, c: &str) -> String {
+        writeln!(self.stdin, "{c}").expect("write to peer");
+        self.stdin.flush().expect("flush peer");
+        self.rx
+            .recv_timeout(PEER_TIMEOUT)
+            .unwrap_or_else(|_| panic!("peer did not answer {c:?} within {PEER_TIMEOUT:?}"))
+    }
+
+    /// Sends a command that must succeed; returns what follows "ok".
+    pub fn ok(&mut self, c: &str) -> String {
+        let r = self.cmd(c);
+        match r.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_owned(),
+            None => panic!("peer command {c:?} failed: {r}"),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` from a reply.
+pub fn field(reply: &str, key: &str) -> u64 {
+    reply
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in reply {reply:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer side.
+
+struct PeerState {
+    listener: Option<Socket>,
+    sock: Option<Socket>,
+    /// Packets held by NFQUEUE readers, in microseconds.
+    held_us: Arc<Mutex<Vec<u64>>>,
+}
+
+fn addr(s: &str) -> Result<SockAddr, String> {
+    s.parse::<SocketAddr>()
+        .map(SockAddr::from)
+        .map_err(|e| format!("bad address {s}: {e}"))
+}
+
+fn new_socket(from_port: Option<u16>) -> Result<Socket, String> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+    s.set_reuse_address(true).map_err(|e| e.to_string())?;
+    if let Some(p) = from_port {
+        let a: SocketAddr = ([0, 0, 0, 0], p).into();
+        s.bind(&a.into()).map_err(|e| format!("bind {p}: {e}"))?;
+    }
+    Ok(s)
+}
+
+fn errno(e: &std::io::Error) -> String {
+    format!("errno={} {e}", e.raw_os_error().unwrap_or(0))
+}
+
+fn sock(st: &mut PeerState) -> Result<&mut Socket, String> {
+    st.sock
+        .as_mut()
+        .ok_or_else(|| "no connected socket".to_owned())
+}
+
+/// Waits until `s` is readable (or `timeout` passes); true when readable.
+fn wait_readable(s: &Socket, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    n > 0
+}
+
+fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> Result<u64, String> {
+        w.get(i)
+            .ok_or_else(|| format!("missing argument {i}"))?
+            .parse()
+            .map_err(|e| format!("bad number: {e}"))
+    };
+    match w.first().copied().unwrap_or("") {
+        "pid" => Ok(std::process::id().to_string()),
+        "listen" => {
+            let a = addr(w.get(1).ok_or("listen ADDR")?)?;
+            let s = new_socket(None)?;
+            s.bind(&a).map_err(|e| errno(&e))?;
+            s.listen(16).map_err(|e| errno(&e))?;
+            st.listener = Some(s);
+            Ok(String::new())
+        }
+        "accept" => {
+            let l = st.listener.as_ref().ok_or("not listening")?;
+            if !wait_readable(l, Duration::from_secs(10)) {
+                return Err("no connection within 10 s".into());
+            }
+            let (s, _) = l.accept().map_err(|e| errno(&e))?;
+            st.sock = Some(s);
+            Ok(String::new())
+        }
+        "close_listener" => {
+            st.listener = None;
+            Ok(String::new())
+        }
+        // connect ADDR [FROM_PORT]: blocking; reports the time connect() took.
+        "connect" => {
+            let a = addr(w.get(1).ok_or("connect ADDR")?)?;
+            let from = w
+                .get(2)
+                .map(|p| p.parse().map_err(|_| "bad port"))
+                .transpose()?;
+            let s = new_socket(from)?;
+            let t = Instant::now();
+            let r = s.connect(&a);
+            let us = t.elapsed().as_micros();
+            match r {
+                Ok(()) => {
+                    let port = s
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .map_or(0, |a| a.port());
+                    st.sock = Some(s);
+                    Ok(format!("us={us} port={port}"))
+                }
+                Err(e) => Err(format!("{} us={us}", errno(&e))),
+            }
+        }
+        // connect_nb ADDR FROM_PORT: starts a non-blocking connect.
+        "connect_nb" => {
+            let a = addr(w.get(1).ok_or("connect_nb ADDR PORT")?)?;
+            let s = new_socket(Some(num(2)? as u16))?;
+            s.set_nonblocking(true).map_err(|e| errno(&e))?;
+            match s.connect(&a) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(e) => return Err(errno(&e)),
+            }
+            st.sock = Some(s);
+            Ok(String::new())
+        }
+        // wait_connected MS: until the non-blocking connect finished.
+        "wait_connected" => {
+            let ms = num(1)?;
+            let s = sock(st)?;
+            let mut pfd = libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms as i32) };
+            if n <= 0 {
+                return Err("connect did not finish".into());
+            }
+            match s.take_error() {
+                Ok(None) => {
+                    s.set_nonblocking(false).map_err(|e| errno(&e))?;
+                    Ok(String::new())
+                }
+                Ok(Some(e)) | Err(e) => Err(errno(&e)),
+            }
+        }
+        "shutdown_wr" => {
+            sock(st)?
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| errno(&e))?;
+            Ok(String::new())
+        }
+        "linger0" => {
+            sock(st)?
+                .set_linger(Some(Duration::ZERO))
+                .map_err(|e| errno(&e))?;
+            Ok(String::new())
+        }
+        "close" => {
+            st.sock = None;
+            Ok(String::new())
+        }
+        // wait_eof: reads until the peer's FIN (end of stream).
+        "wait_eof" => {
+            let s = sock(st)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| errno(&e))?;
+            let mut buf = [0u8; 256];
+            loop {
+                let n = s.read(&mut buf).map_err(|e| errno(&e))?;
+                if n == 0 {
+                    return Ok(String::new());
+                }
+            }
+        }
+        // hold_close MS: waits for the peer's FIN, holds the socket MS ms, then closes it;
+        // reports how long it really held it (the ground truth of our CLOSE_WAIT dwell).
+        "hold_close" => {
+            let ms = num(1)?;
+            let s = sock(st)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| errno(&e))?;
+            let mut buf = [0u8; 256];
+            loop {
+                let n = s.read(&mut buf).map_err(|e| errno(&e))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_millis(ms));
+            st.sock = None;
+            Ok(format!("held_us={}", t.elapsed().as_micros()))
+        }
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(num(1)?));
+            Ok(String::new())
+        }
+        // tcp_state: the socket's state as TCP_INFO reports it (kernel state number).
+        "tcp_state" => {
+            let s = sock(st)?;
+            let mut info = [0u8; 256];
+            let mut len = info.len() as libc::socklen_t;
+            // SAFETY: a valid buffer and length for getsockopt(TCP_INFO).
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    info.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(errno(&std::io::Error::last_os_error()));
+            }
+            Ok(format!("state={}", info[0]))
+        }
+        // nfq QUEUE DELAY_MS COUNT: holds the first COUNT packets of the queue DELAY_MS each
+        // and accepts every later one at once.
+        "nfq" => {
+            let (q, delay, count) = (num(1)? as u16, num(2)?, num(3)?);
+            let mut queue = nfq::Queue::open().map_err(|e| errno(&e))?;
+            queue.bind(q).map_err(|e| errno(&e))?;
+            queue.set_nonblocking(true);
+            let held = Arc::clone(&st.held_us);
+            std::thread::spawn(move || {
+                let mut n = 0;
+                // Poll without sleeping: a blocked reader can wake milliseconds late on a busy
+                // machine, and that lateness would be an unmeasured part of the delay.
+                loop {
+                    let mut msg = match queue.recv() {
+                        Ok(m) => m,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    if n < count {
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_millis(delay) {
+                            std::hint::spin_loop();
+                        }
+                        // Record before the verdict: the connect may return right after it.
+                        if let Ok(mut h) = held.lock() {
+                            h.push(t.elapsed().as_micros() as u64);
+                        }
+                        msg.set_verdict(nfq::Verdict::Accept);
+                        let _ = queue.verdict(msg);
+                        n += 1;
+                    } else {
+                        msg.set_verdict(nfq::Verdict::Accept);
+                        let _ = queue.verdict(msg);
+                    }
+                }
+            });
+            Ok(String::new())
+        }
+        "nfq_held" => {
+            let h = st.held_us.lock().map_err(|_| "poisoned")?;
+            Ok(h.iter()
+                .map(|v| format!("held_us={v}"))
+                .collect::<Vec<_>>()
+                .join(" "))
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+/// The peer's main loop (called by the `lab_peer` test when `LAB_PEER` is set).
+pub fn peer_main() -> ! {
+    let mut st = PeerState {
+        listener: None,
+        sock: None,
+        held_us: Arc::default(),
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "quit" {
+            break;
+        }
+        let reply = match peer_command(&mut st, &line) {
+            Ok(r) => format!("LAB ok {r}"),
+            Err(e) => format!("LAB err {e}"),
+        };
+        let _ = writeln!(out, "{reply}");
+        let _ = out.flush();
+    }
+    std::process::exit(0)
+}
