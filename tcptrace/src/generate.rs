@@ -358,7 +358,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         submitted: events,
         filtered: 0,
     };
-    rec.finish(counters, 0)
+    let end_unix_ns = header().clock.unix_ns(rec.last_ts_ns());
+    rec.finish_at(counters, 0, end_unix_ns)
         .with_context(|| format!("finishing {}", args.output.display()))?;
     eprintln!(
         "tcptrace: wrote {events} events to {}",

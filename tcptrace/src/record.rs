@@ -486,6 +486,7 @@ pub struct Recorder {
     out: Option<Out>,
     path: PathBuf,
     events: u64,
+    last_ts_ns: u64,
     line: Vec<u8>,
 }
 
@@ -502,6 +503,7 @@ impl Recorder {
             out: Some(out),
             path: path.to_owned(),
             events: 0,
+            last_ts_ns: 0,
             line: Vec::with_capacity(512),
         };
         r.write_line(&Line::Header(header.clone()))?;
@@ -522,16 +524,27 @@ impl Recorder {
     /// Writes one event.
     pub fn write_event(&mut self, ev: &Event) -> io::Result<()> {
         self.events += 1;
+        self.last_ts_ns = ev.ts_ns;
         self.write_line(&Line::Event(EventLine::of(ev)))
     }
 
     /// Writes the end line and closes the file (finishing the zstd frame).
     pub fn finish(&mut self, counters: Counters, undecodable: u64) -> io::Result<()> {
+        self.finish_at(counters, undecodable, unix_now_ns())
+    }
+
+    /// [`Recorder::finish`] with a given end time (reproducible synthetic recordings).
+    pub fn finish_at(
+        &mut self,
+        counters: Counters,
+        undecodable: u64,
+        end_unix_ns: i64,
+    ) -> io::Result<()> {
         let t = Trailer {
             counters,
             undecodable,
             events: self.events,
-            end_unix_ns: unix_now_ns(),
+            end_unix_ns,
         };
         self.write_line(&Line::End(t))?;
         match self.out.take() {
@@ -539,6 +552,11 @@ impl Recorder {
             Some(Out::Zstd(w)) => w.finish()?.flush(),
             None => Ok(()),
         }
+    }
+
+    /// Timestamp of the last event written.
+    pub fn last_ts_ns(&self) -> u64 {
+        self.last_ts_ns
     }
 
     pub fn path(&self) -> &Path {
