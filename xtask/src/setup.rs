@@ -29,7 +29,13 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages the root integration tests and benchmarks need.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "iptables", "libbpf-tools", "procps"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "chromium", // renders the SVG charts to PNG in tcptrace/tests/report_render.rs
+    "iproute2",
+    "iptables",
+    "libbpf-tools",
+    "procps",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
