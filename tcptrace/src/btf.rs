@@ -213,7 +213,7 @@ impl<'a> Btf<'a> {
                 0
             }
         });
-        if bitfield || bit_off % 8 != 0 || msize != size {
+        if bitfield || !bit_off.is_multiple_of(8) || msize != size {
             let (s, m) = owned();
             return Err(BtfError::WrongShape(s, m, msize, size));
         }
@@ -387,6 +387,6 @@ mod tests {
         }
         let off = tcp_sock_srtt_offset().expect("srtt_us offset");
         // struct tcp_sock starts with struct inet_connection_sock (well over 1 KiB).
-        assert!(off > 1000 && off % 4 == 0, "offset {off}");
+        assert!(off > 1000 && off.is_multiple_of(4), "offset {off}");
     }
 }

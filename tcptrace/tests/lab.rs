@@ -30,6 +30,9 @@ fn lab_peer() {
     }
 }
 
+/// One socket life as (socket address, [(transition, ms)]).
+type Life = (String, Vec<(String, Option<f64>)>);
+
 fn server_addr(port: u16) -> String {
     format!("{}:{port}", Lab::B_IP)
 }
@@ -39,7 +42,7 @@ fn connections(lines: &[Value]) -> Vec<&Value> {
     lines.iter().filter(|l| l.get("close").is_some()).collect()
 }
 
-fn conn<'a>(lines: &'a [Value], lport: u16, rport: u16) -> &'a Value {
+fn conn(lines: &[Value], lport: u16, rport: u16) -> &Value {
     connections(lines)
         .into_iter()
         .find(|l| l["lport"] == u64::from(lport) && l["rport"] == u64::from(rport))
@@ -640,10 +643,9 @@ fn lab_matches_libbpf_tools_tcpstates() {
     );
 
     // tcpstates: SKADDR C-PID C-COMM IP LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS
-    let mut theirs: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     // The two instances' outputs are each in time order; split every socket's records into
     // lives (a socket address is reused) and compare lives, not interleavings.
-    let mut theirs: Vec<(String, Vec<(String, Option<f64>)>)> = Vec::new();
+    let mut theirs: Vec<Life> = Vec::new();
     for w in text
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -664,7 +666,7 @@ fn lab_matches_libbpf_tools_tcpstates() {
             vec![(format!("{}->{}", w[n - 4], w[n - 2]), Some(ms))],
         ));
     }
-    let mine: Vec<(String, Vec<(String, Option<f64>)>)> = out
+    let mine: Vec<Life> = out
         .lines
         .iter()
         .map(|l| {
@@ -677,7 +679,7 @@ fn lab_matches_libbpf_tools_tcpstates() {
             )
         })
         .collect();
-    let split = |recs: Vec<(String, Vec<(String, Option<f64>)>)>| {
+    let split = |recs: Vec<Life>| {
         let mut open: BTreeMap<String, Vec<(String, Option<f64>)>> = BTreeMap::new();
         let mut done = Vec::new();
         for (sock, mut r) in recs {
@@ -697,7 +699,7 @@ fn lab_matches_libbpf_tools_tcpstates() {
         }
         done.extend(open);
         done.sort_by(|a, b| {
-            let key = |x: &(String, Vec<(String, Option<f64>)>)| {
+            let key = |x: &Life| {
                 (
                     x.0.clone(),
                     x.1.iter().map(|t| t.0.clone()).collect::<Vec<_>>(),
@@ -712,7 +714,7 @@ fn lab_matches_libbpf_tools_tcpstates() {
         !theirs.is_empty(),
         "tcpstates printed nothing for port {p}:\n{text}"
     );
-    let names = |v: &[(String, Vec<(String, Option<f64>)>)]| {
+    let names = |v: &[Life]| {
         v.iter()
             .map(|(s, l)| format!("{s} {:?}", l.iter().map(|t| &t.0).collect::<Vec<_>>()))
             .collect::<Vec<_>>()
