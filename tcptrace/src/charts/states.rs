@@ -112,7 +112,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
         |body: &Area<'_>| {
             body.fill(&PANEL)?;
             let max = edges.values().map(|e| e.count).max().unwrap_or(1).max(1) as f64;
-            let mut labels: Vec<((f64, f64), String)> = Vec::new();
+            let mut labels: Vec<((f64, f64, f64, f64), String)> = Vec::new();
             // Faint first, so the seen arrows draw over them.
             let mut order: Vec<_> = all.to_vec();
             order.sort_by_key(|e| edges.contains_key(e));
@@ -167,7 +167,6 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                     color.filled(),
                 ))?;
                 if let Some(e) = e {
-                    let m = (s.0 + dx * 0.5, s.1 + dy * 0.5);
                     let text = match e.dwell.quantiles() {
                         Some(q) => format!(
                             "{} | p50 {} ms",
@@ -177,7 +176,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                         // Leaving CLOSE: the time before the socket existed is not a dwell.
                         None => fmt_count(e.count),
                     };
-                    labels.push((m, text));
+                    labels.push(((s.0, s.1, dx, dy), text));
                 }
             }
             // Boxes over the arrows' ends, labels over everything.
@@ -238,9 +237,30 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                     anchored(bold(LABEL_SIZE, ink), HPos::Center, VPos::Center),
                 ))?;
             }
-            for ((x, y), text) in labels {
+            // Place each label on its arrow where it overlaps no box and no earlier label:
+            // the middle if free, else the nearest free point along the arrow.
+            let boxes: Vec<(i32, i32, i32, i32)> = nodes
+                .iter()
+                .filter_map(|n| pos(*n))
+                .map(|(x, y)| (x - BOX_W / 2, y - BOX_H / 2, x + BOX_W / 2, y + BOX_H / 2))
+                .collect();
+            let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+            let overlaps = |a: (i32, i32, i32, i32), b: &(i32, i32, i32, i32)| {
+                a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+            };
+            for ((sx, sy, dx, dy), text) in labels {
                 let w = (text.len() as f64 * TICK_SIZE * 0.52) as i32 + 10;
-                let (x, y) = (x.round() as i32, y.round() as i32);
+                let at = |t: f64| ((sx + dx * t).round() as i32, (sy + dy * t).round() as i32);
+                let rect = |(x, y): (i32, i32)| (x - w / 2, y - 11, x + w / 2, y + 11);
+                let (x, y) = [0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78, 0.15, 0.85]
+                    .into_iter()
+                    .map(at)
+                    .find(|p| {
+                        let r = rect(*p);
+                        !boxes.iter().chain(placed.iter()).any(|b| overlaps(r, b))
+                    })
+                    .unwrap_or_else(|| at(0.5));
+                placed.push(rect((x, y)));
                 body.draw(&Rectangle::new(
                     [(x - w / 2, y - 11), (x + w / 2, y + 11)],
                     PANEL.mix(0.92).filled(),
