@@ -4,8 +4,8 @@
 //! records through [`pipeline::Pipeline`] and print the summary when the run ends.
 
 mod aggregate;
-mod btf;
 mod charts;
+mod btf;
 mod cli;
 mod clock;
 mod collect;
@@ -13,6 +13,7 @@ mod config;
 mod decode;
 mod generate;
 mod pipeline;
+mod procfs;
 mod record;
 mod reorder;
 mod report;
@@ -150,6 +151,15 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
         t
     });
     let mut pipeline = Pipeline::new(sinks);
+    pipeline.set_prior_owners(collector.existing.drain(..).map(|(l, r, h)| {
+        let owner = decode::Owner {
+            tgid: h.pid,
+            pid: h.pid,
+            comm: decode::Comm::from_str_lossy(&h.comm),
+            source: decode::OwnerSource::Proc,
+        };
+        (l, r, owner)
+    }));
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -172,6 +182,8 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
             _ = tick.tick() => {
                 if read_since_tick == 0 {
                     pipeline.flush();
+                } else {
+                    pipeline.flush_sinks();
                 }
                 read_since_tick = 0;
             }

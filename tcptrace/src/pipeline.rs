@@ -38,6 +38,22 @@ impl Core {
         }
         self.facts.clear();
         self.tracker.process(&ev, &mut self.facts);
+        self.dispatch();
+        if ev.ts_ns.saturating_sub(self.last_sweep_ns) > SWEEP_EVERY_NS {
+            self.last_sweep_ns = ev.ts_ns;
+            self.tracker.sweep(ev.ts_ns);
+        }
+    }
+
+    /// Releases what the tracker still holds (closes waiting for a late reset).
+    fn flush_tracker(&mut self) {
+        self.facts.clear();
+        self.tracker.flush(&mut self.facts);
+        self.dispatch();
+    }
+
+    /// Hands `self.facts` to the aggregate and the sinks.
+    fn dispatch(&mut self) {
         for f in &self.facts {
             self.agg.add(f);
             if self.sink_error.is_none() {
@@ -48,10 +64,6 @@ impl Core {
                     }
                 }
             }
-        }
-        if ev.ts_ns.saturating_sub(self.last_sweep_ns) > SWEEP_EVERY_NS {
-            self.last_sweep_ns = ev.ts_ns;
-            self.tracker.sweep(ev.ts_ns);
         }
     }
 }
@@ -133,6 +145,7 @@ impl Pipeline {
     pub fn flush(&mut self) {
         let core = &mut self.core;
         self.reorder.flush(|ev| core.process(ev));
+        self.core.flush_tracker();
         self.flush_sinks();
     }
 

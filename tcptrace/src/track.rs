@@ -8,7 +8,7 @@
 //! in the middle of its life (the tracer started late) is tracked from there, with the facts
 //! that need its beginning left unknown rather than guessed.
 
-use std::net::SocketAddr;
+use std::{collections::VecDeque, net::SocketAddr};
 
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -227,10 +227,17 @@ struct PendingSynAck {
     last_ns: u64,
 }
 
+/// How long (event time) a close without a FIN exchange or reset waits for a reset event of
+/// the same socket: an abortive close (SO_LINGER 0, unread data) moves the socket to CLOSE
+/// *before* it sends the RST, so `tcp:tcp_send_reset` comes just after the transition.
+const PARK_NS: u64 = 1_000_000;
+
 /// The state machine over all sockets.
 #[derive(Debug, Default)]
 pub struct Tracker {
     socks: FxHashMap<u64, Sock>,
+    /// Closed connections waiting [`PARK_NS`] for a late reset event, oldest first.
+    parked: VecDeque<(u64, Connection)>,
     pending_synack: FxHashMap<(SocketAddr, SocketAddr), PendingSynAck>,
     limits: Limits,
     stats: TrackStats,
@@ -271,6 +278,13 @@ impl Tracker {
     pub fn process(&mut self, ev: &Event, out: &mut Vec<Fact>) {
         self.stats.events += 1;
         self.newest_ns = self.newest_ns.max(ev.ts_ns);
+        while let Some((ts, _)) = self.parked.front()
+            && ts.saturating_add(PARK_NS) < ev.ts_ns
+        {
+            if let Some((_, c)) = self.parked.pop_front() {
+                out.push(Fact::Closed(c));
+            }
+        }
         match ev.kind {
             Kind::State { old, new } => self.transition(ev, old, new, out),
             Kind::SynRetransmit => {
@@ -296,8 +310,13 @@ impl Tracker {
             }
             Kind::ResetReceived | Kind::ResetSent { .. } => {
                 let sent = matches!(ev.kind, Kind::ResetSent { .. });
-                let conn = match self.socks.get_mut(&ev.sock) {
-                    Some(s) => {
+                let parked = self
+                    .parked
+                    .iter_mut()
+                    .find(|(_, c)| c.conn.sock == ev.sock)
+                    .map(|(_, c)| c);
+                let conn = match (self.socks.get_mut(&ev.sock), parked) {
+                    (Some(s), _) => {
                         if sent {
                             s.reset_sent = true;
                         } else {
@@ -305,7 +324,15 @@ impl Tracker {
                         }
                         s.conn
                     }
-                    None => conn_of(ev, None),
+                    (None, Some(c)) => {
+                        c.close = if sent {
+                            CloseKind::ResetSent
+                        } else {
+                            CloseKind::ResetReceived
+                        };
+                        c.conn
+                    }
+                    (None, None) => conn_of(ev, None),
                 };
                 out.push(Fact::Reset {
                     ts_ns: ev.ts_ns,
@@ -334,6 +361,12 @@ impl Tracker {
                 | (TcpState::Listen, TcpState::SynRecv)
         );
         if restart {
+            // A parked close of this address must come out before its successor's facts.
+            while let Some(i) = self.parked.iter().position(|(_, c)| c.conn.sock == ev.sock) {
+                if let Some((_, c)) = self.parked.remove(i) {
+                    out.push(Fact::Closed(c));
+                }
+            }
             if self.socks.remove(&ev.sock).is_some() {
                 self.stats.reused_unclosed += 1;
             }
@@ -460,7 +493,7 @@ impl Tracker {
                 });
             }
             let close = classify_close(&s, old);
-            out.push(Fact::Closed(Connection {
+            let c = Connection {
                 conn: s.conn,
                 opened_ns: s.opened_ns,
                 closed_ns: ts,
@@ -469,7 +502,12 @@ impl Tracker {
                 phases: s.phases,
                 close,
                 time_wait,
-            }));
+            };
+            if close == CloseKind::Aborted {
+                self.parked.push_back((ts, c));
+            } else {
+                out.push(Fact::Closed(c));
+            }
         }
     }
 
@@ -490,6 +528,12 @@ impl Tracker {
                 self.stats.evicted += 1;
             }
         }
+    }
+
+    /// Releases closes still waiting for a possible reset (at the end of the input, or when
+    /// it has gone quiet).
+    pub fn flush(&mut self, out: &mut Vec<Fact>) {
+        out.extend(self.parked.drain(..).map(|(_, c)| Fact::Closed(c)));
     }
 
     /// Evicts sockets (other than listeners) idle for longer than the limit, and SYN-ACK

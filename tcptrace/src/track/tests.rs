@@ -40,6 +40,7 @@ fn run(events: &[Event]) -> (Tracker, Vec<Fact>) {
     for e in events {
         t.process(e, &mut out);
     }
+    t.flush(&mut out);
     (t, out)
 }
 
@@ -201,6 +202,32 @@ fn close_kinds(#[case] last: S, #[case] reset_sent: Option<bool>, #[case] want: 
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].close, want);
     assert!(!c[0].time_wait, "a reset close is not a TIME_WAIT hand-over");
+}
+
+#[test]
+fn a_reset_sent_just_after_the_close_still_classifies_it() {
+    // SO_LINGER 0: tcp_disconnect sets CLOSE first, then sends the RST.
+    let mut events = client_open(1, 1);
+    events.push(st(5, 1, S::Established, S::Close));
+    let mut rst = ev(5, 1, Kind::ResetSent { state: Some(S::Close) });
+    rst.ts_ns += 3_000; // 3 µs later
+    events.push(rst);
+    let (_, facts) = run(&events);
+    let c = closed(&facts);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].close, CloseKind::ResetSent);
+
+    // Without a reset the close is released as aborted once time moves on.
+    let mut events = client_open(1, 1);
+    events.push(st(5, 1, S::Established, S::Close));
+    events.push(st(50, 2, S::Close, S::SynSent));
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    for e in &events {
+        t.process(e, &mut out);
+    }
+    assert_eq!(closed(&out).len(), 1, "released by later events, without a flush");
+    assert_eq!(closed(&out)[0].close, CloseKind::Aborted);
 }
 
 #[test]
