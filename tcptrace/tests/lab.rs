@@ -418,7 +418,8 @@ fn lab_close_wait_and_fin_wait2_dwell() {
 
 /// Close kinds in `--per connection` JSON: connect refused, reset close (SO_LINGER 0) seen
 /// from both ends, and a connect that times out (SYNs dropped, tcp_syn_retries 1 in the
-/// client namespace: SYN, one retransmit after 1 s, give up 2 s later).
+/// client namespace; on Linux 6.18 that still puts 3 SYNs on the wire before connect() fails
+/// after ~3 s, so the retransmit truth is read from the DROP rule's packet counter).
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn lab_close_kinds_refused_reset_timeout() {
@@ -477,12 +478,23 @@ fn lab_close_kinds_refused_reset_timeout() {
     );
     let t = by_rport(dropped);
     show("connect timeout", "connect_timeout", &t["close"]);
+    // Ground truth from the wire: the server namespace's DROP rule counts every SYN that
+    // reached it (the kernel's exact retransmit count depends on its timeout arithmetic).
+    let rules = lab.exec(&lab.b, &["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"]);
+    let syns: u64 = rules
+        .lines()
+        .find(|l| l.contains(&format!("dpt:{dropped}")))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no DROP counter for port {dropped} in:\n{rules}"));
     println!(
-        "connect timeout: connect() failed after {timeout_ms:.0} ms; SYN retransmits injected \
-         1 (tcp_syn_retries=1), measured {}; lifetime {} ms",
-        t["retransmits"], t["lifetime_ms"]
+        "connect timeout: connect() failed after {timeout_ms:.0} ms; SYNs dropped on the wire \
+         {syns} (retransmits {}), measured {}; lifetime {} ms",
+        syns.saturating_sub(1),
+        t["retransmits"],
+        t["lifetime_ms"]
     );
-    assert_eq!(t["retransmits"], 1, "{t}");
+    assert_eq!(t["retransmits"], syns.saturating_sub(1), "{t}");
     assert_close(
         "connect timeout, lifetime",
         timeout_ms,

@@ -146,6 +146,9 @@ fn cargo_test_counting(args: &[&str]) -> Result<(u64, u64)> {
     Ok((passed, ignored))
 }
 
+/// The integration test binaries whose tests need root (all `#[ignore]`d otherwise).
+const ROOT_TESTS: [&str; 3] = ["root", "root_report", "lab"];
+
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: {name}");
     Instant::now()
@@ -193,16 +196,22 @@ fn test(no_root: bool) -> Result<()> {
         return Ok(());
     }
     let t = step("root integration tests (load the real eBPF program; one at a time)");
-    let (root_passed, _) = cargo_test_counting(&[
-        "test",
-        "-p",
-        "tcptrace",
-        "--test",
-        "root",
-        "--",
-        "--ignored",
-        "--test-threads=1",
-    ])?;
+    // Every root test binary: loopback, recordings, and the network-namespace lab.
+    let mut root_passed = 0;
+    for test in ROOT_TESTS {
+        let (passed, _) = cargo_test_counting(&[
+            "test",
+            "-p",
+            "tcptrace",
+            "--test",
+            test,
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ])?;
+        eprintln!("  --test {test}: {passed} passed");
+        root_passed += passed;
+    }
     if root_passed == 0 {
         bail!("no root integration test ran");
     }
