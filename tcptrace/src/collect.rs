@@ -297,7 +297,11 @@ pub struct Collector {
     pub skipped: Vec<String>,
     /// Connected sockets that existed at start-up, with their holders (from /proc), for
     /// naming the owners of sockets first seen mid-life.
-    pub existing: Vec<(std::net::SocketAddr, std::net::SocketAddr, crate::procfs::Holder)>,
+    pub existing: Vec<(
+        std::net::SocketAddr,
+        std::net::SocketAddr,
+        crate::procfs::Holder,
+    )>,
 }
 
 /// After the ring buffer turns readable, wait this long before draining it, so that one

@@ -4,8 +4,8 @@
 //! records through [`pipeline::Pipeline`] and print the summary when the run ends.
 
 mod aggregate;
-mod charts;
 mod btf;
+mod charts;
 mod cli;
 mod clock;
 mod collect;
@@ -205,7 +205,11 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
     {
         return Err(anyhow::anyhow!(
             "writing the {} failed: {e}",
-            if record.is_some() { "recording" } else { "stream" }
+            if record.is_some() {
+                "recording"
+            } else {
+                "stream"
+            }
         ));
     }
     if let Some(r) = &recorder {
@@ -232,8 +236,18 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
     }
     if let (Some(dir), Some(t)) = (&args.svg, &timeline) {
         let title = format!("live run on {}", record::host_name());
-        charts::write_dir(dir, &summary, pipeline.aggregate(), &t.borrow(), &clock, &title)?;
-        eprintln!("tcptrace: charts written to {}", dir.join("index.html").display());
+        charts::write_dir(
+            dir,
+            &summary,
+            pipeline.aggregate(),
+            &t.borrow(),
+            &clock,
+            &title,
+        )?;
+        eprintln!(
+            "tcptrace: charts written to {}",
+            dir.join("index.html").display()
+        );
     }
     Ok(())
 }

@@ -112,7 +112,10 @@ impl Pipeline {
     }
 
     /// Remembers who held sockets that existed before the run (see `procfs`).
-    pub fn set_prior_owners(&mut self, owners: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>) {
+    pub fn set_prior_owners(
+        &mut self,
+        owners: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>,
+    ) {
         self.prior_owners = owners.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
     }
 

@@ -55,7 +55,11 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
     let (ip, port) = s.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?.to_le_bytes())
+        Some(
+            u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_le_bytes(),
+        )
     };
     let ip = match ip.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -86,12 +90,18 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
         return (inodes, netns);
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let base = entry.path();
         if let Ok(ns) = fs::read_link(base.join("ns/net")) {
-            netns.entry(ns.to_string_lossy().into_owned()).or_insert(pid);
+            netns
+                .entry(ns.to_string_lossy().into_owned())
+                .or_insert(pid);
         }
         let Ok(fds) = fs::read_dir(base.join("fd")) else {
             continue;

@@ -128,7 +128,11 @@ fn teardown_paths(
     let last = steps.last().map_or(0, |s| s.2);
     assert_eq!(c[0].lifetime_ns(), Some(last * MS));
     assert_eq!(c[0].handshake_ns, Some(2 * MS));
-    assert_eq!(t.sockets_in(S::Established).len(), 0, "closed sockets are forgotten");
+    assert_eq!(
+        t.sockets_in(S::Established).len(),
+        0,
+        "closed sockets are forgotten"
+    );
     assert_eq!(t.stats().gaps, 0);
 }
 
@@ -149,7 +153,10 @@ fn server_handshake_uses_the_synack_rtt_and_never_the_back_to_back_dwell() {
     est.srtt_us = Some(20_500);
     let events = vec![st(100, 2, S::Listen, S::SynRecv), est];
     let (_, facts) = run(&events);
-    assert_eq!(handshakes(&facts), vec![(Side::Server, Some(20_500_000), 0)]);
+    assert_eq!(
+        handshakes(&facts),
+        vec![(Side::Server, Some(20_500_000), 0)]
+    );
 
     // Without the RTT the latency is unknown, not zero.
     let events = vec![
@@ -201,7 +208,10 @@ fn close_kinds(#[case] last: S, #[case] reset_sent: Option<bool>, #[case] want: 
     let c = closed(&facts);
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].close, want);
-    assert!(!c[0].time_wait, "a reset close is not a TIME_WAIT hand-over");
+    assert!(
+        !c[0].time_wait,
+        "a reset close is not a TIME_WAIT hand-over"
+    );
 }
 
 #[test]
@@ -209,7 +219,13 @@ fn a_reset_sent_just_after_the_close_still_classifies_it() {
     // SO_LINGER 0: tcp_disconnect sets CLOSE first, then sends the RST.
     let mut events = client_open(1, 1);
     events.push(st(5, 1, S::Established, S::Close));
-    let mut rst = ev(5, 1, Kind::ResetSent { state: Some(S::Close) });
+    let mut rst = ev(
+        5,
+        1,
+        Kind::ResetSent {
+            state: Some(S::Close),
+        },
+    );
     rst.ts_ns += 3_000; // 3 µs later
     events.push(rst);
     let (_, facts) = run(&events);
@@ -226,7 +242,11 @@ fn a_reset_sent_just_after_the_close_still_classifies_it() {
     for e in &events {
         t.process(e, &mut out);
     }
-    assert_eq!(closed(&out).len(), 1, "released by later events, without a flush");
+    assert_eq!(
+        closed(&out).len(),
+        1,
+        "released by later events, without a flush"
+    );
     assert_eq!(closed(&out)[0].close, CloseKind::Aborted);
 }
 
@@ -265,10 +285,7 @@ fn socket_first_seen_mid_life_has_unknown_beginnings() {
     let (t, facts) = run(&events);
     assert_eq!(t.stats().joined_mid_life, 1);
     // The first dwell (time in ESTABLISHED) is unknown; the later phases are measured.
-    assert!(matches!(
-        facts[0],
-        Fact::Transition { dwell_ns: None, .. }
-    ));
+    assert!(matches!(facts[0], Fact::Transition { dwell_ns: None, .. }));
     assert_eq!(phases(&facts), vec![(S::CloseWait, 30), (S::LastAck, 1)]);
     let c = closed(&facts);
     assert_eq!(c[0].opened_ns, None);
@@ -283,7 +300,10 @@ fn a_missed_transition_is_a_gap_not_a_wrong_dwell() {
     events.push(st(20, 1, S::FinWait1, S::FinWait2));
     let (t, facts) = run(&events);
     assert_eq!(t.stats().gaps, 1);
-    assert!(phases(&facts).is_empty(), "no phase from an inconsistent history");
+    assert!(
+        phases(&facts).is_empty(),
+        "no phase from an inconsistent history"
+    );
 }
 
 #[test]
