@@ -46,6 +46,9 @@ pub struct Stream<W: io::Write> {
     line: String,
     header_done: bool,
     time_of_day: TimeOfDay,
+    rfc3339: Rfc3339,
+    /// The JSON line's time, reused.
+    time: String,
 }
 
 fn ms(ns: u64) -> f64 {
@@ -216,6 +219,61 @@ impl TimeOfDay {
     }
 }
 
+/// UTC time as [`Clock::write_rfc3339`] writes it, with everything up to the seconds
+/// formatted once per second (chrono's formatter parses its pattern on every call).
+#[derive(Default)]
+struct Rfc3339 {
+    secs: Option<i64>,
+    prefix: String,
+}
+
+impl Rfc3339 {
+    fn push(&mut self, out: &mut String, clock: &Clock, ts_ns: u64) {
+        // The same split as `Clock::write_rfc3339` (a test keeps the two equal).
+        let ns = clock.unix_ns(ts_ns);
+        let secs = ns.div_euclid(1_000_000_000);
+        let micros = (ns.rem_euclid(1_000_000_000) / 1000) as u64;
+        if self.secs != Some(secs) {
+            let mut full = String::with_capacity(32);
+            clock.write_rfc3339(&mut full, ts_ns);
+            match full.rfind('.').filter(|_| full.ends_with('Z')) {
+                Some(dot) => {
+                    self.prefix.clear();
+                    self.prefix.push_str(&full[..=dot]);
+                    self.secs = Some(secs);
+                }
+                None => {
+                    out.push_str(&full);
+                    return;
+                }
+            }
+        }
+        out.push_str(&self.prefix);
+        for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+            out.push(char::from(b'0' + (micros / div % 10) as u8));
+        }
+        out.push('Z');
+    }
+}
+
+/// Serialises any `Display` as a JSON string without allocating it first.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A socket address as `0x...` (as `{:#x}`).
+struct Hex(u64);
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 fn family(conn: &Conn) -> Family {
     if conn.local.is_ipv4() {
         Family::V4
@@ -233,14 +291,14 @@ struct TransitionJson<'a> {
     comm: Option<Comm>,
     owner: Option<crate::decode::OwnerSource>,
     family: &'static str,
-    laddr: String,
+    laddr: Shown<std::net::IpAddr>,
     lport: u16,
-    raddr: String,
+    raddr: Shown<std::net::IpAddr>,
     rport: u16,
     old: &'static str,
     new: &'static str,
     ms: Option<f64>,
-    sock: String,
+    sock: Shown<Hex>,
 }
 
 #[derive(Serialize)]
@@ -251,9 +309,9 @@ struct ConnectionJson<'a> {
     comm: Option<Comm>,
     side: Option<&'static str>,
     family: &'static str,
-    laddr: String,
+    laddr: Shown<std::net::IpAddr>,
     lport: u16,
-    raddr: String,
+    raddr: Shown<std::net::IpAddr>,
     rport: u16,
     handshake_ms: Option<f64>,
     retransmits: u32,
@@ -277,6 +335,8 @@ impl<W: io::Write> Stream<W> {
             line: String::with_capacity(256),
             header_done: false,
             time_of_day: TimeOfDay::default(),
+            rfc3339: Rfc3339::default(),
+            time: String::with_capacity(32),
         }
     }
 
@@ -335,24 +395,25 @@ impl<W: io::Write> Stream<W> {
                 push_ms(line, dwell, 10);
             }
             Style::Json => {
-                let mut time = String::with_capacity(32);
-                self.clock.write_rfc3339(&mut time, ts_ns);
+                let time = &mut self.time;
+                time.clear();
+                self.rfc3339.push(time, &self.clock, ts_ns);
                 let j = TransitionJson {
-                    time: &time,
+                    time,
                     ts_ns,
                     pid: conn.owner.map(|o| o.tgid),
                     tid: conn.owner.map(|o| o.pid),
                     comm: conn.owner.map(|o| o.comm),
                     owner: conn.owner.map(|o| o.source),
                     family: family(conn).name(),
-                    laddr: conn.local.ip().to_string(),
+                    laddr: Shown(conn.local.ip()),
                     lport: conn.local.port(),
-                    raddr: conn.remote.ip().to_string(),
+                    raddr: Shown(conn.remote.ip()),
                     rport: conn.remote.port(),
                     old,
                     new,
                     ms: dwell.map(ms),
-                    sock: format!("{:#x}", conn.sock),
+                    sock: Shown(Hex(conn.sock)),
                 }
                 .serialize_to_string();
                 line.push_str(&j);
@@ -390,20 +451,21 @@ impl<W: io::Write> Stream<W> {
                 push_ms(line, c.lifetime_ns(), 10);
             }
             Style::Json => {
-                let mut time = String::with_capacity(32);
-                self.clock.write_rfc3339(&mut time, c.closed_ns);
+                let time = &mut self.time;
+                time.clear();
+                self.rfc3339.push(time, &self.clock, c.closed_ns);
                 let p = c.phases.map(|p| p.map(ms));
                 debug_assert_eq!(PHASES.len(), 5);
                 let j = ConnectionJson {
-                    time: &time,
+                    time,
                     ts_ns: c.closed_ns,
                     pid: conn.owner.map(|o| o.tgid),
                     comm: conn.owner.map(|o| o.comm),
                     side: conn.side.map(|s| s.name()),
                     family: family(conn).name(),
-                    laddr: conn.local.ip().to_string(),
+                    laddr: Shown(conn.local.ip()),
                     lport: conn.local.port(),
-                    raddr: conn.remote.ip().to_string(),
+                    raddr: Shown(conn.remote.ip()),
                     rport: conn.remote.port(),
                     handshake_ms: c.handshake_ns.map(ms),
                     retransmits: c.retransmits,
@@ -603,6 +665,7 @@ mod tests {
     #[test]
     fn time_of_day_cache_matches_the_clock() {
         let mut tod = TimeOfDay::default();
+        let mut utc = Rfc3339::default();
         for clock in [
             CLOCK,
             Clock {
@@ -629,8 +692,14 @@ mod tests {
                 let mut slow = String::new();
                 clock.write_time_of_day(&mut slow, ts);
                 assert_eq!(fast, slow, "ts {ts}");
+                fast.clear();
+                utc.push(&mut fast, &clock, ts);
+                slow.clear();
+                clock.write_rfc3339(&mut slow, ts);
+                assert_eq!(fast, slow, "ts {ts}");
             }
             tod = TimeOfDay::default();
+            utc = Rfc3339::default();
         }
     }
 
@@ -655,6 +724,9 @@ mod tests {
         assert_eq!(v["ms"], 2.0);
         assert_eq!(v["lport"], 40000);
         assert_eq!(v["time"], "2025-11-25T14:55:01.001500Z");
+        assert_eq!(v["laddr"], "127.0.0.1");
+        assert_eq!(v["raddr"], "127.0.0.1");
+        assert_eq!(v["sock"], "0xffff0001");
     }
 
     #[test]
