@@ -286,35 +286,48 @@ fn lab_handshake_delays_on_synack_and_final_ack() {
     .enumerate()
     {
         lab.flush(&lab.a);
+        lab.flush(&lab.b);
         let mut client = lab.peer(&lab.a);
-        client.ok(&format!("nfq {q} {d} 1"));
-        let rule = match hold {
-            Hold::SynAck => format!(
-                "-A INPUT -p tcp --sport {p} --tcp-flags SYN,ACK SYN,ACK -j NFQUEUE --queue-num {q}"
+        // Both holds act on a packet as it arrives (INPUT), where the kernel timestamps it,
+        // so the reader measures the hold from the arrival: the SYN-ACK at the client, the
+        // final ACK at the server. The holder runs in that namespace, as its own process.
+        let (ns, rule) = match hold {
+            Hold::SynAck => (
+                &lab.a,
+                format!(
+                    "-A INPUT -p tcp --sport {p} --tcp-flags SYN,ACK SYN,ACK -j NFQUEUE \
+                     --queue-num {q}"
+                ),
             ),
-            Hold::FinalAck => format!(
-                "-A OUTPUT -p tcp --dport {p} --tcp-flags SYN,ACK,FIN,RST ACK -j NFQUEUE \
-                 --queue-num {q}"
+            Hold::FinalAck => (
+                &lab.b,
+                format!(
+                    "-A INPUT -p tcp --dport {p} --tcp-flags SYN,ACK,FIN,RST ACK -j NFQUEUE \
+                     --queue-num {q}"
+                ),
             ),
         };
-        lab.iptables(&lab.a, &rule);
+        let mut holder = lab.peer(ns);
+        holder.ok(&format!("nfq {q} {d} 1"));
+        lab.iptables(ns, &rule);
         let r = client.ok(&format!("connect {}", server_addr(p)));
         let cport = field(&r, "port") as u16;
         server.ok("accept");
-        let reply = client.ok("nfq_held");
+        let reply = holder.ok("nfq_held");
         assert!(
             reply.contains("held_us="),
-            "the NFQUEUE reader held no packet ({hold:?}, {d} ms); rules in the client \
-             namespace:\n{}",
-            lab.exec(&lab.a, &["iptables", "-w", "-L", "-v", "-n"])
+            "the NFQUEUE reader held no packet ({hold:?}, {d} ms); rules in {ns}:\n{}",
+            lab.exec(ns, &["iptables", "-w", "-L", "-v", "-n"])
         );
         let held = field(&reply, "held_us");
         client.ok("close");
         server.ok("hold_close 0");
         cases.push((d, hold, cport, held));
+        drop(holder);
         drop(client);
     }
     lab.flush(&lab.a);
+    lab.flush(&lab.b);
     drop(server);
     let out = tracer.stop();
 

@@ -444,13 +444,16 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
                         Err(_) => break,
                     };
                     if n < count {
-                        let t = Instant::now();
-                        while t.elapsed() < Duration::from_millis(delay) {
+                        // Not the kernel's arrival stamp: nfq 0.2.5's get_timestamp() reads it
+                        // through a misaligned pointer (a panic in debug builds).
+                        let start = Instant::now();
+                        let elapsed = || start.elapsed();
+                        while elapsed() < Duration::from_millis(delay) {
                             std::hint::spin_loop();
                         }
                         // Record before the verdict: the connect may return right after it.
                         if let Ok(mut h) = held.lock() {
-                            h.push(t.elapsed().as_micros() as u64);
+                            h.push(elapsed().as_micros() as u64);
                         }
                         msg.set_verdict(nfq::Verdict::Accept);
                         let _ = queue.verdict(msg);
