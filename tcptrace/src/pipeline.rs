@@ -22,18 +22,19 @@ struct Core {
     agg: Aggregate,
     facts: Vec<Fact>,
     sinks: Vec<Box<dyn Sink>>,
-    sink_error: Option<io::Error>,
+    /// Per sink: the error that stopped it. A failed sink (e.g. stdout closed by `| head`)
+    /// is skipped from then on; the others (recording, charts) keep going.
+    sink_errors: Vec<Option<io::Error>>,
     last_sweep_ns: u64,
 }
 
 impl Core {
     fn process(&mut self, ev: Event) {
-        if self.sink_error.is_none() {
-            for s in &mut self.sinks {
-                if let Err(e) = s.event(&ev) {
-                    self.sink_error = Some(e);
-                    break;
-                }
+        for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
+            if err.is_none()
+                && let Err(e) = s.event(&ev)
+            {
+                *err = Some(e);
             }
         }
         self.facts.clear();
@@ -56,12 +57,11 @@ impl Core {
     fn dispatch(&mut self) {
         for f in &self.facts {
             self.agg.add(f);
-            if self.sink_error.is_none() {
-                for s in &mut self.sinks {
-                    if let Err(e) = s.fact(f) {
-                        self.sink_error = Some(e);
-                        break;
-                    }
+            for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
+                if err.is_none()
+                    && let Err(e) = s.fact(f)
+                {
+                    *err = Some(e);
                 }
             }
         }
@@ -81,6 +81,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
+        let sink_errors = sinks.iter().map(|_| None).collect();
         Self {
             prior_owners: FxHashMap::default(),
             reorder: Reorder::new(WINDOW_NS),
@@ -89,7 +90,7 @@ impl Pipeline {
                 agg: Aggregate::default(),
                 facts: Vec::with_capacity(8),
                 sinks,
-                sink_error: None,
+                sink_errors,
                 last_sweep_ns: 0,
             },
             undecodable: 0,
@@ -155,19 +156,19 @@ impl Pipeline {
     /// Flushes the sinks' writers without releasing held events (a steady trickle of events
     /// must still reach a terminal promptly).
     pub fn flush_sinks(&mut self) {
-        if self.core.sink_error.is_none() {
-            for s in &mut self.core.sinks {
-                if let Err(e) = s.flush() {
-                    self.core.sink_error = Some(e);
-                    break;
-                }
+        let core = &mut self.core;
+        for (s, err) in core.sinks.iter_mut().zip(&mut core.sink_errors) {
+            if err.is_none()
+                && let Err(e) = s.flush()
+            {
+                *err = Some(e);
             }
         }
     }
 
     /// The first error a sink returned, if any (e.g. a closed pipe).
     pub fn sink_error(&self) -> Option<&io::Error> {
-        self.core.sink_error.as_ref()
+        self.core.sink_errors.iter().flatten().next()
     }
 
     pub fn aggregate(&self) -> &Aggregate {
