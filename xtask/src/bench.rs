@@ -47,8 +47,8 @@ pub struct Args {
     /// Seconds of churn per configuration.
     #[arg(long, default_value_t = 8.0)]
     pub secs: f64,
-    /// Rounds over all configurations (an untraced baseline opens every round and closes
-    /// the last one).
+    /// Rounds over all configurations (an untraced run before each traced run and one at
+    /// the end: every traced run is compared with the untraced runs either side of it).
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Client threads of the churn.
@@ -788,8 +788,50 @@ fn aggregate(rows: &[&Row], baseline: f64, tr_per_conn: Option<f64>) -> Agg {
     }
 }
 
+/// Each run's rate over the untraced rate around it: for a traced run the mean of the
+/// baselines just before and just after it (the machine drifts: others' builds, TIME_WAIT
+/// build-up), for a baseline run the mean of all baselines.
+fn ratios(rows: &[Row]) -> Vec<f64> {
+    let all = mean(
+        &rows
+            .iter()
+            .filter(|r| r.config == Config::Baseline)
+            .map(|r| r.churn.rate())
+            .collect::<Vec<_>>(),
+    );
+    let is_base = |r: &&Row| r.config == Config::Baseline;
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let base = if r.config == Config::Baseline {
+                all
+            } else {
+                let around: Vec<f64> = rows[..i]
+                    .iter()
+                    .rev()
+                    .find(is_base)
+                    .into_iter()
+                    .chain(rows[i + 1..].iter().find(is_base))
+                    .map(|b| b.churn.rate())
+                    .collect();
+                if around.is_empty() {
+                    all
+                } else {
+                    mean(&around)
+                }
+            };
+            if base > 0.0 {
+                r.churn.rate() / base
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 fn table(rows: &[Row], args: &Args, env: &Env) -> String {
     let mut s = String::new();
+    let run_ratios = ratios(rows);
     let baselines: Vec<f64> = rows
         .iter()
         .filter(|r| r.config == Config::Baseline)
@@ -823,7 +865,8 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
     );
     let _ = writeln!(
         s,
-        "\nruns in order (load = 1-min load average at the start; others' work shows there)"
+        "\nruns in order (ratio: to the mean of the untraced runs just before and after; load: \
+         1-min load average at the start, where others' work on the machine shows)"
     );
     let _ = writeln!(
         s,
@@ -847,7 +890,7 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
             i + 1,
             r.config.label(),
             rate,
-            if base > 0.0 { rate / base } else { 0.0 }
+            run_ratios[i]
         );
         let mut notes = Vec::new();
         if r.churn.errors > 0 {
@@ -903,8 +946,8 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
 
     let _ = writeln!(
         s,
-        "\nper configuration (mean over runs; ratio to the mean untraced rate {base:.0}/s, \
-         baselines ranged {lo:.0}..{hi:.0}/s = {:.1}% drift)",
+        "\nper configuration (means over runs; untraced runs averaged {base:.0}/s and ranged \
+         {lo:.0}..{hi:.0}/s = {:.1}% drift)",
         if base > 0.0 {
             (hi - lo) / base * 100.0
         } else {
@@ -922,7 +965,15 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
         if rs.is_empty() {
             continue;
         }
-        let a = aggregate(&rs, base, tr_per_conn);
+        let mut a = aggregate(&rs, base, tr_per_conn);
+        a.ratio = mean(
+            &rows
+                .iter()
+                .zip(&run_ratios)
+                .filter(|(r, _)| r.config == config)
+                .map(|(_, q)| *q)
+                .collect::<Vec<_>>(),
+        );
         let _ = writeln!(
             s,
             "  {:<22} {:>9.0} {:>6.3} {:>12} {:>9} {:>8}",
@@ -1037,8 +1088,10 @@ pub fn bench(args: &Args) -> Result<()> {
 
     let mut plan = Vec::new();
     for _ in 0..args.rounds {
-        plan.push(Config::Baseline);
-        plan.extend(configs.iter().copied());
+        for c in &configs {
+            plan.push(Config::Baseline);
+            plan.push(*c);
+        }
     }
     plan.push(Config::Baseline);
     let per_run = args.secs + 2.5;
