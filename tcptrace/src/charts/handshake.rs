@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use super::{
     Area, CAPTION_SIZE, CLIENT, DrawResult, GRID_BOLD, GRID_LIGHT, Input, LABEL_SIZE, P50, P90,
     P99, PANEL, SERVER, TICK_SIZE, cdf, decade_range, fmt_count, fmt_ms, font, frame, log_bins,
-    no_data, us_to_ms,
+    log_ticks, no_data, us_to_ms,
 };
 use crate::aggregate::Hist;
 
@@ -75,7 +75,10 @@ fn side(
         .margin_right(30)
         .x_label_area_size(52)
         .y_label_area_size(76)
-        .build_cartesian_2d((lo..hi).log_scale(), 0f64..ymax)?;
+        .build_cartesian_2d(
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            0f64..ymax,
+        )?;
     chart
         .configure_mesh()
         .light_line_style(GRID_LIGHT)
@@ -117,7 +120,10 @@ fn side(
         .margin_right(30)
         .x_label_area_size(52)
         .y_label_area_size(76)
-        .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.0)?;
+        .build_cartesian_2d(
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            0f64..1.0,
+        )?;
     chart
         .configure_mesh()
         .light_line_style(GRID_LIGHT)

@@ -236,6 +236,23 @@ pub fn decade_range(lo: f64, hi: f64) -> (f64, f64) {
     (lo, hi)
 }
 
+/// Tick positions for a log axis from `lo` to `hi` (both powers of ten): every decade, plus
+/// 2x and 5x when the axis spans at most two decades. Plotters' own log key points can drop
+/// the lowest decade, leaving an axis with one label.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = (hi / lo).log10().round().max(1.0) as i32;
+    let mut v = Vec::new();
+    for d in 0..=decades {
+        let base = lo * 10f64.powi(d);
+        v.push(base);
+        if decades <= 2 && d < decades {
+            v.push(base * 2.0);
+            v.push(base * 5.0);
+        }
+    }
+    v
+}
+
 /// Renders every chart.
 pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
     let charts: [(&'static str, &'static str, RenderFn); 5] = [

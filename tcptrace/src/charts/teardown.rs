@@ -9,7 +9,7 @@ use plotters::{
 use super::{
     Area, DrawResult, GRID_BOLD, GRID_LIGHT, INK, Input, LABEL_SIZE, MUTED, NOTE_SIZE, P50, P90,
     P99, PALETTE, PANEL, TICK_SIZE, anchored, bold, decade_range, fmt_count, fmt_ms, font, font_c,
-    frame, log_bins, no_data, us_to_ms,
+    frame, log_bins, log_ticks, no_data, us_to_ms,
 };
 use crate::track::PHASES;
 
@@ -39,7 +39,10 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .margin_right(24)
                 .x_label_area_size(110)
                 .y_label_area_size(86)
-                .build_cartesian_2d(0f64..5.0, (lo..hi).log_scale())?;
+                .build_cartesian_2d(
+                    0f64..5.0,
+                    (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+                )?;
             chart
                 .configure_mesh()
                 .disable_x_mesh()

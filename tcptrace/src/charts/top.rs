@@ -8,7 +8,7 @@ use plotters::{
 use super::{
     Area, CAPTION_SIZE, CLIENT, DrawResult, GRID_BOLD, GRID_LIGHT, Input, LABEL_SIZE, MUTED, P50,
     PANEL, SERVER, TICK_SIZE, anchored, decade_range, fmt_count, fmt_ms, font, font_c, frame,
-    no_data, us_to_ms,
+    log_ticks, no_data, us_to_ms,
 };
 use crate::{
     aggregate::{GroupKey, Hist},
@@ -113,7 +113,10 @@ fn panel(area: &Area<'_>, caption: &str, rows: &[Row], why: &str) -> DrawResult 
         .margin_right(28)
         .x_label_area_size(52)
         .y_label_area_size(250)
-        .build_cartesian_2d((lo..hi).log_scale(), 0f64..TOP_N.max(rows.len()) as f64)?;
+        .build_cartesian_2d(
+            (lo..hi).log_scale().with_key_points(log_ticks(lo, hi)),
+            0f64..TOP_N.max(rows.len()) as f64,
+        )?;
     chart
         .configure_mesh()
         .disable_y_mesh()
