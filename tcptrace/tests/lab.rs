@@ -549,7 +549,14 @@ fn lab_softirq_transitions_attributed_to_owner() {
     drop((client, server));
     let out = tracer.stop();
     println!("client pid {cpid}, server pid {spid}");
-    let all = lives(&out.lines);
+    // Only the lab's sockets (the port filter also passes host traffic on port p).
+    let in_lab: Vec<Value> = out
+        .lines
+        .iter()
+        .filter(|l| s(&l["laddr"]).starts_with("10.201."))
+        .cloned()
+        .collect();
+    let all = lives(&in_lab);
     let mut checked = 0;
     for life in &all {
         let is_client = cports.iter().any(|&c| life.has_ports(c, p));
@@ -691,9 +698,13 @@ fn lab_matches_libbpf_tools_tcpstates() {
             vec![(format!("{}->{}", w[n - 4], w[n - 2]), Some(ms))],
         ));
     }
+    // Only the lab's sockets: the port filter also passes host traffic that happens to use
+    // port p (e.g. an ephemeral client port of something else on loopback).
+    let lab_addr = |a: &Value| matches!(s(a), Lab::A_IP | Lab::B_IP | "0.0.0.0");
     let mine: Vec<Life> = out
         .lines
         .iter()
+        .filter(|l| lab_addr(&l["laddr"]) && lab_addr(&l["raddr"]))
         .map(|l| {
             (
                 s(&l["sock"]).to_owned(),
