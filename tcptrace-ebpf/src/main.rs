@@ -116,6 +116,13 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// The owner of a socket no process-context event has named yet.
+const NO_OWNER: Owner = Owner {
+    tgid: 0,
+    pid: 0,
+    comm: [0; 16],
+};
+
 fn current_owner() -> Owner {
     let pid_tgid = bpf_get_current_pid_tgid();
     Owner {
@@ -274,14 +281,7 @@ fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (Owner
     if new == TCP_CLOSE {
         let _ = OWNERS.remove(&skaddr);
     }
-    found.unwrap_or((
-        Owner {
-            tgid: 0,
-            pid: 0,
-            comm: [0; 16],
-        },
-        0,
-    ))
+    found.unwrap_or((NO_OWNER, 0))
 }
 
 #[inline(always)]
@@ -321,17 +321,31 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
         let d: [u8; 16] = unsafe { ctx.read_at(base + 30) }.unwrap_or([0; 16]);
         (s, d)
     };
+    emit_with_cached_owner(
+        ts_ns,
+        skaddr,
+        (saddr, daddr),
+        (sport, dport, family),
+        kind,
+        state,
+    );
+}
+
+/// Emits a non-transition event, with the socket's owner if the cache knows it (these
+/// tracepoints run in softirq or timer context, where the current task means nothing).
+#[inline(always)]
+fn emit_with_cached_owner(
+    ts_ns: u64,
+    skaddr: u64,
+    (saddr, daddr): ([u8; 16], [u8; 16]),
+    (sport, dport, family): (u16, u16, u16),
+    kind: EventKind,
+    state: u32,
+) {
     // SAFETY: copied out at once.
     let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
         Some(o) => (o, FLAG_OWNER_CACHED),
-        None => (
-            Owner {
-                tgid: 0,
-                pid: 0,
-                comm: [0; 16],
-            },
-            0,
-        ),
+        None => (NO_OWNER, 0),
     };
     emit(&Event {
         ts_ns,
@@ -411,36 +425,14 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         let d: [u8; 16] = unsafe { ctx.read_at(68) }.unwrap_or([0; 16]);
         (addr16(&ctx, 40), d)
     };
-    // SAFETY: copied out at once.
-    let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
-        Some(o) => (o, FLAG_OWNER_CACHED),
-        None => (
-            Owner {
-                tgid: 0,
-                pid: 0,
-                comm: [0; 16],
-            },
-            0,
-        ),
-    };
-    emit(&Event {
+    emit_with_cached_owner(
         ts_ns,
         skaddr,
-        saddr,
-        daddr,
-        tgid: owner.tgid,
-        pid: owner.pid,
-        comm: owner.comm,
-        sport,
-        dport,
-        family,
-        kind: EventKind::SendReset as u16,
-        old: state as u8,
-        new: 0,
-        flags,
-        _pad: 0,
-        aux: 0,
-    });
+        (saddr, daddr),
+        (sport, dport, family),
+        EventKind::SendReset,
+        state,
+    );
     0
 }
 
