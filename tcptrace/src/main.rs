@@ -244,10 +244,6 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
             &clock,
             &title,
         )?;
-        eprintln!(
-            "tcptrace: charts written to {}",
-            dir.join("index.html").display()
-        );
     }
     Ok(())
 }

@@ -108,10 +108,6 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             &r.replay.header.clock,
             &title,
         )?;
-        eprintln!(
-            "tcptrace: charts written to {}",
-            dir.join("index.html").display()
-        );
     }
     Ok(())
 }

@@ -296,6 +296,7 @@ pub fn write_dir(
     let path = dir.join("index.html");
     std::fs::write(&path, index::html(&input, &charts))
         .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("tcptrace: charts written to {}", path.display());
     Ok(())
 }
 
