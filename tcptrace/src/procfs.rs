@@ -36,6 +36,11 @@ pub fn parse_tcp_table(text: &str) -> Vec<TcpRow> {
             if f.len() < 12 {
                 return None;
             }
+            // TIME_WAIT (06) rows are mini-sockets with no owner: skip them early (a busy
+            // host can have tens of thousands).
+            if f[3] == "06" {
+                return None;
+            }
             let local = parse_addr(f[1])?;
             Some(TcpRow {
                 local,
