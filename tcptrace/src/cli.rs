@@ -136,6 +136,10 @@ pub enum Per {
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096). A larger
+    /// ring rides out longer stalls of this process before the kernel has to drop events.
+    #[arg(long, value_name = "KIB", value_parser = crate::config::parse_ring_kib)]
+    pub ring_kib: Option<u32>,
     /// Stop after this many seconds (e.g. 10 or 0.5).
     #[arg(long, value_name = "SECS", value_parser = crate::config::parse_duration)]
     pub duration: Option<std::time::Duration>,

@@ -373,7 +373,7 @@ fn seed_owners(ebpf: &mut Ebpf) -> crate::procfs::Existing {
 
 impl Collector {
     /// Runs every start-up check, then loads and attaches the program.
-    pub fn start(filter: &Filter) -> Result<Self> {
+    pub fn start(filter: &Filter, ring_kib: Option<u32>) -> Result<Self> {
         check_privileges()?;
         check_kernel()?;
         let tracefs = ensure_tracefs()?;
@@ -400,6 +400,9 @@ impl Collector {
         let flags = filter.flags();
         let mut loader = EbpfLoader::new();
         loader.override_global("FILTER_FLAGS", &flags, true);
+        if let Some(kib) = ring_kib {
+            loader.map_max_entries("EVENTS", kib * 1024);
+        }
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
         // off in the program); never guessed.

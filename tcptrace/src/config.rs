@@ -47,6 +47,16 @@ fn port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Parses a ring buffer size in KiB: a power of two from 4 (one page) to 1 GiB.
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(k) if k.is_power_of_two() && (4..=1 << 20).contains(&k) => Ok(k),
+        _ => Err(format!(
+            "{s:?} is not a power of two from 4 to 1048576 (KiB), e.g. 4096 or 65536"
+        )),
+    }
+}
+
 /// Parses a positive number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
@@ -157,6 +167,15 @@ mod tests {
                 .expect_err("many")
                 .contains("too many")
         );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_kib("4096"), Ok(4096));
+        assert_eq!(parse_ring_kib("4"), Ok(4));
+        for bad in ["3", "1000", "0", "2097152", "big"] {
+            assert!(parse_ring_kib(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn run_record(args: RecordArgs) -> Result<()> {
 const QUIET_TICK: Duration = Duration::from_millis(100);
 
 async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Result<()> {
-    let mut collector = Collector::start(&filter)?;
+    let mut collector = Collector::start(&filter, args.ring_kib)?;
     for reason in &collector.skipped {
         log::warn!("{reason}; the facts it gives are not collected");
     }
@@ -167,6 +167,8 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
     let mut tick = tokio::time::interval(QUIET_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut read_since_tick = 0usize;
+    let mut ticks = 0u64;
+    let mut lost_reported = 0u64;
 
     loop {
         tokio::select! {
@@ -186,6 +188,20 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
                     pipeline.flush_sinks();
                 }
                 read_since_tick = 0;
+                ticks += 1;
+                // Loss is said when it happens, not only in the summary.
+                if ticks % 10 == 0
+                    && let Ok(c) = collector.counters()
+                    && c.lost > lost_reported
+                {
+                    log::warn!(
+                        "{} events lost: the ring buffer was full (this process fell behind); \
+                         figures miss them. A larger --ring-kib, a narrower filter or \
+                         --per none helps",
+                        c.lost - lost_reported
+                    );
+                    lost_reported = c.lost;
+                }
             }
             n = collector.read_batch(|bytes| pipeline.push_bytes(bytes)) => {
                 read_since_tick += n?;

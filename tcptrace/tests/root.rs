@@ -372,3 +372,50 @@ fn sockets_opened_before_tracing_still_name_their_owner() {
     assert_eq!(s(&first["old"]), "ESTABLISHED");
     assert_eq!(s(&first["owner"]), "proc", "{first}");
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    // A 4 KiB ring holds about 46 records; a stopped reader cannot drain it.
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--per",
+        "none",
+        "--ring-kib",
+        "4",
+    ]);
+    let pid = tracer.pid() as i32;
+    // SAFETY: signals to a child process we own.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let n = 30;
+    for i in 0..n {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(&l, order);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = tracer.stop();
+    let lost = out.summary["lost"].as_u64().expect("lost");
+    let events = out.summary["events"].as_u64().expect("events");
+    assert!(
+        lost > 0,
+        "nothing was lost with a stopped reader and a 4 KiB ring"
+    );
+    // Every transition of every connection is either delivered or counted as lost.
+    assert_eq!(events + lost, 10 * n, "delivered {events} + lost {lost}");
+    assert!(
+        out.stderr
+            .contains(&format!("WARNING: {lost} events were lost")),
+        "{}",
+        out.stderr
+    );
+    eprintln!("ring of 4 KiB, reader stopped: {events} delivered, {lost} lost and counted");
+}

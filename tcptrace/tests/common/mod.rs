@@ -132,6 +132,11 @@ impl Tracer {
         }
     }
 
+    /// The tracer's process id (e.g. to stop it with SIGSTOP and see loss accounted).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, waits for the exit and parses the output.
     pub fn stop(mut self) -> Output {
         // Let the last transitions (softirq work, TIME_WAIT hand-overs) reach the ring buffer.
