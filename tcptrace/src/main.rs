@@ -190,7 +190,7 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
                 read_since_tick = 0;
                 ticks += 1;
                 // Loss is said when it happens, not only in the summary.
-                if ticks % 10 == 0
+                if ticks.is_multiple_of(10)
                     && let Ok(c) = collector.counters()
                     && c.lost > lost_reported
                 {
