@@ -498,10 +498,7 @@ impl<T: Serialize> ToJsonString for T {
 impl<W: io::Write> Sink for Stream<W> {
     fn fact(&mut self, fact: &Fact) -> io::Result<()> {
         if !self.header_done {
-            self.header_done = true;
-            if self.style == Style::Text {
-                writeln!(self.out, "{}", Self::header(self.unit))?;
-            }
+            self.write_header()?;
         }
         self.line.clear();
         match (self.unit, fact) {
@@ -523,7 +520,22 @@ impl<W: io::Write> Sink for Stream<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        // A quiet host still gets the column header promptly (the first flush is one tick
+        // after start).
+        if !self.header_done {
+            self.write_header()?;
+        }
         self.out.flush()
+    }
+}
+
+impl<W: io::Write> Stream<W> {
+    fn write_header(&mut self) -> io::Result<()> {
+        self.header_done = true;
+        if self.style == Style::Text {
+            writeln!(self.out, "{}", Self::header(self.unit))?;
+        }
+        Ok(())
     }
 }
 
