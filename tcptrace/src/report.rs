@@ -40,8 +40,15 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     let mut pipeline = Pipeline::new(sinks);
     let replay = record::replay(path, allow_truncated, |ev| pipeline.push_ordered(ev))?;
     pipeline.flush();
-    if let Some(e) = &replay.truncated {
-        log::warn!("{e}; reporting on the {} events before it", replay.events);
+    if let Some(record::RecordingError::Truncated {
+        path, line, reason, ..
+    }) = &replay.truncated
+    {
+        log::warn!(
+            "{}:{line}: the recording is truncated ({reason}); reporting on the {} events before it",
+            path.display(),
+            replay.events
+        );
     }
     let (counters, undecodable) = match &replay.trailer {
         Some(t) => (t.counters, t.undecodable),
