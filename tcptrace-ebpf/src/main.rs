@@ -264,19 +264,25 @@ fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (Owner
         }
         return (owner, FLAG_OWNER_CURRENT);
     }
-    // SAFETY: the value is copied out before any other map operation.
-    let cached = unsafe { OWNERS.get(&skaddr) }.copied();
-    let found = match cached {
-        Some(o) => Some((o, FLAG_OWNER_CACHED)),
-        None if old == TCP_LISTEN && new == TCP_SYN_RECV => {
-            // SAFETY: as above.
-            let inherited = unsafe { LISTENERS.get(&listener_key) }.copied();
-            if let Some(o) = inherited {
+    let found = if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        // A new child: its owner is the listener's. Any OWNERS entry for this address is a
+        // dead socket's (the address was reused), so it is replaced, never used.
+        // SAFETY: the value is copied out before any other map operation.
+        let inherited = unsafe { LISTENERS.get(&listener_key) }.copied();
+        match inherited {
+            Some(o) => {
                 let _ = OWNERS.insert(&skaddr, &o, 0);
             }
-            inherited.map(|o| (o, FLAG_OWNER_LISTENER))
+            None => {
+                let _ = OWNERS.remove(&skaddr);
+            }
         }
-        None => None,
+        inherited.map(|o| (o, FLAG_OWNER_LISTENER))
+    } else {
+        // SAFETY: as above.
+        unsafe { OWNERS.get(&skaddr) }
+            .copied()
+            .map(|o| (o, FLAG_OWNER_CACHED))
     };
     if new == TCP_CLOSE {
         let _ = OWNERS.remove(&skaddr);

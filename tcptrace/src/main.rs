@@ -113,6 +113,9 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
         log::warn!("{reason}; the facts it gives are not collected");
     }
     let clock = Clock::measure();
+    // Handlers first: whoever waits for the ready line may signal us right after it.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     eprintln!(
         "tcptrace: tracing TCP state transitions{}; Ctrl-C to stop",
         match args.duration {
@@ -161,8 +164,6 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
         (l, r, owner)
     }));
 
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(QUIET_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,7 +215,7 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
 
     // Whatever the kernel wrote before we stopped is still ours to count.
     collector.drain(|bytes| pipeline.push_bytes(bytes));
-    pipeline.flush();
+    pipeline.finish();
     let counters = collector.counters()?;
     if let Some(e) = pipeline.sink_error()
         && e.kind() != io::ErrorKind::BrokenPipe

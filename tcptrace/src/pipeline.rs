@@ -149,6 +149,15 @@ impl Pipeline {
     pub fn flush(&mut self) {
         let core = &mut self.core;
         self.reorder.flush(|ev| core.process(ev));
+        self.flush_sinks();
+    }
+
+    /// The end of the input: releases everything, including closes the tracker still holds
+    /// for a late reset. Only here, never on a quiet tick, so that a recording (which knows
+    /// nothing of ticks) replays to exactly the same facts.
+    pub fn finish(&mut self) {
+        let core = &mut self.core;
+        self.reorder.flush(|ev| core.process(ev));
         self.core.flush_tracker();
         self.flush_sinks();
     }

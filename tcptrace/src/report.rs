@@ -39,7 +39,7 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     });
     let mut pipeline = Pipeline::new(sinks);
     let replay = record::replay(path, allow_truncated, |ev| pipeline.push_ordered(ev))?;
-    pipeline.flush();
+    pipeline.finish();
     if let Some(record::RecordingError::Truncated {
         path, line, reason, ..
     }) = &replay.truncated

@@ -519,11 +519,15 @@ impl Tracker {
         self.sweep(now_ns);
         if self.socks.len() > self.limits.max_sockets {
             // Drop the oldest tenth (by last event) to make room for a while.
-            let mut ages: Vec<(u64, u64)> =
-                self.socks.iter().map(|(k, s)| (s.last_ns, *k)).collect();
+            // Listeners last: they are the oldest sockets but few, and children need them.
+            let mut ages: Vec<(bool, u64, u64)> = self
+                .socks
+                .iter()
+                .map(|(k, s)| (s.state == TcpState::Listen, s.last_ns, *k))
+                .collect();
             ages.sort_unstable();
             let n = self.socks.len() / 10 + 1;
-            for (_, k) in ages.into_iter().take(n) {
+            for (_, _, k) in ages.into_iter().take(n) {
                 self.socks.remove(&k);
                 self.stats.evicted += 1;
             }
@@ -541,8 +545,14 @@ impl Tracker {
     pub fn sweep(&mut self, now_ns: u64) {
         let max_idle = self.limits.max_idle_ns;
         let before = self.socks.len();
+        // Listeners, open connections and sockets waiting in CLOSE_WAIT emit nothing while
+        // they sit, however long: only the size bound may evict them (a CLOSE_WAIT leak is
+        // exactly what must not age out).
         self.socks.retain(|_, s| {
-            s.state == TcpState::Listen || now_ns.saturating_sub(s.last_ns) <= max_idle
+            matches!(
+                s.state,
+                TcpState::Listen | TcpState::Established | TcpState::CloseWait
+            ) || now_ns.saturating_sub(s.last_ns) <= max_idle
         });
         self.stats.evicted += (before - self.socks.len()) as u64;
         self.pending_synack

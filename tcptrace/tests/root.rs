@@ -21,10 +21,31 @@ fn listener(ip: std::net::IpAddr) -> TcpListener {
     TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind listener")
 }
 
-/// A port nothing listens on right now (the kernel's pick, released at once), so a test can
-/// start the tracer filtered on it before the listener exists.
-fn free_port(ip: std::net::IpAddr) -> u16 {
-    listener(ip).local_addr().expect("addr").port()
+/// A socket bound to a port the kernel picks, not yet listening: the test can start the
+/// tracer filtered on that port before the listener exists (so CLOSE->LISTEN is seen), and
+/// the bound port cannot meanwhile become someone's ephemeral port.
+fn bound(ip: std::net::IpAddr) -> (socket2::Socket, u16) {
+    let addr = SocketAddr::new(ip, 0);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    sock.bind(&addr.into()).expect("bind");
+    let port = sock
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (sock, port)
+}
+
+/// Turns a bound socket into a listener.
+fn listen(sock: socket2::Socket) -> TcpListener {
+    sock.listen(128).expect("listen");
+    sock.into()
 }
 
 /// The life whose lines carry these ports.
@@ -64,9 +85,9 @@ fn check_life(life: &Life, expected: &[&str], pid: u32, laddr: &str, raddr: &str
 
 fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize) {
     require_root();
-    let port = free_port(ip);
+    let (sock, port) = bound(ip);
     let tracer = Tracer::start(&["--port", &port.to_string()]);
-    let l = TcpListener::bind(SocketAddr::new(ip, port)).expect("bind the chosen port");
+    let l = listen(sock);
     let mut conns = Vec::new();
     for i in 0..per_order * 2 {
         let order = if i % 2 == 0 {
@@ -370,7 +391,9 @@ fn sockets_opened_before_tracing_still_name_their_owner() {
         .find(|l| l["rport"] == early_port)
         .expect("early server socket");
     assert_eq!(s(&first["old"]), "ESTABLISHED");
-    assert_eq!(s(&first["owner"]), "proc", "{first}");
+    // "proc" where /proc hides socket addresses (kptr_restrict=0: matched by address in
+    // userspace); "cached" where root sees them and the kernel's cache was seeded.
+    assert!(matches!(s(&first["owner"]), "proc" | "cached"), "{first}");
 }
 
 #[test]

@@ -355,8 +355,11 @@ fn memory_stays_bounded() {
     });
     t.process(&st(0, 1, S::Close, S::Listen), &mut out);
     t.process(&st(0, 2, S::Close, S::SynSent), &mut out);
+    // A leaked CLOSE_WAIT socket must never age out: it is what the user is looking for.
+    t.process(&st(0, 3, S::Established, S::CloseWait), &mut out);
     t.sweep(100 * MS);
-    assert_eq!(t.socks.len(), 1);
+    assert_eq!(t.socks.len(), 2);
+    assert_eq!(t.sockets_in(S::CloseWait).len(), 1);
     assert_eq!(t.stats().evicted, 1);
 }
 
