@@ -286,11 +286,61 @@ pub struct Counters {
     pub submitted: u64,
     /// Events dropped by the kernel-side filter.
     pub filtered: u64,
+    /// Tracepoint hits the kernel skipped because another BPF program was running on that
+    /// CPU (`recursion_misses` of our programs): lost too, and counted.
+    #[serde(default)]
+    pub missed: u64,
+}
+
+impl Counters {
+    /// Every event tcptrace did not get: ring buffer full, or skipped by the kernel.
+    pub fn all_lost(&self) -> u64 {
+        self.lost + self.missed
+    }
+}
+
+/// `recursion_misses` of a loaded program (Linux 5.12+; 0 where the kernel lacks it).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    /// The `info` member of `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain old data; all-zero is a valid value.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: bpf(2) with a valid attr of the stated size; the kernel writes at most
+    // info_len bytes into `info`, which lives for the whole call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "reading program info failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(info.recursion_misses)
 }
 
 /// The loaded program, its ring buffer and counters.
 pub struct Collector {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Names of the programs attached (for their kernel-side miss counters).
+    attached: Vec<&'static str>,
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     /// Optional probes that could not be used, with the reason.
@@ -446,7 +496,9 @@ impl Collector {
 
         let existing = seed_owners(&mut ebpf);
 
+        let mut attached = Vec::new();
         for probe in usable {
+            attached.push(probe.name);
             let prog: &mut TracePoint = ebpf
                 .program_mut(probe.name)
                 .with_context(|| format!("program {} missing from the object", probe.name))?
@@ -470,7 +522,8 @@ impl Collector {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
+            attached,
             ring,
             counters,
             skipped,
@@ -518,10 +571,22 @@ impl Collector {
                 .iter()
                 .sum())
         };
+        // Best effort: a kernel that cannot say reports 0 misses, never an error at exit.
+        let mut missed = 0;
+        for name in &self.attached {
+            let fd = self.ebpf.program(name).map(|p| p.fd());
+            if let Some(Ok(fd)) = fd {
+                match recursion_misses(std::os::fd::AsFd::as_fd(fd)) {
+                    Ok(n) => missed += n,
+                    Err(e) => log::debug!("miss counter of {name}: {e:#}"),
+                }
+            }
+        }
         Ok(Counters {
             lost: read(counter::LOST)?,
             submitted: read(counter::SUBMITTED)?,
             filtered: read(counter::FILTERED)?,
+            missed,
         })
     }
 }

@@ -357,6 +357,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         lost: 0,
         submitted: events,
         filtered: 0,
+        missed: 0,
     };
     let end_unix_ns = header().clock.unix_ns(rec.last_ts_ns());
     rec.finish_at(counters, 0, end_unix_ns)

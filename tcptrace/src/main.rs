@@ -193,15 +193,15 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
                 // Loss is said when it happens, not only in the summary.
                 if ticks.is_multiple_of(10)
                     && let Ok(c) = collector.counters()
-                    && c.lost > lost_reported
+                    && c.all_lost() > lost_reported
                 {
                     log::warn!(
-                        "{} events lost: the ring buffer was full (this process fell behind); \
-                         figures miss them. A larger --ring-kib, a narrower filter or \
-                         --per none helps",
-                        c.lost - lost_reported
+                        "{} events lost (ring buffer full: this process fell behind; or skipped \
+                         by the kernel while another BPF program ran); figures miss them. A \
+                         larger --ring-kib, a narrower filter or --per none helps",
+                        c.all_lost() - lost_reported
                     );
-                    lost_reported = c.lost;
+                    lost_reported = c.all_lost();
                 }
             }
             n = collector.read_batch(|bytes| pipeline.push_bytes(bytes)) => {

@@ -698,6 +698,7 @@ mod tests {
                 lost: 3,
                 submitted: 9,
                 filtered: 2,
+                missed: 1,
             };
             r.finish(counters, 4).expect("finish");
             let mut back = Vec::new();

@@ -143,7 +143,7 @@ impl Summary {
         Self {
             transitions: agg.transitions,
             events: track.events,
-            lost: counters.lost,
+            lost: counters.all_lost(),
             undecodable,
             filtered: counters.filtered,
             track,
@@ -170,8 +170,9 @@ impl Summary {
         if self.lost > 0 {
             writeln!(
                 w,
-                "  WARNING: {} events were lost because the ring buffer was full; figures below \
-                 miss them (narrow the filter or use --per none)",
+                "  WARNING: {} events were lost (the ring buffer was full, or the kernel skipped \
+                 the program while another BPF program ran on that CPU); figures below miss \
+                 them (a larger --ring-kib, a narrower filter or --per none helps)",
                 self.lost
             )?;
         }
