@@ -5,8 +5,8 @@ use plotters::prelude::*;
 
 use super::{
     Area, CAPTION_SIZE, CLIENT, DrawResult, GRID_BOLD, GRID_LIGHT, Input, LABEL_SIZE, P50, P90,
-    P99, PANEL, SERVER, TICK_SIZE, cdf, decade_range, fmt_count, fmt_ms, font, frame, log_bins,
-    log_ticks, no_data, us_to_ms,
+    P99, PANEL, SERVER, TICK_SIZE, cdf, decade_range, fmt_count, fmt_ms, font, frame, legend,
+    log_bins, log_ticks, no_data, us_to_ms,
 };
 use crate::aggregate::Hist;
 
@@ -105,13 +105,7 @@ fn side(
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(PANEL.mix(0.9))
-        .border_style(GRID_BOLD)
-        .label_font(font(TICK_SIZE))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
     cdf_area.fill(&PANEL)?;
     let mut chart = ChartBuilder::on(cdf_area)
@@ -159,12 +153,6 @@ fn side(
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(PANEL.mix(0.9))
-        .border_style(GRID_BOLD)
-        .label_font(font(TICK_SIZE))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }

@@ -66,6 +66,21 @@ pub const PALETTE: [RGBColor; 10] = [
 type DrawResult<T = ()> = std::result::Result<T, Box<dyn Error>>;
 /// A chart's renderer.
 type RenderFn = fn(&Input<'_>) -> DrawResult<String>;
+
+/// Draws a chart's legend in the house style at `pos`.
+pub fn legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+    pos: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(PANEL.mix(0.9))
+        .border_style(GRID_BOLD)
+        .label_font(font(TICK_SIZE))
+        .draw()?;
+    Ok(())
+}
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// Everything the charts draw from.

@@ -9,7 +9,7 @@ use plotters::{
 use super::{
     Area, DrawResult, GRID_BOLD, GRID_LIGHT, INK, Input, LABEL_SIZE, MUTED, NOTE_SIZE, P50, P90,
     P99, PALETTE, PANEL, TICK_SIZE, anchored, bold, decade_range, fmt_count, fmt_ms, font, font_c,
-    frame, log_bins, log_ticks, no_data, us_to_ms,
+    frame, legend, log_bins, log_ticks, no_data, us_to_ms,
 };
 use crate::track::PHASES;
 
@@ -98,13 +98,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                     ))?;
                 }
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(PANEL.mix(0.9))
-                .border_style(GRID_BOLD)
-                .label_font(font(TICK_SIZE))
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
             notes.draw(&Text::new(
             "Active close: FIN_WAIT1 then FIN_WAIT2 (TIME_WAIT follows in a mini-socket no tracepoint reports). Passive close: CLOSE_WAIT (the application's".to_owned(),
             (24, 2),

@@ -5,7 +5,7 @@ use plotters::prelude::*;
 
 use super::{
     Area, CAPTION_SIZE, CLIENT, DrawResult, GRID_BOLD, GRID_LIGHT, Input, LABEL_SIZE, P50, P99,
-    PALETTE, PANEL, TICK_SIZE, fmt_count, font, frame, no_data,
+    PALETTE, PANEL, TICK_SIZE, fmt_count, font, frame, legend, no_data,
 };
 use crate::decode::TcpState;
 
@@ -102,13 +102,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .label(name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(3)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(PANEL.mix(0.9))
-            .border_style(GRID_BOLD)
-            .label_font(font(TICK_SIZE))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
         // Populations: step lines, held flat across gaps.
         let states: Vec<(usize, TcpState)> = TcpState::ALL
@@ -175,13 +169,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .label(state.name())
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(3)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(PANEL.mix(0.9))
-            .border_style(GRID_BOLD)
-            .label_font(font(TICK_SIZE))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }

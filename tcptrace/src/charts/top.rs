@@ -8,7 +8,7 @@ use plotters::{
 use super::{
     Area, CAPTION_SIZE, CLIENT, DrawResult, GRID_BOLD, GRID_LIGHT, Input, LABEL_SIZE, MUTED, P50,
     PANEL, SERVER, TICK_SIZE, anchored, decade_range, fmt_count, fmt_ms, font, font_c, frame,
-    log_ticks, no_data, us_to_ms,
+    legend, log_ticks, no_data, us_to_ms,
 };
 use crate::{
     aggregate::{GroupKey, Hist},
@@ -165,12 +165,6 @@ fn panel(area: &Area<'_>, caption: &str, rows: &[Row], why: &str) -> DrawResult 
         .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
         .label("p50")
         .legend(|(x, y)| Rectangle::new([(x + 6, y - 7), (x + 8, y + 7)], P50.filled()));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(PANEL.mix(0.9))
-        .border_style(GRID_BOLD)
-        .label_font(font(TICK_SIZE))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
