@@ -444,30 +444,25 @@ impl Tracker {
 
         // Handshakes.
         if new == TcpState::Established {
-            match (s.conn.side, old) {
+            let handshake = match (s.conn.side, old) {
                 (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => {
-                    let latency = s.opened_ns.map(|o| ts.saturating_sub(o));
-                    s.handshake_ns = latency;
-                    out.push(Fact::Handshake {
-                        ts_ns: ts,
-                        conn: s.conn,
-                        side: Side::Client,
-                        latency_ns: latency,
-                        retransmits: s.retransmits,
-                    });
+                    Some((Side::Client, s.opened_ns.map(|o| ts.saturating_sub(o))))
                 }
-                (Some(Side::Server), TcpState::SynRecv) => {
-                    let latency = ev.srtt_us.filter(|&r| r > 0).map(|r| u64::from(r) * 1000);
-                    s.handshake_ns = latency;
-                    out.push(Fact::Handshake {
-                        ts_ns: ts,
-                        conn: s.conn,
-                        side: Side::Server,
-                        latency_ns: latency,
-                        retransmits: s.retransmits,
-                    });
-                }
-                _ => {}
+                (Some(Side::Server), TcpState::SynRecv) => Some((
+                    Side::Server,
+                    ev.srtt_us.filter(|&r| r > 0).map(|r| u64::from(r) * 1000),
+                )),
+                _ => None,
+            };
+            if let Some((side, latency)) = handshake {
+                s.handshake_ns = latency;
+                out.push(Fact::Handshake {
+                    ts_ns: ts,
+                    conn: s.conn,
+                    side,
+                    latency_ns: latency,
+                    retransmits: s.retransmits,
+                });
             }
         }
 
