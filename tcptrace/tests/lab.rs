@@ -199,6 +199,23 @@ fn lab_every_state_including_closing_and_simultaneous_open() {
     );
 }
 
+/// One client connection from namespace `a` to a server on port `p` in `b`, client closing
+/// first, traced with `--per connection`. Returns the tracer's output, how long connect()
+/// took in the client (µs) and the client's port.
+fn traced_connection(lab: &Lab, p: u16) -> (common::Output, u64, u16) {
+    let tracer = Tracer::start(&["--per", "connection", "--port", &p.to_string()]);
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    server.ok(&format!("listen {}", server_addr(p)));
+    let r = client.ok(&format!("connect {}", server_addr(p)));
+    let (app_us, cport) = (field(&r, "us"), field(&r, "port") as u16);
+    server.ok("accept");
+    client.ok("close");
+    server.ok("hold_close 0");
+    drop((client, server));
+    (tracer.stop(), app_us, cport)
+}
+
 /// First SYN dropped: the client retransmits it after the initial RTO (1 s).
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
@@ -213,17 +230,7 @@ fn lab_first_syn_dropped() {
              -j DROP"
         ),
     );
-    let tracer = Tracer::start(&["--per", "connection", "--port", &p.to_string()]);
-    let mut server = lab.peer(&lab.b);
-    let mut client = lab.peer(&lab.a);
-    server.ok(&format!("listen {}", server_addr(p)));
-    let r = client.ok(&format!("connect {}", server_addr(p)));
-    let (app_us, cport) = (field(&r, "us"), field(&r, "port") as u16);
-    server.ok("accept");
-    client.ok("close");
-    server.ok("hold_close 0");
-    drop((client, server));
-    let out = tracer.stop();
+    let (out, app_us, cport) = traced_connection(&lab, p);
     let c = conn(&out.lines, cport, p);
     println!(
         "first SYN dropped: connect() in the client took {:.3} ms",
@@ -286,17 +293,7 @@ fn lab_first_synack_dropped() {
     );
     // In the server namespace: count the SYNs that arrive.
     lab.iptables(&lab.b, &format!("-A INPUT -p tcp --dport {p} --syn"));
-    let tracer = Tracer::start(&["--per", "connection", "--port", &p.to_string()]);
-    let mut server = lab.peer(&lab.b);
-    let mut client = lab.peer(&lab.a);
-    server.ok(&format!("listen {}", server_addr(p)));
-    let r = client.ok(&format!("connect {}", server_addr(p)));
-    let (app_us, cport) = (field(&r, "us"), field(&r, "port") as u16);
-    server.ok("accept");
-    client.ok("close");
-    server.ok("hold_close 0");
-    drop((client, server));
-    let out = tracer.stop();
+    let (out, app_us, cport) = traced_connection(&lab, p);
     let synacks = rule_packets(&lab, &lab.a, "INPUT", "flags:0x12/0x12");
     let syns = rule_packets(&lab, &lab.b, "INPUT", "flags:0x17/0x02");
     let c = conn(&out.lines, cport, p);
@@ -581,13 +578,7 @@ fn lab_close_kinds_refused_reset_timeout() {
     show("connect timeout", "connect_timeout", &t["close"]);
     // Ground truth from the wire: the server namespace's DROP rule counts every SYN that
     // reached it (the kernel's exact retransmit count depends on its timeout arithmetic).
-    let rules = lab.exec(&lab.b, &["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"]);
-    let syns: u64 = rules
-        .lines()
-        .find(|l| l.contains(&format!("dpt:{dropped}")))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no DROP counter for port {dropped} in:\n{rules}"));
+    let syns = rule_packets(&lab, &lab.b, "INPUT", &format!("dpt:{dropped}"));
     println!(
         "connect timeout: connect() failed after {timeout_ms:.0} ms; SYNs dropped on the wire \
          {syns} (retransmits {}), measured {}; lifetime {} ms",

@@ -260,6 +260,15 @@ fn wait_readable(s: &Socket, timeout: Duration) -> bool {
     n > 0
 }
 
+/// Reads until the peer's FIN (end of stream), for at most 10 s per read.
+fn read_to_eof(mut s: &Socket) -> Result<(), String> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| errno(&e))?;
+    let mut buf = [0u8; 256];
+    while s.read(&mut buf).map_err(|e| errno(&e))? != 0 {}
+    Ok(())
+}
+
 fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
     let w: Vec<&str> = line.split_whitespace().collect();
     let num = |i: usize| -> Result<u64, String> {
@@ -368,31 +377,14 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
         }
         // wait_eof: reads until the peer's FIN (end of stream).
         "wait_eof" => {
-            let s = sock(st)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| errno(&e))?;
-            let mut buf = [0u8; 256];
-            loop {
-                let n = s.read(&mut buf).map_err(|e| errno(&e))?;
-                if n == 0 {
-                    return Ok(String::new());
-                }
-            }
+            read_to_eof(sock(st)?)?;
+            Ok(String::new())
         }
         // hold_close MS: waits for the peer's FIN, holds the socket MS ms, then closes it;
         // reports how long it really held it (the ground truth of our CLOSE_WAIT dwell).
         "hold_close" => {
             let ms = num(1)?;
-            let s = sock(st)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| errno(&e))?;
-            let mut buf = [0u8; 256];
-            loop {
-                let n = s.read(&mut buf).map_err(|e| errno(&e))?;
-                if n == 0 {
-                    break;
-                }
-            }
+            read_to_eof(sock(st)?)?;
             let t = Instant::now();
             std::thread::sleep(Duration::from_millis(ms));
             st.sock = None;
