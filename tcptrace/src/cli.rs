@@ -43,15 +43,32 @@ pub struct RecordArgs {
     /// Stop after this many seconds (e.g. 600 or 0.5).
     #[arg(long, value_name = "SECS", value_parser = crate::config::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
+}
+
+/// The exit summary of a live run (`watch` and `record`).
+#[derive(Args, Debug, Clone)]
+pub struct SummaryArgs {
     /// Groups shown per dimension in the exit summary.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub top: usize,
     /// Do not print the summary on exit.
     #[arg(long)]
     pub no_summary: bool,
-    /// Write the summary to this file as JSON on exit.
+    /// Write the summary to this file as JSON on exit (in addition to the text on stderr).
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+}
+
+impl Default for SummaryArgs {
+    fn default() -> Self {
+        Self {
+            top: 5,
+            no_summary: false,
+            summary_json: None,
+        }
+    }
 }
 
 /// `tcptrace report`.
@@ -149,15 +166,8 @@ pub struct WatchArgs {
     /// One line per transition, per finished connection, or none.
     #[arg(long, value_enum, default_value_t = Per::Transition)]
     pub per: Per,
-    /// Groups shown per dimension in the exit summary.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub top: usize,
-    /// Do not print the summary on exit.
-    #[arg(long)]
-    pub no_summary: bool,
-    /// Write the summary to this file as JSON on exit (in addition to the text on stderr).
-    #[arg(long, value_name = "FILE")]
-    pub summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
     /// At exit, write the charts (SVG) and an index.html showing them into this directory.
     #[arg(long, value_name = "DIR")]
     pub svg: Option<PathBuf>,

@@ -91,9 +91,7 @@ fn run_record(args: RecordArgs) -> Result<()> {
         filter: args.filter,
         duration: args.duration,
         per: Per::None,
-        top: args.top,
-        no_summary: args.no_summary,
-        summary_json: args.summary_json,
+        summary: args.summary,
         ..WatchArgs::default()
     };
     let filter = Filter::from_args(&watch_args.filter).map_err(anyhow::Error::msg)?;
@@ -240,14 +238,14 @@ async fn watch(args: WatchArgs, filter: Filter, record: Option<PathBuf>) -> Resu
         &counters,
         pipeline.undecodable(),
         pipeline.tracker(),
-        args.top,
+        args.summary.top,
     );
-    if let Some(path) = &args.summary_json {
+    if let Some(path) = &args.summary.summary_json {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating --summary-json file {}", path.display()))?;
         summary.write_json(io::BufWriter::new(f))?;
     }
-    if !args.no_summary {
+    if !args.summary.no_summary {
         let mut err = io::stderr().lock();
         let _ = summary.write_text(&mut err);
     }
