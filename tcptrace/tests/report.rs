@@ -85,13 +85,13 @@ fn svg_charts_and_index() {
         let dir = fresh_dir(name);
         let d = dir.to_string_lossy().into_owned();
         ok(&[&format!("{name}.jsonl"), "--svg", &d]);
-        for chart in ["handshake", "teardown", "timeline", "states", "top"] {
+        for chart in ["handshake", "teardown", "timeline", "states", "slowest"] {
             let svg = std::fs::read_to_string(dir.join(format!("{chart}.svg"))).expect("svg");
             assert!(svg.starts_with("<svg") && svg.contains("width=\"1200\""));
             insta::assert_snapshot!(format!("{name}-{chart}.svg"), svg);
         }
         let html = std::fs::read_to_string(dir.join("index.html")).expect("index");
-        for chart in ["handshake", "teardown", "timeline", "states", "top"] {
+        for chart in ["handshake", "teardown", "timeline", "states", "slowest"] {
             assert!(
                 html.contains(&format!("src=\"{chart}.svg\"")),
                 "{chart} missing"
@@ -107,7 +107,7 @@ fn empty_charts_say_no_data() {
     let dir = fresh_dir("nodata");
     let d = dir.to_string_lossy().into_owned();
     ok(&["no-events.jsonl", "--svg", &d]);
-    for chart in ["handshake", "teardown", "timeline", "top"] {
+    for chart in ["handshake", "teardown", "timeline", "slowest"] {
         let svg = std::fs::read_to_string(dir.join(format!("{chart}.svg"))).expect("svg");
         assert!(svg.contains("no data"), "{chart}.svg has no 'no data' text");
     }

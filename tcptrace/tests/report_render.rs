@@ -9,7 +9,7 @@ use std::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcptrace");
-const CHARTS: [&str; 5] = ["handshake", "teardown", "timeline", "states", "top"];
+const CHARTS: [&str; 5] = ["handshake", "teardown", "timeline", "states", "slowest"];
 
 fn chromium() -> PathBuf {
     for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {

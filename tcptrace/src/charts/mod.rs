@@ -10,10 +10,10 @@
 
 mod handshake;
 mod index;
+mod slowest;
 mod states;
 mod teardown;
 mod timeline;
-mod top;
 
 use std::{error::Error, path::Path};
 
@@ -275,7 +275,7 @@ pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
         ("teardown.svg", "Teardown phases", teardown::render),
         ("timeline.svg", "Timeline", timeline::render),
         ("states.svg", "TCP state machine", states::render),
-        ("top.svg", "Slowest ports and peers", top::render),
+        ("slowest.svg", "Slowest ports and peers", slowest::render),
     ];
     charts
         .into_iter()
