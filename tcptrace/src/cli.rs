@@ -1,10 +1,11 @@
-//! Command-line definitions only; `config` turns them into validated settings.
+//! Command-line definitions and the parsers of single flag values (ports, durations, sizes);
+//! `config` turns the parsed flags into validated settings. Nothing here imports the rest
+//! of the tool.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::config::parse_ports;
+use tcptrace_common::MAX_FILTER_PORTS;
 
 /// Makes TCP connection life cycles visible: every state transition, handshake latency
 /// (client and server side), teardown phases, resets and CLOSE_WAIT leaks, from eBPF.
@@ -41,8 +42,8 @@ pub struct RecordArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
     /// Stop after this many seconds (e.g. 600 or 0.5).
-    #[arg(long, value_name = "SECS", value_parser = crate::config::parse_duration)]
-    pub duration: Option<std::time::Duration>,
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     #[command(flatten)]
     pub summary: SummaryArgs,
 }
@@ -155,11 +156,11 @@ pub struct WatchArgs {
     pub filter: FilterArgs,
     /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096). A larger
     /// ring rides out longer stalls of this process before the kernel has to drop events.
-    #[arg(long, value_name = "KIB", value_parser = crate::config::parse_ring_kib)]
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (e.g. 10 or 0.5).
-    #[arg(long, value_name = "SECS", value_parser = crate::config::parse_duration)]
-    pub duration: Option<std::time::Duration>,
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Output format of the stream.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -171,4 +172,114 @@ pub struct WatchArgs {
     /// At exit, write the charts (SVG) and an index.html showing them into this directory.
     #[arg(long, value_name = "DIR")]
     pub svg: Option<PathBuf>,
+}
+
+/// Parses a port list: comma-separated ports and ranges, e.g. `80,443,8000-8010`.
+pub fn parse_ports(s: &str) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(format!(
+                "empty entry in port list {s:?}: use e.g. 80,443 or 8000-8010"
+            ));
+        }
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(part)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(format!("port range {part} is reversed: write {hi}-{lo}"));
+        }
+        out.extend(lo..=hi);
+        if out.len() > MAX_FILTER_PORTS as usize {
+            return Err(format!(
+                "too many ports: at most {MAX_FILTER_PORTS} per filter"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn port(s: &str) -> Result<u16, String> {
+    let s = s.trim();
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range: ports are 1 to 65535")),
+        Err(_) => Err(format!("{s:?} is not a port number: ports are 1 to 65535")),
+    }
+}
+
+/// Parses a ring buffer size in KiB: a power of two from 4 (one page) to 1 GiB.
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(k) if k.is_power_of_two() && (4..=1 << 20).contains(&k) => Ok(k),
+        _ => Err(format!(
+            "{s:?} is not a power of two from 4 to 1048576 (KiB), e.g. 4096 or 65536"
+        )),
+    }
+}
+
+/// Parses a positive number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a positive number of seconds (e.g. 10 or 0.5)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_and_ranges() {
+        assert_eq!(parse_ports("80,443"), Ok(vec![80, 443]));
+        assert_eq!(parse_ports("8000-8002, 9"), Ok(vec![8000, 8001, 8002, 9]));
+    }
+
+    #[test]
+    fn bad_ports_name_the_problem() {
+        let e = parse_ports("70000").expect_err("out of range");
+        assert!(e.contains("70000") && e.contains("1 to 65535"), "{e}");
+        assert!(parse_ports("0").expect_err("zero").contains("out of range"));
+        assert!(
+            parse_ports("http")
+                .expect_err("word")
+                .contains("not a port")
+        );
+        assert!(
+            parse_ports("9-3")
+                .expect_err("reversed")
+                .contains("reversed")
+        );
+        assert!(parse_ports("80,,81").expect_err("empty").contains("empty"));
+        assert!(
+            parse_ports("1-2000")
+                .expect_err("many")
+                .contains("too many")
+        );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_kib("4096"), Ok(4096));
+        assert_eq!(parse_ring_kib("4"), Ok(4));
+        for bad in ["3", "1000", "0", "2097152", "big"] {
+            assert!(parse_ring_kib(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 }

@@ -17,7 +17,7 @@ use tcptrace_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-use crate::config::Filter;
+use crate::{config::Filter, counters::Counters};
 
 /// Where tracefs is (or was mounted by us).
 #[derive(Debug, Clone)]
@@ -57,15 +57,9 @@ pub fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
 /// Fails on kernels older than [`MIN_KERNEL`].
 pub fn check_kernel() -> Result<()> {
-    let release = kernel_release();
+    let release = crate::host::kernel_release();
     if let Some(v) = parse_kernel_release(&release)
         && v < MIN_KERNEL
     {
@@ -275,28 +269,6 @@ pub fn check_probe(tracefs: &Tracefs, probe: &Probe) -> Result<Option<String>> {
         }
     }
     Ok(None)
-}
-
-/// Loss and throughput counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    /// Events dropped because the ring buffer was full.
-    pub lost: u64,
-    /// Events written to the ring buffer.
-    pub submitted: u64,
-    /// Events dropped by the kernel-side filter.
-    pub filtered: u64,
-    /// Tracepoint hits the kernel skipped because another BPF program was running on that
-    /// CPU (`recursion_misses` of our programs): lost too, and counted.
-    #[serde(default)]
-    pub missed: u64,
-}
-
-impl Counters {
-    /// Every event tcptrace did not get: ring buffer full, or skipped by the kernel.
-    pub fn all_lost(&self) -> u64 {
-        self.lost + self.missed
-    }
 }
 
 /// `recursion_misses` of a loaded program (Linux 5.12+; 0 where the kernel lacks it).

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::GenerateArgs,
     clock::Clock,
-    collect::Counters,
     config::Filter,
+    counters::Counters,
     decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
     record::{Header, Recorder, VERSION},
 };

@@ -10,7 +10,7 @@ use crate::{
     aggregate::Aggregate,
     decode::{Event, Kind, Owner, TcpState, decode_bytes},
     reorder::{Reorder, WINDOW_NS},
-    stream::Sink,
+    sink::Sink,
     track::{Fact, Limits, Tracker},
 };
 

@@ -20,22 +20,20 @@
 //! A name ending in `.zst` is written and read through zstd.
 
 use std::{
-    cell::RefCell,
     fs::File,
     io::{self, BufRead, BufReader, BufWriter, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    rc::Rc,
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Clock,
-    collect::Counters,
     config::Filter,
+    counters::Counters,
     decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
-    stream::Sink,
+    sink::Sink,
     track::Fact,
 };
 
@@ -484,7 +482,6 @@ impl Out {
 /// Writes a recording. Use it as a pipeline sink through [`Shared`], then [`Recorder::finish`].
 pub struct Recorder {
     out: Option<Out>,
-    path: PathBuf,
     events: u64,
     last_ts_ns: u64,
     line: Vec<u8>,
@@ -501,7 +498,6 @@ impl Recorder {
         };
         let mut r = Self {
             out: Some(out),
-            path: path.to_owned(),
             events: 0,
             last_ts_ns: 0,
             line: Vec::with_capacity(512),
@@ -558,10 +554,6 @@ impl Recorder {
     pub fn last_ts_ns(&self) -> u64 {
         self.last_ts_ns
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Sink for Recorder {
@@ -579,38 +571,11 @@ impl Sink for Recorder {
     }
 }
 
-/// A sink the pipeline owns while the caller keeps a handle to read it afterwards.
-pub struct Shared<T>(pub Rc<RefCell<T>>);
-
-impl<T: Sink> Sink for Shared<T> {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        self.0.borrow_mut().event(ev)
-    }
-    fn fact(&mut self, fact: &Fact) -> io::Result<()> {
-        self.0.borrow_mut().fact(fact)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.borrow_mut().flush()
-    }
-}
-
 /// Current wall-clock time in Unix nanoseconds.
 pub fn unix_now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
-}
-
-/// This machine's host name.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".to_owned();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 impl Header {
@@ -623,8 +588,8 @@ impl Header {
             .unwrap_or_default();
         Self {
             version: VERSION,
-            host: host_name(),
-            kernel: crate::collect::kernel_release(),
+            host: crate::host::host_name(),
+            kernel: crate::host::kernel_release(),
             start,
             start_unix_ns,
             clock,

@@ -13,10 +13,10 @@ use anyhow::{Context as _, Result};
 use crate::{
     charts,
     cli::{Format, ReportArgs},
-    collect::Counters,
+    counters::Counters,
     pipeline::Pipeline,
-    record::{self, Header, Replay, Shared},
-    stream::Sink,
+    record::{self, Header, Replay},
+    sink::{Shared, Sink},
     summary::Summary,
     timeline::Timeline,
 };

@@ -8,20 +8,9 @@ use serde::Serialize;
 use crate::{
     clock::Clock,
     decode::{Comm, Family, Owner},
+    sink::Sink,
     track::{Conn, Connection, Fact, PHASES},
 };
-
-/// Where facts go after the tracker.
-pub trait Sink {
-    /// Called for every decoded event, in time order, before its facts.
-    fn event(&mut self, _event: &crate::decode::Event) -> io::Result<()> {
-        Ok(())
-    }
-    /// Called for every fact, in time order.
-    fn fact(&mut self, fact: &Fact) -> io::Result<()>;
-    /// Called when the input has gone quiet and at exit.
-    fn flush(&mut self) -> io::Result<()>;
-}
 
 /// Output style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,15 +1,19 @@
-//! The end-of-run summary: a serialisable value built from the aggregates, rendered as text
-//! (stderr at exit) or JSON. The same value comes out of a live run and of `report`, which
-//! is how a recording is checked against the run that made it.
+//! The one shared view of results: the [`Summary`], a serialisable value built from the
+//! aggregates and the tracker, rendered as text (stderr at exit) or JSON. The same value
+//! comes out of a live run and of `report`, which is how a recording is checked against the
+//! run that made it. A [`Snapshot`] is the summary so far, built the same way, plus what only
+//! means something while a run goes on (sockets per state now); live front ends (`top`,
+//! `serve`) draw and export snapshots and compute no figures of their own.
 
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
     aggregate::{Aggregate, Groups, Quantiles, Stats, row_names, rows},
-    collect::Counters,
+    counters::{Counters, LOSS_EXPLAINED},
     decode::TcpState,
+    pipeline::Pipeline,
     track::{CloseKind, TrackStats, Tracker},
 };
 
@@ -170,9 +174,7 @@ impl Summary {
         if self.lost > 0 {
             writeln!(
                 w,
-                "  WARNING: {} events were lost (the ring buffer was full, or the kernel skipped \
-                 the program while another BPF program ran on that CPU); figures below miss \
-                 them (a larger --ring-kib, a narrower filter or --per none helps)",
+                "  WARNING: {} events were lost: {LOSS_EXPLAINED}",
                 self.lost
             )?;
         }
@@ -220,6 +222,48 @@ impl Summary {
             }
         }
         Ok(())
+    }
+}
+
+/// The results of a live run so far.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Wall time since the run started, in seconds.
+    pub elapsed_s: f64,
+    /// Monotonic time of the newest event seen (0 before the first).
+    pub newest_ns: u64,
+    /// The summary so far, built exactly as the exit summary is.
+    pub summary: Summary,
+    /// Sockets the tracker follows now, per state (states with none left out). Sockets that
+    /// predate the run count from their first event.
+    pub states: BTreeMap<&'static str, u64>,
+}
+
+impl Snapshot {
+    /// Before the first tick.
+    pub fn empty() -> Self {
+        Self::build(
+            &Pipeline::new(Vec::new()),
+            &Counters::default(),
+            0,
+            Duration::ZERO,
+        )
+    }
+
+    pub fn build(p: &Pipeline, counters: &Counters, top_n: usize, elapsed: Duration) -> Self {
+        let tracker = p.tracker();
+        let states = TcpState::ALL
+            .iter()
+            .zip(tracker.state_counts())
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.name(), n))
+            .collect();
+        Self {
+            elapsed_s: elapsed.as_secs_f64(),
+            newest_ns: tracker.newest_ns(),
+            summary: Summary::build(p.aggregate(), counters, p.undecodable(), tracker, top_n),
+            states,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::{Hist, MAX_GROUPS},
     decode::TcpState,
-    stream::Sink,
+    sink::Sink,
     track::{Fact, Side},
 };
 

@@ -269,6 +269,15 @@ impl Tracker {
         v
     }
 
+    /// How many tracked sockets are in each state now, indexed like [`TcpState::ALL`].
+    pub fn state_counts(&self) -> [u64; 13] {
+        let mut n = [0u64; 13];
+        for s in self.socks.values() {
+            n[usize::from(s.state as u8) - 1] += 1;
+        }
+        n
+    }
+
     /// Newest event time seen.
     pub fn newest_ns(&self) -> u64 {
         self.newest_ns
@@ -529,8 +538,8 @@ impl Tracker {
         }
     }
 
-    /// Releases closes still waiting for a possible reset (at the end of the input, or when
-    /// it has gone quiet).
+    /// Releases closes still waiting for a possible reset. Only at the end of the input: a
+    /// live quiet tick must not release them, or replay would differ from the live run.
     pub fn flush(&mut self, out: &mut Vec<Fact>) {
         out.extend(self.parked.drain(..).map(|(_, c)| Fact::Closed(c)));
     }
