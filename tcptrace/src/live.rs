@@ -24,7 +24,7 @@ use crate::{
     decode,
     pipeline::Pipeline,
     sink::Sink,
-    summary::Snapshot,
+    summary::{Snapshot, SnapshotOptions},
 };
 
 /// How long the ring buffer may stay silent before held events are released; also the
@@ -63,7 +63,7 @@ impl Stopper {
 /// Snapshot publication settings.
 struct Publish {
     every: Duration,
-    top_n: usize,
+    opts: SnapshotOptions,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -135,11 +135,15 @@ impl LiveRun {
     }
 
     #[expect(dead_code, reason = "the dashboard and serve, next")]
-    /// Publishes a snapshot (with up to `top_n` groups per dimension) every `every`, rounded
-    /// up to whole ticks, starting with one at the first tick.
-    pub fn publish(&mut self, every: Duration, top_n: usize) -> watch::Receiver<Arc<Snapshot>> {
-        let (tx, rx) = watch::channel(Arc::new(Snapshot::empty()));
-        self.publish = Some(Publish { every, top_n, tx });
+    /// Publishes a snapshot every `every`, rounded up to whole ticks, starting with one at
+    /// the first tick, and a last one after the end of input.
+    pub fn publish(
+        &mut self,
+        every: Duration,
+        opts: SnapshotOptions,
+    ) -> watch::Receiver<Arc<Snapshot>> {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(&opts)));
+        self.publish = Some(Publish { every, opts, tx });
         rx
     }
 
@@ -201,7 +205,7 @@ impl LiveRun {
                     {
                         next_publish = now + p.every;
                         let counters = collector.counters().unwrap_or_default();
-                        let snap = Snapshot::build(&pipeline, &counters, p.top_n, now - started);
+                        let snap = Snapshot::build(&pipeline, &counters, &p.opts, now - started);
                         p.tx.send_replace(Arc::new(snap));
                     }
                 }
@@ -219,7 +223,7 @@ impl LiveRun {
         pipeline.finish();
         let counters = collector.counters()?;
         if let Some(p) = &self.publish {
-            let snap = Snapshot::build(&pipeline, &counters, p.top_n, started.elapsed());
+            let snap = Snapshot::build(&pipeline, &counters, &p.opts, started.elapsed());
             p.tx.send_replace(Arc::new(snap));
         }
         Ok(Finished {

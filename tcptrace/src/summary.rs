@@ -239,18 +239,37 @@ pub struct Snapshot {
     pub states: BTreeMap<&'static str, u64>,
 }
 
+/// What a front end wants in its snapshots.
+#[derive(Clone, Debug)]
+pub struct SnapshotOptions {
+    /// Groups per dimension in the summary.
+    pub top_n: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        Self { top_n: 5 }
+    }
+}
+
 impl Snapshot {
     /// Before the first tick.
-    pub fn empty() -> Self {
+    pub fn empty(opts: &SnapshotOptions) -> Self {
         Self::build(
             &Pipeline::new(Vec::new()),
             &Counters::default(),
-            0,
+            opts,
             Duration::ZERO,
         )
     }
 
-    pub fn build(p: &Pipeline, counters: &Counters, top_n: usize, elapsed: Duration) -> Self {
+    pub fn build(
+        p: &Pipeline,
+        counters: &Counters,
+        opts: &SnapshotOptions,
+        elapsed: Duration,
+    ) -> Self {
+        let top_n = opts.top_n;
         let tracker = p.tracker();
         let states = TcpState::ALL
             .iter()
