@@ -64,6 +64,28 @@ impl Hist {
         self.h.as_ref().map_or(0, |h| h.len())
     }
 
+    /// Empties the histogram, keeping its allocation (for rotating windows).
+    pub fn clear(&mut self) {
+        if let Some(h) = &mut self.h {
+            h.reset();
+        }
+    }
+
+    /// Adds every value of `other` (same bounds; values beyond them are clamped).
+    pub fn merge(&mut self, other: &Hist) {
+        let Some(o) = other.histogram() else { return };
+        let sigfig = self.sigfig.max(1);
+        let h = self.h.get_or_insert_with(|| {
+            Box::new(
+                Histogram::new_with_bounds(1, MAX_US, sigfig)
+                    .unwrap_or_else(|_| unreachable!("bounds are valid constants")),
+            )
+        });
+        for v in o.iter_recorded() {
+            let _ = h.record_n(v.value_iterated_to().min(MAX_US), v.count_at_value());
+        }
+    }
+
     pub fn quantiles(&self) -> Option<Quantiles> {
         let h = self.h.as_ref().filter(|h| !h.is_empty())?;
         Some(Quantiles {
@@ -119,7 +141,7 @@ impl Stats {
         self.closes.iter().sum()
     }
 
-    fn add(&mut self, fact: &Fact) {
+    pub(crate) fn add(&mut self, fact: &Fact) {
         match fact {
             Fact::Handshake {
                 side, latency_ns, ..
@@ -169,6 +191,8 @@ pub fn close_index(k: CloseKind) -> usize {
 pub enum GroupKey {
     Port(u16),
     Process(Comm),
+    /// A peer's address (the dashboard's fourth dimension).
+    Addr(std::net::IpAddr),
     /// Everything beyond [`MAX_GROUPS`].
     Other,
 }
@@ -179,6 +203,7 @@ impl std::fmt::Display for GroupKey {
             Self::Port(p) => write!(f, "{p}"),
             Self::Process(p) if p.0[0] == 0 => f.write_str("?"),
             Self::Process(p) => f.write_str(&p.as_str()),
+            Self::Addr(a) => write!(f, "{a}"),
             Self::Other => f.write_str("(other)"),
         }
     }
@@ -191,6 +216,11 @@ pub struct Groups {
 }
 
 impl Groups {
+    /// Adds a fact to the group `key`.
+    pub fn add(&mut self, key: GroupKey, fact: &Fact) {
+        self.get(key).add(fact);
+    }
+
     fn get(&mut self, key: GroupKey) -> &mut Stats {
         let key = if self.map.len() >= MAX_GROUPS && !self.map.contains_key(&key) {
             GroupKey::Other
@@ -246,7 +276,8 @@ impl Default for Aggregate {
     }
 }
 
-fn fact_conn(f: &Fact) -> &Conn {
+/// The connection a fact is about.
+pub fn fact_conn(f: &Fact) -> &Conn {
     match f {
         Fact::Transition { conn, .. }
         | Fact::Handshake { conn, .. }

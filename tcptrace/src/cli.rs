@@ -28,6 +28,10 @@ pub enum Command {
     Record(RecordArgs),
     /// Summary and charts from a recording; needs no root.
     Report(ReportArgs),
+    /// Full-screen live dashboard: rates, handshakes, teardown, sockets per state, CLOSE_WAIT
+    /// leaks, groups, recent closes (`--replay FILE` plays a recording; `--once` prints one
+    /// snapshot).
+    Top(TopArgs),
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
@@ -70,6 +74,40 @@ impl Default for SummaryArgs {
             summary_json: None,
         }
     }
+}
+
+/// `tcptrace top`.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh (and snapshot) interval in seconds, from 0.1 to 10.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Show sockets in CLOSE_WAIT for longer than this many seconds as leaks (`c` changes it).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_threshold)]
+    pub close_wait: Duration,
+    /// Play a recording (from `tcptrace record`) through the dashboard instead of tracing;
+    /// needs no root.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ipv4", "ipv6", "lport", "rport", "port", "ring_kib"])]
+    pub replay: Option<PathBuf>,
+    /// Replay speed: N times real time, or `max` for as fast as possible.
+    #[arg(long, value_name = "N|max", default_value = "1", value_parser = parse_speed, requires = "replay")]
+    pub speed: f64,
+    /// Print one snapshot after --interval and exit (no terminal needed).
+    #[arg(long)]
+    pub once: bool,
+    /// Format of the --once snapshot on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text, requires = "once")]
+    pub format: Format,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, conflicts_with = "once")]
+    pub duration: Option<Duration>,
+    /// Ring buffer size in KiB (as for `watch`).
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
 }
 
 /// `tcptrace report`.
@@ -223,6 +261,40 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Parses the dashboard's refresh interval: 0.1 to 10 seconds.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.1..=10.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not an interval from 0.1 to 10 seconds (e.g. 1 or 0.5)"
+        )),
+    }
+}
+
+/// Parses a CLOSE_WAIT threshold: zero or more seconds.
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds, 0 or more (e.g. 5 or 0.5)"
+        )),
+    }
+}
+
+/// Parses a replay speed: a positive factor, or `max` (infinity: as fast as possible).
+pub fn parse_speed(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(f64::INFINITY);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a replay speed: use a positive factor (e.g. 1, 10, 0.5) or max"
+        )),
+    }
+}
+
 /// Parses a positive number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
@@ -273,6 +345,18 @@ mod tests {
         for bad in ["3", "1000", "0", "2097152", "big"] {
             assert!(parse_ring_kib(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn intervals_speeds_and_thresholds() {
+        assert_eq!(parse_interval("0.1"), Ok(Duration::from_millis(100)));
+        assert!(parse_interval("0.05").is_err());
+        assert!(parse_interval("11").is_err());
+        assert_eq!(parse_speed("max"), Ok(f64::INFINITY));
+        assert_eq!(parse_speed("2.5"), Ok(2.5));
+        assert!(parse_speed("0").expect_err("zero").contains("max"));
+        assert_eq!(parse_threshold("0"), Ok(Duration::ZERO));
+        assert!(parse_threshold("-1").is_err());
     }
 
     #[test]

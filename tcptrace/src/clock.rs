@@ -35,6 +35,11 @@ impl Clock {
         }
     }
 
+    /// CLOCK_MONOTONIC now, the clock the kernel program stamps events with.
+    pub fn monotonic_now_ns() -> u64 {
+        now_ns(libc::CLOCK_MONOTONIC).max(0) as u64
+    }
+
     /// Unix time in nanoseconds of a monotonic timestamp.
     pub fn unix_ns(&self, ts_ns: u64) -> i64 {
         ts_ns as i64 + self.realtime_offset_ns

@@ -324,6 +324,9 @@ pub struct Collector {
         std::net::SocketAddr,
         crate::procfs::Holder,
     )>,
+    /// Every socket /proc showed at start-up, with its state (for the dashboard's counts of
+    /// sockets that predate the run).
+    pub prior: Vec<crate::procfs::Prior>,
 }
 
 /// After the ring buffer turns readable, wait this long before draining it, so that one
@@ -500,6 +503,7 @@ impl Collector {
             counters,
             skipped,
             existing: existing.connected,
+            prior: existing.all,
         })
     }
 

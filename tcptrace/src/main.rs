@@ -1,7 +1,7 @@
 //! tcptrace: TCP connection life cycles from eBPF.
 //!
-//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`)
-//! is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
+//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`,
+//! `top`) is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
 //! prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
@@ -18,6 +18,7 @@ mod host;
 mod live;
 mod pipeline;
 mod procfs;
+mod recent;
 mod record;
 mod reorder;
 mod report;
@@ -25,6 +26,7 @@ mod sink;
 mod stream;
 mod summary;
 mod timeline;
+mod top;
 mod track;
 
 use std::{
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Top(args)) => top::run(args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
         None => run_watch(cli.watch),
     };

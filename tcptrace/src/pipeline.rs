@@ -73,6 +73,10 @@ pub struct Pipeline {
     /// Owners of sockets that predate the run, by (local, remote), applied to events that
     /// arrive without an owner (before any sink sees them, so recordings carry them too).
     prior_owners: FxHashMap<(SocketAddr, SocketAddr), Owner>,
+    /// Sockets that predate the run, by (local, remote), with their state and holder as /proc
+    /// showed them at start, until their first event arrives (from then on the tracker counts
+    /// them: the tracker keys sockets by kernel address, which /proc does not show).
+    prior_sockets: FxHashMap<(SocketAddr, SocketAddr), (TcpState, Option<Owner>)>,
     reorder: Reorder,
     core: Core,
     undecodable: u64,
@@ -84,6 +88,7 @@ impl Pipeline {
         let sink_errors = sinks.iter().map(|_| None).collect();
         Self {
             prior_owners: FxHashMap::default(),
+            prior_sockets: FxHashMap::default(),
             reorder: Reorder::new(WINDOW_NS),
             core: Core {
                 tracker: Tracker::new(Limits::default()),
@@ -120,8 +125,31 @@ impl Pipeline {
         self.prior_owners = owners.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
     }
 
+    /// Remembers the sockets that existed before the run, with their state (see
+    /// [`Pipeline::prior_sockets`]).
+    pub fn set_prior_sockets(
+        &mut self,
+        socks: impl IntoIterator<Item = (SocketAddr, SocketAddr, TcpState, Option<Owner>)>,
+    ) {
+        self.prior_sockets = socks
+            .into_iter()
+            .map(|(l, r, st, o)| ((l, r), (st, o)))
+            .collect();
+    }
+
+    /// Sockets that existed before the run and have had no event since: (local, remote),
+    /// state at start, holder.
+    pub fn prior_sockets(
+        &self,
+    ) -> impl Iterator<Item = (&(SocketAddr, SocketAddr), &(TcpState, Option<Owner>))> {
+        self.prior_sockets.iter()
+    }
+
     /// Feeds one decoded event in.
     pub fn push(&mut self, mut ev: Event) {
+        if !self.prior_sockets.is_empty() {
+            self.prior_sockets.remove(&(ev.local, ev.remote));
+        }
         if !self.prior_owners.is_empty() {
             let key = (ev.local, ev.remote);
             if ev.owner.is_none() {
@@ -186,6 +214,11 @@ impl Pipeline {
 
     pub fn tracker(&self) -> &Tracker {
         &self.core.tracker
+    }
+
+    /// Counts records that did not decode elsewhere (a replayed recording's live run).
+    pub fn add_undecodable(&mut self, n: u64) {
+        self.undecodable += n;
     }
 
     pub fn undecodable(&self) -> u64 {

@@ -2,18 +2,22 @@
 //! aggregates and the tracker, rendered as text (stderr at exit) or JSON. The same value
 //! comes out of a live run and of `report`, which is how a recording is checked against the
 //! run that made it. A [`Snapshot`] is the summary so far, built the same way, plus what only
-//! means something while a run goes on (sockets per state now); live front ends (`top`,
-//! `serve`) draw and export snapshots and compute no figures of their own.
+//! means something while a run goes on (sockets per state now, and for the dashboard the
+//! [`Dashboard`] figures: rates, last-10-s handshakes, CLOSE_WAIT ages, groups, recent
+//! closes); live front ends (`top`, `serve`) draw and export snapshots and compute no
+//! figures of their own.
 
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{collections::BTreeMap, io, net::SocketAddr, time::Duration};
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregate, Groups, Quantiles, Stats, row_names, rows},
+    aggregate::{Aggregate, GroupKey, Groups, Quantiles, Stats, row_names, rows},
     counters::{Counters, LOSS_EXPLAINED},
     decode::TcpState,
     pipeline::Pipeline,
+    recent::{ClosedConn, DIMENSIONS, RateFigures, Recent, group_keys},
     track::{CloseKind, TrackStats, Tracker},
 };
 
@@ -235,8 +239,88 @@ pub struct Snapshot {
     /// The summary so far, built exactly as the exit summary is.
     pub summary: Summary,
     /// Sockets the tracker follows now, per state (states with none left out). Sockets that
-    /// predate the run count from their first event.
+    /// predate the run count from their first event; until then they are in
+    /// [`Dashboard::states_from_proc`].
     pub states: BTreeMap<&'static str, u64>,
+    /// What the dashboard shows besides the summary, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<Dashboard>,
+}
+
+/// The dashboard's figures (`top`), all computed here from the run's aggregates, its tracker
+/// and the [`Recent`] sink; the dashboard only sorts, filters and draws them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dashboard {
+    /// The time these figures are for, in event time (monotonic; the replay position when
+    /// replaying).
+    pub now_ns: u64,
+    /// Per-second counters: rate over the last 10 s, total, the last minute.
+    pub rates: Vec<RateFigures>,
+    /// Handshake latency over the last 10 s ("client", "server"; sides without any left out).
+    pub handshake_last_10s: BTreeMap<&'static str, Quantiles>,
+    /// Handshake latencies since the start, in a few log-spaced buckets.
+    pub handshake_histogram: Vec<HistBucket>,
+    /// Every socket in CLOSE_WAIT now (up to [`MAX_ROWS`]), oldest first; sockets that were
+    /// in CLOSE_WAIT in /proc at start and have had no event since come first.
+    pub close_wait: Vec<Leak>,
+    /// Sockets /proc showed at start that have had no event since, per state (TIME_WAIT
+    /// mini-sockets are not counted).
+    pub states_from_proc: BTreeMap<&'static str, u64>,
+    /// Group tables, one per [`DIMENSIONS`] entry, each up to [`MAX_ROWS`] groups with the
+    /// most connections.
+    pub groups: Vec<GroupTable>,
+    /// The last connections that ended, newest first.
+    pub recently_closed: Vec<ClosedConn>,
+}
+
+/// Most rows of a dashboard table in a snapshot.
+pub const MAX_ROWS: usize = 1000;
+
+/// A socket waiting in CLOSE_WAIT.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leak {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Time in CLOSE_WAIT so far; `None` when it entered CLOSE_WAIT before tracing started
+    /// (then it is at least the run's elapsed time).
+    pub age_ms: Option<f64>,
+    /// Found in /proc at start and not seen since.
+    pub from_proc: bool,
+}
+
+/// Handshakes since the start with a latency below `upto_us` (and at least the previous
+/// bucket's bound); the last bucket (`upto_us` = null) holds the rest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistBucket {
+    pub upto_us: Option<u64>,
+    pub client: u64,
+    pub server: u64,
+}
+
+/// One grouping of the dashboard's group table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupTable {
+    pub dimension: &'static str,
+    pub rows: Vec<GroupRow>,
+}
+
+/// One group's row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupRow {
+    pub key: String,
+    /// Finished connections per second over the last 10 s.
+    pub conns_per_s: f64,
+    /// Finished connections since the start.
+    pub connections: u64,
+    /// Handshake latency since the start (client side for remote ports, server side for local
+    /// ports, whichever has data for processes and peers, client first).
+    pub handshake_p50_us: Option<u64>,
+    pub handshake_p99_us: Option<u64>,
+    pub resets: u64,
+    /// Sockets of this group in CLOSE_WAIT now.
+    pub close_wait: u64,
 }
 
 /// What a front end wants in its snapshots.
@@ -244,30 +328,47 @@ pub struct Snapshot {
 pub struct SnapshotOptions {
     /// Groups per dimension in the summary.
     pub top_n: usize,
+    /// Build [`Dashboard`] figures (the live loop then adds the [`Recent`] sink).
+    pub dashboard: bool,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        Self { top_n: 5 }
+        Self {
+            top_n: 5,
+            dashboard: false,
+        }
     }
 }
+
+/// Bucket bounds of [`Dashboard::handshake_histogram`], in microseconds.
+const HIST_BOUNDS_US: [u64; 9] = [
+    100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000,
+];
 
 impl Snapshot {
     /// Before the first tick.
     pub fn empty(opts: &SnapshotOptions) -> Self {
+        let recent = opts.dashboard.then(Recent::default);
         Self::build(
             &Pipeline::new(Vec::new()),
             &Counters::default(),
             opts,
             Duration::ZERO,
+            0,
+            recent.as_ref(),
         )
     }
 
+    /// The snapshot as of event time `now_ns` (the monotonic clock now, or the replay
+    /// position); `recent` is the dashboard's sink when `opts.dashboard` is set.
     pub fn build(
         p: &Pipeline,
         counters: &Counters,
         opts: &SnapshotOptions,
         elapsed: Duration,
+        now_ns: u64,
+        recent: Option<&Recent>,
     ) -> Self {
         let top_n = opts.top_n;
         let tracker = p.tracker();
@@ -282,6 +383,184 @@ impl Snapshot {
             newest_ns: tracker.newest_ns(),
             summary: Summary::build(p.aggregate(), counters, p.undecodable(), tracker, top_n),
             states,
+            dashboard: recent
+                .filter(|_| opts.dashboard)
+                .map(|r| Dashboard::build(p, r, now_ns)),
+        }
+    }
+
+    /// The snapshot as text, for `top --once`: the dashboard's figures, then the summary.
+    pub fn write_text(&self, mut w: impl io::Write) -> io::Result<()> {
+        writeln!(w, "tcptrace top: {:.1} s", self.elapsed_s)?;
+        if let Some(d) = &self.dashboard {
+            writeln!(w, "{:<18} {:>10} {:>10}", "(events)", "per s", "total")?;
+            for r in &d.rates {
+                writeln!(w, "{:<18} {:>10.1} {:>10}", r.name, r.per_s, r.total)?;
+            }
+            for (side, q) in &d.handshake_last_10s {
+                writeln!(
+                    w,
+                    "handshake {side} last 10 s (ms): count {} p50 {} p90 {} p99 {} max {}",
+                    q.count,
+                    fmt_ms(q.p50_us),
+                    fmt_ms(q.p90_us),
+                    fmt_ms(q.p99_us),
+                    fmt_ms(q.max_us)
+                )?;
+            }
+        }
+        let states: Vec<String> = self
+            .states
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(w, "sockets per state (tracked): {}", states.join(", "))?;
+        if let Some(d) = &self.dashboard {
+            if !d.states_from_proc.is_empty() {
+                let s: Vec<String> = d
+                    .states_from_proc
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                writeln!(
+                    w,
+                    "sockets per state (from /proc at start, no event since): {}",
+                    s.join(", ")
+                )?;
+            }
+            writeln!(w, "in CLOSE_WAIT now: {}", d.close_wait.len())?;
+            for l in &d.close_wait {
+                writeln!(
+                    w,
+                    "  {:>7} {:<15} {} -> {}  {}",
+                    l.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    l.comm.as_deref().unwrap_or("-"),
+                    l.local,
+                    l.remote,
+                    match (l.age_ms, l.from_proc) {
+                        (Some(a), _) => format!("{:.3} ms", a),
+                        (None, true) => "since before tracing (from /proc at start)".to_owned(),
+                        (None, false) => "since before tracing".to_owned(),
+                    }
+                )?;
+            }
+        }
+        self.summary.write_text(w)
+    }
+}
+
+impl Dashboard {
+    fn build(p: &Pipeline, recent: &Recent, now_ns: u64) -> Self {
+        let tracker = p.tracker();
+        let agg = p.aggregate();
+        let mut handshake_last_10s = BTreeMap::new();
+        for (side, q) in ["client", "server"]
+            .into_iter()
+            .zip(recent.handshake_window(now_ns))
+        {
+            if let Some(q) = q {
+                handshake_last_10s.insert(side, q);
+            }
+        }
+        let hist = |i: usize, lo: u64, hi: u64| {
+            agg.overall.handshake[i]
+                .histogram()
+                .map_or(0, |h| h.count_between(lo, hi.saturating_sub(1)))
+        };
+        let mut handshake_histogram = Vec::new();
+        let mut lo = 0;
+        for hi in HIST_BOUNDS_US.iter().copied().map(Some).chain([None]) {
+            let top = hi.unwrap_or(u64::MAX);
+            handshake_histogram.push(HistBucket {
+                upto_us: hi,
+                client: hist(0, lo, top),
+                server: hist(1, lo, top),
+            });
+            lo = top;
+        }
+
+        let mut states_from_proc: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut close_wait = Vec::new();
+        for ((local, remote), (state, owner)) in p.prior_sockets() {
+            *states_from_proc.entry(state.name()).or_default() += 1;
+            if *state == TcpState::CloseWait {
+                close_wait.push(Leak {
+                    pid: owner.map(|o| o.tgid),
+                    comm: owner.map(|o| o.comm.as_str().into_owned()),
+                    local: *local,
+                    remote: *remote,
+                    age_ms: None,
+                    from_proc: true,
+                });
+            }
+        }
+        close_wait.sort_by_key(|l| (l.local, l.remote));
+        let waiting = tracker.sockets_in(TcpState::CloseWait);
+        let mut cw_groups: FxHashMap<(usize, GroupKey), u64> = FxHashMap::default();
+        for (since, c) in &waiting {
+            for (dim, key) in group_keys(c).into_iter().enumerate() {
+                if let Some(k) = key {
+                    *cw_groups.entry((dim, k)).or_default() += 1;
+                }
+            }
+            if close_wait.len() < MAX_ROWS {
+                close_wait.push(Leak {
+                    pid: c.owner.map(|o| o.tgid),
+                    comm: c.owner.map(|o| o.comm.as_str().into_owned()),
+                    local: c.local,
+                    remote: c.remote,
+                    age_ms: since.map(|t| now_ns.saturating_sub(t) as f64 / 1e6),
+                    from_proc: false,
+                });
+            }
+        }
+
+        let dims: [&Groups; 4] = [
+            &agg.by_remote_port,
+            &agg.by_local_port,
+            &agg.by_process,
+            recent.by_peer(),
+        ];
+        let groups = dims
+            .iter()
+            .enumerate()
+            .map(|(dim, g)| GroupTable {
+                dimension: DIMENSIONS[dim],
+                rows: g
+                    .sorted()
+                    .into_iter()
+                    .take(MAX_ROWS)
+                    .map(|(k, s)| {
+                        let hs = match dim {
+                            0 => &s.handshake[0],
+                            1 => &s.handshake[1],
+                            _ if s.handshake[0].count() > 0 => &s.handshake[0],
+                            _ => &s.handshake[1],
+                        };
+                        let q = hs.quantiles();
+                        GroupRow {
+                            key: k.to_string(),
+                            conns_per_s: recent.group_rate(dim, k, now_ns),
+                            connections: s.connections(),
+                            handshake_p50_us: q.map(|q| q.p50_us),
+                            handshake_p99_us: q.map(|q| q.p99_us),
+                            resets: s.resets_sent + s.resets_received,
+                            close_wait: cw_groups.get(&(dim, k.clone())).copied().unwrap_or(0),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+
+        Self {
+            now_ns,
+            rates: recent.rates(now_ns),
+            handshake_last_10s,
+            handshake_histogram,
+            close_wait,
+            states_from_proc,
+            groups,
+            recently_closed: recent.closed_newest_first().cloned().collect(),
         }
     }
 }
