@@ -68,3 +68,82 @@ fn help_describes_watch_and_its_filters() {
         .stdout(predicate::str::contains("watch"))
         .stdout(predicate::str::contains("--rport"));
 }
+
+#[test]
+fn top_without_a_terminal_names_watch_and_once() {
+    // assert_cmd gives the child a pipe for stdout: no escape codes may go into it.
+    tcptrace()
+        .arg("top")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("needs a terminal"))
+        .stderr(predicate::str::contains("tcptrace watch"))
+        .stderr(predicate::str::contains("--once"));
+}
+
+#[test]
+fn top_flags_are_checked() {
+    tcptrace()
+        .args(["top", "--interval", "0.01"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--interval"))
+        .stderr(predicate::str::contains("0.1 to 10"));
+    tcptrace()
+        .args(["top", "--speed", "2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--replay"));
+    tcptrace()
+        .args(["top", "--replay", "x.jsonl", "--speed", "fast"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("max"));
+}
+
+#[test]
+fn top_once_replays_a_recording_without_root() {
+    let out = tcptrace()
+        .args([
+            "top",
+            "--once",
+            "--format",
+            "json",
+            "--interval",
+            "10",
+            "--speed",
+            "max",
+        ])
+        .arg("--replay")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/loopback.jsonl"
+        ))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON snapshot");
+    let report = tcptrace()
+        .args(["report", "--format", "json"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/loopback.jsonl"
+        ))
+        .output()
+        .expect("report");
+    let summary: serde_json::Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    // The replay through the live loop ends with exactly the report's summary.
+    assert_eq!(snap["summary"], summary);
+    let d = &snap["dashboard"];
+    assert_eq!(d["close_wait"].as_array().map(Vec::len), Some(1));
+    let closed = d["rates"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "closed"))
+        .expect("closed rate");
+    assert_eq!(closed["total"], summary["overall"]["connections"]);
+}

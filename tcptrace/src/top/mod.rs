@@ -168,7 +168,12 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
             other => other.context("writing the snapshot")?,
         }
-        crate::end_summary(&done, &args.summary)?;
+        // The snapshot on stdout already holds the summary: stderr gets no second copy.
+        let summary = crate::cli::SummaryArgs {
+            no_summary: true,
+            ..args.summary.clone()
+        };
+        crate::end_summary(&done, &summary)?;
         return Ok(());
     }
     crate::say_ready(args.duration);
