@@ -35,6 +35,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "libbpf-tools",
     "procps",
+    "tmux", // runs `tcptrace top` in a real terminal in tcptrace/tests/top.rs
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

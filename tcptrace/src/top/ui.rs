@@ -74,24 +74,12 @@ pub fn draw(f: &mut Frame, app: &App, meta: &Meta) {
 
 fn header(f: &mut Frame, area: Rect, app: &App, snap: &Snapshot, meta: &Meta) {
     let s = &snap.summary;
-    let mut spans = vec![
-        Span::styled(
-            " tcptrace top ",
-            Style::new().bold().fg(Color::Black).bg(ACCENT),
-        ),
-        Span::raw(format!(
-            " {} | {:.1} s | {} events | ",
-            meta.source, snap.elapsed_s, s.events
-        )),
-    ];
-    let lost = format!("lost {}", s.lost);
-    spans.push(if s.lost > 0 {
-        Span::styled(lost, Style::new().bold().fg(Color::White).bg(WARN))
-    } else {
-        Span::raw(lost)
-    });
+    let mut spans = vec![Span::styled(
+        " tcptrace top ",
+        Style::new().bold().fg(Color::Black).bg(ACCENT),
+    )];
+    // Badges first, so that a narrow terminal cuts the source description, not them.
     if app.paused {
-        spans.push(Span::raw(" "));
         let what = if app.replay {
             " PAUSED (n steps 1 s) "
         } else {
@@ -108,6 +96,17 @@ fn header(f: &mut Frame, area: Rect, app: &App, snap: &Snapshot, meta: &Meta) {
             Style::new().bold().fg(Color::Black).bg(Color::Green),
         ));
     }
+    let lost = format!("lost {}", s.lost);
+    spans.push(Span::raw(" "));
+    spans.push(if s.lost > 0 {
+        Span::styled(lost, Style::new().bold().fg(Color::White).bg(WARN))
+    } else {
+        Span::raw(lost)
+    });
+    spans.push(Span::raw(format!(
+        " | {:.1} s | {} events | {}",
+        snap.elapsed_s, s.events, meta.source
+    )));
     f.render_widget(Line::from(spans), area);
 }
 
@@ -149,8 +148,10 @@ fn footer(f: &mut Frame, area: Rect, app: &App) {
         ]),
         (None, Some(msg)) => Line::from(Span::styled(format!(" {msg}"), Style::new().fg(WARN))),
         (None, None) => {
+            // Most needed first: a narrow terminal cuts the end of the line.
             let mut keys = vec![
                 ("q", "quit"),
+                ("?", "help"),
                 ("p", "pause"),
                 ("tab", "view"),
                 ("j/k", "move"),
@@ -160,9 +161,8 @@ fn footer(f: &mut Frame, area: Rect, app: &App) {
                 ("g", "group"),
             ];
             if app.replay {
-                keys.push(("n", "step"));
+                keys.insert(3, ("n", "step"));
             }
-            keys.push(("?", "help"));
             let mut spans = Vec::new();
             for (k, what) in keys {
                 spans.push(Span::styled(
