@@ -78,6 +78,17 @@ impl Stopper {
     }
 }
 
+/// Lets a front end start the dashboard's since-start figures over (`r` in `top`) at the
+/// next tick; the run's own aggregate and the exit summary are not touched.
+#[derive(Clone, Default)]
+pub struct Resetter(Rc<Cell<bool>>);
+
+impl Resetter {
+    pub fn reset(&self) {
+        self.0.set(true);
+    }
+}
+
 /// Snapshot publication settings.
 struct Publish {
     every: Duration,
@@ -317,6 +328,7 @@ pub struct LiveRun {
     sigint: Signal,
     sigterm: Signal,
     stopper: Stopper,
+    resetter: Resetter,
     publish: Option<Publish>,
 }
 
@@ -397,6 +409,7 @@ impl LiveRun {
             sigint,
             sigterm,
             stopper: Stopper::default(),
+            resetter: Resetter::default(),
             publish: None,
         })
     }
@@ -409,6 +422,11 @@ impl LiveRun {
     /// Adds a sink; sinks see events and facts in the order they were added.
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
         self.sinks.push(sink);
+    }
+
+    /// A handle that resets the dashboard's since-start figures.
+    pub fn resetter(&self) -> Resetter {
+        self.resetter.clone()
     }
 
     /// A handle that ends the run when called.
@@ -494,6 +512,13 @@ impl LiveRun {
                             c.all_lost() - lost_reported
                         );
                         lost_reported = c.all_lost();
+                    }
+                    if self.resetter.0.take()
+                        && let Some(p) = &self.publish
+                        && let Some(r) = &p.recent
+                    {
+                        r.borrow_mut().reset(now_ns(source));
+                        next_publish = now;
                     }
                     if let Some(p) = &self.publish
                         && now >= next_publish

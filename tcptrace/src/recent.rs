@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{GroupKey, Groups, Hist, MAX_GROUPS, Quantiles, fact_conn, side_index},
+    aggregate::{Aggregate, GroupKey, Groups, Hist, MAX_GROUPS, Quantiles, fact_conn, side_index},
     decode::{Comm, TcpState},
     sink::Sink,
     track::{CloseKind, Conn, Connection, Fact, Side, phase_index},
@@ -195,6 +195,9 @@ pub struct Recent {
     closed: VecDeque<ClosedConn>,
     by_peer: Groups,
     windows: FxHashMap<(u8, GroupKey), GroupWindow>,
+    /// After the dashboard's `r`: the aggregates since then (built by the same
+    /// `Aggregate::add` as the run's), and when it happened.
+    since_reset: Option<(u64, Box<Aggregate>)>,
 }
 
 impl Default for Recent {
@@ -212,6 +215,7 @@ impl Default for Recent {
             closed: VecDeque::with_capacity(RECENT_CLOSES),
             by_peer: Groups::default(),
             windows: FxHashMap::default(),
+            since_reset: None,
         }
     }
 }
@@ -229,6 +233,20 @@ pub struct RateFigures {
 }
 
 impl Recent {
+    /// Starts the since-start figures over at event time `now_ns` (the dashboard's `r`): the
+    /// totals, the peer groups, and a fresh aggregate the dashboard shows instead of the
+    /// run's. The run's own aggregate, and so the exit summary, are untouched.
+    pub fn reset(&mut self, now_ns: u64) {
+        self.totals = [0; 8];
+        self.by_peer = Groups::default();
+        self.since_reset = Some((now_ns, Box::default()));
+    }
+
+    /// The aggregate since the last reset, and when that was; `None` before any.
+    pub fn since_reset(&self) -> Option<(u64, &Aggregate)> {
+        self.since_reset.as_ref().map(|(t, a)| (*t, a.as_ref()))
+    }
+
     fn count(&mut self, r: Rate, ts_ns: u64) {
         self.totals[r as usize] += 1;
         let sec = ts_ns / 1_000_000_000;
@@ -347,6 +365,9 @@ impl Recent {
 impl Sink for Recent {
     fn fact(&mut self, fact: &Fact) -> io::Result<()> {
         let ts = fact_ts(fact);
+        if let Some((_, a)) = &mut self.since_reset {
+            a.add(fact);
+        }
         self.first_ns.get_or_insert(ts);
         match fact {
             Fact::Transition { old, new, .. } => {
@@ -445,6 +466,28 @@ mod tests {
         let later = r.rates(200 * S);
         assert_eq!(later[0].per_s, 0.0);
         assert_eq!(later[0].total, 30);
+    }
+
+    #[test]
+    fn reset_starts_the_totals_and_a_fresh_aggregate() {
+        let mut r = Recent::default();
+        let hs = |ts: u64| Fact::Handshake {
+            ts_ns: ts,
+            conn: conn(Side::Client, 80),
+            side: Side::Client,
+            latency_ns: Some(1_000_000),
+            retransmits: 0,
+        };
+        r.fact(&hs(S)).expect("sink");
+        assert!(r.since_reset().is_none());
+        r.reset(2 * S);
+        assert_eq!(r.rates(3 * S)[Rate::Established as usize].total, 0);
+        r.fact(&hs(3 * S)).expect("sink");
+        r.fact(&hs(4 * S)).expect("sink");
+        let (at, agg) = r.since_reset().expect("reset");
+        assert_eq!(at, 2 * S);
+        assert_eq!(agg.overall.handshake[0].count(), 2);
+        assert_eq!(r.rates(5 * S)[Rate::Established as usize].total, 2);
     }
 
     #[test]

@@ -271,6 +271,10 @@ pub struct Dashboard {
     pub groups: Vec<GroupTable>,
     /// The last connections that ended, newest first.
     pub recently_closed: Vec<ClosedConn>,
+    /// Overall figures since the start, or since the dashboard's `r` (then `reset_at_ns`
+    /// says when): what the since-start columns show.
+    pub since_start: GroupSummary,
+    pub reset_at_ns: Option<u64>,
 }
 
 /// Most rows of a dashboard table in a snapshot.
@@ -452,7 +456,10 @@ impl Snapshot {
 impl Dashboard {
     fn build(p: &Pipeline, recent: &Recent, now_ns: u64) -> Self {
         let tracker = p.tracker();
-        let agg = p.aggregate();
+        let (reset_at_ns, agg) = match recent.since_reset() {
+            Some((t, a)) => (Some(t), a),
+            None => (None, p.aggregate()),
+        };
         let mut handshake_last_10s = BTreeMap::new();
         for (side, q) in ["client", "server"]
             .into_iter()
@@ -561,6 +568,8 @@ impl Dashboard {
             states_from_proc,
             groups,
             recently_closed: recent.closed_newest_first().cloned().collect(),
+            since_start: GroupSummary::of("overall".to_owned(), &agg.overall),
+            reset_at_ns,
         }
     }
 }

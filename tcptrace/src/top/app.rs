@@ -101,6 +101,8 @@ pub enum Action {
     Pause(bool),
     /// A paused replay: play one more second.
     Step,
+    /// Start the since-start figures over.
+    Reset,
 }
 
 /// The dashboard's state.
@@ -270,6 +272,10 @@ impl App {
             KeyCode::Char('c') => {
                 self.prompt = Some((Prompt::Threshold, String::new()));
                 Action::Redraw
+            }
+            KeyCode::Char('r') => {
+                self.status = Some("since-start figures reset at the next tick".to_owned());
+                Action::Reset
             }
             _ => Action::None,
         }
@@ -592,6 +598,13 @@ mod tests {
                 .as_ref()
                 .is_some_and(|d| d.close_wait.is_empty())
         );
+    }
+
+    #[test]
+    fn r_asks_for_a_reset() {
+        let mut a = app();
+        assert_eq!(a.on_key(key(KeyCode::Char('r'))), Action::Reset);
+        assert!(a.status.is_some());
     }
 
     #[test]

@@ -179,6 +179,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
     crate::say_ready(args.duration);
 
     let stopper = live.stopper();
+    let resetter = live.resetter();
     let first = rx.borrow_and_update().clone();
     let mut app = App::new(first, args.close_wait, args.replay.is_some());
     let guard = TerminalGuard::enter()?;
@@ -228,6 +229,10 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
                         dirty = true;
                     }
                     Action::Step => control.step(Duration::from_secs(1)),
+                    Action::Reset => {
+                        resetter.reset();
+                        dirty = true;
+                    }
                     Action::Redraw => dirty = true,
                     Action::None => {}
                 },

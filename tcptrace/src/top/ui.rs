@@ -159,6 +159,7 @@ fn footer(f: &mut Frame, area: Rect, app: &App) {
                 ("/", "filter"),
                 ("c", "threshold"),
                 ("g", "group"),
+                ("r", "reset"),
             ];
             if app.replay {
                 keys.insert(3, ("n", "step"));
@@ -207,12 +208,12 @@ fn overview(f: &mut Frame, area: Rect, app: &App, snap: &Snapshot, d: &Dashboard
     if top {
         let [r, h] = hsplit(parts[i], 52);
         rates(f, r, d);
-        handshakes(f, h, snap, d, big);
+        handshakes(f, h, d, big);
         i += 1;
     }
     if mid {
         let [t, s] = hsplit(parts[i], 52);
-        teardown(f, t, snap);
+        teardown(f, t, d);
         states(f, s, snap, d);
         i += 1;
     }
@@ -244,7 +245,7 @@ fn compact_lines(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard) {
     let names = row_names();
     let mut tear = vec![Span::styled(" teardown p50/p99 ms:", Style::new().bold())];
     for name in &names[2..] {
-        if let Some(q) = snap.summary.overall.rows.get(name) {
+        if let Some(q) = d.since_start.rows.get(name) {
             tear.push(Span::raw(format!(
                 " {} {}/{}",
                 short(name),
@@ -259,6 +260,9 @@ fn compact_lines(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard) {
     let mut st = vec![Span::styled(" sockets now:", Style::new().bold())];
     for (n, c) in &snap.states {
         st.push(Span::raw(format!(" {n} {c}")));
+    }
+    if snap.states.is_empty() {
+        st.push(Span::raw(" none tracked"));
     }
     if !d.states_from_proc.is_empty() {
         let p: Vec<String> = d
@@ -354,7 +358,19 @@ fn rates(f: &mut Frame, area: Rect, d: &Dashboard) {
             Constraint::Min(0),
         ],
     )
-    .header(Row::new(["", "     /s", "    total", "last minute"]).style(Style::new().bold()))
+    .header(
+        Row::new([
+            "",
+            "     /s",
+            if d.reset_at_ns.is_some() {
+                "  since r"
+            } else {
+                "    total"
+            },
+            "last minute",
+        ])
+        .style(Style::new().bold()),
+    )
     .block(block(" Rates (/s over 10 s) "));
     f.render_widget(t, area);
 }
@@ -380,7 +396,7 @@ fn secs(s: f64) -> String {
     }
 }
 
-fn handshakes(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard, big: bool) {
+fn handshakes(f: &mut Frame, area: Rect, d: &Dashboard, big: bool) {
     let wide = area.width >= 56;
     let cols: &[&str] = if wide {
         &["", "n", "p50", "p90", "p99", "max"]
@@ -403,7 +419,7 @@ fn handshakes(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard, big: bo
         Row::new(cells)
     };
     // Since-start figures come from the summary rows of the same snapshot's histograms.
-    let since = |row: &str| snap.summary.overall.rows.get(row);
+    let since = |row: &str| d.since_start.rows.get(row);
     let rows = vec![
         row("client 10s", d.handshake_last_10s.get("client")),
         row("client all", since("handshake client")),
@@ -413,7 +429,11 @@ fn handshakes(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard, big: bo
     let widths: Vec<Constraint> = std::iter::once(Constraint::Length(10))
         .chain(cols[1..].iter().map(|_| Constraint::Length(7)))
         .collect();
-    let b = block(" Handshakes (ms) ");
+    let b = block(if d.reset_at_ns.is_some() {
+        " Handshakes (ms; all = since r) "
+    } else {
+        " Handshakes (ms) "
+    });
     let inner = b.inner(area);
     f.render_widget(b, area);
     let [tarea, rest] = Layout::vertical([Constraint::Length(5), Constraint::Min(0)]).areas(inner);
@@ -465,11 +485,11 @@ fn handshakes(f: &mut Frame, area: Rect, snap: &Snapshot, d: &Dashboard, big: bo
     }
 }
 
-fn teardown(f: &mut Frame, area: Rect, snap: &Snapshot) {
+fn teardown(f: &mut Frame, area: Rect, d: &Dashboard) {
     let names = row_names();
     let rows = names[2..]
         .iter()
-        .map(|name| match snap.summary.overall.rows.get(name) {
+        .map(|name| match d.since_start.rows.get(name) {
             Some(q) => Row::new(vec![
                 name.to_string(),
                 q.count.to_string(),
@@ -488,7 +508,11 @@ fn teardown(f: &mut Frame, area: Rect, snap: &Snapshot) {
         ],
     )
     .header(Row::new(["phase", "n", "p50 ms", "p99 ms"]).style(Style::new().bold()))
-    .block(block(" Teardown "));
+    .block(block(if d.reset_at_ns.is_some() {
+        " Teardown (since r) "
+    } else {
+        " Teardown "
+    }));
     f.render_widget(t, area);
 }
 
@@ -692,6 +716,7 @@ pub const HELP: &[&str] = &[
     "  s / S         sort by the next column / reverse the order",
     "  /             filter the tables by text (process, address, port)",
     "  c             set the CLOSE_WAIT threshold (seconds)",
+    "  r             reset the since-start figures (not the exit summary)",
     "  g             group by remote port, local port, process, peer",
     "Panels",
     "  Rates: per second over the last 10 s, total, the last minute",
