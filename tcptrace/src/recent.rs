@@ -158,7 +158,8 @@ pub struct ClosedConn {
     /// Monotonic time of the close.
     pub closed_ns: u64,
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    /// Kept as the kernel's 16 bytes (no allocation per closed connection).
+    pub comm: Option<Comm>,
     pub side: Option<Side>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -279,7 +280,7 @@ impl Recent {
         self.closed.push_back(ClosedConn {
             closed_ns: c.closed_ns,
             pid: c.conn.owner.map(|o| o.tgid),
-            comm: c.conn.owner.map(|o| o.comm.as_str().into_owned()),
+            comm: c.conn.owner.map(|o| o.comm),
             side: c.conn.side,
             local: c.conn.local,
             remote: c.conn.remote,
@@ -401,8 +402,14 @@ impl Sink for Recent {
             Fact::SynAckRetransmit { .. } => self.count(Rate::SynAckRetransmit, ts),
             Fact::Phase { .. } | Fact::TimeWait { .. } => {}
         }
+        // The peer table shows connections, handshakes and resets: teardown facts (most of
+        // the histogram work) are not grouped by peer.
         let peer: IpAddr = fact_conn(fact).remote.ip();
-        if !peer.is_unspecified() {
+        if matches!(
+            fact,
+            Fact::Handshake { .. } | Fact::Closed(_) | Fact::Reset { .. }
+        ) && !peer.is_unspecified()
+        {
             self.by_peer.add(GroupKey::Addr(peer), fact);
         }
         Ok(())

@@ -407,7 +407,7 @@ impl App {
             .iter()
             .filter(|c| {
                 self.matches(&[
-                    c.comm.as_deref().unwrap_or(""),
+                    &c.comm.map(|c| c.as_str().into_owned()).unwrap_or_default(),
                     &c.local.to_string(),
                     &c.remote.to_string(),
                     &c.pid.map(|p| p.to_string()).unwrap_or_default(),
@@ -422,7 +422,10 @@ impl App {
                 // "ago": ascending means newest first.
                 0 => b.closed_ns.cmp(&a.closed_ns),
                 1 => a.pid.cmp(&b.pid),
-                2 => a.comm.cmp(&b.comm),
+                2 => a
+                    .comm
+                    .map(|c| c.as_str().into_owned())
+                    .cmp(&b.comm.map(|c| c.as_str().into_owned())),
                 3 => a.local.cmp(&b.local),
                 4 => a.remote.cmp(&b.remote),
                 5 => cmp_f64(life(a), life(b)),

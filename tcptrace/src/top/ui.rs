@@ -671,7 +671,8 @@ fn closed(f: &mut Frame, area: Rect, app: &App, d: &Dashboard) {
             Row::new(vec![
                 format!("{:.1}", d.now_ns.saturating_sub(c.closed_ns) as f64 / 1e9),
                 c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                c.comm.clone().unwrap_or_else(|| "-".to_owned()),
+                c.comm
+                    .map_or_else(|| "-".to_owned(), |c| c.as_str().into_owned()),
                 c.local.to_string(),
                 c.remote.to_string(),
                 c.lifetime_ms
