@@ -273,12 +273,12 @@ impl Replayer {
                 continue;
             }
             let now = Instant::now();
-            self.apply_control(now);
             if self.anchor.is_none()
                 && let Some(first) = self.pending.front()
             {
                 self.anchor = Some((now, first.ts_ns));
             }
+            self.apply_control(now);
             let pos = self.position(now);
             let mut n = 0;
             while n < REPLAY_BATCH
@@ -301,7 +301,8 @@ impl Replayer {
             let changed = self.control.0.changed.notified();
             match (self.pending.front(), self.anchor, self.speed) {
                 (Some(ev), Some((at, apos)), Speed::Times(x)) if !self.paused => {
-                    let wait = Duration::from_nanos(((ev.ts_ns - apos) as f64 / x) as u64);
+                    let wait =
+                        Duration::from_nanos((ev.ts_ns.saturating_sub(apos) as f64 / x) as u64);
                     tokio::select! {
                         () = tokio::time::sleep_until(at + wait) => {}
                         () = changed => {}
@@ -593,4 +594,59 @@ fn publish(p: &Publish, pipeline: &Pipeline, counters: &Counters, elapsed: Durat
     let recent = p.recent.as_ref().map(|r| r.borrow());
     let snap = Snapshot::build(pipeline, counters, &p.opts, elapsed, now, recent.as_deref());
     p.tx.send_replace(Arc::new(snap));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/loopback.jsonl")
+    }
+
+    #[tokio::test]
+    async fn a_paused_replay_stands_still_until_stepped() {
+        let control = ReplayControl::default();
+        control.set_paused(true);
+        let (run, _) =
+            LiveRun::replay(&fixture(), Speed::Times(1.0), control.clone()).expect("replay");
+        let done = run
+            .run(Some(Duration::from_millis(300)))
+            .await
+            .expect("run");
+        assert_eq!(done.stop, Stop::Deadline);
+        // Paused at the first event: at most the events stamped with its time went in.
+        assert!(done.pipeline.tracker().stats().events <= 2);
+
+        let (run, _) =
+            LiveRun::replay(&fixture(), Speed::Times(1.0), control.clone()).expect("replay");
+        // The recording lasts about 0.6 s: one step of 10 s plays it to the end.
+        control.step(Duration::from_secs(10));
+        let done = run.run(Some(Duration::from_secs(10))).await.expect("run");
+        assert_eq!(done.stop, Stop::End);
+        assert_eq!(done.pipeline.tracker().stats().events, 242);
+    }
+
+    #[tokio::test]
+    async fn a_replay_at_max_speed_publishes_the_report_figures() {
+        let (mut run, _) =
+            LiveRun::replay(&fixture(), Speed::Max, ReplayControl::default()).expect("replay");
+        let opts = SnapshotOptions {
+            top_n: 5,
+            dashboard: true,
+        };
+        let rx = run.publish(Duration::from_secs(1), opts);
+        let done = run.run(None).await.expect("run");
+        assert_eq!(done.stop, Stop::End);
+        let snap = rx.borrow().clone();
+        let report = crate::report::build(&fixture(), false, 5, false).expect("report");
+        assert_eq!(snap.summary, report.summary);
+        let d = snap.dashboard.as_ref().expect("dashboard figures");
+        assert_eq!(d.close_wait.len(), 1);
+        // The replay's clock ends at the last event, so the leak's age is the summary's.
+        assert_eq!(
+            d.close_wait[0].age_ms,
+            snap.summary.close_wait_oldest[0].age_ms
+        );
+    }
 }
