@@ -55,12 +55,16 @@ use crate::{
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format(|buf, record| {
-            writeln!(
-                buf,
+            let line = format!(
                 "tcptrace: {}: {}",
                 record.level().as_str().to_lowercase(),
                 record.args()
-            )
+            );
+            // While the dashboard owns the terminal, messages wait until it is restored.
+            if top::hold_message(&line) {
+                return Ok(());
+            }
+            writeln!(buf, "{line}")
         })
         .init();
     let cli = Cli::parse();

@@ -20,7 +20,10 @@ pub mod ui;
 
 use std::{
     io::{self, IsTerminal as _, Write as _},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -61,12 +64,38 @@ pub fn run(args: TopArgs) -> Result<()> {
 /// Whether the terminal is in dashboard mode (raw, alternate screen) right now.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// Leaves raw mode and the alternate screen, once, whoever calls first.
+/// Log messages (e.g. lost-event warnings) that arrived while the dashboard was drawn; the
+/// header shows the loss meanwhile, and they are printed once the terminal is restored.
+static HELD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Most messages held; later ones are counted, not kept.
+const MAX_HELD: usize = 100;
+
+/// Keeps `line` for later if the dashboard owns the terminal; false if it may be printed.
+pub fn hold_message(line: &str) -> bool {
+    if !ACTIVE.load(Ordering::SeqCst) {
+        return false;
+    }
+    if let Ok(mut held) = HELD.lock()
+        && held.len() < MAX_HELD
+    {
+        held.push(line.to_owned());
+    }
+    true
+}
+
+/// Leaves raw mode and the alternate screen, once, whoever calls first, then prints the
+/// messages held meanwhile.
 fn restore_terminal() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
         let _ = disable_raw_mode();
         let _ = execute!(io::stdout(), LeaveAlternateScreen, Show);
         let _ = io::stdout().flush();
+        if let Ok(mut held) = HELD.lock() {
+            let mut err = io::stderr().lock();
+            for line in held.drain(..) {
+                let _ = writeln!(err, "{line}");
+            }
+        }
     }
 }
 
