@@ -235,7 +235,9 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
                     if !ended {
                         break Ok(());
                     }
-                    // A replay played to its end: keep showing it until the user quits.
+                    // A replay played to its end: keep showing it until the user quits,
+                    // with the last snapshot (published as the run ended).
+                    app.on_snapshot(rx.borrow_and_update().clone());
                     app.finished = true;
                     dirty = true;
                 }
