@@ -574,6 +574,17 @@ fn selectable(
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
 }
 
+/// The part of a table's rows a bordered table `area` high shows, so that only those rows
+/// are formatted (the recent-closes ring alone holds 1,000): (first row, rows, selection
+/// within them). The selection stays in view.
+fn window(area: Rect, len: usize, selected: Option<usize>) -> (usize, usize, Option<usize>) {
+    let height = usize::from(area.height.saturating_sub(3)).max(1);
+    let sel = selected.map(|s| s.min(len.saturating_sub(1)));
+    let first = sel.map_or(0, |s| (s + 1).saturating_sub(height));
+    let n = height.min(len.saturating_sub(first));
+    (first, n, sel.map(|s| s - first))
+}
+
 fn leaks(f: &mut Frame, area: Rect, app: &App) {
     let snap = app.shown();
     let all = snap.dashboard.as_ref().map_or(0, |d| d.close_wait.len());
@@ -588,7 +599,13 @@ fn leaks(f: &mut Frame, area: Rect, app: &App) {
     } else {
         Line::from(Span::styled(title, Style::new().bold().fg(WARN)))
     };
-    let cells: Vec<Row> = rows
+    let (first, n, sel) = window(
+        area,
+        rows.len(),
+        (!rows.is_empty() && app.table() == Tbl::Leaks)
+            .then_some(app.selected[Tbl::Leaks as usize]),
+    );
+    let cells: Vec<Row> = rows[first..first + n]
         .iter()
         .map(|l| {
             let age = match (l.age_ms, l.from_proc) {
@@ -608,10 +625,7 @@ fn leaks(f: &mut Frame, area: Rect, app: &App) {
     let widths = widths(area, &[Some(13), Some(7), Some(15), None, None]);
     let t =
         selectable(cells, widths, header_row(&LEAK_COLUMNS, app, Tbl::Leaks)).block(block(title));
-    let mut state = TableState::default().with_selected(
-        (!rows.is_empty() && app.table() == Tbl::Leaks)
-            .then_some(app.selected[Tbl::Leaks as usize]),
-    );
+    let mut state = TableState::default().with_selected(sel);
     f.render_stateful_widget(t, area, &mut state);
 }
 
@@ -623,7 +637,13 @@ fn groups(f: &mut Frame, area: Rect, app: &App) {
         rows.len()
     );
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), ms);
-    let cells: Vec<Row> = rows
+    let (first, n, sel) = window(
+        area,
+        rows.len(),
+        (!rows.is_empty() && app.table() == Tbl::Groups)
+            .then_some(app.selected[Tbl::Groups as usize]),
+    );
+    let cells: Vec<Row> = rows[first..first + n]
         .iter()
         .map(|g| {
             Row::new(vec![
@@ -651,10 +671,7 @@ fn groups(f: &mut Frame, area: Rect, app: &App) {
     );
     let t =
         selectable(cells, widths, header_row(&GROUP_COLUMNS, app, Tbl::Groups)).block(block(title));
-    let mut state = TableState::default().with_selected(
-        (!rows.is_empty() && app.table() == Tbl::Groups)
-            .then_some(app.selected[Tbl::Groups as usize]),
-    );
+    let mut state = TableState::default().with_selected(sel);
     f.render_stateful_widget(t, area, &mut state);
 }
 
@@ -665,7 +682,13 @@ fn closed(f: &mut Frame, area: Rect, app: &App, d: &Dashboard) {
         rows.len(),
         d.recently_closed.len()
     );
-    let cells: Vec<Row> = rows
+    let (first, n, sel) = window(
+        area,
+        rows.len(),
+        (!rows.is_empty() && app.table() == Tbl::Closed)
+            .then_some(app.selected[Tbl::Closed as usize]),
+    );
+    let cells: Vec<Row> = rows[first..first + n]
         .iter()
         .map(|c| {
             Row::new(vec![
@@ -699,10 +722,7 @@ fn closed(f: &mut Frame, area: Rect, app: &App, d: &Dashboard) {
     );
     let t = selectable(cells, widths, header_row(&CLOSED_COLUMNS, app, Tbl::Closed))
         .block(block(title));
-    let mut state = TableState::default().with_selected(
-        (!rows.is_empty() && app.table() == Tbl::Closed)
-            .then_some(app.selected[Tbl::Closed as usize]),
-    );
+    let mut state = TableState::default().with_selected(sel);
     f.render_stateful_widget(t, area, &mut state);
 }
 
@@ -847,6 +867,17 @@ mod tests {
             .and_then(|l| l.find("lost 0"))
             .expect("lost in header");
         assert_ne!(b[(x as u16, 0)].bg, WARN);
+    }
+
+    #[test]
+    fn only_the_visible_rows_are_formatted_and_the_selection_stays_in_view() {
+        let area = Rect::new(0, 0, 80, 13); // 10 rows between the borders and the header
+        assert_eq!(window(area, 1000, Some(0)), (0, 10, Some(0)));
+        assert_eq!(window(area, 1000, Some(500)), (491, 10, Some(9)));
+        assert_eq!(window(area, 1000, Some(5000)), (990, 10, Some(9)));
+        assert_eq!(window(area, 3, None), (0, 3, None));
+        assert_eq!(window(area, 0, None), (0, 0, None));
+        assert_eq!(window(Rect::new(0, 0, 10, 1), 5, Some(4)), (4, 1, Some(0)));
     }
 
     #[test]
