@@ -141,7 +141,7 @@ impl Stats {
         self.closes.iter().sum()
     }
 
-    pub(crate) fn add(&mut self, fact: &Fact) {
+    fn add(&mut self, fact: &Fact) {
         match fact {
             Fact::Handshake {
                 side, latency_ns, ..
@@ -216,11 +216,6 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Adds a fact to the group `key`.
-    pub fn add(&mut self, key: GroupKey, fact: &Fact) {
-        self.get(key).add(fact);
-    }
-
     fn get(&mut self, key: GroupKey) -> &mut Stats {
         let key = if self.map.len() >= MAX_GROUPS && !self.map.contains_key(&key) {
             GroupKey::Other

@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregate, GroupKey, Groups, Hist, MAX_GROUPS, Quantiles, fact_conn, side_index},
+    aggregate::{Aggregate, GroupKey, Hist, MAX_GROUPS, Quantiles, fact_conn, side_index},
     decode::{Comm, TcpState},
     sink::Sink,
     track::{CloseKind, Conn, Connection, Fact, Side, phase_index},
@@ -186,6 +186,27 @@ pub fn group_keys(conn: &Conn) -> [Option<GroupKey>; 4] {
     ]
 }
 
+/// What the peer-address table shows of one peer: lighter than the aggregate's per-group
+/// `Stats` (no teardown or lifetime histograms), as it is kept per fact only for `top`.
+#[derive(Clone, Debug)]
+pub struct PeerStats {
+    /// Handshake latency: index 0 client, 1 server.
+    pub handshake: [Hist; 2],
+    /// Finished connections.
+    pub connections: u64,
+    pub resets: u64,
+}
+
+impl Default for PeerStats {
+    fn default() -> Self {
+        Self {
+            handshake: [Hist::with_sigfig(2), Hist::with_sigfig(2)],
+            connections: 0,
+            resets: 0,
+        }
+    }
+}
+
 /// The sink.
 #[derive(Debug)]
 pub struct Recent {
@@ -194,7 +215,8 @@ pub struct Recent {
     seconds: [Second; SLOTS],
     hs: Vec<HsSecond>,
     closed: VecDeque<ClosedConn>,
-    by_peer: Groups,
+    /// By peer address, up to [`MAX_GROUPS`] peers (later ones are not grouped).
+    by_peer: FxHashMap<IpAddr, PeerStats>,
     windows: FxHashMap<(u8, GroupKey), GroupWindow>,
     /// After the dashboard's `r`: the aggregates since then (built by the same
     /// `Aggregate::add` as the run's), and when it happened.
@@ -214,7 +236,7 @@ impl Default for Recent {
                 })
                 .collect(),
             closed: VecDeque::with_capacity(RECENT_CLOSES),
-            by_peer: Groups::default(),
+            by_peer: FxHashMap::default(),
             windows: FxHashMap::default(),
             since_reset: None,
         }
@@ -239,7 +261,7 @@ impl Recent {
     /// run's. The run's own aggregate, and so the exit summary, are untouched.
     pub fn reset(&mut self, now_ns: u64) {
         self.totals = [0; 8];
-        self.by_peer = Groups::default();
+        self.by_peer.clear();
         self.since_reset = Some((now_ns, Box::default()));
     }
 
@@ -347,7 +369,7 @@ impl Recent {
     }
 
     /// Groups by peer address, since the start.
-    pub fn by_peer(&self) -> &Groups {
+    pub fn by_peer(&self) -> &FxHashMap<IpAddr, PeerStats> {
         &self.by_peer
     }
 
@@ -402,15 +424,30 @@ impl Sink for Recent {
             Fact::SynAckRetransmit { .. } => self.count(Rate::SynAckRetransmit, ts),
             Fact::Phase { .. } | Fact::TimeWait { .. } => {}
         }
-        // The peer table shows connections, handshakes and resets: teardown facts (most of
-        // the histogram work) are not grouped by peer.
-        let peer: IpAddr = fact_conn(fact).remote.ip();
+        // The peer table shows connections, handshakes and resets only.
         if matches!(
             fact,
             Fact::Handshake { .. } | Fact::Closed(_) | Fact::Reset { .. }
-        ) && !peer.is_unspecified()
-        {
-            self.by_peer.add(GroupKey::Addr(peer), fact);
+        ) {
+            let peer: IpAddr = fact_conn(fact).remote.ip();
+            let full = self.by_peer.len() >= MAX_GROUPS;
+            let p = match self.by_peer.get_mut(&peer) {
+                Some(p) => Some(p),
+                None if full || peer.is_unspecified() => None,
+                None => Some(self.by_peer.entry(peer).or_default()),
+            };
+            if let Some(p) = p {
+                match fact {
+                    Fact::Handshake {
+                        side,
+                        latency_ns: Some(l),
+                        ..
+                    } => p.handshake[side_index(*side)].record_ns(*l),
+                    Fact::Closed(_) => p.connections += 1,
+                    Fact::Reset { .. } => p.resets += 1,
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }

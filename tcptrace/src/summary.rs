@@ -522,13 +522,26 @@ impl Dashboard {
             }
         }
 
-        let dims: [&Groups; 4] = [
-            &agg.by_remote_port,
-            &agg.by_local_port,
-            &agg.by_process,
-            recent.by_peer(),
-        ];
-        let groups = dims
+        let row = |dim: usize, k: &GroupKey, hs: &[crate::aggregate::Hist; 2], n: u64, resets| {
+            let hs = match dim {
+                0 => &hs[0],
+                1 => &hs[1],
+                _ if hs[0].count() > 0 => &hs[0],
+                _ => &hs[1],
+            };
+            let q = hs.quantiles();
+            GroupRow {
+                key: k.to_string(),
+                conns_per_s: recent.group_rate(dim, k, now_ns),
+                connections: n,
+                handshake_p50_us: q.map(|q| q.p50_us),
+                handshake_p99_us: q.map(|q| q.p99_us),
+                resets,
+                close_wait: cw_groups.get(&(dim, k.clone())).copied().unwrap_or(0),
+            }
+        };
+        let dims: [&Groups; 3] = [&agg.by_remote_port, &agg.by_local_port, &agg.by_process];
+        let mut groups: Vec<GroupTable> = dims
             .iter()
             .enumerate()
             .map(|(dim, g)| GroupTable {
@@ -538,26 +551,35 @@ impl Dashboard {
                     .into_iter()
                     .take(MAX_ROWS)
                     .map(|(k, s)| {
-                        let hs = match dim {
-                            0 => &s.handshake[0],
-                            1 => &s.handshake[1],
-                            _ if s.handshake[0].count() > 0 => &s.handshake[0],
-                            _ => &s.handshake[1],
-                        };
-                        let q = hs.quantiles();
-                        GroupRow {
-                            key: k.to_string(),
-                            conns_per_s: recent.group_rate(dim, k, now_ns),
-                            connections: s.connections(),
-                            handshake_p50_us: q.map(|q| q.p50_us),
-                            handshake_p99_us: q.map(|q| q.p99_us),
-                            resets: s.resets_sent + s.resets_received,
-                            close_wait: cw_groups.get(&(dim, k.clone())).copied().unwrap_or(0),
-                        }
+                        row(
+                            dim,
+                            k,
+                            &s.handshake,
+                            s.connections(),
+                            s.resets_sent + s.resets_received,
+                        )
                     })
                     .collect(),
             })
             .collect();
+        let mut peers: Vec<_> = recent.by_peer().iter().collect();
+        peers.sort_by(|a, b| b.1.connections.cmp(&a.1.connections).then(a.0.cmp(b.0)));
+        groups.push(GroupTable {
+            dimension: DIMENSIONS[3],
+            rows: peers
+                .into_iter()
+                .take(MAX_ROWS)
+                .map(|(ip, p)| {
+                    row(
+                        3,
+                        &GroupKey::Addr(*ip),
+                        &p.handshake,
+                        p.connections,
+                        p.resets,
+                    )
+                })
+                .collect(),
+        });
 
         Self {
             now_ns,

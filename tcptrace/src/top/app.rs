@@ -532,6 +532,28 @@ mod tests {
     }
 
     #[test]
+    fn g_switches_the_group_dimension() {
+        let mut a = app();
+        a.view = View::Groups;
+        let rows = |a: &App| {
+            a.group_rows()
+                .iter()
+                .map(|g| (g.key.clone(), g.connections, g.close_wait))
+                .collect::<Vec<_>>()
+        };
+        a.on_key(key(KeyCode::Char('g')));
+        // By local port: only the server side, where the CLOSE_WAIT sockets are.
+        assert_eq!(rows(&a), vec![("8080".to_owned(), 0, 3)]);
+        a.on_key(key(KeyCode::Char('g')));
+        assert_eq!(a.dimension, 2);
+        a.on_key(key(KeyCode::Char('g')));
+        // By peer address: the nine client connections went to 10.0.0.9.
+        assert_eq!(rows(&a)[0], ("10.0.0.9".to_owned(), 9, 0));
+        a.on_key(key(KeyCode::Char('g')));
+        assert_eq!(a.dimension, 0);
+    }
+
+    #[test]
     fn filter_matches_process_address_and_port() {
         let mut a = app();
         a.on_key(key(KeyCode::Char('/')));
