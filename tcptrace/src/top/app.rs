@@ -320,6 +320,8 @@ impl App {
         }
     }
 
+    /// Whether one of `texts` contains the filter (callers skip building the texts when
+    /// there is no filter: a table may hold a thousand rows).
     fn matches(&self, texts: &[&str]) -> bool {
         self.filter.is_empty() || {
             let f = self.filter.to_lowercase();
@@ -339,12 +341,13 @@ impl App {
             .iter()
             .filter(|l| l.age_ms.is_none_or(|a| a >= min_ms))
             .filter(|l| {
-                self.matches(&[
-                    l.comm.as_deref().unwrap_or(""),
-                    &l.local.to_string(),
-                    &l.remote.to_string(),
-                    &l.pid.map(|p| p.to_string()).unwrap_or_default(),
-                ])
+                self.filter.is_empty()
+                    || self.matches(&[
+                        l.comm.as_deref().unwrap_or(""),
+                        &l.local.to_string(),
+                        &l.remote.to_string(),
+                        &l.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    ])
             })
             .collect();
         let s = self.sort[Table::Leaks as usize];
@@ -406,13 +409,14 @@ impl App {
             .recently_closed
             .iter()
             .filter(|c| {
-                self.matches(&[
-                    &c.comm.map(|c| c.as_str().into_owned()).unwrap_or_default(),
-                    &c.local.to_string(),
-                    &c.remote.to_string(),
-                    &c.pid.map(|p| p.to_string()).unwrap_or_default(),
-                    c.close,
-                ])
+                self.filter.is_empty()
+                    || self.matches(&[
+                        &c.comm.map(|c| c.as_str().into_owned()).unwrap_or_default(),
+                        &c.local.to_string(),
+                        &c.remote.to_string(),
+                        &c.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        c.close,
+                    ])
             })
             .collect();
         let s = self.sort[Table::Closed as usize];
