@@ -169,12 +169,14 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
                 Speed::Max => "max speed".to_owned(),
             };
             let source = format!("replay {name} ({}) at {speed}", header.host);
-            (live, Meta { source })
+            let clock = header.clock;
+            (live, Meta { source, clock })
         }
         None => {
             let live = LiveRun::start(&filter, args.ring_kib)?;
             let source = format!("live, {}", describe_filter(&filter));
-            (live, Meta { source })
+            let clock = live.clock();
+            (live, Meta { source, clock })
         }
     };
     let opts = SnapshotOptions {

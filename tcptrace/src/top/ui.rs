@@ -21,6 +21,7 @@ use ratatui::{
 use super::app::{App, CLOSED_COLUMNS, GROUP_COLUMNS, LEAK_COLUMNS, Prompt, Table as Tbl, View};
 use crate::{
     aggregate::{Quantiles, row_names},
+    clock::Clock,
     recent::DIMENSIONS,
     summary::{Dashboard, Snapshot},
 };
@@ -37,6 +38,9 @@ const WARN: Color = Color::Red;
 pub struct Meta {
     /// e.g. "live, --port 8080" or "replay of host.jsonl.zst at 10x".
     pub source: String,
+    /// Turns event time into the time of day shown in the header (the recording's clock
+    /// when replaying, so a replay shows when things happened).
+    pub clock: Clock,
 }
 
 pub fn draw(f: &mut Frame, app: &App, meta: &Meta) {
@@ -103,8 +107,14 @@ fn header(f: &mut Frame, area: Rect, app: &App, snap: &Snapshot, meta: &Meta) {
     } else {
         Span::raw(lost)
     });
+    let mut at = String::new();
+    if let Some(d) = snap.dashboard.as_ref().filter(|d| d.now_ns > 0) {
+        meta.clock.write_time_of_day(&mut at, d.now_ns);
+        at.truncate(8); // HH:MM:SS
+        at.insert_str(0, " | ");
+    }
     spans.push(Span::raw(format!(
-        " | {:.1} s | {} events | {}",
+        "{at} | {:.1} s | {} events | {}",
         snap.elapsed_s, s.events, meta.source
     )));
     f.render_widget(Line::from(spans), area);
@@ -785,6 +795,11 @@ mod tests {
     fn meta() -> Meta {
         Meta {
             source: "live, all TCP".to_owned(),
+            // UTC, no offset: frames are the same on every machine.
+            clock: Clock {
+                realtime_offset_ns: 1_764_000_000_000_000_000,
+                utc_offset_secs: 0,
+            },
         }
     }
 
