@@ -461,7 +461,11 @@ impl LiveRun {
     /// Runs until stopped, then drains what the kernel still holds and ends the input.
     pub async fn run(mut self, duration: Option<Duration>) -> Result<Finished> {
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
-        pipeline.set_prior_sockets(self.prior.drain(..));
+        // Only the dashboard counts sockets that predate the run: other front ends do not
+        // pay for matching every event against them.
+        if self.publish.as_ref().is_some_and(|p| p.opts.dashboard) {
+            pipeline.set_prior_sockets(self.prior.drain(..));
+        }
         if let Source::Kernel(collector) = &mut self.source {
             pipeline.set_prior_owners(collector.existing.drain(..).map(|(l, r, h)| {
                 let owner = decode::Owner {
