@@ -2,7 +2,7 @@
 //! `config` turns the parsed flags into validated settings. Nothing here imports the rest
 //! of the tool.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcptrace_common::MAX_FILTER_PORTS;
@@ -28,6 +28,9 @@ pub enum Command {
     Record(RecordArgs),
     /// Summary and charts from a recording; needs no root.
     Report(ReportArgs),
+    /// Serve Prometheus metrics (/metrics) of the live run until SIGTERM/SIGINT; summary on
+    /// exit.
+    Serve(ServeArgs),
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
@@ -46,6 +49,85 @@ pub struct RecordArgs {
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub summary: SummaryArgs,
+}
+
+/// Default `serve --listen`: loopback, on a port outside Prometheus's fully allocated
+/// exporter range 9100-9999 and not on its default port allocations list (see README).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10089";
+/// Most ports `--group-ports` may name, and most processes `--group-processes` may keep:
+/// together they bound the number of series (see `serve::metrics`).
+pub const MAX_GROUP_PORTS: usize = 32;
+pub const MAX_GROUP_PROCESSES: usize = 20;
+
+/// `tcptrace serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Address and port to serve /metrics on. Loopback by default; any other address exposes
+    /// the metrics to whoever can reach it (a warning says so). Port 0 picks a free port
+    /// (the start-up line says which).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Break the handshake and close metrics out by these ports (server side by local port,
+    /// client side by remote port), e.g. 80,443,5432. Other ports get no series of their own.
+    #[arg(long, value_name = "PORTS", value_parser = parse_group_ports)]
+    pub group_ports: Option<Vec<u16>>,
+    /// Give the first N process names seen series of their own (at most 20); the rest are
+    /// counted under process="other".
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_group_processes)]
+    pub group_processes: usize,
+    /// CLOSE_WAIT sockets older than this many seconds count as stuck
+    /// (tcptrace_close_wait_stuck_sockets).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+    /// How often the metrics are brought up to date, in seconds (scrapes in between see the
+    /// same values).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096).
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
+    /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
+}
+
+/// Parses `--listen`: an IP address and a port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not an address and port: use e.g. 127.0.0.1:10089, 0.0.0.0:10089 or [::1]:10089"
+        )
+    })
+}
+
+/// Parses `--group-ports`: a port list (as the filters take) of at most [`MAX_GROUP_PORTS`].
+pub fn parse_group_ports(s: &str) -> Result<Vec<u16>, String> {
+    let mut ports = parse_ports(s)?;
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MAX_GROUP_PORTS {
+        return Err(format!(
+            "--group-ports names {} ports; at most {MAX_GROUP_PORTS} (each adds about 70 series): \
+             name the services you watch",
+            ports.len()
+        ));
+    }
+    Ok(ports)
+}
+
+/// Parses `--group-processes`: 0 to [`MAX_GROUP_PROCESSES`].
+pub fn parse_group_processes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_GROUP_PROCESSES => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of processes from 0 to {MAX_GROUP_PROCESSES} (each adds about \
+             190 series; the rest are counted under \"other\")"
+        )),
+    }
 }
 
 /// The exit summary of a live run (`watch` and `record`).
@@ -263,6 +345,28 @@ mod tests {
             parse_ports("1-2000")
                 .expect_err("many")
                 .contains("too many")
+        );
+    }
+
+    #[test]
+    fn serve_flags_name_the_fix() {
+        assert_eq!(parse_group_ports("443,80,80"), Ok(vec![80, 443]));
+        let e = parse_group_ports("8000-8100").expect_err("too many");
+        assert!(e.contains("at most 32"), "{e}");
+        assert!(
+            parse_group_ports("80,x")
+                .expect_err("bad")
+                .contains("not a port")
+        );
+        assert_eq!(parse_group_processes("5"), Ok(5));
+        assert!(parse_group_processes("21").is_err());
+        assert!(parse_group_processes("many").is_err());
+        assert!(parse_listen("127.0.0.1:10089").is_ok());
+        assert!(parse_listen("[::1]:0").is_ok());
+        assert!(
+            parse_listen("localhost")
+                .expect_err("no port")
+                .contains("e.g. 127.0.0.1:10089")
         );
     }
 

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    clock::Clock,
+    clock::{self, Clock},
     collect::Collector,
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
@@ -134,7 +134,6 @@ impl LiveRun {
         self.stopper.clone()
     }
 
-    #[expect(dead_code, reason = "the dashboard and serve, next")]
     /// Publishes a snapshot every `every`, rounded up to whole ticks, starting with one at
     /// the first tick, and a last one after the end of input.
     pub fn publish(
@@ -205,7 +204,13 @@ impl LiveRun {
                     {
                         next_publish = now + p.every;
                         let counters = collector.counters().unwrap_or_default();
-                        let snap = Snapshot::build(&pipeline, &counters, &p.opts, now - started);
+                        let snap = Snapshot::build_at(
+                            &pipeline,
+                            &counters,
+                            &p.opts,
+                            now - started,
+                            clock::monotonic_now_ns(),
+                        );
                         p.tx.send_replace(Arc::new(snap));
                     }
                 }
@@ -223,7 +228,13 @@ impl LiveRun {
         pipeline.finish();
         let counters = collector.counters()?;
         if let Some(p) = &self.publish {
-            let snap = Snapshot::build(&pipeline, &counters, &p.opts, started.elapsed());
+            let snap = Snapshot::build_at(
+                &pipeline,
+                &counters,
+                &p.opts,
+                started.elapsed(),
+                clock::monotonic_now_ns(),
+            );
             p.tx.send_replace(Arc::new(snap));
         }
         Ok(Finished {

@@ -1,7 +1,7 @@
 //! tcptrace: TCP connection life cycles from eBPF.
 //!
-//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`)
-//! is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
+//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`,
+//! `serve`) is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
 //! prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
@@ -21,6 +21,7 @@ mod procfs;
 mod record;
 mod reorder;
 mod report;
+mod serve;
 mod sink;
 mod stream;
 mod summary;
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Serve(args)) => serve::run(args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
         None => run_watch(cli.watch),
     };
