@@ -35,6 +35,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "libbpf-tools",
     "procps",
+    // promtool checks serve's exposition (a unit test) and the deploy/prometheus rules; the
+    // prometheus server scrapes `tcptrace serve` in tcptrace/tests/serve.rs.
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

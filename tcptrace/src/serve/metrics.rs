@@ -613,3 +613,231 @@ impl NativeBuckets {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, path::Path, process::Command, time::Duration};
+
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{
+        counters::Counters,
+        pipeline::Pipeline,
+        record,
+        summary::{DetailOptions, SnapshotOptions},
+    };
+
+    fn build() -> BuildInfo {
+        BuildInfo {
+            version: "0.1.0".to_owned(),
+            kernel: "6.1.0-test".to_owned(),
+        }
+    }
+
+    /// The loopback fixture replayed, as `serve --group-ports 45177 --group-processes 1`
+    /// would publish it at the end.
+    fn fixture() -> Arc<Snapshot> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/loopback.jsonl");
+        let mut p = Pipeline::new(Vec::new());
+        let replay =
+            record::replay(&path, false, |ev| p.push_ordered(ev)).expect("the fixture replays");
+        p.finish();
+        let counters = replay.trailer.map(|t| t.counters).unwrap_or_default();
+        let opts = SnapshotOptions {
+            top_n: 5,
+            detail: Some(DetailOptions {
+                ports: vec![45177],
+                processes: 1,
+                close_wait_threshold: Duration::from_secs(60),
+            }),
+        };
+        let now = p.tracker().newest_ns();
+        Arc::new(Snapshot::build_at(
+            &p,
+            &Counters {
+                lost: 3,
+                ..counters
+            },
+            &opts,
+            Duration::from_secs(2),
+            now,
+        ))
+    }
+
+    fn text(snap: Arc<Snapshot>) -> String {
+        String::from_utf8(encode(snap, &build(), Format::Text).expect("encodes")).expect("utf-8")
+    }
+
+    #[test]
+    fn fixture_exposition() {
+        insta::assert_snapshot!("loopback-metrics.txt", text(fixture()));
+    }
+
+    /// promtool (Debian package `prometheus`) parses and lints the exposition: names, units,
+    /// `_total` suffixes, HELP on each family.
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "promtool is needed by this test ({e}): install it with \
+                     `cargo xtask setup --test-packages` (Debian package prometheus)"
+                )
+            });
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text(fixture()).as_bytes())
+            .expect("writing to promtool");
+        let out = child.wait_with_output().expect("promtool runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool check metrics: {said}");
+        assert!(said.trim().is_empty(), "promtool has remarks: {said}");
+    }
+
+    #[test]
+    fn openmetrics_ends_with_eof() {
+        let om = encode(fixture(), &build(), Format::OpenMetrics).expect("encodes");
+        let om = String::from_utf8(om).expect("utf-8");
+        assert!(
+            om.ends_with("# EOF\n"),
+            "{}",
+            &om[om.len().saturating_sub(100)..]
+        );
+        assert!(om.contains("# TYPE tcptrace_handshake_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn formats_follow_accept() {
+        let prom = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::from_accept(prom), Format::Protobuf);
+        let om = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(om), Format::OpenMetrics);
+        assert_eq!(Format::from_accept("*/*"), Format::Text);
+        assert_eq!(Format::from_accept(""), Format::Text);
+    }
+
+    fn dist(values: &[(u64, u64)]) -> Distribution {
+        Distribution {
+            count: values.iter().map(|(_, c)| c).sum(),
+            sum_s: values
+                .iter()
+                .map(|(v, c)| *v as f64 * 1e-6 * *c as f64)
+                .sum(),
+            values: values.to_vec(),
+        }
+    }
+
+    #[test]
+    fn classic_buckets_count_values_up_to_each_bound() {
+        let d = dist(&[(0, 1), (25, 2), (26, 1), (1000, 4), (200_000_000, 1)]);
+        let b = classic_buckets(&d, &[25e-6, 1e-3, 1.0]);
+        assert_eq!(b, vec![(25e-6, 3), (1e-3, 5), (1.0, 0), (f64::INFINITY, 1)]);
+        assert_eq!(b.iter().map(|(_, c)| c).sum::<u64>(), d.count);
+    }
+
+    #[test]
+    fn native_buckets_are_spans_and_deltas() {
+        // 1 s is bucket 0 of schema 3 (upper bound inclusive), 2 s bucket 8, 1.05 s bucket 1.
+        assert_eq!(native_index(1.0), 0);
+        assert_eq!(native_index(1.05), 1);
+        assert_eq!(native_index(2.0), 8);
+        assert_eq!(native_index(0.5), -8);
+        let d = dist(&[(0, 2), (1_000_000, 3), (1_050_000, 5), (2_000_000, 1)]);
+        let n = NativeBuckets::of(&d);
+        assert_eq!(n.zero_count, 2);
+        assert_eq!(n.spans, vec![(0, 2), (6, 1)]);
+        assert_eq!(n.deltas, vec![3, 2, -4]);
+        assert_eq!(NativeBuckets::of(&dist(&[])), NativeBuckets::default());
+    }
+
+    /// Prometheus asks for protobuf when native histograms are on: every histogram then
+    /// carries its native buckets beside the classic ones, with the same count.
+    #[test]
+    fn protobuf_carries_native_and_classic_buckets() {
+        let snap = fixture();
+        let bytes = encode(Arc::clone(&snap), &build(), Format::Protobuf).expect("encodes");
+        let mut buf = bytes.as_slice();
+        let mut families = Vec::new();
+        while !buf.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut buf).expect("decodes"));
+        }
+        let hs = families
+            .iter()
+            .find(|f| f.name == "tcptrace_handshake_duration_seconds")
+            .expect("handshake family");
+        let detail = snap.detail.as_ref().expect("detail");
+        for m in &hs.metric {
+            let h = m.histogram.as_ref().expect("a histogram");
+            let side = &m
+                .label
+                .iter()
+                .find(|l| l.name == "side")
+                .expect("side")
+                .value;
+            let i = if side == "client" { 0 } else { 1 };
+            assert_eq!(h.sample_count, detail.overall.handshake[i].count);
+            assert!(h.sample_count > 0, "the fixture has {side} handshakes");
+            assert_eq!(h.schema, NATIVE_SCHEMA);
+            let native: i64 = h
+                .positive_delta
+                .iter()
+                .scan(0i64, |acc, d| {
+                    *acc += d;
+                    Some(*acc)
+                })
+                .sum();
+            assert_eq!(native as u64 + h.zero_count, h.sample_count);
+            assert_eq!(
+                h.bucket.last().map(|b| b.cumulative_count),
+                Some(h.sample_count),
+                "classic buckets up to the last bound hold everything below 120 s"
+            );
+        }
+    }
+
+    /// The series cap: the largest grouping the flags allow stays under 10,000 series.
+    #[test]
+    fn series_stay_bounded_at_the_flag_limits() {
+        let mut snap = (*fixture()).clone();
+        let detail = snap.detail.as_mut().expect("detail");
+        let template = detail.groups[0].clone();
+        detail.groups.clear();
+        for p in 0..crate::cli::MAX_GROUP_PORTS {
+            for dimension in [Dimension::LocalPort, Dimension::RemotePort] {
+                detail.groups.push(crate::summary::GroupFigures {
+                    dimension,
+                    key: p.to_string(),
+                    ..template.clone()
+                });
+            }
+        }
+        for p in 0..=crate::cli::MAX_GROUP_PROCESSES {
+            detail.groups.push(crate::summary::GroupFigures {
+                dimension: Dimension::Process,
+                key: format!("proc{p}"),
+                ..template.clone()
+            });
+        }
+        // Every edge of the state machine seen.
+        detail.edges = TcpState::ALL
+            .iter()
+            .flat_map(|o| TcpState::ALL.iter().map(move |n| (o.name(), n.name(), 1)))
+            .collect();
+        let s = text(Arc::new(snap));
+        let n = s.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(n < 10_000, "{n} series");
+    }
+}
