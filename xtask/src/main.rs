@@ -147,7 +147,7 @@ fn cargo_test_counting(args: &[&str]) -> Result<(u64, u64)> {
 }
 
 /// The integration test binaries whose tests need root (all `#[ignore]`d otherwise).
-const ROOT_TESTS: [&str; 3] = ["root", "root_report", "lab"];
+const ROOT_TESTS: [&str; 4] = ["root", "root_report", "lab", "serve"];
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: {name}");
@@ -196,7 +196,8 @@ fn test(no_root: bool) -> Result<()> {
         return Ok(());
     }
     let t = step("root integration tests (load the real eBPF program; one at a time)");
-    // Every root test binary: loopback, recordings, and the network-namespace lab.
+    // Every root test binary: loopback, recordings, the network-namespace lab, and serve
+    // scraped by a real Prometheus.
     let mut root_passed = 0;
     for test in ROOT_TESTS {
         let (passed, _) = cargo_test_counting(&[
