@@ -204,6 +204,7 @@ impl LiveRun {
                     {
                         next_publish = now + p.every;
                         let counters = collector.counters().unwrap_or_default();
+                        let built = std::time::Instant::now();
                         let snap = Snapshot::build_at(
                             &pipeline,
                             &counters,
@@ -212,6 +213,7 @@ impl LiveRun {
                             clock::monotonic_now_ns(),
                         );
                         p.tx.send_replace(Arc::new(snap));
+                        log::debug!("snapshot built in {} us", built.elapsed().as_micros());
                     }
                 }
                 n = collector.read_batch(|bytes| pipeline.push_bytes(bytes)) => {

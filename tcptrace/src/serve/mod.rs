@@ -163,8 +163,19 @@ async fn respond(
                 .unwrap_or("");
             let format = Format::from_accept(accept);
             let snap = Arc::clone(&snapshots.borrow());
-            let encoded =
-                tokio::task::spawn_blocking(move || metrics::encode(snap, &build, format)).await;
+            let encoded = tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
+                let r = metrics::encode(snap, &build, format);
+                if let Ok(b) = &r {
+                    log::debug!(
+                        "scrape: {format:?}, {} bytes encoded in {} us",
+                        b.len(),
+                        t.elapsed().as_micros()
+                    );
+                }
+                r
+            })
+            .await;
             match encoded {
                 Ok(Ok(body)) => reply(StatusCode::OK, format.content_type(), body),
                 Ok(Err(e)) => reply(
