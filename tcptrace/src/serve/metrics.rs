@@ -31,12 +31,13 @@ use crate::{
     track::{CloseKind, PHASES, Side},
 };
 
-/// Classic bucket boundaries (seconds) for handshakes and teardown phases: loopback and LAN
-/// handshakes take tens of microseconds, WAN ones tens to hundreds of milliseconds, a SYN
-/// retransmit adds 1 s, 3 s, 7 s...; CLOSE_WAIT dwell can take seconds to minutes.
-pub const LATENCY_BUCKETS: [f64; 21] = [
-    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3,
-    500e-3, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+/// Classic bucket boundaries (seconds) for handshakes and teardown phases: loopback
+/// handshakes take under 10 microseconds, LAN ones tens, WAN ones tens to hundreds of
+/// milliseconds, a SYN retransmit adds 1 s, 3 s, 7 s...; CLOSE_WAIT dwell can take seconds
+/// to minutes.
+pub const LATENCY_BUCKETS: [f64; 23] = [
+    5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+    100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 /// Classic bucket boundaries (seconds) for connection lifetimes: from a refused connect
 /// to connections held for a day.
