@@ -72,7 +72,7 @@ pub struct ServeArgs {
     /// Break the handshake and close metrics out by these ports (server side by local port,
     /// client side by remote port), e.g. 80,443,5432. Other ports get no series of their own.
     #[arg(long, value_name = "PORTS", value_parser = parse_group_ports)]
-    pub group_ports: Option<Vec<u16>>,
+    pub group_ports: Option<PortList>,
     /// Give the first N process names seen series of their own (at most 20); the rest are
     /// counted under process="other".
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_group_processes)]
@@ -104,8 +104,13 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A sorted, deduplicated port list given as one flag value (a newtype, so that clap takes
+/// `Option<PortList>` as one optional value rather than many).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
 /// Parses `--group-ports`: a port list (as the filters take) of at most [`MAX_GROUP_PORTS`].
-pub fn parse_group_ports(s: &str) -> Result<Vec<u16>, String> {
+pub fn parse_group_ports(s: &str) -> Result<PortList, String> {
     let mut ports = parse_ports(s)?;
     ports.sort_unstable();
     ports.dedup();
@@ -116,7 +121,7 @@ pub fn parse_group_ports(s: &str) -> Result<Vec<u16>, String> {
             ports.len()
         ));
     }
-    Ok(ports)
+    Ok(PortList(ports))
 }
 
 /// Parses `--group-processes`: 0 to [`MAX_GROUP_PROCESSES`].
@@ -350,7 +355,7 @@ mod tests {
 
     #[test]
     fn serve_flags_name_the_fix() {
-        assert_eq!(parse_group_ports("443,80,80"), Ok(vec![80, 443]));
+        assert_eq!(parse_group_ports("443,80,80"), Ok(PortList(vec![80, 443])));
         let e = parse_group_ports("8000-8100").expect_err("too many");
         assert!(e.contains("at most 32"), "{e}");
         assert!(
@@ -368,6 +373,28 @@ mod tests {
                 .expect_err("no port")
                 .contains("e.g. 127.0.0.1:10089")
         );
+    }
+
+    #[test]
+    fn serve_flags_parse_into_their_types() {
+        let cli = Cli::try_parse_from([
+            "tcptrace",
+            "serve",
+            "--group-ports",
+            "443,80",
+            "--group-processes",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .expect("valid flags");
+        let Some(Command::Serve(a)) = cli.command else {
+            panic!("not serve: {cli:?}");
+        };
+        assert_eq!(a.group_ports, Some(PortList(vec![80, 443])));
+        assert_eq!(a.group_processes, 3);
+        assert_eq!(a.listen.port(), 0);
+        assert_eq!(a.close_wait_threshold, Duration::from_secs(60));
     }
 
     #[test]

@@ -532,3 +532,88 @@ fn lost_events_show_in_the_metrics_while_the_ring_overflows() {
     eprintln!("ring of 4 KiB, reader stopped: {lost} lost events scraped");
     drop(l);
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn close_wait_ages_grow_without_events_and_named_groups_count() {
+    require_root();
+    let l = listener();
+    let port = l.local_addr().expect("addr").port();
+    let tracer = Tracer::serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--port",
+        &port.to_string(),
+        "--group-ports",
+        &port.to_string(),
+        "--group-processes",
+        "2",
+        "--close-wait-threshold",
+        "0.5",
+        "--interval",
+        "0.2",
+    ]);
+    let addr = serving_addr(&tracer);
+    for order in [CloseOrder::ClientFirst, CloseOrder::ServerFirst] {
+        connect_and_close(&l, order);
+    }
+    // A leak: the client closes, the server never does, so its socket waits in CLOSE_WAIT.
+    let client =
+        TcpStream::connect_timeout(&l.local_addr().expect("addr"), IO_TIMEOUT).expect("connect");
+    let (leaked, _) = l.accept().expect("accept");
+    drop(client);
+    // No event comes for this socket any more; its age must still grow past the threshold.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = scrape(addr);
+        if sample(&m, "tcptrace_close_wait_stuck_sockets") == Some(1.0) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stuck CLOSE_WAIT socket:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let age = sample(&m, "tcptrace_close_wait_oldest_age_seconds").expect("age");
+    assert!(age > 0.5, "oldest CLOSE_WAIT age {age}");
+    assert_eq!(
+        sample(&m, "tcptrace_tracked_sockets{state=\"CLOSE_WAIT\"}"),
+        Some(1.0)
+    );
+    let p = port.to_string();
+    assert_eq!(
+        sample(
+            &m,
+            &format!("tcptrace_port_connections_opened_total{{port=\"{p}\",side=\"server\"}}")
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("tcptrace_port_connections_opened_total{{port=\"{p}\",side=\"client\"}}")
+        ),
+        Some(3.0)
+    );
+    // Two names own these sockets: the test thread (client side, in its own context) and
+    // this process as /proc names it (the listener predates the run, so its children take
+    // that owner). Both fit in --group-processes 2: nothing is folded into "other".
+    let opened = |other: bool| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("tcptrace_process_connections_opened_total{"))
+            .filter(|l| l.contains("process=\"other\"") == other)
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(opened(false), 6.0, "{m}");
+    assert_eq!(opened(true), 0.0, "{m}");
+    assert_eq!(
+        sample(&m, "tcptrace_grouping_folded_connections_total"),
+        Some(0.0)
+    );
+    drop(leaked);
+    tracer.stop();
+    drop(l);
+}

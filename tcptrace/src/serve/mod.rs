@@ -56,7 +56,7 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<()> {
     let opts = SnapshotOptions {
         top_n: args.summary.top,
         detail: Some(DetailOptions {
-            ports: args.group_ports.clone().unwrap_or_default(),
+            ports: args.group_ports.clone().map(|p| p.0).unwrap_or_default(),
             processes: args.group_processes,
             close_wait_threshold: args.close_wait_threshold,
         }),
