@@ -2,8 +2,10 @@
 //! aggregates and the tracker, rendered as text (stderr at exit) or JSON. The same value
 //! comes out of a live run and of `report`, which is how a recording is checked against the
 //! run that made it. A [`Snapshot`] is the summary so far, built the same way, plus what only
-//! means something while a run goes on (sockets per state now); live front ends (`top`,
-//! `serve`) draw and export snapshots and compute no figures of their own.
+//! means something while a run goes on (sockets per state now) and, when a front end asks
+//! ([`SnapshotOptions::detail`]), what an export needs: whole distributions, transitions per
+//! edge, the named groups, CLOSE_WAIT ages; live front ends (`top`, `serve`) draw and export
+//! snapshots and compute no figures of their own.
 
 use std::{collections::BTreeMap, io, time::Duration};
 
