@@ -313,7 +313,7 @@ pub struct Collector {
 /// wake-up handles a large batch. Without it the kernel wakes the reader for almost every
 /// record under load (about 13,000 wake-ups/s at 135,000 transitions/s, and the epoll and
 /// scheduler work cost more CPU than handling the records); with it, at most about 200/s.
-/// The 4 MiB ring holds ~43,000 records, some 300 ms at that rate, so this cannot lose
+/// The 4 MiB ring holds 43,690 records, some 300 ms at that rate, so this cannot lose
 /// events; it only delays the live stream by a few ms.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
