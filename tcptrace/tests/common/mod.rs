@@ -206,6 +206,15 @@ impl Life {
             .collect()
     }
 
+    /// Each transition with the milliseconds spent in the state it left (`ms`; `None` where
+    /// the line has none), for comparing dwell times.
+    pub fn dwells(&self) -> Vec<(String, Option<f64>)> {
+        self.transitions()
+            .into_iter()
+            .zip(self.lines.iter().map(|l| l["ms"].as_f64()))
+            .collect()
+    }
+
     /// True if any line has these local and remote ports.
     pub fn has_ports(&self, lport: u16, rport: u16) -> bool {
         self.lines
