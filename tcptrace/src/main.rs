@@ -112,6 +112,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
+        Format::Csv => Style::Csv,
     };
     let unit = match args.per {
         Per::Transition => Some(Unit::Transition),
@@ -120,7 +121,9 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     };
     if let Some(unit) = unit {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-        live.add_sink(Box::new(Stream::new(out, clock, style, unit)));
+        live.add_sink(Box::new(
+            Stream::new(out, clock, style, unit).wide(args.wide),
+        ));
     }
     let timeline = args.svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));
