@@ -31,6 +31,28 @@ pub enum Command {
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
+    /// Print shell completions to stdout (`cargo xtask docs` writes them all).
+    #[command(hide = true)]
+    Completions(CompletionsArgs),
+    /// Print the man page roff to stdout, or write one page per command into --out DIR.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// `tcptrace completions SHELL` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `tcptrace man` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write tcptrace.1 and one tcptrace-COMMAND.1 per command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tcptrace record`.

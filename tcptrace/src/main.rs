@@ -13,6 +13,7 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod docs;
 mod generate;
 mod host;
 mod live;
@@ -67,6 +68,8 @@ fn main() -> ExitCode {
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
+        Some(Command::Completions(args)) => docs::completions(args.shell),
+        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
         None => run_watch(cli.watch),
     };
     match result {

@@ -104,3 +104,17 @@ fn report_refuses_csv_and_names_the_alternatives() {
         ))
         .stderr(predicate::str::contains("--format json"));
 }
+
+#[test]
+fn man_and_completions_print_from_the_binary() {
+    tcptrace()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(".TH tcptrace 1"));
+    tcptrace()
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("watch record report"));
+}
