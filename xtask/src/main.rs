@@ -147,7 +147,7 @@ fn cargo_test_counting(args: &[&str]) -> Result<(u64, u64)> {
 }
 
 /// The integration test binaries whose tests need root (all `#[ignore]`d otherwise).
-const ROOT_TESTS: [&str; 3] = ["root", "root_report", "lab"];
+const ROOT_TESTS: [&str; 4] = ["root", "root_report", "root_caps", "lab"];
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: {name}");
