@@ -177,7 +177,8 @@ fn check_docs(page: &Path, bash: &Path) -> Result<()> {
 pub fn dist(args: &DistArgs) -> Result<Artifacts> {
     let start = Instant::now();
     let bin = build(args.debug)?;
-    let a = package(&bin, &absolute(&args.out))?;
+    // A debug binary is some 60 MB: compress it fast (it is only ever a test package).
+    let a = package(&bin, &absolute(&args.out), args.debug)?;
     eprintln!(
         "xtask dist: {} and {} in {:.1}s",
         a.tarball.display(),
@@ -202,8 +203,9 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {}", to.display()))
 }
 
-/// Stages the tarball and the Debian tree from `bin` and builds both into `out`.
-pub fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
+/// Stages the tarball and the Debian tree from `bin` and builds both into `out`; `fast`
+/// trades size for compression time.
+pub fn package(bin: &Path, out: &Path, fast: bool) -> Result<Artifacts> {
     let root = workspace_root();
     let arch = cmd_output("dpkg", &["--print-architecture"])
         .context("dpkg --print-architecture (the .deb is built with Debian's dpkg tools)")?
@@ -254,7 +256,12 @@ pub fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
     run(Command::new("tar")
         .arg("--owner=0")
         .arg("--group=0")
-        .arg("-czf")
+        .arg(if fast {
+            "--use-compress-program=gzip -1"
+        } else {
+            "--gzip"
+        })
+        .arg("-cf")
         .arg(&tarball)
         .arg("-C")
         .arg(&stage)
@@ -328,6 +335,11 @@ pub fn package(bin: &Path, out: &Path) -> Result<Artifacts> {
     let deb = out.join(format!("{PACKAGE}_{}_{arch}.deb", version()));
     run(Command::new("dpkg-deb")
         .args(["--root-owner-group", "--build"])
+        .args(if fast {
+            &["-Zgzip", "-z1"][..]
+        } else {
+            &[][..]
+        })
         .arg(&deb_root)
         .arg(&deb))
     .context("dpkg-deb --build")?;
