@@ -71,8 +71,14 @@ fn unique_path(tag: &str) -> PathBuf {
 impl Tracer {
     /// Starts `tcptrace watch --format json --summary-json F ARGS` and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_command(Command::new(BIN), args)
+    }
+
+    /// As [`Tracer::start`], with `tcptrace` run by `program` (e.g. `setpriv ... BIN`, which
+    /// must exec the tool so that SIGTERM reaches it).
+    pub fn start_command(mut program: Command, args: &[&str]) -> Self {
         let summary_path = unique_path("summary");
-        let mut child = Command::new(BIN)
+        let mut child = program
             .arg("watch")
             .args(["--format", "json", "--summary-json"])
             .arg(&summary_path)
