@@ -34,6 +34,28 @@ pub enum Command {
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
+    /// Print shell completions to stdout (`cargo xtask docs` writes them all).
+    #[command(hide = true)]
+    Completions(CompletionsArgs),
+    /// Print the man page roff to stdout, or write one page per command into --out DIR.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// `tcptrace completions SHELL` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `tcptrace man` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write tcptrace.1 and one tcptrace-COMMAND.1 per command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tcptrace record`.
@@ -205,10 +227,10 @@ pub struct FilterArgs {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
     /// Only sockets whose local port is in this list (e.g. 80,443 or 8000-8010).
-    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    #[arg(short = 'L', long, value_name = "PORTS", value_parser = parse_ports)]
     pub lport: Vec<Vec<u16>>,
     /// Only sockets whose remote port is in this list.
-    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    #[arg(short = 'D', long, value_name = "PORTS", value_parser = parse_ports)]
     pub rport: Vec<Vec<u16>>,
     /// Only sockets with the local or the remote port in this list.
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
@@ -223,6 +245,8 @@ pub enum Format {
     Text,
     /// JSON Lines: one object per line.
     Json,
+    /// CSV with a header row: the JSON keys as columns, RFC 4180 quoting (stream only).
+    Csv,
 }
 
 /// What one line of the stream is.
@@ -254,6 +278,12 @@ pub struct WatchArgs {
     /// One line per transition, per finished connection, or none.
     #[arg(long, value_enum, default_value_t = Per::Transition)]
     pub per: Per,
+    /// Accepted as in tcpstates: the TIME column (local HH:MM:SS.micros) is always printed.
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+    /// Wide address columns that fit IPv6 addresses (text stream), as tcpstates -w.
+    #[arg(short = 'w', long)]
+    pub wide: bool,
     #[command(flatten)]
     pub summary: SummaryArgs,
     /// At exit, write the charts (SVG) and an index.html showing them into this directory.

@@ -13,6 +13,7 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod docs;
 mod generate;
 mod host;
 mod live;
@@ -69,6 +70,8 @@ fn main() -> ExitCode {
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
+        Some(Command::Completions(args)) => docs::completions(args.shell),
+        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
         None => run_watch(cli.watch),
     };
     match result {
@@ -114,6 +117,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
+        Format::Csv => Style::Csv,
     };
     let unit = match args.per {
         Per::Transition => Some(Unit::Transition),
@@ -122,7 +126,9 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     };
     if let Some(unit) = unit {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-        live.add_sink(Box::new(Stream::new(out, clock, style, unit)));
+        live.add_sink(Box::new(
+            Stream::new(out, clock, style, unit).wide(args.wide),
+        ));
     }
     let timeline = args.svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));

@@ -124,3 +124,53 @@ fn serve_on_an_address_of_another_host_says_so() {
             "192.0.2.1 is not an address of this host",
         ));
 }
+
+#[test]
+fn tcpstates_flags_are_accepted() {
+    // -L/-D are --lport/--rport, -T is accepted (TIME is always printed), -w widens.
+    tcptrace()
+        .args(["watch", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("-L, --lport"))
+        .stdout(predicate::str::contains("-D, --rport"))
+        .stdout(predicate::str::contains("-T, --timestamp"))
+        .stdout(predicate::str::contains("-w, --wide"))
+        .stdout(predicate::str::contains("csv"));
+    tcptrace()
+        .args(["watch", "-L", "70000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--lport"));
+}
+
+#[test]
+fn report_refuses_csv_and_names_the_alternatives() {
+    tcptrace()
+        .args([
+            "report",
+            "tests/fixtures/one-connection.jsonl",
+            "--format",
+            "csv",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "--format csv is for the line stream",
+        ))
+        .stderr(predicate::str::contains("--format json"));
+}
+
+#[test]
+fn man_and_completions_print_from_the_binary() {
+    tcptrace()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(".TH tcptrace 1"));
+    tcptrace()
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("watch record report"));
+}
