@@ -355,6 +355,12 @@ fn prometheus_scrapes_real_numbers_and_every_deploy_query_returns_data() {
         classic.value("tcptrace_transitions_total{old=\"SYN_SENT\",new=\"ESTABLISHED\"}"),
         Some(nf)
     );
+    // build_info in both formats (the dashboard lists hosts from it).
+    for p in [&native, &classic] {
+        let info = p.query("tcptrace_build_info");
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert_eq!(info[0]["metric"]["version"], env!("CARGO_PKG_VERSION"));
+    }
 
     let queries = deploy_queries();
     // A transition counter appears at its first edge: its rate needs a second scrape.
