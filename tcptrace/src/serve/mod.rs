@@ -23,7 +23,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -34,6 +34,9 @@ use crate::{
     summary::{DetailOptions, Snapshot, SnapshotOptions},
 };
 use metrics::{BuildInfo, Format};
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `tcptrace serve`.
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -122,7 +125,10 @@ async fn accept_loop(
         let build = Arc::clone(&build);
         tokio::spawn(async move {
             let svc = service_fn(move |req| respond(req, snapshots.clone(), Arc::clone(&build)));
+            // A client that never finishes its request headers is dropped, not kept forever.
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
