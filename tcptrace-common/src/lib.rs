@@ -1,9 +1,11 @@
-//! The records that cross the kernel/userspace boundary.
+//! The records that cross the kernel/userspace boundary, and the tracepoint layouts both
+//! sides rely on.
 //!
 //! Both the eBPF program (`tcptrace-ebpf`, `no_std`) and the userspace tool read these
 //! definitions, so their layout is the wire format of the ring buffer. Every type is
 //! `#[repr(C)]` with explicit padding and a size assertion: a change here that moves a field
-//! fails to compile instead of silently misreading events.
+//! fails to compile instead of silently misreading events. [`tp`] holds the tracepoint field
+//! offsets the program reads and userspace checks against the running kernel.
 #![no_std]
 
 /// What a [`Event`] reports. Numbers are part of the wire format; never reuse one.
@@ -149,8 +151,179 @@ pub mod counter {
     pub const COUNT: u32 = 3;
 }
 
-/// Ring buffer size in bytes (power of two, multiple of the page size). 4 MiB holds about
-/// 47,000 records: a quarter second of the heaviest loopback churn seen on 2 cores.
+/// Field layouts of the tracepoints the kernel program reads, as their format files
+/// (`/sys/kernel/tracing/events/{sock,tcp}/*/format`) describe them.
+///
+/// Written once, here: the kernel program reads the fields at these offsets, and userspace
+/// checks each `FIELDS` table against the running kernel's format file before it loads the
+/// program, so a kernel with another layout is refused (or that probe skipped), never misread.
+/// The tables are built from the same constants the program reads with.
+pub mod tp {
+    /// A field as a format file gives it: (name, offset, size), in bytes.
+    pub type Field = (&'static str, usize, usize);
+
+    /// Size of a kernel pointer field (`const void * skaddr`).
+    pub const PTR: usize = 8;
+    /// Size of an `int` field (a TCP state).
+    pub const INT: usize = 4;
+    /// Size of a `__u16` field (ports, family, protocol).
+    pub const U16: usize = 2;
+    /// Size of an IPv4 address field (`__u8 saddr[4]`).
+    pub const ADDR4: usize = 4;
+    /// Size of an IPv6 address field (`__u8 saddr_v6[16]`).
+    pub const ADDR6: usize = 16;
+    /// Size of an address field holding a `struct sockaddr_in6` (`tcp_send_reset`).
+    pub const SOCKADDR: usize = 28;
+
+    /// The ports-and-addresses block that the `tcp:*` tracepoints other than `tcp_send_reset`
+    /// share (the kernel fills it with `TP_STORE_ADDR_PORTS`): offsets from the block's start,
+    /// which each tracepoint gives as its `ADDRS`. Several are not naturally aligned, so the
+    /// program probe-reads them.
+    pub mod tcp_addrs {
+        pub const SPORT: usize = 0;
+        pub const DPORT: usize = 2;
+        pub const FAMILY: usize = 4;
+        pub const SADDR: usize = 6;
+        pub const DADDR: usize = 10;
+        pub const SADDR_V6: usize = 14;
+        pub const DADDR_V6: usize = 30;
+    }
+
+    /// A `struct sockaddr_in`/`sockaddr_in6` as `tcp_send_reset` stores its addresses:
+    /// offsets inside one [`SOCKADDR`](super::SOCKADDR)-sized field. The port is in network
+    /// byte order.
+    pub mod sockaddr {
+        pub const FAMILY: usize = 0;
+        pub const PORT: usize = 2;
+        /// `sin_addr` of an AF_INET address.
+        pub const ADDR4: usize = 4;
+        /// `sin6_addr` of an AF_INET6 address.
+        pub const ADDR6: usize = 8;
+
+        // Each read stays inside the field and clear of the one before it.
+        const _: () = assert!(FAMILY + super::U16 <= PORT);
+        const _: () = assert!(PORT + super::U16 <= ADDR4);
+        const _: () = assert!(ADDR4 + super::ADDR4 <= super::SOCKADDR);
+        const _: () = assert!(ADDR6 + super::ADDR6 <= super::SOCKADDR);
+    }
+
+    /// `sock:inet_sock_set_state`, this layout since Linux 4.16. Every field the program reads
+    /// is naturally aligned, so it loads them straight from the context.
+    pub mod inet_sock_set_state {
+        use super::{ADDR4, ADDR6, Field, INT, PTR, U16};
+
+        pub const SKADDR: usize = 8;
+        pub const OLDSTATE: usize = 16;
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const FAMILY: usize = 28;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 36;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+
+        pub const FIELDS: &[Field] = &[
+            ("skaddr", SKADDR, PTR),
+            ("oldstate", OLDSTATE, INT),
+            ("newstate", NEWSTATE, INT),
+            ("sport", SPORT, U16),
+            ("dport", DPORT, U16),
+            ("family", FAMILY, U16),
+            ("protocol", PROTOCOL, U16),
+            ("saddr", SADDR, ADDR4),
+            ("daddr", DADDR, ADDR4),
+            ("saddr_v6", SADDR_V6, ADDR6),
+            ("daddr_v6", DADDR_V6, ADDR6),
+        ];
+    }
+
+    /// `tcp:tcp_retransmit_skb`.
+    pub mod tcp_retransmit_skb {
+        use super::{ADDR4, ADDR6, Field, INT, PTR, U16, tcp_addrs};
+
+        pub const SKADDR: usize = 16;
+        pub const STATE: usize = 24;
+        /// Start of the [`tcp_addrs`] block.
+        pub const ADDRS: usize = 28;
+
+        pub const FIELDS: &[Field] = &[
+            ("skaddr", SKADDR, PTR),
+            ("state", STATE, INT),
+            ("sport", ADDRS + tcp_addrs::SPORT, U16),
+            ("dport", ADDRS + tcp_addrs::DPORT, U16),
+            ("family", ADDRS + tcp_addrs::FAMILY, U16),
+            ("saddr", ADDRS + tcp_addrs::SADDR, ADDR4),
+            ("daddr", ADDRS + tcp_addrs::DADDR, ADDR4),
+            ("saddr_v6", ADDRS + tcp_addrs::SADDR_V6, ADDR6),
+            ("daddr_v6", ADDRS + tcp_addrs::DADDR_V6, ADDR6),
+        ];
+    }
+
+    /// `tcp:tcp_retransmit_synack`; `skaddr` is the listener.
+    pub mod tcp_retransmit_synack {
+        use super::{ADDR4, ADDR6, Field, PTR, U16, tcp_addrs};
+
+        pub const SKADDR: usize = 8;
+        /// Start of the [`tcp_addrs`] block.
+        pub const ADDRS: usize = 24;
+
+        pub const FIELDS: &[Field] = &[
+            ("skaddr", SKADDR, PTR),
+            ("sport", ADDRS + tcp_addrs::SPORT, U16),
+            ("dport", ADDRS + tcp_addrs::DPORT, U16),
+            ("family", ADDRS + tcp_addrs::FAMILY, U16),
+            ("saddr", ADDRS + tcp_addrs::SADDR, ADDR4),
+            ("daddr", ADDRS + tcp_addrs::DADDR, ADDR4),
+            ("saddr_v6", ADDRS + tcp_addrs::SADDR_V6, ADDR6),
+            ("daddr_v6", ADDRS + tcp_addrs::DADDR_V6, ADDR6),
+        ];
+    }
+
+    /// `tcp:tcp_receive_reset` (no state field).
+    pub mod tcp_receive_reset {
+        use super::{ADDR4, ADDR6, Field, PTR, U16, tcp_addrs};
+
+        pub const SKADDR: usize = 8;
+        /// Start of the [`tcp_addrs`] block.
+        pub const ADDRS: usize = 16;
+
+        pub const FIELDS: &[Field] = &[
+            ("skaddr", SKADDR, PTR),
+            ("sport", ADDRS + tcp_addrs::SPORT, U16),
+            ("dport", ADDRS + tcp_addrs::DPORT, U16),
+            ("family", ADDRS + tcp_addrs::FAMILY, U16),
+            ("saddr", ADDRS + tcp_addrs::SADDR, ADDR4),
+            ("daddr", ADDRS + tcp_addrs::DADDR, ADDR4),
+            ("saddr_v6", ADDRS + tcp_addrs::SADDR_V6, ADDR6),
+            ("daddr_v6", ADDRS + tcp_addrs::DADDR_V6, ADDR6),
+        ];
+    }
+
+    /// `tcp:tcp_send_reset`: its addresses are whole [`sockaddr`]s, not a [`tcp_addrs`] block.
+    pub mod tcp_send_reset {
+        use super::{Field, INT, PTR, SOCKADDR};
+
+        pub const SKADDR: usize = 16;
+        pub const STATE: usize = 24;
+        /// The source [`sockaddr`](super::sockaddr).
+        pub const SADDR: usize = 32;
+        /// The destination [`sockaddr`](super::sockaddr).
+        pub const DADDR: usize = 60;
+
+        pub const FIELDS: &[Field] = &[
+            ("skaddr", SKADDR, PTR),
+            ("state", STATE, INT),
+            ("saddr", SADDR, SOCKADDR),
+            ("daddr", DADDR, SOCKADDR),
+        ];
+    }
+}
+
+/// Ring buffer size in bytes (power of two, multiple of the page size). 4 MiB holds 43,690
+/// records (each takes 96 bytes: the 88-byte [`Event`] plus the ring's 8-byte header, rounded
+/// up to 8): a quarter second of the heaviest loopback churn seen on 2 cores.
 pub const RING_BYTES: u32 = 4 << 20;
 
 #[cfg(feature = "user")]

@@ -4,9 +4,9 @@
 //! in the kernel, stamp the time, attach the owning process, and write one fixed-size record
 //! to the ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
-//! Field offsets are those of the tracepoint format files
+//! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
 //! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
-//! running kernel's formats match them before it loads this program.
+//! running kernel's formats match those same tables before it loads this program.
 #![no_std]
 #![no_main]
 
@@ -23,7 +23,7 @@ use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
     FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT,
     FLAG_OWNER_LISTENER, MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
-    counter,
+    counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -175,28 +175,28 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_set_state(ctx: &TracePointContext) {
-    // sock:inet_sock_set_state layout (stable since Linux 4.16).
-    let protocol: u16 = field(ctx, 30);
+    use tp::inet_sock_set_state as f;
+    let protocol: u16 = field(ctx, f::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return;
     }
-    let sport: u16 = field(ctx, 24);
-    let dport: u16 = field(ctx, 26);
-    let family: u16 = field(ctx, 28);
+    let sport: u16 = field(ctx, f::SPORT);
+    let dport: u16 = field(ctx, f::DPORT);
+    let family: u16 = field(ctx, f::FAMILY);
     if !pass(family, sport, dport) {
         count(counter::FILTERED);
         return;
     }
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let skaddr: u64 = field(ctx, 8);
-    let old: u32 = field(ctx, 16);
-    let new: u32 = field(ctx, 20);
+    let skaddr: u64 = field(ctx, f::SKADDR);
+    let old: u32 = field(ctx, f::OLDSTATE);
+    let new: u32 = field(ctx, f::NEWSTATE);
 
     let (saddr, daddr) = if family == AF_INET {
-        (addr4(ctx, 32), addr4(ctx, 36))
+        (addr4(ctx, f::SADDR), addr4(ctx, f::DADDR))
     } else {
-        (addr16(ctx, 40), addr16(ctx, 56))
+        (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
 
     let (owner, mut flags) = owner_for(skaddr, old, new, family, sport);
@@ -302,16 +302,17 @@ fn emit(event: &Event) {
     }
 }
 
-/// Common reader for the `tcp:*` tracepoints that carry skaddr, ports, family and addresses
-/// at `base` (sport at base, dport +2, family +4, saddr[4] +6, daddr[4] +10, saddr_v6 +14,
-/// daddr_v6 +30). Their offsets are not all naturally aligned, so they go through the
-/// probe-read helper; these events are rare compared with state changes.
+/// Common reader for the `tcp:*` tracepoints that carry ports, family and addresses in a
+/// [`tp::tcp_addrs`] block starting at `base` (the tracepoint's `ADDRS`). Those offsets are
+/// not all naturally aligned, so they go through the probe-read helper; these events are rare
+/// compared with state changes.
 #[inline(always)]
 fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, base: usize) {
+    use tp::tcp_addrs as a;
     // SAFETY (all reads below): offsets come from the tracepoint format and lie inside it.
-    let sport: u16 = unsafe { ctx.read_at(base) }.unwrap_or(0);
-    let dport: u16 = unsafe { ctx.read_at(base + 2) }.unwrap_or(0);
-    let family: u16 = unsafe { ctx.read_at(base + 4) }.unwrap_or(0);
+    let sport: u16 = unsafe { ctx.read_at(base + a::SPORT) }.unwrap_or(0);
+    let dport: u16 = unsafe { ctx.read_at(base + a::DPORT) }.unwrap_or(0);
+    let family: u16 = unsafe { ctx.read_at(base + a::FAMILY) }.unwrap_or(0);
     if !pass(family, sport, dport) {
         count(counter::FILTERED);
         return;
@@ -319,12 +320,12 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let (saddr, daddr) = if family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(base + 6) }.unwrap_or([0; 4]);
-        let d: [u8; 4] = unsafe { ctx.read_at(base + 10) }.unwrap_or([0; 4]);
+        let s: [u8; 4] = unsafe { ctx.read_at(base + a::SADDR) }.unwrap_or([0; 4]);
+        let d: [u8; 4] = unsafe { ctx.read_at(base + a::DADDR) }.unwrap_or([0; 4]);
         (widen(s), widen(d))
     } else {
-        let s: [u8; 16] = unsafe { ctx.read_at(base + 14) }.unwrap_or([0; 16]);
-        let d: [u8; 16] = unsafe { ctx.read_at(base + 30) }.unwrap_or([0; 16]);
+        let s: [u8; 16] = unsafe { ctx.read_at(base + a::SADDR_V6) }.unwrap_or([0; 16]);
+        let d: [u8; 16] = unsafe { ctx.read_at(base + a::DADDR_V6) }.unwrap_or([0; 16]);
         (s, d)
     };
     emit_with_cached_owner(
@@ -377,10 +378,11 @@ fn emit_with_cached_owner(
 /// frequent on busy hosts and answer a different question).
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let skaddr: u64 = field(&ctx, 16);
-    let state: u32 = field(&ctx, 24);
+    use tp::tcp_retransmit_skb as f;
+    let skaddr: u64 = field(&ctx, f::SKADDR);
+    let state: u32 = field(&ctx, f::STATE);
     if state == TCP_SYN_SENT {
-        tcp_event(&ctx, EventKind::Retransmit, skaddr, state, 28);
+        tcp_event(&ctx, EventKind::Retransmit, skaddr, state, f::ADDRS);
     }
     0
 }
@@ -388,17 +390,25 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 /// A SYN-ACK resent for a pending connection; skaddr is the listener.
 #[tracepoint]
 pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
-    let skaddr: u64 = field(&ctx, 8);
-    tcp_event(&ctx, EventKind::RetransmitSynAck, skaddr, TCP_SYN_RECV, 24);
+    use tp::tcp_retransmit_synack as f;
+    let skaddr: u64 = field(&ctx, f::SKADDR);
+    tcp_event(
+        &ctx,
+        EventKind::RetransmitSynAck,
+        skaddr,
+        TCP_SYN_RECV,
+        f::ADDRS,
+    );
     0
 }
 
 /// A RST arrived on an established or connecting socket.
 #[tracepoint]
 pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let skaddr: u64 = field(&ctx, 8);
+    use tp::tcp_receive_reset as f;
+    let skaddr: u64 = field(&ctx, f::SKADDR);
     // The state is not in this tracepoint; userspace knows it from the socket's history.
-    tcp_event(&ctx, EventKind::ReceiveReset, skaddr, 0, 16);
+    tcp_event(&ctx, EventKind::ReceiveReset, skaddr, 0, f::ADDRS);
     0
 }
 
@@ -406,16 +416,17 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// SYN to a closed port has no socket, and the refused client sees it as a received reset).
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let skaddr: u64 = field(&ctx, 16);
+    use tp::{sockaddr as sa, tcp_send_reset as f};
+    let skaddr: u64 = field(&ctx, f::SKADDR);
     if skaddr == 0 {
         return 0;
     }
-    let state: u32 = field(&ctx, 24);
-    // Addresses here are sockaddr_in/in6 (28 bytes each): family at +0, port (network byte
-    // order) at +2, IPv4 address at +4, IPv6 address at +8.
-    let family: u16 = field(&ctx, 32);
-    let sport_be: u16 = field(&ctx, 34);
-    let dport_be: u16 = field(&ctx, 62);
+    let state: u32 = field(&ctx, f::STATE);
+    // Addresses here are sockaddr_in/in6 (28 bytes each): family, port (network byte order),
+    // then the IPv4 or IPv6 address (see `tp::sockaddr`).
+    let family: u16 = field(&ctx, f::SADDR + sa::FAMILY);
+    let sport_be: u16 = field(&ctx, f::SADDR + sa::PORT);
+    let dport_be: u16 = field(&ctx, f::DADDR + sa::PORT);
     let sport = u16::from_be(sport_be);
     let dport = u16::from_be(dport_be);
     if !pass(family, sport, dport) {
@@ -425,11 +436,15 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let (saddr, daddr) = if family == AF_INET {
-        (addr4(&ctx, 36), addr4(&ctx, 64))
+        (
+            addr4(&ctx, f::SADDR + sa::ADDR4),
+            addr4(&ctx, f::DADDR + sa::ADDR4),
+        )
     } else {
-        // SAFETY: inside the record; daddr's address at 68 is not 8-aligned, so probe-read.
-        let d: [u8; 16] = unsafe { ctx.read_at(68) }.unwrap_or([0; 16]);
-        (addr16(&ctx, 40), d)
+        // SAFETY: inside the record; daddr's IPv6 address (offset 68) is not 8-aligned, so
+        // probe-read.
+        let d: [u8; 16] = unsafe { ctx.read_at(f::DADDR + sa::ADDR6) }.unwrap_or([0; 16]);
+        (addr16(&ctx, f::SADDR + sa::ADDR6), d)
     };
     emit_with_cached_owner(
         ts_ns,

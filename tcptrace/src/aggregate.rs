@@ -23,6 +23,9 @@ pub const MAX_GROUPS: usize = 1024;
 pub struct Hist {
     h: Option<Box<Histogram<u64>>>,
     sigfig: u8,
+    /// Exact sum of the recorded values in nanoseconds (before clamping), for exports that
+    /// carry a sum (Prometheus `_sum`).
+    sum_ns: u128,
 }
 
 /// Quantiles of a histogram in microseconds.
@@ -40,7 +43,16 @@ pub struct Quantiles {
 impl Hist {
     /// An empty histogram keeping `sigfig` significant digits.
     pub fn with_sigfig(sigfig: u8) -> Self {
-        Self { h: None, sigfig }
+        Self {
+            h: None,
+            sigfig,
+            sum_ns: 0,
+        }
+    }
+
+    /// Exact sum of the recorded values, in nanoseconds.
+    pub fn sum_ns(&self) -> u128 {
+        self.sum_ns
     }
 
     /// The recorded distribution, for charts (`None` until a value is recorded).
@@ -49,6 +61,7 @@ impl Hist {
     }
 
     pub fn record_ns(&mut self, ns: u64) {
+        self.sum_ns += u128::from(ns);
         let us = (ns / 1000).min(MAX_US);
         let sigfig = self.sigfig.max(1);
         let h = self.h.get_or_insert_with(|| {
@@ -213,6 +226,9 @@ impl std::fmt::Display for GroupKey {
 #[derive(Clone, Debug, Default)]
 pub struct Groups {
     pub map: FxHashMap<GroupKey, Stats>,
+    /// Keys in the order they first appeared: a stable choice of "the first N" for exports
+    /// whose series must not come and go (`serve --group-processes`).
+    pub order: Vec<GroupKey>,
 }
 
 impl Groups {
@@ -222,7 +238,11 @@ impl Groups {
         } else {
             key
         };
-        self.map.entry(key).or_insert_with(|| Stats::new(2))
+        let order = &mut self.order;
+        self.map.entry(key).or_insert_with_key(|k| {
+            order.push(k.clone());
+            Stats::new(2)
+        })
     }
 
     /// Groups sorted by connection count (then key), largest first.

@@ -43,8 +43,8 @@ pub fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "tcptrace needs root (or the capabilities CAP_BPF and CAP_PERFMON) to load its eBPF \
-         program: run it with sudo, e.g. `sudo tcptrace watch`; to study a recording without \
+        "tcptrace needs root (or the capabilities CAP_BPF, CAP_PERFMON and \
+         CAP_DAC_READ_SEARCH) to load its eBPF program: run it with sudo, e.g. `sudo tcptrace watch`; to study a recording without \
          root use `tcptrace report FILE`"
     )
 }
@@ -75,8 +75,12 @@ pub fn check_kernel() -> Result<()> {
 /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted.
 pub fn ensure_tracefs() -> Result<Tracefs> {
     for p in TRACEFS_PATHS {
-        if Path::new(p).join("events").is_dir() {
-            return Ok(Tracefs(PathBuf::from(p)));
+        match fs::metadata(Path::new(p).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(Tracefs(PathBuf::from(p))),
+            // Mounted, but its root is mode 0700 and we are neither root nor hold
+            // CAP_DAC_READ_SEARCH: mounting again would not help.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(unreadable(p)),
+            _ => {}
         }
     }
     let target = TRACEFS_PATHS[0];
@@ -97,11 +101,22 @@ pub fn ensure_tracefs() -> Result<Tracefs> {
         let err = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it at {target} failed ({err}): {fix}");
     }
-    if !Path::new(target).join("events").is_dir() {
-        bail!("tracefs mounted at {target} but has no events directory: {fix}");
+    match fs::metadata(Path::new(target).join("events")) {
+        Ok(m) if m.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(unreadable(target)),
+        _ => bail!("tracefs mounted at {target} but has no events directory: {fix}"),
     }
     log::warn!("tracefs was not mounted; mounted it at {target}");
     Ok(Tracefs(PathBuf::from(target)))
+}
+
+/// The error for a tracefs this process may not read (not root, no CAP_DAC_READ_SEARCH).
+fn unreadable(path: &str) -> String {
+    format!(
+        "tracefs at {path} is not readable by this process (its mode is usually 0700): run \
+         tcptrace as root, or grant it CAP_DAC_READ_SEARCH along with CAP_BPF and CAP_PERFMON \
+         (e.g. AmbientCapabilities= in a systemd unit)"
+    )
 }
 
 /// A tracepoint field as the format file describes it.
@@ -156,76 +171,31 @@ pub const PROBES: [Probe; 5] = [
         category: "sock",
         name: "inet_sock_set_state",
         required: true,
-        fields: &[
-            ("skaddr", 8, 8),
-            ("oldstate", 16, 4),
-            ("newstate", 20, 4),
-            ("sport", 24, 2),
-            ("dport", 26, 2),
-            ("family", 28, 2),
-            ("protocol", 30, 2),
-            ("saddr", 32, 4),
-            ("daddr", 36, 4),
-            ("saddr_v6", 40, 16),
-            ("daddr_v6", 56, 16),
-        ],
+        fields: tcptrace_common::tp::inet_sock_set_state::FIELDS,
     },
     Probe {
         category: "tcp",
         name: "tcp_retransmit_skb",
         required: false,
-        fields: &[
-            ("skaddr", 16, 8),
-            ("state", 24, 4),
-            ("sport", 28, 2),
-            ("dport", 30, 2),
-            ("family", 32, 2),
-            ("saddr", 34, 4),
-            ("daddr", 38, 4),
-            ("saddr_v6", 42, 16),
-            ("daddr_v6", 58, 16),
-        ],
+        fields: tcptrace_common::tp::tcp_retransmit_skb::FIELDS,
     },
     Probe {
         category: "tcp",
         name: "tcp_retransmit_synack",
         required: false,
-        fields: &[
-            ("skaddr", 8, 8),
-            ("sport", 24, 2),
-            ("dport", 26, 2),
-            ("family", 28, 2),
-            ("saddr", 30, 4),
-            ("daddr", 34, 4),
-            ("saddr_v6", 38, 16),
-            ("daddr_v6", 54, 16),
-        ],
+        fields: tcptrace_common::tp::tcp_retransmit_synack::FIELDS,
     },
     Probe {
         category: "tcp",
         name: "tcp_receive_reset",
         required: false,
-        fields: &[
-            ("skaddr", 8, 8),
-            ("sport", 16, 2),
-            ("dport", 18, 2),
-            ("family", 20, 2),
-            ("saddr", 22, 4),
-            ("daddr", 26, 4),
-            ("saddr_v6", 30, 16),
-            ("daddr_v6", 46, 16),
-        ],
+        fields: tcptrace_common::tp::tcp_receive_reset::FIELDS,
     },
     Probe {
         category: "tcp",
         name: "tcp_send_reset",
         required: false,
-        fields: &[
-            ("skaddr", 16, 8),
-            ("state", 24, 4),
-            ("saddr", 32, 28),
-            ("daddr", 60, 28),
-        ],
+        fields: tcptrace_common::tp::tcp_send_reset::FIELDS,
     },
 ];
 
@@ -333,7 +303,7 @@ pub struct Collector {
 /// wake-up handles a large batch. Without it the kernel wakes the reader for almost every
 /// record under load (about 13,000 wake-ups/s at 135,000 transitions/s, and the epoll and
 /// scheduler work cost more CPU than handling the records); with it, at most about 200/s.
-/// The 4 MiB ring holds ~43,000 records, some 300 ms at that rate, so this cannot lose
+/// The 4 MiB ring holds 43,690 records, some 300 ms at that rate, so this cannot lose
 /// events; it only delays the live stream by a few ms.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 

@@ -32,7 +32,7 @@ use tokio::{
 };
 
 use crate::{
-    clock::Clock,
+    clock::{self, Clock},
     collect::Collector,
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
@@ -589,15 +589,17 @@ fn counters_of(source: &Source) -> Result<Counters> {
 /// Event time now: the monotonic clock the kernel stamps events with, or the replay position.
 fn now_ns(source: &Source) -> u64 {
     match source {
-        Source::Kernel(_) => Clock::monotonic_now_ns(),
+        Source::Kernel(_) => clock::monotonic_now_ns(),
         Source::Replay(r) => r.now_ns(),
     }
 }
 
 fn publish(p: &Publish, pipeline: &Pipeline, counters: &Counters, elapsed: Duration, now: u64) {
+    let built = std::time::Instant::now();
     let recent = p.recent.as_ref().map(|r| r.borrow());
-    let snap = Snapshot::build(pipeline, counters, &p.opts, elapsed, now, recent.as_deref());
+    let snap = Snapshot::build_with(pipeline, counters, &p.opts, elapsed, now, recent.as_deref());
     p.tx.send_replace(Arc::new(snap));
+    log::debug!("snapshot built in {} us", built.elapsed().as_micros());
 }
 
 #[cfg(test)]
@@ -638,6 +640,7 @@ mod tests {
         let opts = SnapshotOptions {
             top_n: 5,
             dashboard: true,
+            detail: None,
         };
         let rx = run.publish(Duration::from_secs(1), opts);
         let done = run.run(None).await.expect("run");

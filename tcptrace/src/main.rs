@@ -1,8 +1,8 @@
 //! tcptrace: TCP connection life cycles from eBPF.
 //!
 //! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`,
-//! `top`) is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
-//! prints or writes what the run left (the summary, a recording, charts).
+//! `serve`, `top`) is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one
+//! live loop, and prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
 mod btf;
@@ -13,6 +13,7 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod docs;
 mod generate;
 mod host;
 mod live;
@@ -22,6 +23,7 @@ mod recent;
 mod record;
 mod reorder;
 mod report;
+mod serve;
 mod sink;
 mod stream;
 mod summary;
@@ -73,7 +75,10 @@ fn main() -> ExitCode {
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Top(args)) => top::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
+        Some(Command::Completions(args)) => docs::completions(args.shell),
+        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
         None => run_watch(cli.watch),
     };
     match result {
@@ -119,6 +124,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
+        Format::Csv => Style::Csv,
     };
     let unit = match args.per {
         Per::Transition => Some(Unit::Transition),
@@ -127,7 +133,9 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     };
     if let Some(unit) = unit {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-        live.add_sink(Box::new(Stream::new(out, clock, style, unit)));
+        live.add_sink(Box::new(
+            Stream::new(out, clock, style, unit).wide(args.wide),
+        ));
     }
     let timeline = args.svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));

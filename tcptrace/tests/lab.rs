@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Tracer, lives, require_root, s};
+use common::{Life, Tracer, lives, require_root, s};
 use lab::{Lab, field};
 use serde_json::Value;
 
@@ -29,9 +29,6 @@ fn lab_peer() {
         lab::peer_main();
     }
 }
-
-/// One socket life as (socket address, [(transition, ms)]).
-type Life = (String, Vec<(String, Option<f64>)>);
 
 fn server_addr(port: u16) -> String {
     format!("{}:{port}", Lab::B_IP)
@@ -758,8 +755,9 @@ fn lab_matches_libbpf_tools_tcpstates() {
 
     // tcpstates: SKADDR C-PID C-COMM IP LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS
     // The two instances' outputs are each in time order; split every socket's records into
-    // lives (a socket address is reused) and compare lives, not interleavings.
-    let mut theirs: Vec<Life> = Vec::new();
+    // lives (a socket address is reused) and compare lives, not interleavings. Its records
+    // become lines shaped like tcptrace's (sock, old, new, ms), so both split the same way.
+    let mut theirs: Vec<Value> = Vec::new();
     for w in text
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
@@ -774,67 +772,37 @@ fn lab_matches_libbpf_tools_tcpstates() {
         if !(w[n - 7] == port || w[n - 5] == port) || !ours(w[n - 8]) || !ours(w[n - 6]) {
             continue;
         }
-        let ms: f64 = w[n - 1].parse().unwrap_or(f64::NAN);
-        theirs.push((
-            format!("0x{}", w[0]),
-            vec![(format!("{}->{}", w[n - 4], w[n - 2]), Some(ms))],
-        ));
+        // An unparsable MS becomes null, so the dwell comparison below fails on it.
+        let ms: Option<f64> = w[n - 1].parse().ok();
+        theirs.push(serde_json::json!({
+            "sock": format!("0x{}", w[0]),
+            "old": w[n - 4],
+            "new": w[n - 2],
+            "ms": ms,
+        }));
     }
     // Only the lab's sockets: the port filter also passes host traffic that happens to use
     // port p (e.g. an ephemeral client port of something else on loopback).
     let lab_addr = |a: &Value| matches!(s(a), Lab::A_IP | Lab::B_IP | "0.0.0.0");
-    let mine: Vec<Life> = out
+    let mine: Vec<Value> = out
         .lines
         .iter()
         .filter(|l| lab_addr(&l["laddr"]) && lab_addr(&l["raddr"]))
-        .map(|l| {
-            (
-                s(&l["sock"]).to_owned(),
-                vec![(
-                    format!("{}->{}", s(&l["old"]), s(&l["new"])),
-                    l["ms"].as_f64(),
-                )],
-            )
-        })
+        .cloned()
         .collect();
-    let split = |recs: Vec<Life>| {
-        let mut open: BTreeMap<String, Vec<(String, Option<f64>)>> = BTreeMap::new();
-        let mut done = Vec::new();
-        for (sock, mut r) in recs {
-            let (t, ms) = r.remove(0);
-            let restart = matches!(
-                t.as_str(),
-                "CLOSE->SYN_SENT" | "CLOSE->LISTEN" | "LISTEN->SYN_RECV"
-            );
-            if restart && let Some(prev) = open.remove(&sock) {
-                done.push((sock.clone(), prev));
-            }
-            let closing = t.ends_with("->CLOSE");
-            open.entry(sock.clone()).or_default().push((t, ms));
-            if closing && let Some(life) = open.remove(&sock) {
-                done.push((sock, life));
-            }
-        }
-        done.extend(open);
-        done.sort_by(|a, b| {
-            let key = |x: &Life| {
-                (
-                    x.0.clone(),
-                    x.1.iter().map(|t| t.0.clone()).collect::<Vec<_>>(),
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+    let split = |lines: &[Value]| {
+        let mut done = lives(lines);
+        done.sort_by_cached_key(|life: &Life| (life.sock.clone(), life.transitions()));
         done
     };
-    let (theirs, mine) = (split(theirs), split(mine));
+    let (theirs, mine) = (split(&theirs), split(&mine));
     assert!(
         !theirs.is_empty(),
         "tcpstates printed nothing for port {p}:\n{text}"
     );
     let names = |v: &[Life]| {
         v.iter()
-            .map(|(s, l)| format!("{s} {:?}", l.iter().map(|t| &t.0).collect::<Vec<_>>()))
+            .map(|l| format!("{} {:?}", l.sock, l.transitions()))
             .collect::<Vec<_>>()
     };
     assert_eq!(
@@ -844,8 +812,9 @@ fn lab_matches_libbpf_tools_tcpstates() {
     );
     let mut compared = 0;
     let mut worst: f64 = 0.0;
-    for ((sock, m), (_, t)) in mine.iter().zip(&theirs) {
-        for (i, ((_, a), (_, b))) in m.iter().zip(t).enumerate() {
+    for (m, t) in mine.iter().zip(&theirs) {
+        let sock = &m.sock;
+        for (i, ((_, a), (_, b))) in m.dwells().into_iter().zip(t.dwells()).enumerate() {
             // tcpstates reports 0 for a socket's first transition (no previous state seen).
             if i == 0 {
                 continue;

@@ -1,5 +1,5 @@
 //! Snapshots for the dashboard's tests, made the way a live run makes them: hand-written
-//! events through the real pipeline and the [`Recent`] sink, then [`Snapshot::build`] at a
+//! events through the real pipeline and the [`Recent`] sink, then [`Snapshot::build_with`] at a
 //! chosen event time. Test-only.
 
 use std::{cell::RefCell, net::SocketAddr, rc::Rc, time::Duration};
@@ -22,6 +22,7 @@ fn opts() -> SnapshotOptions {
     SnapshotOptions {
         top_n: 5,
         dashboard: true,
+        ..SnapshotOptions::default()
     }
 }
 
@@ -148,7 +149,7 @@ fn busy_with(counters: Counters) -> Snapshot {
     g.leak(NOW - 9 * S, "10.0.0.7:52000", owner(200, "nginx"));
     g.leak(NOW - 2 * S, "10.0.0.6:53000", owner(200, "nginx"));
     let r = recent.borrow();
-    Snapshot::build(
+    Snapshot::build_with(
         &g.p,
         &counters,
         &opts(),

@@ -57,6 +57,12 @@ pub fn run(args: TopArgs) -> Result<()> {
              `tcptrace top --once --format json` (one snapshot of the dashboard's figures)"
         );
     }
+    if args.format == Format::Csv {
+        bail!(
+            "--format csv is for the `watch` stream; `top --once` prints one snapshot as \
+             --format text or --format json"
+        );
+    }
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     crate::block_on(top(args, filter))
 }
@@ -182,6 +188,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
     let opts = SnapshotOptions {
         top_n: args.summary.top,
         dashboard: true,
+        detail: None,
     };
     let mut rx = live.publish(args.interval, opts);
     if args.once {
@@ -193,7 +200,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
             Format::Json => serde_json::to_writer_pretty(&mut out, &*snap)
                 .map_err(io::Error::from)
                 .and_then(|()| writeln!(out)),
-            Format::Text => snap.write_text(&mut out),
+            Format::Text | Format::Csv => snap.write_text(&mut out),
         };
         match written.and_then(|()| out.flush()) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
