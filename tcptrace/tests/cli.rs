@@ -100,6 +100,11 @@ fn top_flags_are_checked() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("max"));
+    tcptrace()
+        .args(["top", "--once", "--format", "csv"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--format json"));
 }
 
 #[test]
