@@ -30,12 +30,17 @@ const PROMPT: &str = "top-test$ ";
 /// A private tmux server with one pane running `sh`.
 struct Tmux {
     socket: String,
+    /// The server's socket file, removed after the server is killed.
+    socket_path: Option<PathBuf>,
 }
 
 impl Tmux {
     fn start(tag: &str, width: u16, height: u16) -> Self {
         let socket = format!("tcptrace-top-{tag}-{}", std::process::id());
-        let t = Self { socket };
+        let mut t = Self {
+            socket,
+            socket_path: None,
+        };
         let status = t
             .cmd()
             .args(["new-session", "-d", "-s", "top", "-x"])
@@ -49,6 +54,13 @@ impl Tmux {
         t.wait_for("the shell prompt", Duration::from_secs(10), |s| {
             s.contains(PROMPT.trim_end())
         });
+        let path = t
+            .cmd()
+            .args(["display-message", "-p", "#{socket_path}"])
+            .output()
+            .expect("tmux display-message");
+        let path = String::from_utf8_lossy(&path.stdout).trim().to_owned();
+        t.socket_path = (!path.is_empty()).then(|| PathBuf::from(path));
         t
     }
 
@@ -116,6 +128,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-server").status();
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
