@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     decode::{Comm, TcpState},
-    track::{CloseKind, Conn, Fact, PHASES, Side, phase_index},
+    track::{CloseKind, Fact, PHASES, Side, phase_index},
 };
 
 /// Largest value a histogram holds: one day, in microseconds. Larger values are clamped.
@@ -291,20 +291,6 @@ impl Default for Aggregate {
     }
 }
 
-/// The connection a fact is about.
-pub fn fact_conn(f: &Fact) -> &Conn {
-    match f {
-        Fact::Transition { conn, .. }
-        | Fact::Handshake { conn, .. }
-        | Fact::Phase { conn, .. }
-        | Fact::TimeWait { conn, .. }
-        | Fact::SynRetransmit { conn, .. }
-        | Fact::SynAckRetransmit { conn, .. }
-        | Fact::Reset { conn, .. } => conn,
-        Fact::Closed(c) => &c.conn,
-    }
-}
-
 impl Aggregate {
     pub fn add(&mut self, fact: &Fact) {
         if let Fact::Transition {
@@ -323,7 +309,7 @@ impl Aggregate {
             return;
         }
         self.overall.add(fact);
-        let conn = fact_conn(fact);
+        let conn = fact.conn();
         match conn.side {
             Some(Side::Client) => self
                 .by_remote_port

@@ -314,16 +314,19 @@ impl Replayer {
     }
 }
 
+/// A socket found in /proc at start: local and remote address, state, holder.
+type PriorSocket = (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    TcpState,
+    Option<decode::Owner>,
+);
+
 /// A loaded and attached program (or an opened recording) with its sinks, ready to run.
 pub struct LiveRun {
     source: Source,
     /// Sockets found in /proc at start that the filter passes.
-    prior: Vec<(
-        std::net::SocketAddr,
-        std::net::SocketAddr,
-        TcpState,
-        Option<decode::Owner>,
-    )>,
+    prior: Vec<PriorSocket>,
     clock: Clock,
     sinks: Vec<Box<dyn Sink>>,
     sigint: Signal,
@@ -390,16 +393,7 @@ impl LiveRun {
         Ok((run, header))
     }
 
-    fn with_source(
-        source: Source,
-        prior: Vec<(
-            std::net::SocketAddr,
-            std::net::SocketAddr,
-            TcpState,
-            Option<decode::Owner>,
-        )>,
-        clock: Clock,
-    ) -> Result<Self> {
+    fn with_source(source: Source, prior: Vec<PriorSocket>, clock: Clock) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         Ok(Self {

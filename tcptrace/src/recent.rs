@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregate, GroupKey, Hist, MAX_GROUPS, Quantiles, fact_conn, side_index},
+    aggregate::{Aggregate, GroupKey, Hist, MAX_GROUPS, Quantiles, side_index},
     decode::{Comm, TcpState},
     sink::Sink,
     track::{CloseKind, Conn, Connection, Fact, Side, phase_index},
@@ -387,7 +387,7 @@ impl Recent {
 
 impl Sink for Recent {
     fn fact(&mut self, fact: &Fact) -> io::Result<()> {
-        let ts = fact_ts(fact);
+        let ts = fact.ts_ns();
         if let Some((_, a)) = &mut self.since_reset {
             a.add(fact);
         }
@@ -429,7 +429,7 @@ impl Sink for Recent {
             fact,
             Fact::Handshake { .. } | Fact::Closed(_) | Fact::Reset { .. }
         ) {
-            let peer: IpAddr = fact_conn(fact).remote.ip();
+            let peer: IpAddr = fact.conn().remote.ip();
             let full = self.by_peer.len() >= MAX_GROUPS;
             let p = match self.by_peer.get_mut(&peer) {
                 Some(p) => Some(p),
@@ -454,19 +454,6 @@ impl Sink for Recent {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn fact_ts(f: &Fact) -> u64 {
-    match f {
-        Fact::Transition { ts_ns, .. }
-        | Fact::Handshake { ts_ns, .. }
-        | Fact::Phase { ts_ns, .. }
-        | Fact::TimeWait { ts_ns, .. }
-        | Fact::SynRetransmit { ts_ns, .. }
-        | Fact::SynAckRetransmit { ts_ns, .. }
-        | Fact::Reset { ts_ns, .. } => *ts_ns,
-        Fact::Closed(c) => c.closed_ns,
     }
 }
 
