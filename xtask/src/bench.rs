@@ -91,6 +91,10 @@ pub enum Config {
     Baseline,
     /// `tcptrace watch --per none`: aggregates only.
     None,
+    /// `tcptrace top`: the dashboard, drawing into a 160x48 pseudo-terminal once a second.
+    Top,
+    /// `tcptrace serve`: Prometheus metrics, scraped once a second.
+    Serve,
     /// `tcptrace watch`: text line per transition, to a file.
     Text,
     /// `tcptrace watch --format json`, to a file.
@@ -102,8 +106,10 @@ pub enum Config {
 }
 
 impl Config {
-    const TRACED: [Config; 5] = [
+    const TRACED: [Config; 7] = [
         Config::None,
+        Config::Top,
+        Config::Serve,
         Config::Text,
         Config::Json,
         Config::Tcpstates,
@@ -114,6 +120,8 @@ impl Config {
         match self {
             Config::Baseline => "untraced baseline",
             Config::None => "tcptrace --per none",
+            Config::Top => "tcptrace top (160x48)",
+            Config::Serve => "tcptrace serve (1 scrape/s)",
             Config::Text => "tcptrace text > file",
             Config::Json => "tcptrace json > file",
             Config::Tcpstates => "tcpstates > /dev/null",
@@ -395,11 +403,10 @@ fn has_fd_link(pid: u32, needle: &str) -> bool {
 }
 
 impl Tracer {
-    /// Starts `cmd` and waits until it traces: a stderr line containing `ready_line`, or
+    /// Starts `cmd` (its stdin and stdout set by the caller) and waits until it traces: a stderr line containing `ready_line`, or
     /// (for tools that say nothing) an open perf-event fd, which libbpf opens after attach.
     fn start(mut cmd: Command, ready_line: Option<&str>) -> Result<Self> {
         let mut child = cmd
-            .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {cmd:?}"))?;
@@ -498,7 +505,12 @@ fn run_one(env: &Env, config: Config, run: usize) -> Result<Row> {
         (Command::new(path), None)
     } else {
         let mut cmd = Command::new(&env.bin);
-        cmd.arg("watch").arg("--summary-json").arg(&summary_path);
+        let command = match config {
+            Config::Top => "top",
+            Config::Serve => "serve",
+            _ => "watch",
+        };
+        cmd.arg(command).arg("--summary-json").arg(&summary_path);
         match config {
             Config::None => {
                 cmd.args(["--per", "none"]);
@@ -506,17 +518,48 @@ fn run_one(env: &Env, config: Config, run: usize) -> Result<Row> {
             Config::Json => {
                 cmd.args(["--format", "json"]);
             }
+            Config::Serve => {
+                cmd.args(["--listen", "127.0.0.1:0"]);
+            }
             _ => {}
         }
         (cmd, Some("tracing TCP state transitions"))
     };
-    cmd.stdout(stdout_for(config, &out_path)?);
+    if config == Config::Top {
+        // The dashboard needs a terminal: stdin and stdout are a pseudo-terminal's slave side.
+        let slave = pty(160, 48)?;
+        cmd.stdin(slave.try_clone().context("pty")?);
+        cmd.stdout(slave);
+        // crossterm opens /dev/tty: the pty must be the child's controlling terminal.
+        // SAFETY: setsid and ioctl are async-signal-safe; they run in the child between fork
+        // and exec, on its own stdin (the pty slave set above).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        cmd.stdin(Stdio::null());
+        cmd.stdout(stdout_for(config, &out_path)?);
+    }
     let tracer = Tracer::start(cmd, ready)?;
+    let scraper = (config == Config::Serve)
+        .then(|| Scraper::start(&snapshot(&tracer.stderr)))
+        .transpose()?;
     let churn_result = churn(env.duration, env.threads);
     // Let the tail of the churn (softirq work, TIME_WAIT hand-overs) reach the tracer.
     thread::sleep(Duration::from_millis(300));
+    let scrapes = scraper.map(Scraper::stop);
     let (mut stats, stderr, exit) = tracer.stop()?;
     let c = churn_result?;
+    if let Some((n, failed)) = scrapes
+        && failed > 0
+    {
+        stats.note = Some(format!("{failed} of {n} scrapes failed"));
+    }
     if exit.killed {
         stats.note = Some(format!(
             "did not exit within {STOP_TIMEOUT:?} of SIGINT: killed"
@@ -572,9 +615,95 @@ fn run_one(env: &Env, config: Config, run: usize) -> Result<Row> {
     })
 }
 
+/// A pseudo-terminal of `cols` x `rows`; returns its slave side. A thread drains the master
+/// side until the slave closes, so a drawing tracer never blocks on a full terminal.
+fn pty(cols: u16, rows: u16) -> Result<fs::File> {
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds into the integers we own; name and termios may be null;
+    // the winsize lives for the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        bail!("openpty failed: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just opened by openpty and are owned by nothing else.
+    let (mut master, slave) =
+        unsafe { (fs::File::from_raw_fd(master), fs::File::from_raw_fd(slave)) };
+    thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        while matches!(master.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    Ok(slave)
+}
+
+/// Scrapes `tcptrace serve`'s /metrics once a second on a thread, as Prometheus would.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<(u64, u64)>,
+}
+
+impl Scraper {
+    /// Finds the address in serve's "serving http://ADDR/metrics" line.
+    fn start(stderr: &[String]) -> Result<Self> {
+        let addr: SocketAddr = stderr
+            .iter()
+            .find_map(|l| {
+                let rest = l.split("serving http://").nth(1)?;
+                rest.split('/').next()?.parse().ok()
+            })
+            .context("serve did not say where it listens")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            let (mut n, mut failed) = (0u64, 0u64);
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                let ok = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .and_then(|mut c| {
+                        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+                        let mut body = Vec::new();
+                        c.read_to_end(&mut body)?;
+                        Ok(body.starts_with(b"HTTP/1.0 200") || body.starts_with(b"HTTP/1.1 200"))
+                    })
+                    .unwrap_or(false);
+                failed += u64::from(!ok);
+                for _ in 0..10 {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+            (n, failed)
+        });
+        Ok(Self { stop, handle })
+    }
+
+    /// Stops scraping; returns (scrapes, failed).
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or((0, 0))
+    }
+}
+
 /// The tracer's stdout: /dev/null, or a file in the bench directory.
 fn stdout_for(config: Config, out_path: &Path) -> Result<Stdio> {
-    if matches!(config, Config::None | Config::Tcpstates) {
+    if matches!(config, Config::None | Config::Serve | Config::Tcpstates) {
         return Ok(Stdio::null());
     }
     let f =
@@ -1023,6 +1152,20 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
         }
         None => {
             let _ = writeln!(s, "  (aggregate-only not run: --only)");
+        }
+    }
+    // The dashboard and the exporter add no stream: they are aggregate-only modes too.
+    for config in [Config::Top, Config::Serve] {
+        if let Some(a) = get(config) {
+            let _ = writeln!(
+                s,
+                "  {} {} rate >= {:.0}% of untraced with zero lost: {:.1}%, lost {}",
+                pass(a.ratio >= TARGET_AGGREGATE_RATIO && a.lost == Some(0)),
+                config.label(),
+                TARGET_AGGREGATE_RATIO * 100.0,
+                a.ratio * 100.0,
+                a.lost.map_or("unknown".to_owned(), |l| l.to_string())
+            );
         }
     }
     match get(Config::Text) {
