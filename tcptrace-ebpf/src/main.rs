@@ -2,7 +2,7 @@
 //!
 //! Small and boring on purpose: read the tracepoint fields, drop non-TCP and filtered events
 //! in the kernel, stamp the time, attach the owning process, and write one fixed-size record
-//! to the ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
+//! to this CPU's ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
 //! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
 //! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
@@ -12,9 +12,12 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
+    },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TracePointContext,
 };
 use core::mem::{MaybeUninit, offset_of};
@@ -23,7 +26,7 @@ use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
     FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT,
     FLAG_OWNER_LISTENER, MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
-    counter, tp,
+    RINGS, counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -47,8 +50,55 @@ static FILTER_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static SRTT_OFFSET: u32 = 0;
 
+// One ring per CPU (modulo `RINGS`), named as in `RING_NAMES`; see `RINGS` for why.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+const _: () = assert!(RINGS == 8);
+
+/// Reserves a record in this CPU's ring. Each arm names its map directly: the verifier needs
+/// a constant map pointer at every reserve call.
+#[inline(always)]
+fn reserve() -> Option<RingBufEntry<Event>> {
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let ring = unsafe { bpf_get_smp_processor_id() } % RINGS;
+    if ring < 4 {
+        if ring < 2 {
+            if ring == 0 {
+                EVENTS0.reserve(0)
+            } else {
+                EVENTS1.reserve(0)
+            }
+        } else if ring == 2 {
+            EVENTS2.reserve(0)
+        } else {
+            EVENTS3.reserve(0)
+        }
+    } else if ring < 6 {
+        if ring == 4 {
+            EVENTS4.reserve(0)
+        } else {
+            EVENTS5.reserve(0)
+        }
+    } else if ring == 6 {
+        EVENTS6.reserve(0)
+    } else {
+        EVENTS7.reserve(0)
+    }
+}
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -366,7 +416,7 @@ fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (Owner
 /// offsets (built on the stack and copied, it took a byte-by-byte copy of 88 bytes).
 #[inline(always)]
 fn emit(r: &Record, owner: OwnerWords) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+    let Some(mut entry) = reserve() else {
         count(counter::LOST);
         return;
     };

@@ -154,8 +154,9 @@ pub enum Per {
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096). A larger
-    /// ring rides out longer stalls of this process before the kernel has to drop events.
+    /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
+    /// 1048576; default 4096). A larger ring rides out longer stalls of this process before
+    /// the kernel has to drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (e.g. 10 or 0.5).

@@ -402,8 +402,8 @@ fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
     require_root();
     let l = listener(Ipv4Addr::LOCALHOST.into());
     let port = l.local_addr().expect("addr").port();
-    // A 4 KiB ring holds 42 records (96 bytes each with the ring's header); a stopped reader
-    // cannot drain it.
+    // A 4 KiB ring holds 42 records (96 bytes each with the ring's header), and each CPU
+    // writes its own; a stopped reader cannot drain them.
     let tracer = Tracer::start(&[
         "--port",
         &port.to_string(),
