@@ -60,6 +60,12 @@ pub const AF_INET6: u16 = 10;
 /// Addresses are in network byte order as the kernel stores them: IPv4 addresses occupy the
 /// first four bytes of `saddr`/`daddr`. Ports are in host byte order (the tracepoints report
 /// them that way).
+///
+/// The record grows only at its end: new fields (next, the socket's cgroup id as a u64 at
+/// offset 88 and its network namespace inode as a u32 at 96, padded to 104) are appended
+/// after `aux`, and the decoder reads any record at least [`EVENT_SIZE`] bytes long by the
+/// fields it knows. So no field moves, and nothing is reserved (and carried) before it is
+/// used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -91,7 +97,12 @@ pub struct Event {
     pub aux: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+/// Size of an [`Event`]: the shortest record the decoder accepts.
+pub const EVENT_SIZE: usize = 88;
+
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+// Appended fields start 8-aligned.
+const _: () = assert!(EVENT_SIZE.is_multiple_of(8));
 
 /// Kernel-side filter, fixed at load time and read by the program from global data.
 ///
