@@ -41,8 +41,10 @@ impl EventKind {
 /// `Event::flags`: the owner fields were taken from the current task because the transition
 /// runs in the owning process's own context (connect, listen, close, shutdown).
 pub const FLAG_OWNER_CURRENT: u8 = 1 << 0;
-/// `Event::flags`: the owner fields come from the per-socket owner cache (the transition ran
-/// in softirq or another task's context, and an earlier process-context event named the owner).
+/// `Event::flags`: the owner fields come from a per-socket owner cache (the transition ran in
+/// softirq or another task's context, and an earlier process-context event named the owner).
+/// The kernel program no longer sets it (userspace's cache fills those owners in); the
+/// decoder still reads it, and the number stays reserved.
 pub const FLAG_OWNER_CACHED: u8 = 1 << 1;
 /// `Event::flags`: the owner was inherited from the listening socket on the same local port
 /// (a server child socket created in softirq context).

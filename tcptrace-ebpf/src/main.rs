@@ -1,8 +1,9 @@
 //! The tcptrace kernel program.
 //!
 //! Small and boring on purpose: read the tracepoint fields, drop non-TCP and filtered events
-//! in the kernel, stamp the time, attach the owning process, and write one fixed-size record
-//! to this CPU's ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
+//! in the kernel, stamp the time, attach the owning process where the context names it (the
+//! rest is filled in by userspace), and write one fixed-size record to this CPU's ring
+//! buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
 //! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
 //! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
@@ -24,9 +25,8 @@ use core::mem::{MaybeUninit, offset_of};
 
 use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
-    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT,
-    FLAG_OWNER_LISTENER, MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
-    RINGS, counter, tp,
+    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
+    MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -107,10 +107,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
 
-/// Socket address -> the process that last acted on it from its own context.
-#[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
-
 /// (family << 16 | local port) -> the process that put a socket in LISTEN on that port, so a
 /// child socket (created in softirq context at the final ACK) starts with its server's owner.
 #[map]
@@ -181,13 +177,6 @@ impl OwnerWords {
         let w = value.cast::<u64>();
         // SAFETY: `value` points at a live 24-byte, 8-aligned map value.
         unsafe { Self([w.read(), w.add(1).read(), w.add(2).read()]) }
-    }
-
-    /// Word-wise equality (a derived `==` on the array becomes a call to a memcmp
-    /// subprogram).
-    #[inline(always)]
-    fn same(&self, other: &Self) -> bool {
-        self.0[0] == other.0[0] && self.0[1] == other.0[1] && self.0[2] == other.0[2]
     }
 }
 
@@ -308,7 +297,7 @@ fn try_set_state(ctx: &TracePointContext) {
         (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
 
-    let (owner, mut flags) = owner_for(skaddr, old, new, family, sport);
+    let (owner, mut flags) = owner_for(old, new, family, sport);
     let mut aux = 0;
     if old == TCP_SYN_RECV
         && new == TCP_ESTABLISHED
@@ -356,60 +345,30 @@ fn synack_rtt_us(skaddr: u64) -> Option<u32> {
     (srtt >> 3 > 0).then_some(srtt >> 3)
 }
 
-/// Resolves the owning process of `skaddr` and keeps the owner caches current.
-///
-/// Map writes are the dearest part of the program (an LRU update takes a node off the LRU
-/// lists and puts the old one back), so a write happens only where the cached owner changes:
-/// at the start of a life (connect, listen, a new server child), at its end (removal), and
-/// in a system call on a socket whose cached owner is another task or missing.
+/// The owning process of a socket, where the program knows it without a per-socket map:
+/// the current task in a system call on the socket (connect, listen, shutdown, close), and
+/// the listener's process for a new server child. Every other transition runs in softirq or
+/// timer context and goes out without an owner; userspace fills it in from the socket's
+/// earlier events (`tcptrace/src/owners.rs`). A per-socket owner map here cost a hash lookup
+/// on nearly every event plus an LRU insert and delete per socket: about half the program's
+/// time.
 #[inline(always)]
-fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (OwnerWords, u8) {
+fn owner_for(old: u32, new: u32, family: u16, sport: u16) -> (OwnerWords, u8) {
     let listener_key = (u32::from(family) << 16) | u32::from(sport);
     if in_owner_context(old, new) {
         let owner = StackOwner::current();
-        let words = owner.words();
-        if new == TCP_CLOSE {
-            let _ = OWNERS.remove(&skaddr);
-        } else if new == TCP_SYN_SENT || new == TCP_LISTEN {
-            // A new life: any entry for this address is a dead socket's (addresses are
-            // reused), so it is replaced without looking.
-            let _ = OWNERS.insert(&skaddr, &owner.0, 0);
-        } else {
-            // Shutdown or close of a live socket (FIN_WAIT1, LAST_ACK): the cache nearly
-            // always names this task already (from connect, listen or the listener).
-            let cached = OWNERS.get_ptr(&skaddr).map(OwnerWords::load);
-            if !cached.is_some_and(|c| c.same(&words)) {
-                let _ = OWNERS.insert(&skaddr, &owner.0, 0);
-            }
-        }
         if new == TCP_LISTEN {
             let _ = LISTENERS.insert(&listener_key, &owner.0, 0);
         }
-        return (words, FLAG_OWNER_CURRENT);
+        return (owner.words(), FLAG_OWNER_CURRENT);
     }
-    let found = if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        // A new child: its owner is the listener's. Any OWNERS entry for this address is a
-        // dead socket's (the address was reused), so it is replaced, never used.
-        match LISTENERS.get_ptr(&listener_key) {
-            Some(o) => {
-                // SAFETY: a live map value; the helper copies it before returning.
-                let _ = OWNERS.insert(&skaddr, unsafe { &*o }, 0);
-                Some((OwnerWords::load(o), FLAG_OWNER_LISTENER))
-            }
-            None => {
-                let _ = OWNERS.remove(&skaddr);
-                None
-            }
-        }
-    } else {
-        OWNERS
-            .get_ptr(&skaddr)
-            .map(|o| (OwnerWords::load(o), FLAG_OWNER_CACHED))
-    };
-    if new == TCP_CLOSE {
-        let _ = OWNERS.remove(&skaddr);
+    if old == TCP_LISTEN
+        && new == TCP_SYN_RECV
+        && let Some(o) = LISTENERS.get_ptr(&listener_key)
+    {
+        return (OwnerWords::load(o), FLAG_OWNER_LISTENER);
     }
-    found.unwrap_or((NO_OWNER, 0))
+    (NO_OWNER, 0)
 }
 
 /// Writes one record straight into the ring buffer, word by word at the [`Event`] field
@@ -535,7 +494,7 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
             Addr([block.get(a::DADDR_V6), block.get(a::DADDR_V6 + 8)]),
         )
     };
-    emit_with_cached_owner(
+    emit_without_owner(
         ts_ns,
         skaddr,
         (saddr, daddr),
@@ -545,10 +504,10 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
     );
 }
 
-/// Emits a non-transition event, with the socket's owner if the cache knows it (these
-/// tracepoints run in softirq or timer context, where the current task means nothing).
+/// Emits a non-transition event. These tracepoints run in softirq or timer context, where the
+/// current task means nothing, so the owner is left to userspace's per-socket cache.
 #[inline(always)]
-fn emit_with_cached_owner(
+fn emit_without_owner(
     ts_ns: u64,
     skaddr: u64,
     (saddr, daddr): (Addr, Addr),
@@ -556,10 +515,6 @@ fn emit_with_cached_owner(
     kind: EventKind,
     state: u32,
 ) {
-    let (owner, flags) = match OWNERS.get_ptr(&skaddr) {
-        Some(o) => (OwnerWords::load(o), FLAG_OWNER_CACHED),
-        None => (NO_OWNER, 0),
-    };
     emit(
         &Record {
             ts_ns,
@@ -572,10 +527,10 @@ fn emit_with_cached_owner(
             kind,
             old: state as u8,
             new: 0,
-            flags,
+            flags: 0,
             aux: 0,
         },
-        owner,
+        NO_OWNER,
     );
 }
 
@@ -651,7 +606,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         let d: [u64; 2] = unsafe { ctx.read_at(f::DADDR + sa::ADDR6) }.unwrap_or([0; 2]);
         (addr16(&ctx, f::SADDR + sa::ADDR6), Addr(d))
     };
-    emit_with_cached_owner(
+    emit_without_owner(
         ts_ns,
         skaddr,
         (saddr, daddr),

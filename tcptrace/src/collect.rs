@@ -277,6 +277,9 @@ pub struct Collector {
     counters: PerCpuArray<MapData, u64>,
     /// Optional probes that could not be used, with the reason.
     pub skipped: Vec<String>,
+    /// Sockets that existed at start-up whose kernel address /proc showed, with their
+    /// holders, for naming the owners of sockets first seen mid-life.
+    pub existing_socks: Vec<(u64, crate::procfs::Holder)>,
     /// Connected sockets that existed at start-up, with their holders (from /proc), for
     /// naming the owners of sockets first seen mid-life.
     pub existing: Vec<(
@@ -359,41 +362,33 @@ fn raise_memlock() {
     }
 }
 
-/// Seeds the kernel's owner caches with the sockets and listeners that existed before
-/// tracing started (see `procfs`). Failures only cost attribution, so they are warnings.
+/// Seeds the kernel's listener map with the listeners that existed before tracing started
+/// (see `procfs`), and returns the scan for the pipeline's owner caches. Failures only cost
+/// attribution, so they are warnings.
 fn seed_owners(ebpf: &mut Ebpf) -> crate::procfs::Existing {
     let existing = crate::procfs::scan();
-    let owner = |h: &crate::procfs::Holder| {
-        let mut comm = [0u8; 16];
-        let n = h.comm.len().min(15);
-        comm[..n].copy_from_slice(&h.comm.as_bytes()[..n]);
-        tcptrace_common::Owner {
-            tgid: h.pid,
-            pid: h.pid,
-            comm,
-        }
-    };
     let mut failed = 0usize;
-    if let Some(map) = ebpf.map_mut("OWNERS")
-        && let Ok(mut owners) = BpfHashMap::<_, u64, tcptrace_common::Owner>::try_from(map)
-    {
-        for (sock, h) in &existing.sockets {
-            failed += usize::from(owners.insert(sock, owner(h), 0).is_err());
-        }
-    }
     if let Some(map) = ebpf.map_mut("LISTENERS")
         && let Ok(mut listeners) = BpfHashMap::<_, u32, tcptrace_common::Owner>::try_from(map)
     {
         for (family, port, h) in &existing.listeners {
             let key = (u32::from(*family) << 16) | u32::from(*port);
-            failed += usize::from(listeners.insert(key, owner(h), 0).is_err());
+            let mut comm = [0u8; 16];
+            let n = h.comm.len().min(15);
+            comm[..n].copy_from_slice(&h.comm.as_bytes()[..n]);
+            let owner = tcptrace_common::Owner {
+                tgid: h.pid,
+                pid: h.pid,
+                comm,
+            };
+            failed += usize::from(listeners.insert(key, owner, 0).is_err());
         }
     }
     if failed > 0 {
-        log::warn!("could not record the owners of {failed} existing sockets");
+        log::warn!("could not record the owners of {failed} existing listeners");
     }
     log::debug!(
-        "seeded owners of {} existing sockets and {} listeners",
+        "found owners of {} existing sockets and {} listeners",
         existing.sockets.len(),
         existing.listeners.len()
     );
@@ -522,6 +517,7 @@ impl Collector {
             merge: Merge::default(),
             counters,
             skipped,
+            existing_socks: existing.sockets,
             existing: existing.connected,
         })
     }

@@ -150,15 +150,22 @@ impl LiveRun {
     /// Runs until stopped, then drains what the kernel still holds and ends the input.
     pub async fn run(mut self, duration: Option<Duration>) -> Result<Finished> {
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
-        pipeline.set_prior_owners(self.collector.existing.drain(..).map(|(l, r, h)| {
-            let owner = decode::Owner {
-                tgid: h.pid,
-                pid: h.pid,
-                comm: decode::Comm::from_str_lossy(&h.comm),
-                source: decode::OwnerSource::Proc,
-            };
-            (l, r, owner)
-        }));
+        let owner = |h: &crate::procfs::Holder, source| decode::Owner {
+            tgid: h.pid,
+            pid: h.pid,
+            comm: decode::Comm::from_str_lossy(&h.comm),
+            source,
+        };
+        pipeline.set_prior_owners(
+            self.collector
+                .existing_socks
+                .drain(..)
+                .map(|(sock, h)| (sock, owner(&h, decode::OwnerSource::Current))),
+            self.collector
+                .existing
+                .drain(..)
+                .map(|(l, r, h)| (l, r, owner(&h, decode::OwnerSource::Proc))),
+        );
         let collector = &mut self.collector;
         let started = tokio::time::Instant::now();
         let deadline = duration.map(|d| started + d);

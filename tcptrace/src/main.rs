@@ -16,6 +16,7 @@ mod decode;
 mod generate;
 mod host;
 mod live;
+mod owners;
 mod pipeline;
 mod procfs;
 mod record;
