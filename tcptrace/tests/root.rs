@@ -367,7 +367,7 @@ fn unmounted_tracefs_is_mounted_and_said() {
 fn sockets_opened_before_tracing_still_name_their_owner() {
     require_root();
     // A listener and an established connection that both predate the tracer: their owners
-    // come from /proc at start-up (seeded into the kernel's owner caches).
+    // come from /proc at start-up (seeded into the owner caches).
     let l = listener(Ipv4Addr::LOCALHOST.into());
     let port = l.local_addr().expect("addr").port();
     let early = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
@@ -392,7 +392,7 @@ fn sockets_opened_before_tracing_still_name_their_owner() {
         .expect("early server socket");
     assert_eq!(s(&first["old"]), "ESTABLISHED");
     // "proc" where /proc hides socket addresses (kptr_restrict=0: matched by address in
-    // userspace); "cached" where root sees them and the kernel's cache was seeded.
+    // userspace); "cached" where root sees them and the per-socket cache was seeded.
     assert!(matches!(s(&first["owner"]), "proc" | "cached"), "{first}");
 }
 
