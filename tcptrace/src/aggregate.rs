@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::{
     decode::{Comm, TcpState},
-    track::{CloseKind, Conn, Fact, PHASES, Side, phase_index},
+    track::{CloseKind, Fact, PHASES, Side, phase_index},
 };
 
 /// Largest value a histogram holds: one day, in microseconds. Larger values are clamped.
@@ -23,6 +23,9 @@ pub const MAX_GROUPS: usize = 1024;
 pub struct Hist {
     h: Option<Box<Histogram<u64>>>,
     sigfig: u8,
+    /// Exact sum of the recorded values in nanoseconds (before clamping), for exports that
+    /// carry a sum (Prometheus `_sum`).
+    sum_ns: u128,
 }
 
 /// Quantiles of a histogram in microseconds.
@@ -40,7 +43,16 @@ pub struct Quantiles {
 impl Hist {
     /// An empty histogram keeping `sigfig` significant digits.
     pub fn with_sigfig(sigfig: u8) -> Self {
-        Self { h: None, sigfig }
+        Self {
+            h: None,
+            sigfig,
+            sum_ns: 0,
+        }
+    }
+
+    /// Exact sum of the recorded values, in nanoseconds.
+    pub fn sum_ns(&self) -> u128 {
+        self.sum_ns
     }
 
     /// The recorded distribution, for charts (`None` until a value is recorded).
@@ -49,6 +61,7 @@ impl Hist {
     }
 
     pub fn record_ns(&mut self, ns: u64) {
+        self.sum_ns += u128::from(ns);
         let us = (ns / 1000).min(MAX_US);
         let sigfig = self.sigfig.max(1);
         let h = self.h.get_or_insert_with(|| {
@@ -62,6 +75,28 @@ impl Hist {
 
     pub fn count(&self) -> u64 {
         self.h.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// Empties the histogram, keeping its allocation (for rotating windows).
+    pub fn clear(&mut self) {
+        if let Some(h) = &mut self.h {
+            h.reset();
+        }
+    }
+
+    /// Adds every value of `other` (same bounds; values beyond them are clamped).
+    pub fn merge(&mut self, other: &Hist) {
+        let Some(o) = other.histogram() else { return };
+        let sigfig = self.sigfig.max(1);
+        let h = self.h.get_or_insert_with(|| {
+            Box::new(
+                Histogram::new_with_bounds(1, MAX_US, sigfig)
+                    .unwrap_or_else(|_| unreachable!("bounds are valid constants")),
+            )
+        });
+        for v in o.iter_recorded() {
+            let _ = h.record_n(v.value_iterated_to().min(MAX_US), v.count_at_value());
+        }
     }
 
     pub fn quantiles(&self) -> Option<Quantiles> {
@@ -169,6 +204,8 @@ pub fn close_index(k: CloseKind) -> usize {
 pub enum GroupKey {
     Port(u16),
     Process(Comm),
+    /// A peer's address (the dashboard's fourth dimension).
+    Addr(std::net::IpAddr),
     /// Everything beyond [`MAX_GROUPS`].
     Other,
 }
@@ -179,6 +216,7 @@ impl std::fmt::Display for GroupKey {
             Self::Port(p) => write!(f, "{p}"),
             Self::Process(p) if p.0[0] == 0 => f.write_str("?"),
             Self::Process(p) => f.write_str(&p.as_str()),
+            Self::Addr(a) => write!(f, "{a}"),
             Self::Other => f.write_str("(other)"),
         }
     }
@@ -188,6 +226,9 @@ impl std::fmt::Display for GroupKey {
 #[derive(Clone, Debug, Default)]
 pub struct Groups {
     pub map: FxHashMap<GroupKey, Stats>,
+    /// Keys in the order they first appeared: a stable choice of "the first N" for exports
+    /// whose series must not come and go (`serve --group-processes`).
+    pub order: Vec<GroupKey>,
 }
 
 impl Groups {
@@ -197,7 +238,11 @@ impl Groups {
         } else {
             key
         };
-        self.map.entry(key).or_insert_with(|| Stats::new(2))
+        let order = &mut self.order;
+        self.map.entry(key).or_insert_with_key(|k| {
+            order.push(k.clone());
+            Stats::new(2)
+        })
     }
 
     /// Groups sorted by connection count (then key), largest first.
@@ -246,19 +291,6 @@ impl Default for Aggregate {
     }
 }
 
-fn fact_conn(f: &Fact) -> &Conn {
-    match f {
-        Fact::Transition { conn, .. }
-        | Fact::Handshake { conn, .. }
-        | Fact::Phase { conn, .. }
-        | Fact::TimeWait { conn, .. }
-        | Fact::SynRetransmit { conn, .. }
-        | Fact::SynAckRetransmit { conn, .. }
-        | Fact::Reset { conn, .. } => conn,
-        Fact::Closed(c) => &c.conn,
-    }
-}
-
 impl Aggregate {
     pub fn add(&mut self, fact: &Fact) {
         if let Fact::Transition {
@@ -277,7 +309,7 @@ impl Aggregate {
             return;
         }
         self.overall.add(fact);
-        let conn = fact_conn(fact);
+        let conn = fact.conn();
         match conn.side {
             Some(Side::Client) => self
                 .by_remote_port

@@ -2,7 +2,7 @@
 //! `config` turns the parsed flags into validated settings. Nothing here imports the rest
 //! of the tool.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tcptrace_common::MAX_FILTER_PORTS;
@@ -28,9 +28,38 @@ pub enum Command {
     Record(RecordArgs),
     /// Summary and charts from a recording; needs no root.
     Report(ReportArgs),
+    /// Serve Prometheus metrics (/metrics) of the live run until SIGTERM/SIGINT; summary on
+    /// exit.
+    Serve(ServeArgs),
+    /// Full-screen live dashboard: rates, handshakes, teardown, sockets per state, CLOSE_WAIT
+    /// leaks, groups, recent closes (`--replay FILE` plays a recording; `--once` prints one
+    /// snapshot).
+    Top(TopArgs),
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
+    /// Print shell completions to stdout (`cargo xtask docs` writes them all).
+    #[command(hide = true)]
+    Completions(CompletionsArgs),
+    /// Print the man page roff to stdout, or write one page per command into --out DIR.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// `tcptrace completions SHELL` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `tcptrace man` (hidden).
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write tcptrace.1 and one tcptrace-COMMAND.1 per command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// `tcptrace record`.
@@ -46,6 +75,90 @@ pub struct RecordArgs {
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub summary: SummaryArgs,
+}
+
+/// Default `serve --listen`: loopback, on a port outside Prometheus's fully allocated
+/// exporter range 9100-9999 and not on its default port allocations list (see README).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10089";
+/// Most ports `--group-ports` may name, and most processes `--group-processes` may keep:
+/// together they bound the number of series (see `serve::metrics`).
+pub const MAX_GROUP_PORTS: usize = 32;
+pub const MAX_GROUP_PROCESSES: usize = 20;
+
+/// `tcptrace serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Address and port to serve /metrics on. Loopback by default; any other address exposes
+    /// the metrics to whoever can reach it (a warning says so). Port 0 picks a free port
+    /// (the start-up line says which).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Break the handshake and close metrics out by these ports (server side by local port,
+    /// client side by remote port), e.g. 80,443,5432. Other ports get no series of their own.
+    #[arg(long, value_name = "PORTS", value_parser = parse_group_ports)]
+    pub group_ports: Option<PortList>,
+    /// Give the first N process names seen series of their own (at most 20); the rest are
+    /// counted under process="other".
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_group_processes)]
+    pub group_processes: usize,
+    /// CLOSE_WAIT sockets older than this many seconds count as stuck
+    /// (tcptrace_close_wait_stuck_sockets).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+    /// How often the metrics are brought up to date, in seconds (scrapes in between see the
+    /// same values).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096).
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
+    /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
+}
+
+/// Parses `--listen`: an IP address and a port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not an address and port: use e.g. 127.0.0.1:10089, 0.0.0.0:10089 or [::1]:10089"
+        )
+    })
+}
+
+/// A sorted, deduplicated port list given as one flag value (a newtype, so that clap takes
+/// `Option<PortList>` as one optional value rather than many).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses `--group-ports`: a port list (as the filters take) of at most [`MAX_GROUP_PORTS`].
+pub fn parse_group_ports(s: &str) -> Result<PortList, String> {
+    let mut ports = parse_ports(s)?;
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > MAX_GROUP_PORTS {
+        return Err(format!(
+            "--group-ports names {} ports; at most {MAX_GROUP_PORTS} (each adds about 70 series): \
+             name the services you watch",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
+}
+
+/// Parses `--group-processes`: 0 to [`MAX_GROUP_PROCESSES`].
+pub fn parse_group_processes(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_GROUP_PROCESSES => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of processes from 0 to {MAX_GROUP_PROCESSES} (each adds about \
+             190 series; the rest are counted under \"other\")"
+        )),
+    }
 }
 
 /// The exit summary of a live run (`watch` and `record`).
@@ -70,6 +183,40 @@ impl Default for SummaryArgs {
             summary_json: None,
         }
     }
+}
+
+/// `tcptrace top`.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Refresh (and snapshot) interval in seconds, from 0.1 to 10.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Show sockets in CLOSE_WAIT for longer than this many seconds as leaks (`c` changes it).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_threshold)]
+    pub close_wait: Duration,
+    /// Play a recording (from `tcptrace record`) through the dashboard instead of tracing;
+    /// needs no root.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ipv4", "ipv6", "lport", "rport", "port", "ring_kib"])]
+    pub replay: Option<PathBuf>,
+    /// Replay speed: N times real time, or `max` for as fast as possible.
+    #[arg(long, value_name = "N|max", default_value = "1", value_parser = parse_speed, requires = "replay")]
+    pub speed: f64,
+    /// Print one snapshot after --interval and exit (no terminal needed).
+    #[arg(long)]
+    pub once: bool,
+    /// Format of the --once snapshot on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text, requires = "once")]
+    pub format: Format,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, conflicts_with = "once")]
+    pub duration: Option<Duration>,
+    /// Ring buffer size in KiB (as for `watch`).
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
+    #[command(flatten)]
+    pub summary: SummaryArgs,
 }
 
 /// `tcptrace report`.
@@ -118,10 +265,10 @@ pub struct FilterArgs {
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
     /// Only sockets whose local port is in this list (e.g. 80,443 or 8000-8010).
-    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    #[arg(short = 'L', long, value_name = "PORTS", value_parser = parse_ports)]
     pub lport: Vec<Vec<u16>>,
     /// Only sockets whose remote port is in this list.
-    #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
+    #[arg(short = 'D', long, value_name = "PORTS", value_parser = parse_ports)]
     pub rport: Vec<Vec<u16>>,
     /// Only sockets with the local or the remote port in this list.
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
@@ -136,6 +283,8 @@ pub enum Format {
     Text,
     /// JSON Lines: one object per line.
     Json,
+    /// CSV with a header row: the JSON keys as columns, RFC 4180 quoting (stream only).
+    Csv,
 }
 
 /// What one line of the stream is.
@@ -168,6 +317,12 @@ pub struct WatchArgs {
     /// One line per transition, per finished connection, or none.
     #[arg(long, value_enum, default_value_t = Per::Transition)]
     pub per: Per,
+    /// Accepted as in tcpstates: the TIME column (local HH:MM:SS.micros) is always printed.
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+    /// Wide address columns that fit IPv6 addresses (text stream), as tcpstates -w.
+    #[arg(short = 'w', long)]
+    pub wide: bool,
     #[command(flatten)]
     pub summary: SummaryArgs,
     /// At exit, write the charts (SVG) and an index.html showing them into this directory.
@@ -224,6 +379,40 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Parses the dashboard's refresh interval: 0.1 to 10 seconds.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.1..=10.0).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not an interval from 0.1 to 10 seconds (e.g. 1 or 0.5)"
+        )),
+    }
+}
+
+/// Parses a CLOSE_WAIT threshold: zero or more seconds.
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..1e9).contains(&v) => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds, 0 or more (e.g. 5 or 0.5)"
+        )),
+    }
+}
+
+/// Parses a replay speed: a positive factor, or `max` (infinity: as fast as possible).
+pub fn parse_speed(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(f64::INFINITY);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a replay speed: use a positive factor (e.g. 1, 10, 0.5) or max"
+        )),
+    }
+}
+
 /// Parses a positive number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
@@ -268,12 +457,68 @@ mod tests {
     }
 
     #[test]
+    fn serve_flags_name_the_fix() {
+        assert_eq!(parse_group_ports("443,80,80"), Ok(PortList(vec![80, 443])));
+        let e = parse_group_ports("8000-8100").expect_err("too many");
+        assert!(e.contains("at most 32"), "{e}");
+        assert!(
+            parse_group_ports("80,x")
+                .expect_err("bad")
+                .contains("not a port")
+        );
+        assert_eq!(parse_group_processes("5"), Ok(5));
+        assert!(parse_group_processes("21").is_err());
+        assert!(parse_group_processes("many").is_err());
+        assert!(parse_listen("127.0.0.1:10089").is_ok());
+        assert!(parse_listen("[::1]:0").is_ok());
+        assert!(
+            parse_listen("localhost")
+                .expect_err("no port")
+                .contains("e.g. 127.0.0.1:10089")
+        );
+    }
+
+    #[test]
+    fn serve_flags_parse_into_their_types() {
+        let cli = Cli::try_parse_from([
+            "tcptrace",
+            "serve",
+            "--group-ports",
+            "443,80",
+            "--group-processes",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .expect("valid flags");
+        let Some(Command::Serve(a)) = cli.command else {
+            panic!("not serve: {cli:?}");
+        };
+        assert_eq!(a.group_ports, Some(PortList(vec![80, 443])));
+        assert_eq!(a.group_processes, 3);
+        assert_eq!(a.listen.port(), 0);
+        assert_eq!(a.close_wait_threshold, Duration::from_secs(60));
+    }
+
+    #[test]
     fn ring_sizes() {
         assert_eq!(parse_ring_kib("4096"), Ok(4096));
         assert_eq!(parse_ring_kib("4"), Ok(4));
         for bad in ["3", "1000", "0", "2097152", "big"] {
             assert!(parse_ring_kib(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn intervals_speeds_and_thresholds() {
+        assert_eq!(parse_interval("0.1"), Ok(Duration::from_millis(100)));
+        assert!(parse_interval("0.05").is_err());
+        assert!(parse_interval("11").is_err());
+        assert_eq!(parse_speed("max"), Ok(f64::INFINITY));
+        assert_eq!(parse_speed("2.5"), Ok(2.5));
+        assert!(parse_speed("0").expect_err("zero").contains("max"));
+        assert_eq!(parse_threshold("0"), Ok(Duration::ZERO));
+        assert!(parse_threshold("-1").is_err());
     }
 
     #[test]

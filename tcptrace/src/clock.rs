@@ -23,6 +23,11 @@ fn now_ns(clock: libc::clockid_t) -> i64 {
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
+/// CLOCK_MONOTONIC now, in nanoseconds: the kernel's event time base (`bpf_ktime_get_ns`).
+pub fn monotonic_now_ns() -> u64 {
+    u64::try_from(now_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
 impl Clock {
     /// Measures the offset now (the monotonic reading is taken between two realtime ones).
     pub fn measure() -> Self {

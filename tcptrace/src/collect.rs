@@ -44,8 +44,8 @@ pub fn check_privileges() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "tcptrace needs root (or the capabilities CAP_BPF and CAP_PERFMON) to load its eBPF \
-         program: run it with sudo, e.g. `sudo tcptrace watch`; to study a recording without \
+        "tcptrace needs root (or the capabilities CAP_BPF, CAP_PERFMON and \
+         CAP_DAC_READ_SEARCH) to load its eBPF program: run it with sudo, e.g. `sudo tcptrace watch`; to study a recording without \
          root use `tcptrace report FILE`"
     )
 }
@@ -76,8 +76,12 @@ pub fn check_kernel() -> Result<()> {
 /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted.
 pub fn ensure_tracefs() -> Result<Tracefs> {
     for p in TRACEFS_PATHS {
-        if Path::new(p).join("events").is_dir() {
-            return Ok(Tracefs(PathBuf::from(p)));
+        match fs::metadata(Path::new(p).join("events")) {
+            Ok(m) if m.is_dir() => return Ok(Tracefs(PathBuf::from(p))),
+            // Mounted, but its root is mode 0700 and we are neither root nor hold
+            // CAP_DAC_READ_SEARCH: mounting again would not help.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(unreadable(p)),
+            _ => {}
         }
     }
     let target = TRACEFS_PATHS[0];
@@ -98,11 +102,22 @@ pub fn ensure_tracefs() -> Result<Tracefs> {
         let err = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it at {target} failed ({err}): {fix}");
     }
-    if !Path::new(target).join("events").is_dir() {
-        bail!("tracefs mounted at {target} but has no events directory: {fix}");
+    match fs::metadata(Path::new(target).join("events")) {
+        Ok(m) if m.is_dir() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(unreadable(target)),
+        _ => bail!("tracefs mounted at {target} but has no events directory: {fix}"),
     }
     log::warn!("tracefs was not mounted; mounted it at {target}");
     Ok(Tracefs(PathBuf::from(target)))
+}
+
+/// The error for a tracefs this process may not read (not root, no CAP_DAC_READ_SEARCH).
+fn unreadable(path: &str) -> String {
+    format!(
+        "tracefs at {path} is not readable by this process (its mode is usually 0700): run \
+         tcptrace as root, or grant it CAP_DAC_READ_SEARCH along with CAP_BPF and CAP_PERFMON \
+         (e.g. AmbientCapabilities= in a systemd unit)"
+    )
 }
 
 /// A tracepoint field as the format file describes it.
@@ -287,6 +302,9 @@ pub struct Collector {
         std::net::SocketAddr,
         crate::procfs::Holder,
     )>,
+    /// Every socket /proc showed at start-up, with its state (for the dashboard's counts of
+    /// sockets that predate the run).
+    pub prior: Vec<crate::procfs::Prior>,
 }
 
 /// Records gathered from several rings and handed on in time order.
@@ -519,6 +537,7 @@ impl Collector {
             skipped,
             existing_socks: existing.sockets,
             existing: existing.connected,
+            prior: existing.all,
         })
     }
 

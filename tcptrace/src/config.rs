@@ -71,6 +71,19 @@ impl Filter {
         f
     }
 
+    /// Whether the kernel-side filter would pass a socket with these addresses (for sockets
+    /// found in /proc, which the kernel program never saw).
+    pub fn matches(&self, local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+        let (l, r) = (local.port(), remote.port());
+        (!self.ipv4_only || local.is_ipv4())
+            && (!self.ipv6_only || local.is_ipv6())
+            && (self.lports.is_empty() || self.lports.binary_search(&l).is_ok())
+            && (self.rports.is_empty() || self.rports.binary_search(&r).is_ok())
+            && (self.ports.is_empty()
+                || self.ports.binary_search(&l).is_ok()
+                || self.ports.binary_search(&r).is_ok())
+    }
+
     pub fn any_ports(&self) -> bool {
         !(self.lports.is_empty() && self.rports.is_empty() && self.ports.is_empty())
     }
@@ -91,5 +104,21 @@ mod tests {
         assert_eq!(f.lports, vec![80, 81]);
         assert_eq!(f.flags(), FILTER_IPV4_ONLY | FILTER_LPORT);
         assert_eq!(Filter::default().flags(), 0);
+    }
+
+    #[test]
+    fn matches_follows_the_kernel_filter() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        let f = Filter::from_args(&FilterArgs {
+            ipv4: true,
+            port: vec![vec![8080]],
+            ..Default::default()
+        })
+        .expect("valid");
+        assert!(f.matches(a("127.0.0.1:8080"), a("127.0.0.1:40000")));
+        assert!(f.matches(a("127.0.0.1:40000"), a("127.0.0.1:8080")));
+        assert!(!f.matches(a("127.0.0.1:40000"), a("127.0.0.1:9")));
+        assert!(!f.matches(a("[::1]:8080"), a("[::1]:40000")));
+        assert!(Filter::default().matches(a("[::1]:1"), a("[::1]:2")));
     }
 }

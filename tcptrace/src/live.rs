@@ -2,28 +2,45 @@
 //!
 //! [`LiveRun::start`] does everything that needs the kernel (checks, load, attach, owners of
 //! sockets that predate the run) and installs the signal handlers; [`LiveRun::run`] then
-//! feeds the ring buffer through the [`Pipeline`] until a signal, the deadline, a failed
-//! sink or the front end itself ([`Stopper`]) ends it, warns about lost events while it runs,
-//! and, when asked, publishes a [`Snapshot`] of the results once per interval for a front end
-//! to draw or serve. It never prints anything but warnings: what a run shows is the front
-//! end's business, built from the same [`Snapshot`]/[`Summary`] the exit summary uses.
+//! feeds the events through the [`Pipeline`] until a signal, the deadline, a failed sink, the
+//! end of the input or the front end itself ([`Stopper`]) ends it, warns about lost events
+//! while it runs, and, when asked, publishes a [`Snapshot`] of the results once per interval
+//! for a front end to draw or serve. It never prints anything but warnings: what a run shows
+//! is the front end's business, built from the same [`Snapshot`]/[`Summary`] the exit
+//! summary uses.
+//!
+//! The source of events is pluggable: the kernel ([`Collector`]), or a recording played at N
+//! times real time by event time ([`LiveRun::replay`], no root needed), so `top --replay`
+//! runs the same loop, ticks and snapshots as a live `top`. A recording holds the order the
+//! live reorder stage released, so replayed events go in with `Pipeline::push_ordered`.
 
-use std::{io, rc::Rc, sync::Arc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    io,
+    path::{Path, PathBuf},
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::{Notify, watch},
+    sync::{Notify, mpsc, watch},
+    time::Instant,
 };
 
 use crate::{
-    clock::Clock,
+    clock::{self, Clock},
     collect::Collector,
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
-    decode,
+    decode::{self, Event, TcpState},
     pipeline::Pipeline,
-    sink::Sink,
+    recent::Recent,
+    record::{self, Replay},
+    sink::{Shared, Sink},
     summary::{Snapshot, SnapshotOptions},
 };
 
@@ -46,6 +63,8 @@ pub enum Stop {
     Requested,
     /// A sink failed (e.g. stdout closed by `| head`); see [`Finished::sink_error`].
     SinkFailed,
+    /// The input ended (a replayed recording played to its end).
+    End,
 }
 
 /// Lets a front end end the run from another task.
@@ -53,10 +72,20 @@ pub enum Stop {
 pub struct Stopper(Rc<Notify>);
 
 impl Stopper {
-    #[expect(dead_code, reason = "the dashboard's quit key, next")]
     pub fn stop(&self) {
         // A stored permit: the run ends even if it is not waiting at this moment.
         self.0.notify_one();
+    }
+}
+
+/// Lets a front end start the dashboard's since-start figures over (`r` in `top`) at the
+/// next tick; the run's own aggregate and the exit summary are not touched.
+#[derive(Clone, Default)]
+pub struct Resetter(Rc<Cell<bool>>);
+
+impl Resetter {
+    pub fn reset(&self) {
+        self.0.set(true);
     }
 }
 
@@ -65,22 +94,250 @@ struct Publish {
     every: Duration,
     opts: SnapshotOptions,
     tx: watch::Sender<Arc<Snapshot>>,
+    recent: Option<Rc<RefCell<Recent>>>,
 }
 
-/// A loaded and attached program with its pipeline, ready to run.
+/// Where events come from.
+enum Source {
+    /// The kernel program.
+    Kernel(Box<Collector>),
+    /// A recording, played by event time.
+    Replay(Box<Replayer>),
+}
+
+/// Playback speed of a replay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Speed {
+    /// N times real time.
+    Times(f64),
+    /// As fast as the pipeline goes.
+    Max,
+}
+
+/// Pause and step of a replay, from the front end.
+#[derive(Clone, Default)]
+pub struct ReplayControl(Rc<ControlState>);
+
+#[derive(Default)]
+struct ControlState {
+    paused: Cell<bool>,
+    /// Event time to advance by while paused, not yet taken.
+    step_ns: Cell<u64>,
+    changed: Notify,
+}
+
+impl ReplayControl {
+    /// Pauses or resumes playback.
+    pub fn set_paused(&self, paused: bool) {
+        self.0.paused.set(paused);
+        self.0.changed.notify_one();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.0.paused.get()
+    }
+
+    /// While paused, plays `by` more of the recording's time.
+    pub fn step(&self, by: Duration) {
+        let ns = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.0.step_ns.set(self.0.step_ns.get().saturating_add(ns));
+        self.0.changed.notify_one();
+    }
+}
+
+/// What the reader thread sends.
+enum Batch {
+    Events(Vec<Event>),
+    End(Box<Result<Replay, record::RecordingError>>),
+}
+
+/// Events handed over per message by the reader thread.
+const REPLAY_BATCH: usize = 1024;
+
+/// A recording fed to the pipeline by event time: a reader thread parses the file (the same
+/// reader `report` uses) into batches; the live loop releases each event when the playback
+/// clock reaches its timestamp.
+struct Replayer {
+    rx: mpsc::Receiver<Batch>,
+    pending: VecDeque<Event>,
+    speed: Speed,
+    control: ReplayControl,
+    /// Playback clock: at `.0` the position was `.1` (event time); `None` before the first
+    /// event.
+    anchor: Option<(Instant, u64)>,
+    paused: bool,
+    /// The newest event time released.
+    released_ns: u64,
+    end: Option<Result<Replay, record::RecordingError>>,
+}
+
+impl Replayer {
+    fn start(path: &Path, speed: Speed, control: ReplayControl) -> Result<Self> {
+        let (tx, rx) = mpsc::channel(8);
+        let path: PathBuf = path.to_owned();
+        std::thread::Builder::new()
+            .name("replay-reader".to_owned())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(REPLAY_BATCH);
+                let mut open = true;
+                let end = record::replay(&path, false, |ev| {
+                    batch.push(ev);
+                    if batch.len() == REPLAY_BATCH && open {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
+                        open = tx.blocking_send(Batch::Events(full)).is_ok();
+                    }
+                });
+                if open && !batch.is_empty() {
+                    let _ = tx.blocking_send(Batch::Events(batch));
+                }
+                let _ = tx.blocking_send(Batch::End(Box::new(end)));
+            })
+            .context("starting the recording reader thread")?;
+        Ok(Self {
+            rx,
+            pending: VecDeque::new(),
+            speed,
+            control,
+            anchor: None,
+            paused: false,
+            released_ns: 0,
+            end: None,
+        })
+    }
+
+    /// The playback position (event time) at `now`.
+    fn position(&self, now: Instant) -> u64 {
+        match (self.anchor, self.speed) {
+            (None, _) => 0,
+            (Some((_, pos)), _) if self.paused => pos,
+            (Some(_), Speed::Max) => u64::MAX,
+            (Some((at, pos)), Speed::Times(x)) => {
+                pos.saturating_add((now.saturating_duration_since(at).as_nanos() as f64 * x) as u64)
+            }
+        }
+    }
+
+    /// Event time "now" for snapshots: the playback position, never beyond the events
+    /// released (a paused or finished replay stands still).
+    fn now_ns(&self) -> u64 {
+        let pos = self.position(Instant::now());
+        if self.pending.is_empty() && self.end.is_some() {
+            self.released_ns
+        } else {
+            pos.min(self.pending.front().map_or(u64::MAX, |e| e.ts_ns))
+                .max(self.released_ns)
+        }
+    }
+
+    /// Follows the front end's pause and step.
+    fn apply_control(&mut self, now: Instant) {
+        let want = self.control.is_paused();
+        if want != self.paused {
+            let pos = self.position(now);
+            let pos = if pos == u64::MAX {
+                self.released_ns
+            } else {
+                pos
+            };
+            self.anchor = self.anchor.map(|_| (now, pos));
+            self.paused = want;
+        }
+        let step = self.control.0.step_ns.replace(0);
+        if step > 0
+            && self.paused
+            && let Some((at, pos)) = self.anchor
+        {
+            self.anchor = Some((at, pos.max(self.released_ns).saturating_add(step)));
+        }
+    }
+
+    /// Waits until events are due, feeds them in and returns how many; `None` at the end of
+    /// the recording. Cancel-safe: nothing is taken out of `pending` before the last await.
+    async fn feed(&mut self, pipeline: &mut Pipeline) -> Result<Option<usize>> {
+        loop {
+            if self.pending.is_empty() {
+                if self.end.is_some() {
+                    return Ok(None);
+                }
+                match self.rx.recv().await {
+                    Some(Batch::Events(v)) => self.pending.extend(v),
+                    Some(Batch::End(r)) => {
+                        let r = (*r)?;
+                        if let Some(t) = &r.trailer {
+                            pipeline.add_undecodable(t.undecodable);
+                        }
+                        self.end = Some(Ok(r));
+                    }
+                    None => anyhow::bail!("the recording reader stopped unexpectedly"),
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if self.anchor.is_none()
+                && let Some(first) = self.pending.front()
+            {
+                self.anchor = Some((now, first.ts_ns));
+            }
+            self.apply_control(now);
+            let pos = self.position(now);
+            let mut n = 0;
+            while n < REPLAY_BATCH
+                && let Some(ev) = self.pending.front()
+                && ev.ts_ns <= pos
+            {
+                if let Some(ev) = self.pending.pop_front() {
+                    self.released_ns = self.released_ns.max(ev.ts_ns);
+                    pipeline.push_ordered(ev);
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                if self.speed == Speed::Max {
+                    // Let ticks, keys and signals in between batches.
+                    tokio::task::yield_now().await;
+                }
+                return Ok(Some(n));
+            }
+            let changed = self.control.0.changed.notified();
+            match (self.pending.front(), self.anchor, self.speed) {
+                (Some(ev), Some((at, apos)), Speed::Times(x)) if !self.paused => {
+                    let wait =
+                        Duration::from_nanos((ev.ts_ns.saturating_sub(apos) as f64 / x) as u64);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at + wait) => {}
+                        () = changed => {}
+                    }
+                }
+                _ => changed.await,
+            }
+        }
+    }
+}
+
+/// A socket found in /proc at start: local and remote address, state, holder.
+type PriorSocket = (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    TcpState,
+    Option<decode::Owner>,
+);
+
+/// A loaded and attached program (or an opened recording) with its sinks, ready to run.
 pub struct LiveRun {
-    collector: Collector,
+    source: Source,
+    /// Sockets found in /proc at start that the filter passes.
+    prior: Vec<PriorSocket>,
     clock: Clock,
     sinks: Vec<Box<dyn Sink>>,
     sigint: Signal,
     sigterm: Signal,
     stopper: Stopper,
+    resetter: Resetter,
     publish: Option<Publish>,
 }
 
 /// What a finished run leaves for its front end.
 pub struct Finished {
-    #[expect(dead_code, reason = "exit codes and the dashboard, next")]
     pub stop: Stop,
     /// The pipeline after the end of input: aggregates, tracker, counts.
     pub pipeline: Pipeline,
@@ -105,15 +362,49 @@ impl LiveRun {
             log::warn!("{reason}; the facts it gives are not collected");
         }
         let clock = Clock::measure();
+        let owner = |h: &crate::procfs::Holder| decode::Owner {
+            tgid: h.pid,
+            pid: h.pid,
+            comm: decode::Comm::from_str_lossy(&h.comm),
+            source: decode::OwnerSource::Proc,
+        };
+        let prior = collector
+            .prior
+            .iter()
+            .filter(|p| filter.matches(p.local, p.remote))
+            .filter_map(|p| {
+                let state = TcpState::from_kernel(p.state)?;
+                Some((p.local, p.remote, state, p.holder.as_ref().map(owner)))
+            })
+            .collect();
+        Self::with_source(Source::Kernel(Box::new(collector)), prior, clock)
+    }
+
+    /// Plays a recording through the same loop at `speed` (no root needed). Returns the run
+    /// and the recording's header.
+    pub fn replay(
+        path: &Path,
+        speed: Speed,
+        control: ReplayControl,
+    ) -> Result<(Self, record::Header)> {
+        let header = record::read_header(path)?;
+        let replayer = Replayer::start(path, speed, control)?;
+        let run = Self::with_source(Source::Replay(Box::new(replayer)), Vec::new(), header.clock)?;
+        Ok((run, header))
+    }
+
+    fn with_source(source: Source, prior: Vec<PriorSocket>, clock: Clock) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         Ok(Self {
-            collector,
+            source,
+            prior,
             clock,
             sinks: Vec::new(),
             sigint,
             sigterm,
             stopper: Stopper::default(),
+            resetter: Resetter::default(),
             publish: None,
         })
     }
@@ -128,46 +419,67 @@ impl LiveRun {
         self.sinks.push(sink);
     }
 
+    /// A handle that resets the dashboard's since-start figures.
+    pub fn resetter(&self) -> Resetter {
+        self.resetter.clone()
+    }
+
     /// A handle that ends the run when called.
-    #[expect(dead_code, reason = "the dashboard, next")]
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
-    #[expect(dead_code, reason = "the dashboard and serve, next")]
     /// Publishes a snapshot every `every`, rounded up to whole ticks, starting with one at
-    /// the first tick, and a last one after the end of input.
+    /// the first tick, and a last one after the end of input. With `opts.dashboard`, adds the
+    /// [`Recent`] sink the dashboard's figures come from.
     pub fn publish(
         &mut self,
         every: Duration,
         opts: SnapshotOptions,
     ) -> watch::Receiver<Arc<Snapshot>> {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(&opts)));
-        self.publish = Some(Publish { every, opts, tx });
+        let recent = opts.dashboard.then(|| {
+            let r = Rc::new(RefCell::new(Recent::default()));
+            self.sinks.push(Box::new(Shared(Rc::clone(&r))));
+            r
+        });
+        self.publish = Some(Publish {
+            every,
+            opts,
+            tx,
+            recent,
+        });
         rx
     }
 
     /// Runs until stopped, then drains what the kernel still holds and ends the input.
     pub async fn run(mut self, duration: Option<Duration>) -> Result<Finished> {
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
-        let owner = |h: &crate::procfs::Holder, source| decode::Owner {
-            tgid: h.pid,
-            pid: h.pid,
-            comm: decode::Comm::from_str_lossy(&h.comm),
-            source,
-        };
-        pipeline.set_prior_owners(
-            self.collector
-                .existing_socks
-                .drain(..)
-                .map(|(sock, h)| (sock, owner(&h, decode::OwnerSource::Current))),
-            self.collector
-                .existing
-                .drain(..)
-                .map(|(l, r, h)| (l, r, owner(&h, decode::OwnerSource::Proc))),
-        );
-        let collector = &mut self.collector;
-        let started = tokio::time::Instant::now();
+        // Only the dashboard counts sockets that predate the run: other front ends do not
+        // pay for matching every event against them.
+        if self.publish.as_ref().is_some_and(|p| p.opts.dashboard) {
+            pipeline.set_prior_sockets(self.prior.drain(..));
+        }
+        if let Source::Kernel(collector) = &mut self.source {
+            let owner = |h: &crate::procfs::Holder, source| decode::Owner {
+                tgid: h.pid,
+                pid: h.pid,
+                comm: decode::Comm::from_str_lossy(&h.comm),
+                source,
+            };
+            pipeline.set_prior_owners(
+                collector
+                    .existing_socks
+                    .drain(..)
+                    .map(|(sock, h)| (sock, owner(&h, decode::OwnerSource::Current))),
+                collector
+                    .existing
+                    .drain(..)
+                    .map(|(l, r, h)| (l, r, owner(&h, decode::OwnerSource::Proc))),
+            );
+        }
+        let source = &mut self.source;
+        let started = Instant::now();
         let deadline = duration.map(|d| started + d);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,7 +510,7 @@ impl LiveRun {
                     ticks += 1;
                     // Loss is said when it happens, not only in the summary.
                     if ticks.is_multiple_of(LOSS_WARN_TICKS)
-                        && let Ok(c) = collector.counters()
+                        && let Ok(c) = counters_of(source)
                         && c.all_lost() > lost_reported
                     {
                         log::warn!(
@@ -207,17 +519,26 @@ impl LiveRun {
                         );
                         lost_reported = c.all_lost();
                     }
+                    if self.resetter.0.take()
+                        && let Some(p) = &self.publish
+                        && let Some(r) = &p.recent
+                    {
+                        r.borrow_mut().reset(now_ns(source));
+                        next_publish = now;
+                    }
                     if let Some(p) = &self.publish
                         && now >= next_publish
                     {
                         next_publish = now + p.every;
-                        let counters = collector.counters().unwrap_or_default();
-                        let snap = Snapshot::build(&pipeline, &counters, &p.opts, now - started);
-                        p.tx.send_replace(Arc::new(snap));
+                        let counters = counters_of(source).unwrap_or_default();
+                        publish(p, &pipeline, &counters, now - started, now_ns(source));
                     }
                 }
-                n = collector.read_batch(|bytes| pipeline.push_bytes(bytes)) => {
-                    read_since_tick += n?;
+                n = read(source, &mut pipeline) => {
+                    match n? {
+                        Some(n) => read_since_tick += n,
+                        None => break Stop::End,
+                    }
                 }
             }
             if pipeline.sink_error().is_some() {
@@ -226,17 +547,114 @@ impl LiveRun {
         };
 
         // Whatever the kernel wrote before we stopped is still ours to count.
-        collector.drain(|bytes| pipeline.push_bytes(bytes));
+        if let Source::Kernel(collector) = source {
+            collector.drain(|bytes| pipeline.push_bytes(bytes));
+        }
         pipeline.finish();
-        let counters = collector.counters()?;
+        let counters = counters_of(source)?;
         if let Some(p) = &self.publish {
-            let snap = Snapshot::build(&pipeline, &counters, &p.opts, started.elapsed());
-            p.tx.send_replace(Arc::new(snap));
+            publish(p, &pipeline, &counters, started.elapsed(), now_ns(source));
         }
         Ok(Finished {
             stop,
             pipeline,
             counters,
         })
+    }
+}
+
+/// Reads the next batch from the source: `None` when the input has ended.
+async fn read(source: &mut Source, pipeline: &mut Pipeline) -> Result<Option<usize>> {
+    match source {
+        Source::Kernel(c) => c
+            .read_batch(|bytes| pipeline.push_bytes(bytes))
+            .await
+            .map(Some),
+        Source::Replay(r) => r.feed(pipeline).await,
+    }
+}
+
+/// The kernel's counters; a replay's are the recording's at its end (zero before).
+fn counters_of(source: &Source) -> Result<Counters> {
+    match source {
+        Source::Kernel(c) => c.counters(),
+        Source::Replay(r) => Ok(match &r.end {
+            Some(Ok(Replay {
+                trailer: Some(t), ..
+            })) => t.counters,
+            _ => Counters::default(),
+        }),
+    }
+}
+
+/// Event time now: the monotonic clock the kernel stamps events with, or the replay position.
+fn now_ns(source: &Source) -> u64 {
+    match source {
+        Source::Kernel(_) => clock::monotonic_now_ns(),
+        Source::Replay(r) => r.now_ns(),
+    }
+}
+
+fn publish(p: &Publish, pipeline: &Pipeline, counters: &Counters, elapsed: Duration, now: u64) {
+    let built = std::time::Instant::now();
+    let recent = p.recent.as_ref().map(|r| r.borrow());
+    let snap = Snapshot::build_with(pipeline, counters, &p.opts, elapsed, now, recent.as_deref());
+    p.tx.send_replace(Arc::new(snap));
+    log::debug!("snapshot built in {} us", built.elapsed().as_micros());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/loopback.jsonl")
+    }
+
+    #[tokio::test]
+    async fn a_paused_replay_stands_still_until_stepped() {
+        let control = ReplayControl::default();
+        control.set_paused(true);
+        let (run, _) =
+            LiveRun::replay(&fixture(), Speed::Times(1.0), control.clone()).expect("replay");
+        let done = run
+            .run(Some(Duration::from_millis(300)))
+            .await
+            .expect("run");
+        assert_eq!(done.stop, Stop::Deadline);
+        // Paused at the first event: at most the events stamped with its time went in.
+        assert!(done.pipeline.tracker().stats().events <= 2);
+
+        let (run, _) =
+            LiveRun::replay(&fixture(), Speed::Times(1.0), control.clone()).expect("replay");
+        // The recording lasts about 0.6 s: one step of 10 s plays it to the end.
+        control.step(Duration::from_secs(10));
+        let done = run.run(Some(Duration::from_secs(10))).await.expect("run");
+        assert_eq!(done.stop, Stop::End);
+        assert_eq!(done.pipeline.tracker().stats().events, 242);
+    }
+
+    #[tokio::test]
+    async fn a_replay_at_max_speed_publishes_the_report_figures() {
+        let (mut run, _) =
+            LiveRun::replay(&fixture(), Speed::Max, ReplayControl::default()).expect("replay");
+        let opts = SnapshotOptions {
+            top_n: 5,
+            dashboard: true,
+            detail: None,
+        };
+        let rx = run.publish(Duration::from_secs(1), opts);
+        let done = run.run(None).await.expect("run");
+        assert_eq!(done.stop, Stop::End);
+        let snap = rx.borrow().clone();
+        let report = crate::report::build(&fixture(), false, 5, false).expect("report");
+        assert_eq!(snap.summary, report.summary);
+        let d = snap.dashboard.as_ref().expect("dashboard figures");
+        assert_eq!(d.close_wait.len(), 1);
+        // The replay's clock ends at the last event, so the leak's age is the summary's.
+        assert_eq!(
+            d.close_wait[0].age_ms,
+            snap.summary.close_wait_oldest[0].age_ms
+        );
     }
 }

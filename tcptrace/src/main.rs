@@ -1,8 +1,8 @@
 //! tcptrace: TCP connection life cycles from eBPF.
 //!
-//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`)
-//! is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one live loop, and
-//! prints or writes what the run left (the summary, a recording, charts).
+//! `main` only parses flags and picks a front end. Every live front end (`watch`, `record`,
+//! `serve`, `top`) is a thin layer over [`live::LiveRun`]: it adds its sinks, runs the one
+//! live loop, and prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
 mod btf;
@@ -13,19 +13,23 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod docs;
 mod generate;
 mod host;
 mod live;
 mod owners;
 mod pipeline;
 mod procfs;
+mod recent;
 mod record;
 mod reorder;
 mod report;
+mod serve;
 mod sink;
 mod stream;
 mod summary;
 mod timeline;
+mod top;
 mod track;
 
 use std::{
@@ -54,12 +58,16 @@ use crate::{
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format(|buf, record| {
-            writeln!(
-                buf,
+            let line = format!(
                 "tcptrace: {}: {}",
                 record.level().as_str().to_lowercase(),
                 record.args()
-            )
+            );
+            // While the dashboard owns the terminal, messages wait until it is restored.
+            if top::hold_message(&line) {
+                return Ok(());
+            }
+            writeln!(buf, "{line}")
         })
         .init();
     let cli = Cli::parse();
@@ -67,7 +75,11 @@ fn main() -> ExitCode {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Top(args)) => top::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
+        Some(Command::Completions(args)) => docs::completions(args.shell),
+        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
         None => run_watch(cli.watch),
     };
     match result {
@@ -113,6 +125,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
+        Format::Csv => Style::Csv,
     };
     let unit = match args.per {
         Per::Transition => Some(Unit::Transition),
@@ -121,7 +134,9 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     };
     if let Some(unit) = unit {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
-        live.add_sink(Box::new(Stream::new(out, clock, style, unit)));
+        live.add_sink(Box::new(
+            Stream::new(out, clock, style, unit).wide(args.wide),
+        ));
     }
     let timeline = args.svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));

@@ -91,6 +91,10 @@ impl Core {
 
 /// The userspace pipeline.
 pub struct Pipeline {
+    /// Sockets that predate the run, by (local, remote), with their state and holder as /proc
+    /// showed them at start, until their first event arrives (from then on the tracker counts
+    /// them: the tracker keys sockets by kernel address, which /proc does not show).
+    prior_sockets: FxHashMap<(SocketAddr, SocketAddr), (TcpState, Option<Owner>)>,
     reorder: Reorder,
     core: Core,
     undecodable: u64,
@@ -101,6 +105,7 @@ impl Pipeline {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
         let sink_errors = sinks.iter().map(|_| None).collect();
         Self {
+            prior_sockets: FxHashMap::default(),
             reorder: Reorder::new(WINDOW_NS),
             core: Core {
                 owners: Owners::default(),
@@ -143,8 +148,31 @@ impl Pipeline {
         self.core.prior_owners = by_addr.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
     }
 
+    /// Remembers the sockets that existed before the run, with their state (see
+    /// [`Pipeline::prior_sockets`]).
+    pub fn set_prior_sockets(
+        &mut self,
+        socks: impl IntoIterator<Item = (SocketAddr, SocketAddr, TcpState, Option<Owner>)>,
+    ) {
+        self.prior_sockets = socks
+            .into_iter()
+            .map(|(l, r, st, o)| ((l, r), (st, o)))
+            .collect();
+    }
+
+    /// Sockets that existed before the run and have had no event since: (local, remote),
+    /// state at start, holder.
+    pub fn prior_sockets(
+        &self,
+    ) -> impl Iterator<Item = (&(SocketAddr, SocketAddr), &(TcpState, Option<Owner>))> {
+        self.prior_sockets.iter()
+    }
+
     /// Feeds one decoded event in.
     pub fn push(&mut self, ev: Event) {
+        if !self.prior_sockets.is_empty() {
+            self.prior_sockets.remove(&(ev.local, ev.remote));
+        }
         let core = &mut self.core;
         self.reorder.push(ev, |ev| core.process(ev));
     }
@@ -196,6 +224,11 @@ impl Pipeline {
 
     pub fn tracker(&self) -> &Tracker {
         &self.core.tracker
+    }
+
+    /// Counts records that did not decode elsewhere (a replayed recording's live run).
+    pub fn add_undecodable(&mut self, n: u64) {
+        self.undecodable += n;
     }
 
     pub fn undecodable(&self) -> u64 {

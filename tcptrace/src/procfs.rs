@@ -22,6 +22,8 @@ pub struct TcpRow {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub listening: bool,
+    /// The kernel's state number (1 ESTABLISHED .. 12 NEW_SYN_RECV), as in `st`.
+    pub state: u8,
     pub inode: u64,
     /// Kernel socket address (0 when the kernel hides pointers from us).
     pub sock: u64,
@@ -48,6 +50,7 @@ pub fn parse_tcp_table(text: &str) -> Vec<TcpRow> {
                 remote: parse_addr(f[2])?,
                 local_port: local.port(),
                 listening: f[3] == "0A",
+                state: u8::from_str_radix(f[3], 16).ok()?,
                 inode: f[9].parse().ok()?,
                 sock: u64::from_str_radix(f[11], 16).ok()?,
             })
@@ -145,6 +148,19 @@ pub struct Existing {
     pub connected: Vec<(SocketAddr, SocketAddr, Holder)>,
     /// (family, local port, owner) for listening sockets.
     pub listeners: Vec<(u16, u16, Holder)>,
+    /// Every socket found (TIME_WAIT mini-sockets excepted), with its state and holder when
+    /// one was found: the dashboard counts them per state until their first event.
+    pub all: Vec<Prior>,
+}
+
+/// A socket that existed when tracing started, as /proc showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prior {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The kernel's state number.
+    pub state: u8,
+    pub holder: Option<Holder>,
 }
 
 /// Scans /proc for TCP sockets and their owning processes, in every network namespace.
@@ -163,6 +179,12 @@ pub fn scan() -> Existing {
                 continue;
             };
             for row in parse_tcp_table(&text) {
+                out.all.push(Prior {
+                    local: row.local,
+                    remote: row.remote,
+                    state: row.state,
+                    holder: inodes.get(&row.inode).cloned(),
+                });
                 let Some(holder) = inodes.get(&row.inode) else {
                     continue;
                 };
@@ -203,6 +225,7 @@ mod tests {
                     remote: "0.0.0.0:0".parse().expect("addr"),
                     local_port: 8080,
                     listening: true,
+                    state: 10,
                     inode: 43210,
                     sock: 0xffff_8881_04a8_c000
                 },
@@ -211,6 +234,7 @@ mod tests {
                     remote: "127.0.0.1:8080".parse().expect("addr"),
                     local_port: 40000,
                     listening: false,
+                    state: 1,
                     inode: 43211,
                     sock: 0xffff_8881_04a8_d100
                 },

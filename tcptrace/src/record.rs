@@ -318,6 +318,31 @@ pub fn replay(
     read_lines(path, reader, allow_truncated, &mut f)
 }
 
+/// Reads only the header line of a recording (e.g. to show its clock and filter before a
+/// paced replay starts).
+pub fn read_header(path: &Path) -> Result<Header, RecordingError> {
+    let io_err = |source| RecordingError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut reader: Box<dyn BufRead> = if is_zst(path) {
+        Box::new(BufReader::new(
+            zstd::stream::read::Decoder::new(file).map_err(io_err)?,
+        ))
+    } else {
+        Box::new(BufReader::new(file))
+    };
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(io_err)?;
+    if line.trim().is_empty() {
+        return Err(RecordingError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    parse_header(path, line.trim_end())
+}
+
 fn read_lines(
     path: &Path,
     mut r: Box<dyn BufRead>,

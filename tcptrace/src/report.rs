@@ -85,6 +85,14 @@ pub fn describe(h: &Header, file: &Path) -> String {
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
+    let json = match args.format {
+        Format::Text => false,
+        Format::Json => true,
+        Format::Csv => anyhow::bail!(
+            "--format csv is for the line stream (`tcptrace watch --format csv`); report \
+             prints a summary: use --format text or --format json"
+        ),
+    };
     let r = build(
         &args.file,
         args.allow_truncated,
@@ -92,9 +100,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         args.svg.is_some(),
     )?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let written = match args.format {
-        Format::Text => r.summary.write_text(&mut out),
-        Format::Json => r.summary.write_json(&mut out),
+    let written = if json {
+        r.summary.write_json(&mut out)
+    } else {
+        r.summary.write_text(&mut out)
     };
     match written.and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),

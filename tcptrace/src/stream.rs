@@ -1,5 +1,11 @@
 //! Line-per-item output: one line per transition (as tcpstates) or per finished connection
-//! (as tcplife, with timings), as aligned text or JSON Lines. Writes to any `io::Write`.
+//! (as tcplife, with timings), as aligned text, JSON Lines or CSV. Writes to any `io::Write`.
+//!
+//! CSV has exactly the JSON keys as columns, in the same order ([`TRANSITION_COLUMNS`],
+//! [`CONNECTION_COLUMNS`]), a header row, RFC 4180 quoting (a field holding a comma, a quote,
+//! CR or LF is quoted, quotes doubled: a process name can hold any of them), an empty field
+//! where JSON has `null`, and `\n` line ends (as the other styles; RFC 4180 readers accept
+//! them). Like text, a CSV line is built without `core::fmt` and without allocating.
 
 use std::{fmt::Write as _, io, net::SocketAddr};
 
@@ -7,7 +13,7 @@ use serde::Serialize;
 
 use crate::{
     clock::Clock,
-    decode::{Comm, Family, Owner},
+    decode::{Comm, Family, Owner, OwnerSource},
     sink::Sink,
     track::{Conn, Connection, Fact, PHASES},
 };
@@ -17,6 +23,7 @@ use crate::{
 pub enum Style {
     Text,
     Json,
+    Csv,
 }
 
 /// What a line stands for.
@@ -38,7 +45,44 @@ pub struct Stream<W: io::Write> {
     rfc3339: Rfc3339,
     /// The JSON line's time, reused.
     time: String,
+    /// Width of the text address columns (`-w` widens them to fit IPv6).
+    addr_width: usize,
 }
+
+/// Text address column width: fits any IPv4 `addr:port` (21 characters) with room.
+pub const ADDR_WIDTH: usize = 26;
+/// `-w`: fits any IPv6 `[addr]:port` without a scope (47 characters), as tcpstates `-w`.
+pub const WIDE_ADDR_WIDTH: usize = 47;
+
+/// The CSV columns of a transition line: the JSON keys, in the JSON order.
+pub const TRANSITION_COLUMNS: [&str; 15] = [
+    "time", "ts_ns", "pid", "tid", "comm", "owner", "family", "laddr", "lport", "raddr", "rport",
+    "old", "new", "ms", "sock",
+];
+
+/// The CSV columns of a connection line: the JSON keys, in the JSON order.
+pub const CONNECTION_COLUMNS: [&str; 20] = [
+    "time",
+    "ts_ns",
+    "pid",
+    "comm",
+    "side",
+    "family",
+    "laddr",
+    "lport",
+    "raddr",
+    "rport",
+    "handshake_ms",
+    "retransmits",
+    "fin_wait1_ms",
+    "fin_wait2_ms",
+    "closing_ms",
+    "close_wait_ms",
+    "last_ack_ms",
+    "time_wait",
+    "close",
+    "lifetime_ms",
+];
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -168,6 +212,89 @@ fn owner_cols(line: &mut String, owner: Option<Owner>) {
             line.push(' ');
             push_left(line, "-", 15);
         }
+    }
+}
+
+/// One CSV field (RFC 4180): as is, or in double quotes with quotes doubled when it holds a
+/// comma, a double quote, CR or LF. A test checks it against a plain version.
+fn push_csv_str(line: &mut String, s: &str) {
+    if !s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        line.push_str(s);
+        return;
+    }
+    line.push('"');
+    for (i, part) in s.split('"').enumerate() {
+        if i > 0 {
+            line.push_str("\"\"");
+        }
+        line.push_str(part);
+    }
+    line.push('"');
+}
+
+/// `{ip}`; IPv4 by hand, IPv6 through `fmt`.
+fn push_ip(line: &mut String, ip: std::net::IpAddr) {
+    let std::net::IpAddr::V4(a) = ip else {
+        let _ = write!(line, "{ip}");
+        return;
+    };
+    for (k, octet) in a.octets().into_iter().enumerate() {
+        if k > 0 {
+            line.push('.');
+        }
+        push_u64(line, u64::from(octet), 0);
+    }
+}
+
+/// `{}` of `ns as f64 / 1e6` (the JSON's value, shortest form, no exponent), or nothing for
+/// `None`. Below 10^15 ns the exact decimal has at most 15 significant digits, so it is the
+/// shortest decimal that reads back as that f64: integer part, then the nanoseconds without
+/// trailing zeros. Beyond that `fmt` decides.
+fn push_ms_csv(line: &mut String, ns: Option<u64>) {
+    let Some(ns) = ns else { return };
+    if ns >= 1_000_000_000_000_000 {
+        let _ = write!(line, "{}", ms(ns));
+        return;
+    }
+    push_u64(line, ns / 1_000_000, 0);
+    let mut frac = ns % 1_000_000;
+    if frac == 0 {
+        return;
+    }
+    line.push('.');
+    let mut div = 100_000;
+    while frac > 0 {
+        line.push(char::from(b'0' + (frac / div) as u8));
+        frac %= div;
+        div /= 10;
+    }
+}
+
+/// `{v:#x}`.
+fn push_hex(line: &mut String, v: u64) {
+    line.push_str("0x");
+    let nibbles = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for k in (0..nibbles).rev() {
+        let d = ((v >> (k * 4)) & 0xf) as u8;
+        line.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+}
+
+/// `,` then `{v}`, or only `,` for `None`.
+fn push_csv_u64(line: &mut String, v: Option<u64>) {
+    line.push(',');
+    if let Some(v) = v {
+        push_u64(line, v, 0);
+    }
+}
+
+/// The owner source as JSON spells it.
+fn owner_source_name(s: OwnerSource) -> &'static str {
+    match s {
+        OwnerSource::Current => "current",
+        OwnerSource::Cached => "cached",
+        OwnerSource::Listener => "listener",
+        OwnerSource::Proc => "proc",
     }
 }
 
@@ -326,18 +453,26 @@ impl<W: io::Write> Stream<W> {
             time_of_day: TimeOfDay::default(),
             rfc3339: Rfc3339::default(),
             time: String::with_capacity(32),
+            addr_width: ADDR_WIDTH,
         }
     }
 
-    /// The text header line for this stream's unit.
-    pub fn header(unit: Unit) -> String {
+    /// `-w`: address columns wide enough for IPv6 (text only; JSON and CSV have no columns
+    /// to align).
+    pub fn wide(mut self, wide: bool) -> Self {
+        self.addr_width = if wide { WIDE_ADDR_WIDTH } else { ADDR_WIDTH };
+        self
+    }
+
+    /// The text header line for this stream's unit, with address columns `aw` wide.
+    pub fn header(unit: Unit, aw: usize) -> String {
         match unit {
             Unit::Transition => format!(
-                "{:<15} {:>7} {:<15} {:<26} {:<26} {:>11}    {:<11} {:>10}",
+                "{:<15} {:>7} {:<15} {:<aw$} {:<aw$} {:>11}    {:<11} {:>10}",
                 "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS"
             ),
             Unit::Connection => format!(
-                "{:<15} {:>7} {:<15} {:<6} {:<26} {:<26} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10}",
+                "{:<15} {:>7} {:<15} {:<6} {:<aw$} {:<aw$} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10}",
                 "TIME",
                 "PID",
                 "COMM",
@@ -371,11 +506,11 @@ impl<W: io::Write> Stream<W> {
                 self.time_of_day.push(line, &self.clock, ts_ns);
                 line.push(' ');
                 owner_cols(line, conn.owner);
-                // " {:<26} {:<26} {:>11} -> {:<11} "
+                // " {:<aw$} {:<aw$} {:>11} -> {:<11} "
                 line.push(' ');
-                push_addr_left(line, &conn.local, 26);
+                push_addr_left(line, &conn.local, self.addr_width);
                 line.push(' ');
-                push_addr_left(line, &conn.remote, 26);
+                push_addr_left(line, &conn.remote, self.addr_width);
                 line.push(' ');
                 push_right(line, old, 11);
                 line.push_str(" -> ");
@@ -407,6 +542,36 @@ impl<W: io::Write> Stream<W> {
                 .serialize_to_string();
                 line.push_str(&j);
             }
+            Style::Csv => {
+                self.rfc3339.push(line, &self.clock, ts_ns);
+                push_csv_u64(line, Some(ts_ns));
+                push_csv_u64(line, conn.owner.map(|o| u64::from(o.tgid)));
+                push_csv_u64(line, conn.owner.map(|o| u64::from(o.pid)));
+                line.push(',');
+                if let Some(o) = conn.owner {
+                    push_csv_str(line, &o.comm.as_str());
+                    line.push(',');
+                    line.push_str(owner_source_name(o.source));
+                } else {
+                    line.push(',');
+                }
+                line.push(',');
+                line.push_str(family(conn).name());
+                line.push(',');
+                push_ip(line, conn.local.ip());
+                push_csv_u64(line, Some(u64::from(conn.local.port())));
+                line.push(',');
+                push_ip(line, conn.remote.ip());
+                push_csv_u64(line, Some(u64::from(conn.remote.port())));
+                line.push(',');
+                line.push_str(old);
+                line.push(',');
+                line.push_str(new);
+                line.push(',');
+                push_ms_csv(line, dwell);
+                line.push(',');
+                push_hex(line, conn.sock);
+            }
         }
     }
 
@@ -418,9 +583,10 @@ impl<W: io::Write> Stream<W> {
                 self.clock.write_time_of_day(line, c.closed_ns);
                 line.push(' ');
                 owner_cols(line, conn.owner);
+                let aw = self.addr_width;
                 let _ = write!(
                     line,
-                    " {:<6} {:<26} {:<26} ",
+                    " {:<6} {:<aw$} {:<aw$} ",
                     conn.side.map_or("?", |s| s.name()),
                     conn.local,
                     conn.remote
@@ -469,6 +635,41 @@ impl<W: io::Write> Stream<W> {
                 }
                 .serialize_to_string();
                 line.push_str(&j);
+            }
+            Style::Csv => {
+                self.rfc3339.push(line, &self.clock, c.closed_ns);
+                push_csv_u64(line, Some(c.closed_ns));
+                push_csv_u64(line, conn.owner.map(|o| u64::from(o.tgid)));
+                line.push(',');
+                if let Some(o) = conn.owner {
+                    push_csv_str(line, &o.comm.as_str());
+                }
+                line.push(',');
+                if let Some(side) = conn.side {
+                    line.push_str(side.name());
+                }
+                line.push(',');
+                line.push_str(family(conn).name());
+                line.push(',');
+                push_ip(line, conn.local.ip());
+                push_csv_u64(line, Some(u64::from(conn.local.port())));
+                line.push(',');
+                push_ip(line, conn.remote.ip());
+                push_csv_u64(line, Some(u64::from(conn.remote.port())));
+                line.push(',');
+                push_ms_csv(line, c.handshake_ns);
+                push_csv_u64(line, Some(u64::from(c.retransmits)));
+                debug_assert_eq!(PHASES.len(), 5);
+                for p in c.phases {
+                    line.push(',');
+                    push_ms_csv(line, p);
+                }
+                line.push(',');
+                line.push_str(if c.time_wait { "true" } else { "false" });
+                line.push(',');
+                line.push_str(c.close.name());
+                line.push(',');
+                push_ms_csv(line, c.lifetime_ns());
             }
         }
     }
@@ -521,10 +722,17 @@ impl<W: io::Write> Sink for Stream<W> {
 impl<W: io::Write> Stream<W> {
     fn write_header(&mut self) -> io::Result<()> {
         self.header_done = true;
-        if self.style == Style::Text {
-            writeln!(self.out, "{}", Self::header(self.unit))?;
+        match self.style {
+            Style::Text => writeln!(self.out, "{}", Self::header(self.unit, self.addr_width)),
+            Style::Json => Ok(()),
+            Style::Csv => {
+                let columns: &[&str] = match self.unit {
+                    Unit::Transition => &TRANSITION_COLUMNS,
+                    Unit::Connection => &CONNECTION_COLUMNS,
+                };
+                writeln!(self.out, "{}", columns.join(","))
+            }
         }
-        Ok(())
     }
 }
 
@@ -753,5 +961,370 @@ mod tests {
         assert_eq!(v["close_wait_ms"], serde_json::Value::Null);
         assert_eq!(v["lifetime_ms"], 10.0);
         assert_eq!(v["close"], "fin");
+    }
+
+    fn closed(conn: Conn) -> Fact {
+        Fact::Closed(Connection {
+            conn,
+            opened_ns: Some(1_000_000),
+            closed_ns: 11_000_000,
+            handshake_ns: Some(50_000),
+            retransmits: 1,
+            phases: [Some(100_000), Some(200_000), None, None, Some(1_234_567)],
+            close: CloseKind::Fin,
+            time_wait: true,
+        })
+    }
+
+    fn v6_unowned() -> Conn {
+        Conn {
+            sock: 0xffff_8880_dead_beef,
+            local: "[2001:db8::1]:443".parse().expect("addr"),
+            remote: "[2001:db8::1234:5678]:40000".parse().expect("addr"),
+            owner: None,
+            side: None,
+        }
+    }
+
+    fn owned_by(comm: &str) -> Conn {
+        let mut c = conn();
+        if let Some(o) = c.owner.as_mut() {
+            o.comm = Comm::from_str_lossy(comm);
+            o.source = OwnerSource::Listener;
+        }
+        c
+    }
+
+    /// One CSV field, the obvious way.
+    fn csv_field_plain(s: &str) -> String {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_owned()
+        }
+    }
+
+    fn ms_plain(ns: Option<u64>) -> String {
+        ns.map(|ns| format!("{}", ms(ns))).unwrap_or_default()
+    }
+
+    fn opt_plain<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map(|v| v.to_string()).unwrap_or_default()
+    }
+
+    /// The owner source as serde names it in the JSON stream.
+    fn source_plain(s: OwnerSource) -> String {
+        serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// A CSV line built with `format!` and `to_string`, field by field in column order.
+    fn csv_plain(fact: &Fact) -> String {
+        let (ts, conn) = match fact {
+            Fact::Transition { ts_ns, conn, .. } => (*ts_ns, conn),
+            Fact::Closed(c) => (c.closed_ns, &c.conn),
+            _ => return String::new(),
+        };
+        let mut time = String::new();
+        CLOCK.write_rfc3339(&mut time, ts);
+        let o = conn.owner;
+        let comm = o.map(|o| csv_field_plain(&o.comm.as_str()));
+        let family = if conn.local.is_ipv4() { "ipv4" } else { "ipv6" };
+        let fields: Vec<String> = match fact {
+            Fact::Transition {
+                old, new, dwell_ns, ..
+            } => vec![
+                time,
+                ts.to_string(),
+                opt_plain(o.map(|o| o.tgid)),
+                opt_plain(o.map(|o| o.pid)),
+                comm.unwrap_or_default(),
+                opt_plain(o.map(|o| source_plain(o.source))),
+                family.to_owned(),
+                conn.local.ip().to_string(),
+                conn.local.port().to_string(),
+                conn.remote.ip().to_string(),
+                conn.remote.port().to_string(),
+                old.name().to_owned(),
+                new.name().to_owned(),
+                ms_plain(*dwell_ns),
+                format!("{:#x}", conn.sock),
+            ],
+            Fact::Closed(c) => {
+                let mut f = vec![
+                    time,
+                    ts.to_string(),
+                    opt_plain(o.map(|o| o.tgid)),
+                    comm.unwrap_or_default(),
+                    opt_plain(conn.side.map(|s| s.name())),
+                    family.to_owned(),
+                    conn.local.ip().to_string(),
+                    conn.local.port().to_string(),
+                    conn.remote.ip().to_string(),
+                    conn.remote.port().to_string(),
+                    ms_plain(c.handshake_ns),
+                    c.retransmits.to_string(),
+                ];
+                f.extend(c.phases.iter().map(|p| ms_plain(*p)));
+                f.push(c.time_wait.to_string());
+                f.push(c.close.name().to_owned());
+                f.push(ms_plain(c.lifetime_ns()));
+                f
+            }
+            _ => Vec::new(),
+        };
+        fields.join(",")
+    }
+
+    /// Splits one CSV record (RFC 4180) into its fields, for checking the quoting.
+    fn parse_csv_record(line: &str) -> Vec<String> {
+        let mut fields = vec![String::new()];
+        let mut chars = line.chars().peekable();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            let field = fields.last_mut().expect("a field");
+            match (quoted, c) {
+                (false, ',') => fields.push(String::new()),
+                (false, '"') if field.is_empty() => quoted = true,
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                (true, '"') => quoted = false,
+                (_, c) => field.push(c),
+            }
+        }
+        assert!(!quoted, "unterminated quoted field in {line:?}");
+        fields
+    }
+
+    #[test]
+    fn csv_snapshot_transitions_and_connections() {
+        let mut dwell_v6 = transition(Some(2_000_000_001));
+        if let Fact::Transition { conn, .. } = &mut dwell_v6 {
+            *conn = v6_unowned();
+        }
+        let mut quoted = transition(Some(7));
+        if let Fact::Transition { conn, .. } = &mut quoted {
+            *conn = owned_by("a,\"b\"");
+        }
+        let transitions = render(
+            Style::Csv,
+            Unit::Transition,
+            &[
+                transition(Some(1_234_567)),
+                transition(None),
+                dwell_v6,
+                quoted,
+            ],
+        );
+        insta::assert_snapshot!("csv_transitions", transitions);
+        let mut v6 = closed(v6_unowned());
+        if let Fact::Closed(c) = &mut v6 {
+            c.opened_ns = None;
+            c.handshake_ns = None;
+            c.time_wait = false;
+            c.close = CloseKind::ResetReceived;
+        }
+        let connections = render(
+            Style::Csv,
+            Unit::Connection,
+            &[closed(conn()), v6, transition(None)],
+        );
+        insta::assert_snapshot!("csv_connections", connections);
+    }
+
+    #[test]
+    fn csv_quotes_commas_quotes_and_newlines_in_process_names() {
+        for (comm, field) in [
+            ("a,b", "\"a,b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("two\nlines", "\"two\nlines\""),
+            ("cr\rhere", "\"cr\rhere\""),
+            ("plain name", "plain name"),
+        ] {
+            for unit in [Unit::Transition, Unit::Connection] {
+                let fact = match unit {
+                    Unit::Transition => {
+                        let mut t = transition(Some(1));
+                        if let Fact::Transition { conn, .. } = &mut t {
+                            *conn = owned_by(comm);
+                        }
+                        t
+                    }
+                    Unit::Connection => closed(owned_by(comm)),
+                };
+                let out = render(Style::Csv, unit, &[fact]);
+                let (header, record) = out.split_once('\n').expect("header row");
+                let record = record.strip_suffix('\n').expect("line end");
+                let comm_col = header
+                    .split(',')
+                    .position(|c| c == "comm")
+                    .expect("comm column");
+                assert!(
+                    record.contains(&format!(",{field},")),
+                    "{comm:?} not written as {field:?}: {record:?}"
+                );
+                let fields = parse_csv_record(record);
+                assert_eq!(fields.len(), header.split(',').count(), "{record:?}");
+                assert_eq!(fields[comm_col], comm, "{record:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn csv_columns_are_the_json_keys_in_order() {
+        for (unit, fact, columns) in [
+            (
+                Unit::Transition,
+                transition(Some(5)),
+                &TRANSITION_COLUMNS[..],
+            ),
+            (Unit::Connection, closed(conn()), &CONNECTION_COLUMNS[..]),
+        ] {
+            let json = render(Style::Json, unit, &[fact]);
+            let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+            let keys: Vec<&String> = v.as_object().expect("object").keys().collect();
+            assert_eq!(keys.len(), columns.len(), "{keys:?}");
+            let mut at = 0;
+            for c in columns {
+                let pos = json[at..]
+                    .find(&format!("\"{c}\":"))
+                    .unwrap_or_else(|| panic!("column {c} is not next in {json}"));
+                at += pos;
+            }
+            let csv = render(Style::Csv, unit, &[fact]);
+            assert_eq!(csv.lines().next(), Some(columns.join(",").as_str()));
+        }
+    }
+
+    #[test]
+    fn fast_csv_lines_match_plain_formatting() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let comms = [
+            "client",
+            "a,b",
+            "q\"uote",
+            "nl\nx",
+            "päivä",
+            "",
+            "x,\"y\"\r\n",
+        ];
+        let sources = [
+            OwnerSource::Current,
+            OwnerSource::Cached,
+            OwnerSource::Listener,
+            OwnerSource::Proc,
+        ];
+        let states = [
+            TcpState::SynSent,
+            TcpState::Established,
+            TcpState::CloseWait,
+        ];
+        for i in 0..20_000u64 {
+            let v = rand();
+            let (local, remote): (SocketAddr, SocketAddr) = if v % 4 == 0 {
+                let a = std::net::Ipv6Addr::from(u128::from(rand()) << 64 | u128::from(v));
+                (
+                    SocketAddr::from((a, (v >> 8) as u16)),
+                    SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, (v >> 24) as u16)),
+                )
+            } else {
+                (
+                    SocketAddr::from(((v as u32).to_be_bytes(), (v >> 32) as u16)),
+                    SocketAddr::from((((v >> 16) as u32).to_be_bytes(), (v >> 48) as u16)),
+                )
+            };
+            let owner = (v % 5 != 0).then(|| Owner {
+                tgid: (v >> 3) as u32,
+                pid: (v >> 5) as u32,
+                comm: Comm::from_str_lossy(comms[(v % 7) as usize]),
+                source: sources[(v % 4) as usize],
+            });
+            let conn = Conn {
+                sock: rand() >> (v % 64),
+                local,
+                remote,
+                owner,
+                side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
+            };
+            let ns = |r: u64| -> Option<u64> {
+                (!r.is_multiple_of(6)).then(|| match r % 3 {
+                    0 => r >> (r % 64),
+                    1 => (r % 10_000_000) / 1000 * 1000 + 500,
+                    _ => r % 5_000_000,
+                })
+            };
+            let ts = rand() % (1 << 62);
+            let fact = if i % 2 == 0 {
+                Fact::Transition {
+                    ts_ns: ts,
+                    conn,
+                    old: states[(v % 3) as usize],
+                    new: states[(v / 3 % 3) as usize],
+                    dwell_ns: ns(rand()),
+                }
+            } else {
+                let opened = ts.checked_sub(rand() % (1 << 40));
+                Fact::Closed(Connection {
+                    conn,
+                    opened_ns: opened.filter(|_| v % 7 != 0),
+                    closed_ns: ts,
+                    handshake_ns: ns(rand()),
+                    retransmits: (v % 4) as u32,
+                    phases: [ns(rand()), ns(rand()), ns(rand()), ns(rand()), ns(rand())],
+                    close: CloseKind::ALL[(v % 7) as usize],
+                    time_wait: v % 2 == 0,
+                })
+            };
+            let unit = if i % 2 == 0 {
+                Unit::Transition
+            } else {
+                Unit::Connection
+            };
+            let out = render(Style::Csv, unit, &[fact]);
+            let record = out.split_once('\n').map(|(_, r)| r).expect("header");
+            assert_eq!(record, format!("{}\n", csv_plain(&fact)));
+        }
+    }
+
+    #[test]
+    fn wide_text_aligns_ipv6_addresses() {
+        let mut t = transition(Some(1_000));
+        if let Fact::Transition { conn, .. } = &mut t {
+            *conn = v6_unowned();
+        }
+        let mut s = Stream::new(Vec::new(), CLOCK, Style::Text, Unit::Transition).wide(true);
+        s.fact(&t).expect("write");
+        s.fact(&transition(None)).expect("write");
+        let out = String::from_utf8(s.out).expect("utf8");
+        let lines: Vec<&str> = out.lines().collect();
+        let arrow = |l: &str| l.find(" -> ").expect("arrow");
+        assert_eq!(arrow(lines[1]), arrow(lines[2]), "{out}");
+        assert!(lines[0].starts_with("TIME"));
+        let old_end = lines[0].find("OLD").expect("OLD") + 3;
+        assert_eq!(old_end, arrow(lines[1]), "{out}");
+        let narrow = render(Style::Text, Unit::Transition, &[t, transition(None)]);
+        let narrow: Vec<&str> = narrow.lines().collect();
+        assert_ne!(
+            arrow(narrow[1]),
+            arrow(narrow[2]),
+            "without -w a long IPv6 address shifts the columns"
+        );
+        let mut c = Stream::new(Vec::new(), CLOCK, Style::Text, Unit::Connection).wide(true);
+        c.fact(&closed(v6_unowned())).expect("write");
+        c.fact(&closed(conn())).expect("write");
+        let out = String::from_utf8(c.out).expect("utf8");
+        let lines: Vec<&str> = out.lines().collect();
+        let hs = |l: &str| l.find("0.050").expect("handshake");
+        assert_eq!(hs(lines[1]), hs(lines[2]), "{out}");
     }
 }

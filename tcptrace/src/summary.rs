@@ -2,18 +2,24 @@
 //! aggregates and the tracker, rendered as text (stderr at exit) or JSON. The same value
 //! comes out of a live run and of `report`, which is how a recording is checked against the
 //! run that made it. A [`Snapshot`] is the summary so far, built the same way, plus what only
-//! means something while a run goes on (sockets per state now); live front ends (`top`,
-//! `serve`) draw and export snapshots and compute no figures of their own.
+//! means something while a run goes on (sockets per state now) and, when a front end asks,
+//! more: what an export needs ([`SnapshotOptions::detail`]: whole distributions, transitions
+//! per edge, the named groups, CLOSE_WAIT ages) and what the dashboard shows
+//! ([`SnapshotOptions::dashboard`]: rates, last-10-s handshakes, every CLOSE_WAIT socket with
+//! its age, groups, recent closes); live front ends (`top`, `serve`) draw and export
+//! snapshots and compute no figures of their own.
 
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{collections::BTreeMap, io, net::SocketAddr, time::Duration};
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    aggregate::{Aggregate, Groups, Quantiles, Stats, row_names, rows},
+    aggregate::{Aggregate, GroupKey, Groups, Hist, Quantiles, Stats, row_names, rows},
     counters::{Counters, LOSS_EXPLAINED},
     decode::TcpState,
     pipeline::Pipeline,
+    recent::{ClosedConn, DIMENSIONS, RateFigures, Recent, group_keys},
     track::{CloseKind, TrackStats, Tracker},
 };
 
@@ -235,8 +241,96 @@ pub struct Snapshot {
     /// The summary so far, built exactly as the exit summary is.
     pub summary: Summary,
     /// Sockets the tracker follows now, per state (states with none left out). Sockets that
-    /// predate the run count from their first event.
+    /// predate the run count from their first event; until then they are in
+    /// [`Dashboard::states_from_proc`].
     pub states: BTreeMap<&'static str, u64>,
+    /// Whole distributions, edges, chosen groups and CLOSE_WAIT ages, when
+    /// [`SnapshotOptions::detail`] asks for them (what `serve` exports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Detail>,
+    /// What the dashboard shows besides the summary, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<Dashboard>,
+}
+
+/// The dashboard's figures (`top`), all computed here from the run's aggregates, its tracker
+/// and the [`Recent`] sink; the dashboard only sorts, filters and draws them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Dashboard {
+    /// The time these figures are for, in event time (monotonic; the replay position when
+    /// replaying).
+    pub now_ns: u64,
+    /// Per-second counters: rate over the last 10 s, total, the last minute.
+    pub rates: Vec<RateFigures>,
+    /// Handshake latency over the last 10 s ("client", "server"; sides without any left out).
+    pub handshake_last_10s: BTreeMap<&'static str, Quantiles>,
+    /// Handshake latencies since the start, in a few log-spaced buckets.
+    pub handshake_histogram: Vec<HistBucket>,
+    /// Every socket in CLOSE_WAIT now (up to [`MAX_ROWS`]), oldest first; sockets that were
+    /// in CLOSE_WAIT in /proc at start and have had no event since come first.
+    pub close_wait: Vec<Leak>,
+    /// Sockets /proc showed at start that have had no event since, per state (TIME_WAIT
+    /// mini-sockets are not counted).
+    pub states_from_proc: BTreeMap<&'static str, u64>,
+    /// Group tables, one per [`DIMENSIONS`] entry, each up to [`MAX_ROWS`] groups with the
+    /// most connections.
+    pub groups: Vec<GroupTable>,
+    /// The last connections that ended, newest first.
+    pub recently_closed: Vec<ClosedConn>,
+    /// Overall figures since the start, or since the dashboard's `r` (then `reset_at_ns`
+    /// says when): what the since-start columns show.
+    pub since_start: GroupSummary,
+    pub reset_at_ns: Option<u64>,
+}
+
+/// Most rows of a dashboard table in a snapshot.
+pub const MAX_ROWS: usize = 1000;
+
+/// A socket waiting in CLOSE_WAIT.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Leak {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Time in CLOSE_WAIT so far; `None` when it entered CLOSE_WAIT before tracing started
+    /// (then it is at least the run's elapsed time).
+    pub age_ms: Option<f64>,
+    /// Found in /proc at start and not seen since.
+    pub from_proc: bool,
+}
+
+/// Handshakes since the start with a latency below `upto_us` (and at least the previous
+/// bucket's bound); the last bucket (`upto_us` = null) holds the rest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistBucket {
+    pub upto_us: Option<u64>,
+    pub client: u64,
+    pub server: u64,
+}
+
+/// One grouping of the dashboard's group table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupTable {
+    pub dimension: &'static str,
+    pub rows: Vec<GroupRow>,
+}
+
+/// One group's row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupRow {
+    pub key: String,
+    /// Finished connections per second over the last 10 s.
+    pub conns_per_s: f64,
+    /// Finished connections since the start.
+    pub connections: u64,
+    /// Handshake latency since the start (client side for remote ports, server side for local
+    /// ports, whichever has data for processes and peers, client first).
+    pub handshake_p50_us: Option<u64>,
+    pub handshake_p99_us: Option<u64>,
+    pub resets: u64,
+    /// Sockets of this group in CLOSE_WAIT now.
+    pub close_wait: u64,
 }
 
 /// What a front end wants in its snapshots.
@@ -244,30 +338,354 @@ pub struct Snapshot {
 pub struct SnapshotOptions {
     /// Groups per dimension in the summary.
     pub top_n: usize,
+    /// Build [`Snapshot::detail`] too.
+    pub detail: Option<DetailOptions>,
+    /// Build [`Dashboard`] figures (the live loop then adds the [`Recent`] sink).
+    pub dashboard: bool,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        Self { top_n: 5 }
+        Self {
+            top_n: 5,
+            dashboard: false,
+            detail: None,
+        }
     }
 }
+
+/// Which groups and thresholds [`Detail`] covers. Exports must keep their number of series
+/// bounded, so groups are named, never discovered: ports only when listed, processes only
+/// the first `processes` names seen (a stable choice: a series never moves to `other`).
+#[derive(Clone, Debug, Default)]
+pub struct DetailOptions {
+    /// Ports to break out: server-side connections by local port, client side by remote port.
+    pub ports: Vec<u16>,
+    /// How many process names get their own group; the rest are folded into `other`.
+    pub processes: usize,
+    /// CLOSE_WAIT sockets older than this are counted in [`CloseWaitAges::over_threshold`].
+    pub close_wait_threshold: Duration,
+}
+
+/// A latency distribution for export: the exact count and sum, and the HDR histogram's
+/// recorded values, so that any bucket layout can be read from it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Distribution {
+    pub count: u64,
+    /// Exact sum of the values, in seconds.
+    pub sum_s: f64,
+    /// (value in microseconds, count), ascending. A value stands for every value the HDR
+    /// histogram holds in the same bucket (it is the bucket's highest value): 0.1% resolution
+    /// overall, 1% per group.
+    pub values: Vec<(u64, u64)>,
+}
+
+impl Distribution {
+    fn of(h: &Hist) -> Self {
+        let values = h.histogram().map_or_else(Vec::new, |hh| {
+            hh.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        });
+        Self {
+            count: h.count(),
+            sum_s: h.sum_ns() as f64 / 1e9,
+            values,
+        }
+    }
+
+    /// Adds another distribution (for folding groups together).
+    fn merge(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum_s += other.sum_s;
+        let (a, b) = (&self.values, &other.values);
+        let mut merged = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        loop {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    merged.push((x.0, x.1 + y.1));
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    merged.push(*y);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
+        }
+        self.values = merged;
+    }
+}
+
+/// Everything measured about one group of connections (or all of them), distributions whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Handshake latency: index 0 client, 1 server.
+    pub handshake: [Distribution; 2],
+    /// Handshakes whose latency could not be known, by side.
+    pub handshake_unmeasured: [u64; 2],
+    /// Dwell per teardown phase, indexed like [`crate::track::PHASES`].
+    pub phases: [Distribution; 5],
+    pub lifetime: Distribution,
+    /// Finished connections per [`CloseKind`] (indexed like `CloseKind::ALL`).
+    pub closes: [u64; 7],
+    pub syn_retransmits: u64,
+    pub synack_retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub time_wait_entries: u64,
+}
+
+impl Figures {
+    fn of(s: &Stats) -> Self {
+        Self {
+            handshake: [
+                Distribution::of(&s.handshake[0]),
+                Distribution::of(&s.handshake[1]),
+            ],
+            handshake_unmeasured: s.handshake_unmeasured,
+            phases: [0, 1, 2, 3, 4].map(|i| Distribution::of(&s.phases[i])),
+            lifetime: Distribution::of(&s.lifetime),
+            closes: s.closes,
+            syn_retransmits: s.syn_retransmits,
+            synack_retransmits: s.synack_retransmits,
+            resets_sent: s.resets_sent,
+            resets_received: s.resets_received,
+            time_wait_entries: s.time_wait_entries,
+        }
+    }
+
+    fn merge(&mut self, o: &Self) {
+        for (a, b) in self.handshake.iter_mut().zip(&o.handshake) {
+            a.merge(b);
+        }
+        for (a, b) in self.phases.iter_mut().zip(&o.phases) {
+            a.merge(b);
+        }
+        self.lifetime.merge(&o.lifetime);
+        for i in 0..2 {
+            self.handshake_unmeasured[i] += o.handshake_unmeasured[i];
+        }
+        for (a, b) in self.closes.iter_mut().zip(o.closes) {
+            *a += b;
+        }
+        self.syn_retransmits += o.syn_retransmits;
+        self.synack_retransmits += o.synack_retransmits;
+        self.resets_sent += o.resets_sent;
+        self.resets_received += o.resets_received;
+        self.time_wait_entries += o.time_wait_entries;
+    }
+
+    /// Connections that reached ESTABLISHED, by side (measured or not).
+    pub fn opened(&self) -> [u64; 2] {
+        [0, 1].map(|i| self.handshake[i].count + self.handshake_unmeasured[i])
+    }
+
+    /// Finished connections.
+    pub fn connections(&self) -> u64 {
+        self.closes.iter().sum()
+    }
+}
+
+/// How a group is keyed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Server-side connections by local port.
+    LocalPort,
+    /// Client-side connections by remote port.
+    RemotePort,
+    /// By owning process name.
+    Process,
+}
+
+/// One chosen group's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupFigures {
+    pub dimension: Dimension,
+    /// A port number, a process name ("?" when unknown), or "other" (the folded rest).
+    pub key: String,
+    pub figures: Figures,
+}
+
+/// CLOSE_WAIT sockets by age, measured to the snapshot's time (not to the last event, so
+/// ages keep growing on a quiet host).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CloseWaitAges {
+    /// Age of the oldest, in seconds (0 when there is none). Sockets already in CLOSE_WAIT
+    /// when tracing started count as old as the run.
+    pub oldest_s: f64,
+    /// How many are older than [`DetailOptions::close_wait_threshold`].
+    pub over_threshold: u64,
+    pub threshold_s: f64,
+}
+
+/// What an export needs beyond the summary: whole distributions, the transition counts per
+/// edge of the state machine, the chosen groups, CLOSE_WAIT ages.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Detail {
+    pub overall: Figures,
+    /// (old, new, count), in the order of [`TcpState::ALL`].
+    pub edges: Vec<(&'static str, &'static str, u64)>,
+    /// Named ports (both dimensions), then the first processes and `other`.
+    pub groups: Vec<GroupFigures>,
+    /// Process names folded into `other` (beyond the first N).
+    pub folded_processes: u64,
+    /// Connections (opened or closed) counted under `other` rather than their own process.
+    pub folded_connections: u64,
+    pub close_wait: CloseWaitAges,
+}
+
+impl Detail {
+    fn build(
+        agg: &Aggregate,
+        tracker: &Tracker,
+        opts: &DetailOptions,
+        now_ns: u64,
+        elapsed: Duration,
+    ) -> Self {
+        let mut edges: Vec<_> = agg
+            .edges
+            .iter()
+            .map(|((o, n), e)| (*o, *n, e.count))
+            .collect();
+        edges.sort_by_key(|(o, n, _)| (*o as u8, *n as u8));
+        let edges = edges
+            .into_iter()
+            .map(|(o, n, c)| (o.name(), n.name(), c))
+            .collect();
+
+        let mut groups = Vec::new();
+        for (dimension, g) in [
+            (Dimension::LocalPort, &agg.by_local_port),
+            (Dimension::RemotePort, &agg.by_remote_port),
+        ] {
+            for p in &opts.ports {
+                let figures = g
+                    .map
+                    .get(&GroupKey::Port(*p))
+                    .map_or_else(Figures::default, Figures::of);
+                groups.push(GroupFigures {
+                    dimension,
+                    key: p.to_string(),
+                    figures,
+                });
+            }
+        }
+        let (mut folded_processes, mut folded_connections) = (0, 0);
+        if opts.processes > 0 {
+            let chosen: Vec<&GroupKey> = agg
+                .by_process
+                .order
+                .iter()
+                .filter(|k| **k != GroupKey::Other)
+                .take(opts.processes)
+                .collect();
+            for k in &chosen {
+                if let Some(s) = agg.by_process.map.get(k) {
+                    groups.push(GroupFigures {
+                        dimension: Dimension::Process,
+                        key: k.to_string(),
+                        figures: Figures::of(s),
+                    });
+                }
+            }
+            let mut other = Figures::default();
+            for (k, s) in &agg.by_process.map {
+                if !chosen.contains(&k) {
+                    let f = Figures::of(s);
+                    folded_connections += f.opened().iter().sum::<u64>() + f.connections();
+                    folded_processes += u64::from(*k != GroupKey::Other);
+                    other.merge(&f);
+                }
+            }
+            groups.push(GroupFigures {
+                dimension: Dimension::Process,
+                key: "other".to_owned(),
+                figures: other,
+            });
+        }
+
+        let waiting = tracker.sockets_in(TcpState::CloseWait);
+        let threshold_ns = u64::try_from(opts.close_wait_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let run_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let now = now_ns.max(tracker.newest_ns());
+        let ages = waiting
+            .iter()
+            .map(|(since, _)| since.map_or(run_ns, |t| now.saturating_sub(t)));
+        let mut close_wait = CloseWaitAges {
+            threshold_s: opts.close_wait_threshold.as_secs_f64(),
+            ..CloseWaitAges::default()
+        };
+        for age in ages {
+            close_wait.oldest_s = close_wait.oldest_s.max(age as f64 / 1e9);
+            close_wait.over_threshold += u64::from(age > threshold_ns);
+        }
+
+        Self {
+            overall: Figures::of(&agg.overall),
+            edges,
+            groups,
+            folded_processes,
+            folded_connections,
+            close_wait,
+        }
+    }
+}
+
+/// Bucket bounds of [`Dashboard::handshake_histogram`], in microseconds.
+const HIST_BOUNDS_US: [u64; 9] = [
+    100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000,
+];
 
 impl Snapshot {
     /// Before the first tick.
     pub fn empty(opts: &SnapshotOptions) -> Self {
-        Self::build(
+        let recent = opts.dashboard.then(Recent::default);
+        Self::build_with(
             &Pipeline::new(Vec::new()),
             &Counters::default(),
             opts,
             Duration::ZERO,
+            0,
+            recent.as_ref(),
         )
     }
 
-    pub fn build(
+    /// A snapshot at monotonic time `now_ns` (CLOCK_MONOTONIC, the events' time base): a
+    /// live run passes the clock, so CLOSE_WAIT ages grow even when no event arrives. (The
+    /// live loop calls [`Snapshot::build_with`], which also takes the dashboard's sink.)
+    #[cfg(test)]
+    pub fn build_at(
         p: &Pipeline,
         counters: &Counters,
         opts: &SnapshotOptions,
         elapsed: Duration,
+        now_ns: u64,
+    ) -> Self {
+        Self::build_with(p, counters, opts, elapsed, now_ns, None)
+    }
+
+    /// A snapshot at monotonic time `now_ns` with the dashboard's sink: `recent` is required for
+    /// [`Dashboard`] figures (`opts.dashboard`); `now_ns` is the replay position when
+    /// replaying.
+    pub fn build_with(
+        p: &Pipeline,
+        counters: &Counters,
+        opts: &SnapshotOptions,
+        elapsed: Duration,
+        now_ns: u64,
+        recent: Option<&Recent>,
     ) -> Self {
         let top_n = opts.top_n;
         let tracker = p.tracker();
@@ -282,6 +700,215 @@ impl Snapshot {
             newest_ns: tracker.newest_ns(),
             summary: Summary::build(p.aggregate(), counters, p.undecodable(), tracker, top_n),
             states,
+            detail: opts
+                .detail
+                .as_ref()
+                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed)),
+            dashboard: recent
+                .filter(|_| opts.dashboard)
+                .map(|r| Dashboard::build(p, r, now_ns)),
+        }
+    }
+
+    /// The snapshot as text, for `top --once`: the dashboard's figures, then the summary.
+    pub fn write_text(&self, mut w: impl io::Write) -> io::Result<()> {
+        writeln!(w, "tcptrace top: {:.1} s", self.elapsed_s)?;
+        if let Some(d) = &self.dashboard {
+            writeln!(w, "{:<18} {:>10} {:>10}", "(events)", "per s", "total")?;
+            for r in &d.rates {
+                writeln!(w, "{:<18} {:>10.1} {:>10}", r.name, r.per_s, r.total)?;
+            }
+            for (side, q) in &d.handshake_last_10s {
+                writeln!(
+                    w,
+                    "handshake {side} last 10 s (ms): count {} p50 {} p90 {} p99 {} max {}",
+                    q.count,
+                    fmt_ms(q.p50_us),
+                    fmt_ms(q.p90_us),
+                    fmt_ms(q.p99_us),
+                    fmt_ms(q.max_us)
+                )?;
+            }
+        }
+        let states: Vec<String> = self
+            .states
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(w, "sockets per state (tracked): {}", states.join(", "))?;
+        if let Some(d) = &self.dashboard {
+            if !d.states_from_proc.is_empty() {
+                let s: Vec<String> = d
+                    .states_from_proc
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                writeln!(
+                    w,
+                    "sockets per state (from /proc at start, no event since): {}",
+                    s.join(", ")
+                )?;
+            }
+            writeln!(w, "in CLOSE_WAIT now: {}", d.close_wait.len())?;
+            for l in &d.close_wait {
+                writeln!(
+                    w,
+                    "  {:>7} {:<15} {} -> {}  {}",
+                    l.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    l.comm.as_deref().unwrap_or("-"),
+                    l.local,
+                    l.remote,
+                    match (l.age_ms, l.from_proc) {
+                        (Some(a), _) => format!("{:.3} ms", a),
+                        (None, true) => "since before tracing (from /proc at start)".to_owned(),
+                        (None, false) => "since before tracing".to_owned(),
+                    }
+                )?;
+            }
+        }
+        self.summary.write_text(w)
+    }
+}
+
+impl Dashboard {
+    fn build(p: &Pipeline, recent: &Recent, now_ns: u64) -> Self {
+        let tracker = p.tracker();
+        let (reset_at_ns, agg) = match recent.since_reset() {
+            Some((t, a)) => (Some(t), a),
+            None => (None, p.aggregate()),
+        };
+        let mut handshake_last_10s = BTreeMap::new();
+        for (side, q) in ["client", "server"]
+            .into_iter()
+            .zip(recent.handshake_window(now_ns))
+        {
+            if let Some(q) = q {
+                handshake_last_10s.insert(side, q);
+            }
+        }
+        let hist = |i: usize, lo: u64, hi: u64| {
+            agg.overall.handshake[i]
+                .histogram()
+                .map_or(0, |h| h.count_between(lo, hi.saturating_sub(1)))
+        };
+        let mut handshake_histogram = Vec::new();
+        let mut lo = 0;
+        for hi in HIST_BOUNDS_US.iter().copied().map(Some).chain([None]) {
+            let top = hi.unwrap_or(u64::MAX);
+            handshake_histogram.push(HistBucket {
+                upto_us: hi,
+                client: hist(0, lo, top),
+                server: hist(1, lo, top),
+            });
+            lo = top;
+        }
+
+        let mut states_from_proc: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut close_wait = Vec::new();
+        for ((local, remote), (state, owner)) in p.prior_sockets() {
+            *states_from_proc.entry(state.name()).or_default() += 1;
+            if *state == TcpState::CloseWait {
+                close_wait.push(Leak {
+                    pid: owner.map(|o| o.tgid),
+                    comm: owner.map(|o| o.comm.as_str().into_owned()),
+                    local: *local,
+                    remote: *remote,
+                    age_ms: None,
+                    from_proc: true,
+                });
+            }
+        }
+        close_wait.sort_by_key(|l| (l.local, l.remote));
+        let waiting = tracker.sockets_in(TcpState::CloseWait);
+        let mut cw_groups: FxHashMap<(usize, GroupKey), u64> = FxHashMap::default();
+        for (since, c) in &waiting {
+            for (dim, key) in group_keys(c).into_iter().enumerate() {
+                if let Some(k) = key {
+                    *cw_groups.entry((dim, k)).or_default() += 1;
+                }
+            }
+            if close_wait.len() < MAX_ROWS {
+                close_wait.push(Leak {
+                    pid: c.owner.map(|o| o.tgid),
+                    comm: c.owner.map(|o| o.comm.as_str().into_owned()),
+                    local: c.local,
+                    remote: c.remote,
+                    age_ms: since.map(|t| now_ns.saturating_sub(t) as f64 / 1e6),
+                    from_proc: false,
+                });
+            }
+        }
+
+        let row = |dim: usize, k: &GroupKey, hs: &[crate::aggregate::Hist; 2], n: u64, resets| {
+            let hs = match dim {
+                0 => &hs[0],
+                1 => &hs[1],
+                _ if hs[0].count() > 0 => &hs[0],
+                _ => &hs[1],
+            };
+            let q = hs.quantiles();
+            GroupRow {
+                key: k.to_string(),
+                conns_per_s: recent.group_rate(dim, k, now_ns),
+                connections: n,
+                handshake_p50_us: q.map(|q| q.p50_us),
+                handshake_p99_us: q.map(|q| q.p99_us),
+                resets,
+                close_wait: cw_groups.get(&(dim, k.clone())).copied().unwrap_or(0),
+            }
+        };
+        let dims: [&Groups; 3] = [&agg.by_remote_port, &agg.by_local_port, &agg.by_process];
+        let mut groups: Vec<GroupTable> = dims
+            .iter()
+            .enumerate()
+            .map(|(dim, g)| GroupTable {
+                dimension: DIMENSIONS[dim],
+                rows: g
+                    .sorted()
+                    .into_iter()
+                    .take(MAX_ROWS)
+                    .map(|(k, s)| {
+                        row(
+                            dim,
+                            k,
+                            &s.handshake,
+                            s.connections(),
+                            s.resets_sent + s.resets_received,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut peers: Vec<_> = recent.by_peer().iter().collect();
+        peers.sort_by(|a, b| b.1.connections.cmp(&a.1.connections).then(a.0.cmp(b.0)));
+        groups.push(GroupTable {
+            dimension: DIMENSIONS[3],
+            rows: peers
+                .into_iter()
+                .take(MAX_ROWS)
+                .map(|(ip, p)| {
+                    row(
+                        3,
+                        &GroupKey::Addr(*ip),
+                        &p.handshake,
+                        p.connections,
+                        p.resets,
+                    )
+                })
+                .collect(),
+        });
+
+        Self {
+            now_ns,
+            rates: recent.rates(now_ns),
+            handshake_last_10s,
+            handshake_histogram,
+            close_wait,
+            states_from_proc,
+            groups,
+            recently_closed: recent.closed_newest_first().cloned().collect(),
+            since_start: GroupSummary::of("overall".to_owned(), &agg.overall),
+            reset_at_ns,
         }
     }
 }

@@ -124,7 +124,7 @@ impl Timeline {
     }
 
     fn add(&mut self, fact: &Fact) {
-        let ts = fact_ts(fact);
+        let ts = fact.ts_ns();
         self.first_ns = Some(self.first_ns.map_or(ts, |f| f.min(ts)));
         self.last_ns = self.last_ns.max(ts);
         match fact {
@@ -167,19 +167,6 @@ impl Timeline {
     #[cfg(test)]
     pub fn population(&self, state: TcpState) -> u32 {
         self.population[state_index(state)]
-    }
-}
-
-fn fact_ts(f: &Fact) -> u64 {
-    match f {
-        Fact::Transition { ts_ns, .. }
-        | Fact::Handshake { ts_ns, .. }
-        | Fact::Phase { ts_ns, .. }
-        | Fact::TimeWait { ts_ns, .. }
-        | Fact::SynRetransmit { ts_ns, .. }
-        | Fact::SynAckRetransmit { ts_ns, .. }
-        | Fact::Reset { ts_ns, .. } => *ts_ns,
-        Fact::Closed(c) => c.closed_ns,
     }
 }
 

@@ -168,6 +168,36 @@ pub enum Fact {
     Reset { ts_ns: u64, conn: Conn, sent: bool },
 }
 
+impl Fact {
+    /// When it happened (event time).
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Fact::Transition { ts_ns, .. }
+            | Fact::Handshake { ts_ns, .. }
+            | Fact::Phase { ts_ns, .. }
+            | Fact::TimeWait { ts_ns, .. }
+            | Fact::SynRetransmit { ts_ns, .. }
+            | Fact::SynAckRetransmit { ts_ns, .. }
+            | Fact::Reset { ts_ns, .. } => *ts_ns,
+            Fact::Closed(c) => c.closed_ns,
+        }
+    }
+
+    /// The connection it is about.
+    pub fn conn(&self) -> &Conn {
+        match self {
+            Fact::Transition { conn, .. }
+            | Fact::Handshake { conn, .. }
+            | Fact::Phase { conn, .. }
+            | Fact::TimeWait { conn, .. }
+            | Fact::SynRetransmit { conn, .. }
+            | Fact::SynAckRetransmit { conn, .. }
+            | Fact::Reset { conn, .. } => conn,
+            Fact::Closed(c) => &c.conn,
+        }
+    }
+}
+
 /// Counters about the stream itself: how complete and consistent it was.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TrackStats {

@@ -68,3 +68,193 @@ fn help_describes_watch_and_its_filters() {
         .stdout(predicate::str::contains("watch"))
         .stdout(predicate::str::contains("--rport"));
 }
+
+#[test]
+fn top_without_a_terminal_names_watch_and_once() {
+    // assert_cmd gives the child a pipe for stdout: no escape codes may go into it.
+    tcptrace()
+        .arg("top")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("needs a terminal"))
+        .stderr(predicate::str::contains("tcptrace watch"))
+        .stderr(predicate::str::contains("--once"));
+}
+
+#[test]
+fn top_flags_are_checked() {
+    tcptrace()
+        .args(["top", "--interval", "0.01"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--interval"))
+        .stderr(predicate::str::contains("0.1 to 10"));
+    tcptrace()
+        .args(["top", "--speed", "2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--replay"));
+    tcptrace()
+        .args(["top", "--replay", "x.jsonl", "--speed", "fast"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("max"));
+    tcptrace()
+        .args(["top", "--once", "--format", "csv"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--format json"));
+}
+
+#[test]
+fn top_once_replays_a_recording_without_root() {
+    let out = tcptrace()
+        .args([
+            "top",
+            "--once",
+            "--format",
+            "json",
+            "--interval",
+            "10",
+            "--speed",
+            "max",
+        ])
+        .arg("--replay")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/loopback.jsonl"
+        ))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON snapshot");
+    let report = tcptrace()
+        .args(["report", "--format", "json"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/loopback.jsonl"
+        ))
+        .output()
+        .expect("report");
+    let summary: serde_json::Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    // The replay through the live loop ends with exactly the report's summary.
+    assert_eq!(snap["summary"], summary);
+    let d = &snap["dashboard"];
+    assert_eq!(d["close_wait"].as_array().map(Vec::len), Some(1));
+    let closed = d["rates"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "closed"))
+        .expect("closed rate");
+    assert_eq!(closed["total"], summary["overall"]["connections"]);
+}
+
+#[test]
+fn serve_rejects_bad_group_ports_and_listen_addresses() {
+    tcptrace()
+        .args(["serve", "--group-ports", "80,,443"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--group-ports"))
+        .stderr(predicate::str::contains("empty entry"));
+    tcptrace()
+        .args(["serve", "--group-ports", "1000-1100"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("at most 32"));
+    tcptrace()
+        .args(["serve", "--group-processes", "500"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("from 0 to 20"));
+    tcptrace()
+        .args(["serve", "--listen", "localhost"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("e.g. 127.0.0.1:10089"));
+}
+
+/// The listener is bound before the eBPF program is loaded: these fail at once, root or not.
+#[test]
+fn serve_on_a_taken_port_names_the_holder_command() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    tcptrace()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "cannot serve on --listen 127.0.0.1:{port}"
+        )))
+        .stderr(predicate::str::contains(format!(
+            "ss -ltnp 'sport = :{port}'"
+        )));
+}
+
+#[test]
+fn serve_on_an_address_of_another_host_says_so() {
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this host; nothing is sent.
+    tcptrace()
+        .args(["serve", "--listen", "192.0.2.1:10089"])
+        .timeout(std::time::Duration::from_secs(20))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "192.0.2.1 is not an address of this host",
+        ));
+}
+
+#[test]
+fn tcpstates_flags_are_accepted() {
+    // -L/-D are --lport/--rport, -T is accepted (TIME is always printed), -w widens.
+    tcptrace()
+        .args(["watch", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("-L, --lport"))
+        .stdout(predicate::str::contains("-D, --rport"))
+        .stdout(predicate::str::contains("-T, --timestamp"))
+        .stdout(predicate::str::contains("-w, --wide"))
+        .stdout(predicate::str::contains("csv"));
+    tcptrace()
+        .args(["watch", "-L", "70000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--lport"));
+}
+
+#[test]
+fn report_refuses_csv_and_names_the_alternatives() {
+    tcptrace()
+        .args([
+            "report",
+            "tests/fixtures/one-connection.jsonl",
+            "--format",
+            "csv",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "--format csv is for the line stream",
+        ))
+        .stderr(predicate::str::contains("--format json"));
+}
+
+#[test]
+fn man_and_completions_print_from_the_binary() {
+    tcptrace()
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(".TH tcptrace 1"));
+    tcptrace()
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("watch record report"));
+}

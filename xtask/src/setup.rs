@@ -31,10 +31,17 @@ const BUILD_PACKAGES: &[&str] = &[
 /// Debian packages the root integration tests and benchmarks need.
 pub const TEST_PACKAGES: &[&str] = &[
     "chromium", // renders the SVG charts to PNG in tcptrace/tests/report_render.rs
+    "dpkg-dev", // dpkg-shlibdeps for the .deb's Depends (cargo xtask dist)
     "iproute2",
     "iptables",
     "libbpf-tools",
+    "man-db", // man -l / man -w in the docs and package checks
     "procps",
+    // promtool checks serve's exposition (a unit test) and the deploy/prometheus rules; the
+    // prometheus server scrapes `tcptrace serve` in tcptrace/tests/serve.rs.
+    "prometheus",
+    "systemd", // systemd-analyze verify of the packaged unit (systemd need not run)
+    "tmux",    // runs `tcptrace top` in a real terminal in tcptrace/tests/top.rs
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -71,10 +71,33 @@ fn unique_path(tag: &str) -> PathBuf {
 impl Tracer {
     /// Starts `tcptrace watch --format json --summary-json F ARGS` and waits until it traces.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_command(Command::new(BIN), args)
+    }
+
+    /// As [`Tracer::start`], with `tcptrace` run by `program` (e.g. `setpriv ... BIN`, which
+    /// must exec the tool so that SIGTERM reaches it).
+    pub fn start_command(program: Command, args: &[&str]) -> Self {
+        Self::spawn(program, &["watch", "--format", "json"], args)
+    }
+
+    /// Starts `tcptrace serve --summary-json F ARGS` and waits until it traces.
+    pub fn serve(args: &[&str]) -> Self {
+        Self::spawn(Command::new(BIN), &["serve"], args)
+    }
+
+    /// The first line the tool printed on stderr so far that contains `needle`.
+    pub fn stderr_line(&self, needle: &str) -> Option<&str> {
+        self.stderr_lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .map(String::as_str)
+    }
+
+    fn spawn(mut program: Command, command: &[&str], args: &[&str]) -> Self {
         let summary_path = unique_path("summary");
-        let mut child = Command::new(BIN)
-            .arg("watch")
-            .args(["--format", "json", "--summary-json"])
+        let mut child = program
+            .args(command)
+            .arg("--summary-json")
             .arg(&summary_path)
             .args(args)
             .stdin(Stdio::null())
