@@ -41,8 +41,10 @@ impl EventKind {
 /// `Event::flags`: the owner fields were taken from the current task because the transition
 /// runs in the owning process's own context (connect, listen, close, shutdown).
 pub const FLAG_OWNER_CURRENT: u8 = 1 << 0;
-/// `Event::flags`: the owner fields come from the per-socket owner cache (the transition ran
-/// in softirq or another task's context, and an earlier process-context event named the owner).
+/// `Event::flags`: the owner fields come from a per-socket owner cache (the transition ran in
+/// softirq or another task's context, and an earlier process-context event named the owner).
+/// The kernel program no longer sets it (userspace's cache fills those owners in); the
+/// decoder still reads it, and the number stays reserved.
 pub const FLAG_OWNER_CACHED: u8 = 1 << 1;
 /// `Event::flags`: the owner was inherited from the listening socket on the same local port
 /// (a server child socket created in softirq context).
@@ -60,6 +62,12 @@ pub const AF_INET6: u16 = 10;
 /// Addresses are in network byte order as the kernel stores them: IPv4 addresses occupy the
 /// first four bytes of `saddr`/`daddr`. Ports are in host byte order (the tracepoints report
 /// them that way).
+///
+/// The record grows only at its end: new fields (next, the socket's cgroup id as a u64 at
+/// offset 88 and its network namespace inode as a u32 at 96, padded to 104) are appended
+/// after `aux`, and the decoder reads any record at least [`EVENT_SIZE`] bytes long by the
+/// fields it knows. So no field moves, and nothing is reserved (and carried) before it is
+/// used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -91,7 +99,12 @@ pub struct Event {
     pub aux: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+/// Size of an [`Event`]: the shortest record the decoder accepts.
+pub const EVENT_SIZE: usize = 88;
+
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+// Appended fields start 8-aligned.
+const _: () = assert!(EVENT_SIZE.is_multiple_of(8));
 
 /// Kernel-side filter, fixed at load time and read by the program from global data.
 ///
@@ -321,10 +334,22 @@ pub mod tp {
     }
 }
 
-/// Ring buffer size in bytes (power of two, multiple of the page size). 4 MiB holds 43,690
-/// records (each takes 96 bytes: the 88-byte [`Event`] plus the ring's 8-byte header, rounded
-/// up to 8): a quarter second of the heaviest loopback churn seen on 2 cores.
+/// Size in bytes of each ring buffer in use (power of two, multiple of the page size). 4 MiB
+/// holds 43,690 records (each takes 96 bytes: the 88-byte [`Event`] plus the ring's 8-byte
+/// header, rounded up to 8): a quarter second of the heaviest loopback churn seen on 2 cores,
+/// even if it all ran on one CPU.
 pub const RING_BYTES: u32 = 4 << 20;
+
+/// Number of ring buffers: CPU `n` writes to ring `n % RINGS`. One ring shared by all CPUs
+/// made its lock and positions bounce between CPUs on every record (measured on 2 cores: a
+/// ring per CPU cut the program's time per event by about a quarter). Rings that no CPU
+/// writes to get the smallest size at load time.
+pub const RINGS: u32 = 8;
+
+/// The ring buffer maps' names, by ring index.
+pub const RING_NAMES: [&str; RINGS as usize] = [
+    "EVENTS0", "EVENTS1", "EVENTS2", "EVENTS3", "EVENTS4", "EVENTS5", "EVENTS6", "EVENTS7",
+];
 
 #[cfg(feature = "user")]
 mod user {

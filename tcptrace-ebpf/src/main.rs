@@ -1,8 +1,9 @@
 //! The tcptrace kernel program.
 //!
 //! Small and boring on purpose: read the tracepoint fields, drop non-TCP and filtered events
-//! in the kernel, stamp the time, attach the owning process, and write one fixed-size record
-//! to the ring buffer. A failed reserve is counted (per CPU), so loss is never silent.
+//! in the kernel, stamp the time, attach the owning process where the context names it (the
+//! rest is filled in by userspace), and write one fixed-size record to this CPU's ring
+//! buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
 //! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
 //! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
@@ -13,17 +14,19 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TracePointContext,
 };
+use core::mem::{MaybeUninit, offset_of};
+
 use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
-    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT,
-    FLAG_OWNER_LISTENER, MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
-    counter, tp,
+    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
+    MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -47,8 +50,55 @@ static FILTER_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static SRTT_OFFSET: u32 = 0;
 
+// One ring per CPU (modulo `RINGS`), named as in `RING_NAMES`; see `RINGS` for why.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS4: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS5: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS6: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static EVENTS7: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+const _: () = assert!(RINGS == 8);
+
+/// Reserves a record in this CPU's ring. Each arm names its map directly: the verifier needs
+/// a constant map pointer at every reserve call.
+#[inline(always)]
+fn reserve() -> Option<RingBufEntry<Event>> {
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let ring = unsafe { bpf_get_smp_processor_id() } % RINGS;
+    if ring < 4 {
+        if ring < 2 {
+            if ring == 0 {
+                EVENTS0.reserve(0)
+            } else {
+                EVENTS1.reserve(0)
+            }
+        } else if ring == 2 {
+            EVENTS2.reserve(0)
+        } else {
+            EVENTS3.reserve(0)
+        }
+    } else if ring < 6 {
+        if ring == 4 {
+            EVENTS4.reserve(0)
+        } else {
+            EVENTS5.reserve(0)
+        }
+    } else if ring == 6 {
+        EVENTS6.reserve(0)
+    } else {
+        EVENTS7.reserve(0)
+    }
+}
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -56,10 +106,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Port -> `PORT_*` bits; read only when a port filter is active.
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
-
-/// Socket address -> the process that last acted on it from its own context.
-#[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
 /// (family << 16 | local port) -> the process that put a socket in LISTEN on that port, so a
 /// child socket (created in softirq context at the final ACK) starts with its server's owner.
@@ -116,46 +162,98 @@ fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
-/// The owner of a socket no process-context event has named yet.
-const NO_OWNER: Owner = Owner {
-    tgid: 0,
-    pid: 0,
-    comm: [0; 16],
-};
+/// An [`Owner`] as its three 8-byte words, so it moves with three loads and three stores
+/// (copied as a struct, or as bytes, it compiles to byte-by-byte copies).
+#[derive(Clone, Copy)]
+struct OwnerWords([u64; 3]);
 
-fn current_owner() -> Owner {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    Owner {
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+/// The owner of a socket no process-context event has named yet.
+const NO_OWNER: OwnerWords = OwnerWords([0; 3]);
+
+impl OwnerWords {
+    /// Reads an owner from a map value (map values are 8-aligned).
+    #[inline(always)]
+    fn load(value: *const Owner) -> Self {
+        let w = value.cast::<u64>();
+        // SAFETY: `value` points at a live 24-byte, 8-aligned map value.
+        unsafe { Self([w.read(), w.add(1).read(), w.add(2).read()]) }
     }
 }
 
-/// An IPv4 address field as the first four bytes of a 16-byte address, read as one u32
-/// (byte-wise copies from the context compile to pointer arithmetic the verifier rejects).
-#[inline(always)]
-fn addr4(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let v: u32 = field(ctx, offset);
-    let b = v.to_ne_bytes();
-    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+/// An [`Owner`] on the stack, 8-aligned so that it can be read as [`OwnerWords`] (the
+/// verifier rejects misaligned stack loads).
+#[repr(C, align(8))]
+struct StackOwner(Owner);
+
+impl StackOwner {
+    /// The current task as an owner: the one helper that copies its name (16 bytes) writes
+    /// straight into the value the maps take.
+    #[inline(always)]
+    fn current() -> Self {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let mut o = MaybeUninit::<Self>::uninit();
+        let p = o.as_mut_ptr().cast::<u8>();
+        // SAFETY: writes inside the 24-byte, 8-aligned value: tgid and pid at 0 and 4 (see
+        // `Owner`), then the helper fills all 16 bytes of comm (NUL padded, or zeroed on
+        // failure), so every byte is initialised before `assume_init`. Not zeroing comm
+        // first saves a call to a memset subprogram.
+        unsafe {
+            p.cast::<u32>().write((pid_tgid >> 32) as u32);
+            p.add(4).cast::<u32>().write(pid_tgid as u32);
+            generated::bpf_get_current_comm(p.add(8).cast(), 16);
+            o.assume_init()
+        }
+    }
+
+    #[inline(always)]
+    fn words(&self) -> OwnerWords {
+        OwnerWords::load(&raw const self.0)
+    }
 }
 
+/// A socket address as two 8-byte words in the record's byte order: an IPv4 address fills
+/// the first four bytes, an IPv6 address all sixteen.
+#[derive(Clone, Copy)]
+struct Addr([u64; 2]);
+
+/// An IPv4 address field, read as one u32 (byte-wise copies from the context compile to
+/// pointer arithmetic the verifier rejects).
 #[inline(always)]
-fn widen(b: [u8; 4]) -> [u8; 16] {
-    [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+fn addr4(ctx: &TracePointContext, offset: usize) -> Addr {
+    let v: u32 = field(ctx, offset);
+    Addr::from_v4(v)
+}
+
+impl Addr {
+    /// The four bytes of `v` (as they lie in memory) followed by twelve zero bytes.
+    #[inline(always)]
+    fn from_v4(v: u32) -> Self {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&v.to_ne_bytes());
+        Self([u64::from_ne_bytes(b), 0])
+    }
 }
 
 /// An 8-aligned IPv6 address field read as two u64 words.
 #[inline(always)]
-fn addr16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let hi: u64 = field(ctx, offset);
-    let lo: u64 = field(ctx, offset + 8);
-    let (a, b) = (hi.to_ne_bytes(), lo.to_ne_bytes());
-    [
-        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
-        b[7],
-    ]
+fn addr16(ctx: &TracePointContext, offset: usize) -> Addr {
+    Addr([field(ctx, offset), field(ctx, offset + 8)])
+}
+
+/// Everything a record says besides the owner.
+struct Record {
+    ts_ns: u64,
+    skaddr: u64,
+    saddr: Addr,
+    daddr: Addr,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    kind: EventKind,
+    old: u8,
+    new: u8,
+    flags: u8,
+    aux: u32,
 }
 
 /// True for transitions that only a system call on the socket makes, so the current task is
@@ -199,7 +297,7 @@ fn try_set_state(ctx: &TracePointContext) {
         (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
 
-    let (owner, mut flags) = owner_for(skaddr, old, new, family, sport);
+    let (owner, mut flags) = owner_for(old, new, family, sport);
     let mut aux = 0;
     if old == TCP_SYN_RECV
         && new == TCP_ESTABLISHED
@@ -209,24 +307,23 @@ fn try_set_state(ctx: &TracePointContext) {
         flags |= FLAG_AUX_SRTT;
     }
 
-    emit(&Event {
-        ts_ns,
-        skaddr,
-        saddr,
-        daddr,
-        tgid: owner.tgid,
-        pid: owner.pid,
-        comm: owner.comm,
-        sport,
-        dport,
-        family,
-        kind: EventKind::StateChange as u16,
-        old: old as u8,
-        new: new as u8,
-        flags,
-        _pad: 0,
-        aux,
-    });
+    emit(
+        &Record {
+            ts_ns,
+            skaddr,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            family,
+            kind: EventKind::StateChange,
+            old: old as u8,
+            new: new as u8,
+            flags,
+            aux,
+        },
+        owner,
+    );
 }
 
 /// The smoothed RTT (µs) of a socket leaving SYN_RECV. For a server child the kernel seeds it
@@ -248,71 +345,138 @@ fn synack_rtt_us(skaddr: u64) -> Option<u32> {
     (srtt >> 3 > 0).then_some(srtt >> 3)
 }
 
-/// Resolves the owning process of `skaddr` and keeps the owner caches current.
+/// The owning process of a socket, where the program knows it without a per-socket map:
+/// the current task in a system call on the socket (connect, listen, shutdown, close), and
+/// the listener's process for a new server child. Every other transition runs in softirq or
+/// timer context and goes out without an owner; userspace fills it in from the socket's
+/// earlier events (`tcptrace/src/owners.rs`). A per-socket owner map here cost a hash lookup
+/// on nearly every event plus an LRU insert and delete per socket: about half the program's
+/// time.
 #[inline(always)]
-fn owner_for(skaddr: u64, old: u32, new: u32, family: u16, sport: u16) -> (Owner, u8) {
+fn owner_for(old: u32, new: u32, family: u16, sport: u16) -> (OwnerWords, u8) {
     let listener_key = (u32::from(family) << 16) | u32::from(sport);
     if in_owner_context(old, new) {
-        let owner = current_owner();
-        if new == TCP_CLOSE {
-            let _ = OWNERS.remove(&skaddr);
-        } else {
-            let _ = OWNERS.insert(&skaddr, &owner, 0);
-        }
+        let owner = StackOwner::current();
         if new == TCP_LISTEN {
-            let _ = LISTENERS.insert(&listener_key, &owner, 0);
+            let _ = LISTENERS.insert(&listener_key, &owner.0, 0);
         }
-        return (owner, FLAG_OWNER_CURRENT);
+        return (owner.words(), FLAG_OWNER_CURRENT);
     }
-    let found = if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        // A new child: its owner is the listener's. Any OWNERS entry for this address is a
-        // dead socket's (the address was reused), so it is replaced, never used.
-        // SAFETY: the value is copied out before any other map operation.
-        let inherited = unsafe { LISTENERS.get(&listener_key) }.copied();
-        match inherited {
-            Some(o) => {
-                let _ = OWNERS.insert(&skaddr, &o, 0);
-            }
-            None => {
-                let _ = OWNERS.remove(&skaddr);
-            }
-        }
-        inherited.map(|o| (o, FLAG_OWNER_LISTENER))
-    } else {
-        // SAFETY: as above.
-        unsafe { OWNERS.get(&skaddr) }
-            .copied()
-            .map(|o| (o, FLAG_OWNER_CACHED))
-    };
-    if new == TCP_CLOSE {
-        let _ = OWNERS.remove(&skaddr);
+    if old == TCP_LISTEN
+        && new == TCP_SYN_RECV
+        && let Some(o) = LISTENERS.get_ptr(&listener_key)
+    {
+        return (OwnerWords::load(o), FLAG_OWNER_LISTENER);
     }
-    found.unwrap_or((NO_OWNER, 0))
+    (NO_OWNER, 0)
 }
 
+/// Writes one record straight into the ring buffer, word by word at the [`Event`] field
+/// offsets (built on the stack and copied, it took a byte-by-byte copy of 88 bytes).
 #[inline(always)]
-fn emit(event: &Event) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(*event);
-            entry.submit(0);
-            count(counter::SUBMITTED);
+fn emit(r: &Record, owner: OwnerWords) {
+    let Some(mut entry) = reserve() else {
+        count(counter::LOST);
+        return;
+    };
+    let base = entry.as_mut_ptr().cast::<u8>();
+    let put = |offset: usize, v: u64| {
+        // SAFETY: every offset below is an 8-aligned field of the reserved 88-byte record
+        // (ring buffer records are 8-aligned).
+        unsafe { base.add(offset).cast::<u64>().write(v) }
+    };
+    put(offset_of!(Event, ts_ns), r.ts_ns);
+    put(offset_of!(Event, skaddr), r.skaddr);
+    put(offset_of!(Event, saddr), r.saddr.0[0]);
+    put(offset_of!(Event, saddr) + 8, r.saddr.0[1]);
+    put(offset_of!(Event, daddr), r.daddr.0[0]);
+    put(offset_of!(Event, daddr) + 8, r.daddr.0[1]);
+    // tgid, pid, comm: the owner's 24 bytes, in the same order as in `Owner`.
+    put(offset_of!(Event, tgid), owner.0[0]);
+    put(offset_of!(Event, comm), owner.0[1]);
+    put(offset_of!(Event, comm) + 8, owner.0[2]);
+    // SAFETY (the writes below): fields of the reserved record, each naturally aligned.
+    unsafe {
+        let at = |offset: usize| base.add(offset);
+        at(offset_of!(Event, sport)).cast::<u16>().write(r.sport);
+        at(offset_of!(Event, dport)).cast::<u16>().write(r.dport);
+        at(offset_of!(Event, family)).cast::<u16>().write(r.family);
+        at(offset_of!(Event, kind))
+            .cast::<u16>()
+            .write(r.kind as u16);
+        at(offset_of!(Event, old)).write(r.old);
+        at(offset_of!(Event, new)).write(r.new);
+        at(offset_of!(Event, flags)).write(r.flags);
+        at(offset_of!(Event, _pad)).write(0);
+        at(offset_of!(Event, aux)).cast::<u32>().write(r.aux);
+    }
+    entry.submit(0);
+    count(counter::SUBMITTED);
+}
+
+/// The layout [`emit`] writes: the owner's words land on `tgid`, `pid` and `comm` in order,
+/// and every 8-byte write is 8-aligned.
+const _: () = {
+    assert!(offset_of!(Event, pid) == offset_of!(Event, tgid) + 4);
+    assert!(offset_of!(Event, comm) == offset_of!(Event, tgid) + 8);
+    assert!(offset_of!(Owner, pid) == 4 && offset_of!(Owner, comm) == 8);
+    assert!(core::mem::size_of::<Owner>() == 24);
+    assert!(offset_of!(Event, saddr) % 8 == 0 && offset_of!(Event, daddr) % 8 == 0);
+    assert!(offset_of!(Event, tgid) % 8 == 0 && offset_of!(Event, comm) % 8 == 0);
+};
+
+/// The ports-family-addresses block of the `tcp:*` tracepoints ([`tp::tcp_addrs`]), read with
+/// one probe-read (several of its fields are not naturally aligned in the context, so they
+/// cannot be loaded directly). The read starts [`ADDRS_SHIFT`] bytes before the block, so
+/// that in this 8-aligned buffer every field is naturally aligned.
+#[repr(C, align(8))]
+struct AddrsBlock([u8; ADDRS_LEN]);
+
+/// Bytes read before the block: block offset 6 (saddr) lands on buffer offset 8.
+const ADDRS_SHIFT: usize = 2;
+/// The block (46 bytes, up to the end of `daddr_v6`) plus the shift.
+const ADDRS_LEN: usize = tp::tcp_addrs::DADDR_V6 + tp::ADDR6 + ADDRS_SHIFT;
+
+impl AddrsBlock {
+    #[inline(always)]
+    fn get<T: Copy>(&self, block_offset: usize) -> T {
+        // SAFETY: the offsets are those of `tp::tcp_addrs` fields, inside the buffer and
+        // naturally aligned in it (asserted below).
+        unsafe {
+            self.0
+                .as_ptr()
+                .add(block_offset + ADDRS_SHIFT)
+                .cast::<T>()
+                .read()
         }
-        None => count(counter::LOST),
     }
 }
+
+const _: () = {
+    use tp::tcp_addrs as a;
+    assert!(tp::tcp_retransmit_skb::ADDRS >= ADDRS_SHIFT);
+    assert!(tp::tcp_retransmit_synack::ADDRS >= ADDRS_SHIFT);
+    assert!(tp::tcp_receive_reset::ADDRS >= ADDRS_SHIFT);
+    assert!((a::SPORT + ADDRS_SHIFT) % 2 == 0 && (a::DPORT + ADDRS_SHIFT) % 2 == 0);
+    assert!((a::FAMILY + ADDRS_SHIFT) % 2 == 0);
+    assert!((a::SADDR + ADDRS_SHIFT) % 4 == 0 && (a::DADDR + ADDRS_SHIFT) % 4 == 0);
+    assert!((a::SADDR_V6 + ADDRS_SHIFT) % 8 == 0 && (a::DADDR_V6 + ADDRS_SHIFT) % 8 == 0);
+};
 
 /// Common reader for the `tcp:*` tracepoints that carry ports, family and addresses in a
-/// [`tp::tcp_addrs`] block starting at `base` (the tracepoint's `ADDRS`). Those offsets are
-/// not all naturally aligned, so they go through the probe-read helper; these events are rare
-/// compared with state changes.
+/// [`tp::tcp_addrs`] block starting at `base` (the tracepoint's `ADDRS`, at least
+/// [`ADDRS_SHIFT`] bytes into the record, which the block ends).
 #[inline(always)]
 fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, base: usize) {
     use tp::tcp_addrs as a;
-    // SAFETY (all reads below): offsets come from the tracepoint format and lie inside it.
-    let sport: u16 = unsafe { ctx.read_at(base + a::SPORT) }.unwrap_or(0);
-    let dport: u16 = unsafe { ctx.read_at(base + a::DPORT) }.unwrap_or(0);
-    let family: u16 = unsafe { ctx.read_at(base + a::FAMILY) }.unwrap_or(0);
+    // SAFETY: base - ADDRS_SHIFT .. base + 46 lies inside the tracepoint record (the offsets
+    // come from its format, checked at start-up).
+    let Ok(block) = (unsafe { ctx.read_at::<AddrsBlock>(base - ADDRS_SHIFT) }) else {
+        return;
+    };
+    let sport: u16 = block.get(a::SPORT);
+    let dport: u16 = block.get(a::DPORT);
+    let family: u16 = block.get(a::FAMILY);
     if !pass(family, sport, dport) {
         count(counter::FILTERED);
         return;
@@ -320,15 +484,17 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let (saddr, daddr) = if family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(base + a::SADDR) }.unwrap_or([0; 4]);
-        let d: [u8; 4] = unsafe { ctx.read_at(base + a::DADDR) }.unwrap_or([0; 4]);
-        (widen(s), widen(d))
+        (
+            Addr::from_v4(block.get(a::SADDR)),
+            Addr::from_v4(block.get(a::DADDR)),
+        )
     } else {
-        let s: [u8; 16] = unsafe { ctx.read_at(base + a::SADDR_V6) }.unwrap_or([0; 16]);
-        let d: [u8; 16] = unsafe { ctx.read_at(base + a::DADDR_V6) }.unwrap_or([0; 16]);
-        (s, d)
+        (
+            Addr([block.get(a::SADDR_V6), block.get(a::SADDR_V6 + 8)]),
+            Addr([block.get(a::DADDR_V6), block.get(a::DADDR_V6 + 8)]),
+        )
     };
-    emit_with_cached_owner(
+    emit_without_owner(
         ts_ns,
         skaddr,
         (saddr, daddr),
@@ -338,40 +504,34 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
     );
 }
 
-/// Emits a non-transition event, with the socket's owner if the cache knows it (these
-/// tracepoints run in softirq or timer context, where the current task means nothing).
+/// Emits a non-transition event. These tracepoints run in softirq or timer context, where the
+/// current task means nothing, so the owner is left to userspace's per-socket cache.
 #[inline(always)]
-fn emit_with_cached_owner(
+fn emit_without_owner(
     ts_ns: u64,
     skaddr: u64,
-    (saddr, daddr): ([u8; 16], [u8; 16]),
+    (saddr, daddr): (Addr, Addr),
     (sport, dport, family): (u16, u16, u16),
     kind: EventKind,
     state: u32,
 ) {
-    // SAFETY: copied out at once.
-    let (owner, flags) = match unsafe { OWNERS.get(&skaddr) }.copied() {
-        Some(o) => (o, FLAG_OWNER_CACHED),
-        None => (NO_OWNER, 0),
-    };
-    emit(&Event {
-        ts_ns,
-        skaddr,
-        saddr,
-        daddr,
-        tgid: owner.tgid,
-        pid: owner.pid,
-        comm: owner.comm,
-        sport,
-        dport,
-        family,
-        kind: kind as u16,
-        old: state as u8,
-        new: 0,
-        flags,
-        _pad: 0,
-        aux: 0,
-    });
+    emit(
+        &Record {
+            ts_ns,
+            skaddr,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            family,
+            kind,
+            old: state as u8,
+            new: 0,
+            flags: 0,
+            aux: 0,
+        },
+        NO_OWNER,
+    );
 }
 
 /// SYN retransmits: only retransmits while SYN_SENT are forwarded (data retransmits are
@@ -443,10 +603,10 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     } else {
         // SAFETY: inside the record; daddr's IPv6 address (offset 68) is not 8-aligned, so
         // probe-read.
-        let d: [u8; 16] = unsafe { ctx.read_at(f::DADDR + sa::ADDR6) }.unwrap_or([0; 16]);
-        (addr16(&ctx, f::SADDR + sa::ADDR6), d)
+        let d: [u64; 2] = unsafe { ctx.read_at(f::DADDR + sa::ADDR6) }.unwrap_or([0; 2]);
+        (addr16(&ctx, f::SADDR + sa::ADDR6), Addr(d))
     };
-    emit_with_cached_owner(
+    emit_without_owner(
         ts_ns,
         skaddr,
         (saddr, daddr),

@@ -111,7 +111,8 @@ pub struct ServeArgs {
     /// same values).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096).
+    /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
+    /// 1048576; default 4096).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
@@ -212,7 +213,7 @@ pub struct TopArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, conflicts_with = "once")]
     pub duration: Option<Duration>,
-    /// Ring buffer size in KiB (as for `watch`).
+    /// Size of each ring buffer in KiB (one per CPU, as for `watch`).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     #[command(flatten)]
@@ -303,8 +304,9 @@ pub enum Per {
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Ring buffer size in KiB (a power of two from 4 to 1048576; default 4096). A larger
-    /// ring rides out longer stalls of this process before the kernel has to drop events.
+    /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
+    /// 1048576; default 4096). A larger ring rides out longer stalls of this process before
+    /// the kernel has to drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (e.g. 10 or 0.5).

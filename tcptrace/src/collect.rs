@@ -13,7 +13,8 @@ use aya::{
     programs::TracePoint,
 };
 use tcptrace_common::{
-    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, counter,
+    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
+    RING_NAMES, RINGS, counter,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -283,10 +284,17 @@ pub struct Collector {
     ebpf: Ebpf,
     /// Names of the programs attached (for their kernel-side miss counters).
     attached: Vec<&'static str>,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// The ring buffers, one per CPU modulo `RINGS` (see `tcptrace_common::RINGS`).
+    rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    /// Records of one batch from every ring, merged into time order before they are handed
+    /// on (see [`Merge`]).
+    merge: Merge,
     counters: PerCpuArray<MapData, u64>,
     /// Optional probes that could not be used, with the reason.
     pub skipped: Vec<String>,
+    /// Sockets that existed at start-up whose kernel address /proc showed, with their
+    /// holders, for naming the owners of sockets first seen mid-life.
+    pub existing_socks: Vec<(u64, crate::procfs::Holder)>,
     /// Connected sockets that existed at start-up, with their holders (from /proc), for
     /// naming the owners of sockets first seen mid-life.
     pub existing: Vec<(
@@ -299,12 +307,59 @@ pub struct Collector {
     pub prior: Vec<crate::procfs::Prior>,
 }
 
+/// Records gathered from several rings and handed on in time order.
+///
+/// Each CPU writes its own ring, so one batch holds one nearly sorted run per ring. The
+/// reorder stage downstream only holds a short window (`reorder::WINDOW_NS`), shorter than a
+/// batch ([`BATCH_DELAY`]), so the runs are merged here by timestamp: a stable sort, which
+/// on a few sorted runs is a merge. Records that arrive after a batch was read were
+/// committed after their ring was drained, so they are at most a drain's duration older than
+/// what was handed on: well inside the reorder window.
+#[derive(Default)]
+struct Merge {
+    bytes: Vec<u8>,
+    /// (timestamp, start in `bytes`, length) per record.
+    spans: Vec<(u64, usize, usize)>,
+}
+
+impl Merge {
+    fn push(&mut self, record: &[u8]) {
+        // Every record starts with its u64 timestamp (`Event::ts_ns`); a short one sorts
+        // first and is rejected by the decoder.
+        let ts = record
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_ne_bytes);
+        self.spans.push((ts, self.bytes.len(), record.len()));
+        self.bytes.extend_from_slice(record);
+    }
+
+    /// Hands every gathered record to `f`, oldest first, and empties the buffer.
+    fn flush(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        self.spans.sort_by_key(|s| s.0);
+        for &(_, start, len) in &self.spans {
+            f(&self.bytes[start..start + len]);
+        }
+        let n = self.spans.len();
+        self.spans.clear();
+        self.bytes.clear();
+        n
+    }
+}
+
+/// The rings CPUs write to: CPU `n` uses ring `n % RINGS`, so with fewer CPUs than rings the
+/// others stay empty.
+fn rings_in_use() -> usize {
+    let cpus = aya::util::nr_cpus().unwrap_or(RINGS as usize);
+    cpus.clamp(1, RINGS as usize)
+}
+
 /// After the ring buffer turns readable, wait this long before draining it, so that one
 /// wake-up handles a large batch. Without it the kernel wakes the reader for almost every
 /// record under load (about 13,000 wake-ups/s at 135,000 transitions/s, and the epoll and
 /// scheduler work cost more CPU than handling the records); with it, at most about 200/s.
-/// The 4 MiB ring holds 43,690 records, some 300 ms at that rate, so this cannot lose
-/// events; it only delays the live stream by a few ms.
+/// A 4 MiB ring holds 43,690 records, some 300 ms at that rate, so this cannot lose events;
+/// it only delays the live stream by a few ms.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -325,41 +380,33 @@ fn raise_memlock() {
     }
 }
 
-/// Seeds the kernel's owner caches with the sockets and listeners that existed before
-/// tracing started (see `procfs`). Failures only cost attribution, so they are warnings.
+/// Seeds the kernel's listener map with the listeners that existed before tracing started
+/// (see `procfs`), and returns the scan for the pipeline's owner caches. Failures only cost
+/// attribution, so they are warnings.
 fn seed_owners(ebpf: &mut Ebpf) -> crate::procfs::Existing {
     let existing = crate::procfs::scan();
-    let owner = |h: &crate::procfs::Holder| {
-        let mut comm = [0u8; 16];
-        let n = h.comm.len().min(15);
-        comm[..n].copy_from_slice(&h.comm.as_bytes()[..n]);
-        tcptrace_common::Owner {
-            tgid: h.pid,
-            pid: h.pid,
-            comm,
-        }
-    };
     let mut failed = 0usize;
-    if let Some(map) = ebpf.map_mut("OWNERS")
-        && let Ok(mut owners) = BpfHashMap::<_, u64, tcptrace_common::Owner>::try_from(map)
-    {
-        for (sock, h) in &existing.sockets {
-            failed += usize::from(owners.insert(sock, owner(h), 0).is_err());
-        }
-    }
     if let Some(map) = ebpf.map_mut("LISTENERS")
         && let Ok(mut listeners) = BpfHashMap::<_, u32, tcptrace_common::Owner>::try_from(map)
     {
         for (family, port, h) in &existing.listeners {
             let key = (u32::from(*family) << 16) | u32::from(*port);
-            failed += usize::from(listeners.insert(key, owner(h), 0).is_err());
+            let mut comm = [0u8; 16];
+            let n = h.comm.len().min(15);
+            comm[..n].copy_from_slice(&h.comm.as_bytes()[..n]);
+            let owner = tcptrace_common::Owner {
+                tgid: h.pid,
+                pid: h.pid,
+                comm,
+            };
+            failed += usize::from(listeners.insert(key, owner, 0).is_err());
         }
     }
     if failed > 0 {
-        log::warn!("could not record the owners of {failed} existing sockets");
+        log::warn!("could not record the owners of {failed} existing listeners");
     }
     log::debug!(
-        "seeded owners of {} existing sockets and {} listeners",
+        "found owners of {} existing sockets and {} listeners",
         existing.sockets.len(),
         existing.listeners.len()
     );
@@ -395,8 +442,12 @@ impl Collector {
         let flags = filter.flags();
         let mut loader = EbpfLoader::new();
         loader.override_global("FILTER_FLAGS", &flags, true);
-        if let Some(kib) = ring_kib {
-            loader.map_max_entries("EVENTS", kib * 1024);
+        // Rings no CPU writes to get the smallest size the kernel allows (one page).
+        let in_use = rings_in_use();
+        let ring_bytes = ring_kib.map_or(RING_BYTES, |kib| kib * 1024);
+        for (i, name) in RING_NAMES.iter().enumerate() {
+            let bytes = if i < in_use { ring_bytes } else { 4096 };
+            loader.map_max_entries(name, bytes);
         }
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
@@ -459,52 +510,76 @@ impl Collector {
             })?;
         }
 
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let mut rings = Vec::with_capacity(RING_NAMES.len());
+        for name in RING_NAMES {
+            let ring = RingBuf::try_from(
+                ebpf.take_map(name)
+                    .with_context(|| format!("ring buffer map {name} missing"))?,
+            )?;
+            // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as
+            // long as it lives; the AsyncFd owns the ring buffer, so the fd outlives the
+            // registration.
+            let ring =
+                unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                    .map_err(|e| {
+                        anyhow::anyhow!("registering ring buffer {name} with tokio: {e}")
+                    })?;
+            rings.push(ring);
+        }
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, for as long as
-        // it lives; the AsyncFd owns the ring buffer, so the fd outlives the registration.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
         Ok(Self {
             ebpf,
             attached,
-            ring,
+            rings,
+            merge: Merge::default(),
             counters,
             skipped,
+            existing_socks: existing.sockets,
             existing: existing.connected,
             prior: existing.all,
         })
     }
 
-    /// Waits until the ring buffer has data, lets a batch gather ([`BATCH_DELAY`]), then
-    /// hands every available record to `f`. Returns the number of records read.
-    pub async fn read_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .context("waiting on the ring buffer")?;
+    /// Waits until a ring buffer has data, lets a batch gather ([`BATCH_DELAY`]), then hands
+    /// every available record of every ring to `f`, in time order. Returns the number of
+    /// records read.
+    pub async fn read_batch(&mut self, f: impl FnMut(&[u8])) -> Result<usize> {
+        std::future::poll_fn(|cx| {
+            for ring in &self.rings {
+                if let std::task::Poll::Ready(ready) = ring.poll_read_ready(cx) {
+                    return std::task::Poll::Ready(ready.map(drop));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+        .context("waiting on the ring buffers")?;
         tokio::time::sleep(BATCH_DELAY).await;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            f(&item);
-            n += 1;
+        // Readiness is cleared before each ring is drained: a record committed after the
+        // drain wakes the reader again (the kernel wakes it when it has caught up).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for ring in &mut self.rings {
+            if let std::task::Poll::Ready(Ok(mut guard)) = ring.poll_read_ready_mut(&mut cx) {
+                guard.clear_ready();
+            }
+            let ring = ring.get_mut();
+            while let Some(item) = ring.next() {
+                self.merge.push(&item);
+            }
         }
-        guard.clear_ready();
-        Ok(n)
+        Ok(self.merge.flush(f))
     }
 
-    /// Reads whatever is in the ring buffer without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            f(&item);
-            n += 1;
+    /// Reads whatever is in the ring buffers without waiting, in time order.
+    pub fn drain(&mut self, f: impl FnMut(&[u8])) -> usize {
+        for ring in &mut self.rings {
+            let ring = ring.get_mut();
+            while let Some(item) = ring.next() {
+                self.merge.push(&item);
+            }
         }
-        n
+        self.merge.flush(f)
     }
 
     /// Sums the per-CPU counters.
@@ -578,6 +653,33 @@ format:
                 },
             ]
         );
+    }
+
+    /// A record as the merge sees it: the timestamp first, then a tag.
+    fn rec(ts: u64, tag: u8) -> Vec<u8> {
+        let mut r = ts.to_ne_bytes().to_vec();
+        r.push(tag);
+        r
+    }
+
+    #[test]
+    fn merge_hands_on_the_rings_runs_in_time_order() {
+        let mut m = Merge::default();
+        // Ring 0 then ring 1, each in its own order; equal stamps keep arrival order.
+        for (ts, tag) in [(10, 0), (30, 1), (30, 2), (50, 3)] {
+            m.push(&rec(ts, tag));
+        }
+        for (ts, tag) in [(20, 4), (30, 5), (40, 6)] {
+            m.push(&rec(ts, tag));
+        }
+        m.push(&[7]);
+        let mut seen = Vec::new();
+        let n = m.flush(|r| seen.push(r.to_vec()));
+        assert_eq!(n, 8);
+        let tags: Vec<u8> = seen.iter().map(|r| *r.last().expect("tag")).collect();
+        assert_eq!(tags, [7, 0, 4, 1, 2, 5, 6, 3]);
+        // Emptied: the next batch starts from nothing.
+        assert_eq!(m.flush(|_| panic!("records left over")), 0);
     }
 
     #[test]

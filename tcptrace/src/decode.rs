@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    AF_INET, AF_INET6, Event as RawEvent, EventKind, FLAG_AUX_SRTT, FLAG_OWNER_CACHED,
+    AF_INET, AF_INET6, EVENT_SIZE, Event as RawEvent, EventKind, FLAG_AUX_SRTT, FLAG_OWNER_CACHED,
     FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
 };
 
@@ -209,7 +209,7 @@ pub struct Event {
 /// Why a record did not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record is {0} bytes, expected {1}")]
+    #[error("record is {0} bytes, expected at least {1}")]
     Size(usize, usize),
     #[error("unknown event kind {0}")]
     Kind(u16),
@@ -231,14 +231,16 @@ fn state(v: u8) -> Result<TcpState, DecodeError> {
     TcpState::from_kernel(v).ok_or(DecodeError::State(v))
 }
 
-/// Decodes the bytes of one ring-buffer record.
+/// Decodes the bytes of one ring-buffer record. A longer record is one from a program that
+/// appends fields this build does not know (the record only grows at its end, see
+/// [`RawEvent`]): its known prefix decodes.
 pub fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let size = std::mem::size_of::<RawEvent>();
-    if bytes.len() != size {
-        return Err(DecodeError::Size(bytes.len(), size));
+    if bytes.len() < EVENT_SIZE {
+        return Err(DecodeError::Size(bytes.len(), EVENT_SIZE));
     }
-    // SAFETY: the length was checked above; RawEvent is repr(C) plain old data for which
-    // every bit pattern is valid; read_unaligned copes with any alignment of `bytes`.
+    // SAFETY: the length was checked above (EVENT_SIZE is RawEvent's size); RawEvent is
+    // repr(C) plain old data for which every bit pattern is valid; read_unaligned copes with
+    // any alignment of `bytes`.
     let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
     decode(&raw)
 }
@@ -368,6 +370,29 @@ pub(crate) mod tests {
         raw.kind = 77;
         assert_eq!(decode(&raw), Err(DecodeError::Kind(77)));
         assert_eq!(decode_bytes(&[0u8; 10]), Err(DecodeError::Size(10, 88)));
+    }
+
+    /// The bytes of a raw record, as the ring buffer hands them over.
+    fn bytes_of(raw: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is repr(C) plain old data without implicit padding, so all of its
+        // EVENT_SIZE bytes are initialised.
+        unsafe { std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), EVENT_SIZE) }
+            .to_vec()
+    }
+
+    #[test]
+    fn records_that_grew_at_the_end_decode_by_their_known_prefix() {
+        let raw = raw_state(5, 0xffff_8880_0000_1000, 7, 2);
+        let mut bytes = bytes_of(&raw);
+        let exact = decode_bytes(&bytes).expect("decodes");
+        assert_eq!(exact, decode(&raw).expect("decodes"));
+        // E.g. a cgroup id and a network namespace appended later (16 bytes).
+        bytes.extend_from_slice(&[0xab; 16]);
+        assert_eq!(decode_bytes(&bytes), Ok(exact));
+        assert_eq!(
+            decode_bytes(&bytes[..EVENT_SIZE - 1]),
+            Err(DecodeError::Size(EVENT_SIZE - 1, EVENT_SIZE))
+        );
     }
 
     #[test]

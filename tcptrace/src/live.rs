@@ -461,15 +461,22 @@ impl LiveRun {
             pipeline.set_prior_sockets(self.prior.drain(..));
         }
         if let Source::Kernel(collector) = &mut self.source {
-            pipeline.set_prior_owners(collector.existing.drain(..).map(|(l, r, h)| {
-                let owner = decode::Owner {
-                    tgid: h.pid,
-                    pid: h.pid,
-                    comm: decode::Comm::from_str_lossy(&h.comm),
-                    source: decode::OwnerSource::Proc,
-                };
-                (l, r, owner)
-            }));
+            let owner = |h: &crate::procfs::Holder, source| decode::Owner {
+                tgid: h.pid,
+                pid: h.pid,
+                comm: decode::Comm::from_str_lossy(&h.comm),
+                source,
+            };
+            pipeline.set_prior_owners(
+                collector
+                    .existing_socks
+                    .drain(..)
+                    .map(|(sock, h)| (sock, owner(&h, decode::OwnerSource::Current))),
+                collector
+                    .existing
+                    .drain(..)
+                    .map(|(l, r, h)| (l, r, owner(&h, decode::OwnerSource::Proc))),
+            );
         }
         let source = &mut self.source;
         let started = Instant::now();

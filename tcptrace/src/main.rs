@@ -17,6 +17,7 @@ mod docs;
 mod generate;
 mod host;
 mod live;
+mod owners;
 mod pipeline;
 mod procfs;
 mod recent;

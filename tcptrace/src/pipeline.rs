@@ -1,5 +1,5 @@
-//! Everything after `collect`, wired in one place: decode -> reorder -> track -> aggregate
-//! -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
+//! Everything after `collect`, wired in one place: decode -> reorder -> owners -> track ->
+//! aggregate -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
 //! same code as a live run.
 
 use std::{io, net::SocketAddr};
@@ -9,6 +9,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::Aggregate,
     decode::{Event, Kind, Owner, TcpState, decode_bytes},
+    owners::Owners,
     reorder::{Reorder, WINDOW_NS},
     sink::Sink,
     track::{Fact, Limits, Tracker},
@@ -18,6 +19,12 @@ use crate::{
 const SWEEP_EVERY_NS: u64 = 60_000_000_000;
 
 struct Core {
+    /// Fills in the owners of softirq-context events (see `owners`).
+    owners: Owners,
+    /// Owners of sockets that predate the run, by (local, remote), applied to events that
+    /// still have no owner after `owners` (before any sink sees them, so recordings carry
+    /// them too).
+    prior_owners: FxHashMap<(SocketAddr, SocketAddr), Owner>,
     tracker: Tracker,
     agg: Aggregate,
     facts: Vec<Fact>,
@@ -29,7 +36,21 @@ struct Core {
 }
 
 impl Core {
-    fn process(&mut self, ev: Event) {
+    fn process(&mut self, mut ev: Event) {
+        self.owners.fill(&mut ev);
+        if !self.prior_owners.is_empty() {
+            let key = (ev.local, ev.remote);
+            if ev.owner.is_none() {
+                ev.owner = self.prior_owners.get(&key).copied();
+            }
+            if let Kind::State {
+                new: TcpState::Close,
+                ..
+            } = ev.kind
+            {
+                self.prior_owners.remove(&key);
+            }
+        }
         for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
             if err.is_none()
                 && let Err(e) = s.event(&ev)
@@ -70,9 +91,6 @@ impl Core {
 
 /// The userspace pipeline.
 pub struct Pipeline {
-    /// Owners of sockets that predate the run, by (local, remote), applied to events that
-    /// arrive without an owner (before any sink sees them, so recordings carry them too).
-    prior_owners: FxHashMap<(SocketAddr, SocketAddr), Owner>,
     /// Sockets that predate the run, by (local, remote), with their state and holder as /proc
     /// showed them at start, until their first event arrives (from then on the tracker counts
     /// them: the tracker keys sockets by kernel address, which /proc does not show).
@@ -87,10 +105,11 @@ impl Pipeline {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
         let sink_errors = sinks.iter().map(|_| None).collect();
         Self {
-            prior_owners: FxHashMap::default(),
             prior_sockets: FxHashMap::default(),
             reorder: Reorder::new(WINDOW_NS),
             core: Core {
+                owners: Owners::default(),
+                prior_owners: FxHashMap::default(),
                 tracker: Tracker::new(Limits::default()),
                 agg: Aggregate::default(),
                 facts: Vec::with_capacity(8),
@@ -117,12 +136,16 @@ impl Pipeline {
         }
     }
 
-    /// Remembers who held sockets that existed before the run (see `procfs`).
+    /// Remembers who held sockets that existed before the run (see `procfs`): by kernel
+    /// socket address where /proc showed it (then events name them `cached`, as if an earlier
+    /// event had), and by (local, remote) for every connected socket (`proc`).
     pub fn set_prior_owners(
         &mut self,
-        owners: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>,
+        by_sock: impl IntoIterator<Item = (u64, Owner)>,
+        by_addr: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>,
     ) {
-        self.prior_owners = owners.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
+        self.core.owners.seed(by_sock);
+        self.core.prior_owners = by_addr.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
     }
 
     /// Remembers the sockets that existed before the run, with their state (see
@@ -146,22 +169,9 @@ impl Pipeline {
     }
 
     /// Feeds one decoded event in.
-    pub fn push(&mut self, mut ev: Event) {
+    pub fn push(&mut self, ev: Event) {
         if !self.prior_sockets.is_empty() {
             self.prior_sockets.remove(&(ev.local, ev.remote));
-        }
-        if !self.prior_owners.is_empty() {
-            let key = (ev.local, ev.remote);
-            if ev.owner.is_none() {
-                ev.owner = self.prior_owners.get(&key).copied();
-            }
-            if let Kind::State {
-                new: TcpState::Close,
-                ..
-            } = ev.kind
-            {
-                self.prior_owners.remove(&key);
-            }
         }
         let core = &mut self.core;
         self.reorder.push(ev, |ev| core.process(ev));

@@ -1,11 +1,12 @@
 //! Owners of sockets that existed before tracing started, from /proc.
 //!
-//! The kernel program learns a socket's owner when the owner acts on it (connect, listen,
-//! close). Sockets opened before tcptrace started would show no owner until they close, and
-//! children of a listener started earlier would show none at all. At start-up we therefore
-//! read every process's socket inodes (`/proc/PID/fd`) and the TCP tables of each network
-//! namespace (`/proc/PID/net/tcp{,6}`, whose `pointer` column is the kernel socket address that
-//! the tracepoints report), and seed the kernel's owner caches with what we find.
+//! The tracer learns a socket's owner when the owner acts on it (connect, listen, close).
+//! Sockets opened before tcptrace started would show no owner until they close, and children
+//! of a listener started earlier would show none at all. At start-up we therefore read every
+//! process's socket inodes (`/proc/PID/fd`) and the TCP tables of each network namespace
+//! (`/proc/PID/net/tcp{,6}`, whose `pointer` column is the kernel socket address that the
+//! tracepoints report), and seed the owner caches with what we find: listeners into the
+//! kernel's listener map, sockets into the pipeline's per-socket cache (`owners`).
 
 use std::{
     collections::{HashMap, HashSet},

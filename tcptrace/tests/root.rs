@@ -367,7 +367,7 @@ fn unmounted_tracefs_is_mounted_and_said() {
 fn sockets_opened_before_tracing_still_name_their_owner() {
     require_root();
     // A listener and an established connection that both predate the tracer: their owners
-    // come from /proc at start-up (seeded into the kernel's owner caches).
+    // come from /proc at start-up (seeded into the owner caches).
     let l = listener(Ipv4Addr::LOCALHOST.into());
     let port = l.local_addr().expect("addr").port();
     let early = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
@@ -392,7 +392,7 @@ fn sockets_opened_before_tracing_still_name_their_owner() {
         .expect("early server socket");
     assert_eq!(s(&first["old"]), "ESTABLISHED");
     // "proc" where /proc hides socket addresses (kptr_restrict=0: matched by address in
-    // userspace); "cached" where root sees them and the kernel's cache was seeded.
+    // userspace); "cached" where root sees them and the per-socket cache was seeded.
     assert!(matches!(s(&first["owner"]), "proc" | "cached"), "{first}");
 }
 
@@ -402,8 +402,8 @@ fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
     require_root();
     let l = listener(Ipv4Addr::LOCALHOST.into());
     let port = l.local_addr().expect("addr").port();
-    // A 4 KiB ring holds 42 records (96 bytes each with the ring's header); a stopped reader
-    // cannot drain it.
+    // A 4 KiB ring holds 42 records (96 bytes each with the ring's header), and each CPU
+    // writes its own; a stopped reader cannot drain them.
     let tracer = Tracer::start(&[
         "--port",
         &port.to_string(),
