@@ -57,6 +57,8 @@ pub enum Stop {
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// SIGHUP: the terminal or SSH session went away; flushed and summarised like SIGTERM.
+    Hangup,
     /// `--duration` elapsed.
     Deadline,
     /// The front end asked (e.g. `q` in `top`).
@@ -331,6 +333,7 @@ pub struct LiveRun {
     sinks: Vec<Box<dyn Sink>>,
     sigint: Signal,
     sigterm: Signal,
+    sighup: Signal,
     stopper: Stopper,
     resetter: Resetter,
     publish: Option<Publish>,
@@ -396,6 +399,7 @@ impl LiveRun {
     fn with_source(source: Source, prior: Vec<PriorSocket>, clock: Clock) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         Ok(Self {
             source,
             prior,
@@ -403,6 +407,7 @@ impl LiveRun {
             sinks: Vec::new(),
             sigint,
             sigterm,
+            sighup,
             stopper: Stopper::default(),
             resetter: Resetter::default(),
             publish: None,
@@ -493,6 +498,7 @@ impl LiveRun {
                 biased;
                 _ = self.sigint.recv() => break Stop::Interrupt,
                 _ = self.sigterm.recv() => break Stop::Terminate,
+                _ = self.sighup.recv() => break Stop::Hangup,
                 () = self.stopper.0.notified() => break Stop::Requested,
                 () = async {
                     match deadline {

@@ -273,6 +273,42 @@ fn summary_on_stderr_counts_handshakes_and_phases() {
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
+fn sigint_sigterm_and_sighup_all_end_with_every_event_and_the_summary() {
+    require_root();
+    for (name, signal) in [
+        ("SIGINT", libc::SIGINT),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGHUP", libc::SIGHUP),
+    ] {
+        let l = listener(Ipv4Addr::LOCALHOST.into());
+        let port = l.local_addr().expect("addr").port();
+        let tracer = Tracer::start(&["--port", &port.to_string()]);
+        for _ in 0..2 {
+            connect_and_close(&l, CloseOrder::ClientFirst);
+        }
+        let out = tracer.stop_with(signal);
+        assert!(
+            out.stderr.contains("tcptrace summary:"),
+            "{name}: {}",
+            out.stderr
+        );
+        // Two connections, a client and a server socket each, every transition delivered.
+        assert_eq!(
+            out.summary["overall"]["connections"], 4,
+            "{name}: {}",
+            out.summary
+        );
+        let streamed = out.lines.len() as u64;
+        assert_eq!(
+            out.summary["transitions"].as_u64(),
+            Some(streamed),
+            "{name}: the stream and the summary disagree"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
 fn duration_stops_by_itself_and_a_closed_pipe_is_a_normal_exit() {
     require_root();
     let started = std::time::Instant::now();

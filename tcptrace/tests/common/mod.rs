@@ -161,11 +161,16 @@ impl Tracer {
     }
 
     /// Sends SIGTERM, waits for the exit and parses the output.
-    pub fn stop(mut self) -> Output {
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`, waits for the exit (which must be a success) and parses the output.
+    pub fn stop_with(mut self, signal: i32) -> Output {
         // Let the last transitions (softirq work, TIME_WAIT hand-overs) reach the ring buffer.
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill with a pid we own and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -173,7 +178,7 @@ impl Tracer {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("tcptrace did not exit within {STOP_TIMEOUT:?} of SIGTERM");
+                panic!("tcptrace did not exit within {STOP_TIMEOUT:?} of signal {signal}");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
