@@ -271,9 +271,58 @@ fn summary_on_stderr_counts_handshakes_and_phases() {
     assert_eq!(row.split_whitespace().nth(2), Some("3"), "{row}");
 }
 
+/// The BPF program and map ids a process holds, from its fds' fdinfo.
+fn bpf_objects(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let (mut progs, mut maps) = (Vec::new(), Vec::new());
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
+    for e in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut kv = line.split(':');
+            let (Some(k), Some(v)) = (kv.next(), kv.next()) else {
+                continue;
+            };
+            let Ok(id) = v.trim().parse::<u32>() else {
+                continue;
+            };
+            match k {
+                "prog_id" => progs.push(id),
+                "map_id" => maps.push(id),
+                _ => {}
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    maps.sort_unstable();
+    maps.dedup();
+    (progs, maps)
+}
+
+/// True once `bpftool KIND show id ID` finds nothing (the kernel frees objects shortly after
+/// the last reference goes); waits at most 5 s.
+fn bpf_object_gone(kind: &str, id: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = Command::new("bpftool")
+            .args([kind, "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool (installed by `cargo xtask setup --test-packages`)");
+        if !out.status.success() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
-fn sigint_sigterm_and_sighup_all_end_with_every_event_and_the_summary() {
+fn sigint_sigterm_and_sighup_all_end_with_every_event_the_summary_and_nothing_left_loaded() {
     require_root();
     for (name, signal) in [
         ("SIGINT", libc::SIGINT),
@@ -283,10 +332,21 @@ fn sigint_sigterm_and_sighup_all_end_with_every_event_and_the_summary() {
         let l = listener(Ipv4Addr::LOCALHOST.into());
         let port = l.local_addr().expect("addr").port();
         let tracer = Tracer::start(&["--port", &port.to_string()]);
+        let (progs, maps) = bpf_objects(tracer.pid());
+        assert!(!progs.is_empty() && !maps.is_empty(), "{name}: no BPF fds");
         for _ in 0..2 {
             connect_and_close(&l, CloseOrder::ClientFirst);
         }
         let out = tracer.stop_with(signal);
+        // Nothing stays loaded, attached or pinned once tcptrace has exited.
+        for (kind, ids) in [("prog", &progs), ("map", &maps)] {
+            for id in ids {
+                assert!(
+                    bpf_object_gone(kind, *id),
+                    "{name}: {kind} {id} still exists after exit"
+                );
+            }
+        }
         assert!(
             out.stderr.contains("tcptrace summary:"),
             "{name}: {}",

@@ -41,6 +41,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     // prometheus server scrapes `tcptrace serve` in tcptrace/tests/serve.rs.
     "prometheus",
     "systemd", // systemd-analyze verify of the packaged unit (systemd need not run)
+    "bpftool", // checks that no program or map outlives tcptrace in tcptrace/tests/root.rs
     "tmux",    // runs `tcptrace top` in a real terminal in tcptrace/tests/top.rs
 ];
 
