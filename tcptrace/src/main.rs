@@ -5,6 +5,7 @@
 //! prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
+mod binrec;
 mod btf;
 mod charts;
 mod cli;
@@ -13,6 +14,7 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod export;
 mod generate;
 mod host;
 mod live;
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
         Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Export(args)) => export::run(&args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
         None => run_watch(cli.watch),
     };
