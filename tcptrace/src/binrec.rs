@@ -621,3 +621,163 @@ pub fn read_blocks(
     })();
     (events, result)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode as decode_raw, tests::raw_state};
+
+    fn events() -> Vec<Event> {
+        let mut v = Vec::new();
+        let mut a = decode_raw(&raw_state(10, 0xffff_8880_1234_5678, 7, 2)).expect("decodes");
+        v.push(a);
+        a.owner = None;
+        a.kind = Kind::ResetSent { state: None };
+        v.push(a);
+        a.kind = Kind::ResetSent {
+            state: Some(TcpState::Established),
+        };
+        a.srtt_us = Some(0);
+        a.family = Family::V6;
+        a.local = "[::1]:5".parse().expect("addr");
+        a.remote = "[fe80::1]:6".parse().expect("addr");
+        v.push(a);
+        for kind in [
+            Kind::SynRetransmit,
+            Kind::SynAckRetransmit,
+            Kind::ResetReceived,
+        ] {
+            a.kind = kind;
+            v.push(a);
+        }
+        let mut b = decode_raw(&raw_state(11, 1, 10, 3)).expect("decodes");
+        for source in [
+            OwnerSource::Current,
+            OwnerSource::Cached,
+            OwnerSource::Listener,
+            OwnerSource::Proc,
+        ] {
+            if let Some(o) = &mut b.owner {
+                o.source = source;
+                o.comm.0 = *b"ab\0garbage\xff\xfe\0\0\0\0";
+            }
+            v.push(b);
+        }
+        v
+    }
+
+    #[test]
+    fn records_round_trip_and_are_canonical() {
+        for ev in events() {
+            let mut b = [0u8; RECORD_SIZE];
+            encode(&ev, &mut b);
+            assert_eq!(decode(&b), Ok(ev));
+        }
+    }
+
+    #[test]
+    fn non_canonical_records_are_rejected() {
+        let mut good = [0u8; RECORD_SIZE];
+        encode(&events()[0], &mut good);
+        let mut b = good;
+        b[80] = 2;
+        assert_eq!(decode(&b), Err(RecordError::Family(2)));
+        b = good;
+        b[81] = 9;
+        assert_eq!(decode(&b), Err(RecordError::Kind(9)));
+        b = good;
+        b[83] = 14;
+        assert_eq!(decode(&b), Err(RecordError::State(14)));
+        b = good;
+        b[84] = 5;
+        assert_eq!(decode(&b), Err(RecordError::OwnerSource(5)));
+        b = good;
+        b[20] = 1; // byte 5 of an IPv4 local address
+        assert!(matches!(decode(&b), Err(RecordError::NotCanonical(_))));
+        b = good;
+        b[76] = 1; // srtt without its flag
+        assert!(matches!(decode(&b), Err(RecordError::NotCanonical(_))));
+        b = good;
+        b[87] = 1;
+        assert!(matches!(decode(&b), Err(RecordError::NotCanonical(_))));
+    }
+
+    fn file(evs: &[Event]) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new(), b"{}").expect("writer");
+        for e in evs {
+            w.event(e).expect("event");
+            if e.ts_ns % 3 == 0 {
+                w.flush().expect("flush");
+            }
+        }
+        w.finish(Counters::default(), 2, 7).expect("finish")
+    }
+
+    fn read(bytes: &[u8]) -> (Vec<Event>, Result<End, ReadError>) {
+        let mut r = bytes;
+        let json = read_header(&mut r).expect("header");
+        let mut evs = Vec::new();
+        let (n, end) = read_blocks(&mut r, 16 + json.len() as u64, &mut |e| evs.push(e));
+        assert_eq!(n, evs.len() as u64);
+        (evs, end)
+    }
+
+    #[test]
+    fn blocks_and_end_round_trip() {
+        let mut evs = Vec::new();
+        for i in 0..(BLOCK_EVENTS as u64 * 2 + 5) {
+            let mut e = events()[(i % 9) as usize];
+            e.ts_ns = i;
+            evs.push(e);
+        }
+        let (back, end) = read(&file(&evs));
+        assert_eq!(back, evs);
+        let end = end.expect("end");
+        assert_eq!(
+            (end.events, end.undecodable, end.end_unix_ns),
+            (evs.len() as u64, 2, 7)
+        );
+    }
+
+    #[test]
+    fn every_cut_is_truncation_and_keeps_whole_blocks() {
+        let evs: Vec<Event> = events();
+        let bytes = file(&evs);
+        let header_end = 16 + 2;
+        for cut in header_end..bytes.len() {
+            let (back, end) = read(&bytes[..cut]);
+            match end {
+                Err(ReadError::Truncated { offset, .. }) => {
+                    assert!(offset as usize <= cut, "cut {cut}: offset {offset}");
+                    assert_eq!(back[..], evs[..back.len()]);
+                }
+                other => panic!("cut at {cut}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_allocating() {
+        let mut bytes = file(&events());
+        let first_block = 16 + 2;
+        bytes[first_block + 8..first_block + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let (_, end) = read(&bytes);
+        assert!(
+            matches!(end, Err(ReadError::Corrupt { offset: 18, .. })),
+            "{end:?}"
+        );
+        bytes[first_block + 4..first_block + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let (_, end) = read(&bytes);
+        assert!(
+            matches!(end, Err(ReadError::Corrupt { offset: 18, .. })),
+            "{end:?}"
+        );
+        let mut h = MAGIC.to_vec();
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_header(&mut &h[..]),
+            Err(ReadError::Corrupt { offset: 12, .. })
+        ));
+    }
+}

@@ -961,8 +961,8 @@ mod tests {
     }
 
     #[test]
-    fn events_round_trip_exactly_plain_and_zstd() {
-        for name in ["rt.jsonl", "rt.jsonl.zst"] {
+    fn events_round_trip_exactly_in_every_format() {
+        for name in ["rt.jsonl", "rt.jsonl.zst", "rt.tcpt"] {
             let path = tmp(name);
             let evs = sample_events();
             let mut r = Recorder::create(&path, &header()).expect("create");
@@ -982,7 +982,44 @@ mod tests {
             let t = rep.trailer.expect("trailer");
             assert_eq!((t.counters, t.undecodable, t.events), (counters, 4, 7));
             assert_eq!(rep.header.filter, Filter::default());
+            assert_eq!(read_header(&path).expect("header"), rep.header);
+            let want = match RecordingFormat::for_path(&path) {
+                RecordingFormat::Binary => BINARY_VERSION,
+                RecordingFormat::Jsonl { .. } => VERSION,
+            };
+            assert_eq!(rep.header.version, want, "{name}");
             let _ = std::fs::remove_file(&path);
         }
+    }
+
+    #[test]
+    fn the_name_picks_the_written_format() {
+        let f = |n: &str| RecordingFormat::for_path(Path::new(n));
+        assert_eq!(f("/tmp/x.tcpt"), RecordingFormat::Binary);
+        assert_eq!(f("x"), RecordingFormat::Binary);
+        assert_eq!(f("x.zst"), RecordingFormat::Binary);
+        assert_eq!(f("x.jsonl"), RecordingFormat::Jsonl { compressed: false });
+        assert_eq!(
+            f("X.JSONL.ZST"),
+            RecordingFormat::Jsonl { compressed: true }
+        );
+    }
+
+    #[test]
+    fn a_binary_recording_compressed_whole_still_reads() {
+        let path = tmp("whole.tcpt");
+        let mut r = Recorder::create(&path, &header()).expect("create");
+        for e in &sample_events() {
+            r.write_event(e).expect("write");
+        }
+        r.finish(Counters::default(), 0).expect("finish");
+        let z = tmp("whole.tcpt.zst");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&z, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
+        let mut back = Vec::new();
+        replay(&z, false, |e| back.push(e)).expect("replay");
+        assert_eq!(back, sample_events());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&z);
     }
 }
