@@ -410,6 +410,43 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// A whole binary recording around raw record bytes (`raw` need not be whole records): one
+/// events block, compressed with a valid checksum, then an end record counting them, so
+/// that fuzzers reach the record decoder past the frame checksums.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "used by the tests and the fuzz targets in tcptrace/fuzz"
+    )
+)]
+pub fn file_of_records(header_json: &[u8], raw: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
+    out.extend_from_slice(header_json);
+    let mut block = |tag: u8, count: usize, payload: &[u8]| {
+        let frame = zstd::bulk::compress(payload, 1).unwrap_or_default();
+        out.push(tag);
+        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&(count as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    };
+    let count = raw.len().div_ceil(RECORD_SIZE);
+    if count > 0 {
+        block(TAG_EVENTS, count, raw);
+    }
+    let end = End {
+        counters: Counters::default(),
+        undecodable: 0,
+        events: count as u64,
+        end_unix_ns: 0,
+    };
+    block(TAG_END, 1, &encode_end(&end));
+    out
+}
+
 /// Where and why reading a binary recording stopped (the caller adds the file name).
 #[derive(Debug)]
 pub enum ReadError {

@@ -391,19 +391,27 @@ fn peek<const N: usize>(r: &mut impl Read) -> io::Result<([u8; N], usize)> {
 }
 
 /// An opened recording, its format told by its first bytes.
-enum Source {
-    Binary(Box<dyn Read>),
-    Lines(Box<dyn BufRead>),
+enum Source<'a> {
+    Binary(Box<dyn Read + 'a>),
+    Lines(Box<dyn BufRead + 'a>),
 }
 
 /// Opens a recording: the binary magic number, a zstd frame (JSON Lines compressed, or a
 /// binary recording someone compressed whole), or else JSON Lines.
-fn open(path: &Path) -> Result<Source, RecordingError> {
+fn open(path: &Path) -> Result<Source<'static>, RecordingError> {
+    let file = File::open(path).map_err(|source| RecordingError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    detect(path, BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Tells the format of `file` by its first bytes (`path` only names it in errors).
+fn detect<'a>(path: &Path, mut file: impl BufRead + 'a) -> Result<Source<'a>, RecordingError> {
     let io_err = |source| RecordingError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut file = BufReader::with_capacity(256 * 1024, File::open(path).map_err(io_err)?);
     let (head, n) = peek::<8>(&mut file).map_err(io_err)?;
     let head = &head[..n];
     let src = io::Cursor::new(head.to_vec()).chain(file);
@@ -460,9 +468,35 @@ pub fn replay(
     allow_truncated: bool,
     mut f: impl FnMut(Event),
 ) -> Result<Replay, RecordingError> {
-    match open(path)? {
-        Source::Binary(r) => read_binary(path, r, allow_truncated, &mut f),
-        Source::Lines(r) => read_lines(path, r, allow_truncated, &mut f),
+    read_source(path, open(path)?, allow_truncated, &mut f)
+}
+
+/// [`replay`] of bytes in memory, `name` standing for the file in errors (fuzzing, tests).
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "used by the tests and the fuzz targets in tcptrace/fuzz"
+    )
+)]
+pub fn replay_bytes(
+    name: &Path,
+    bytes: &[u8],
+    allow_truncated: bool,
+    mut f: impl FnMut(Event),
+) -> Result<Replay, RecordingError> {
+    read_source(name, detect(name, bytes)?, allow_truncated, &mut f)
+}
+
+fn read_source(
+    path: &Path,
+    src: Source<'_>,
+    allow_truncated: bool,
+    f: &mut dyn FnMut(Event),
+) -> Result<Replay, RecordingError> {
+    match src {
+        Source::Binary(r) => read_binary(path, r, allow_truncated, f),
+        Source::Lines(r) => read_lines(path, r, allow_truncated, f),
     }
 }
 
@@ -590,7 +624,7 @@ fn binary_error(path: &Path, e: binrec::ReadError, events: u64) -> RecordingErro
 
 fn read_lines(
     path: &Path,
-    mut r: Box<dyn BufRead>,
+    mut r: Box<dyn BufRead + '_>,
     allow_truncated: bool,
     f: &mut dyn FnMut(Event),
 ) -> Result<Replay, RecordingError> {
@@ -1021,5 +1055,118 @@ mod tests {
         assert_eq!(back, sample_events());
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&z);
+    }
+
+    /// xorshift64*: the same mutations on every machine.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// One to four random edits: bit flips, interesting bytes and lengths, cuts, repeats.
+    fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
+        const WORDS: [u32; 7] = [0, 1, 88, 16384, 16385, 0x7fff_ffff, u32::MAX];
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(data.len());
+            match rng.below(7) {
+                0 if !data.is_empty() => data[at] ^= 1 << rng.below(8),
+                1 if !data.is_empty() => {
+                    data[at] = [0, 0xff, 0x7f, 0x80, b'"', b'\n'][rng.below(6)]
+                }
+                2 if data.len() >= at + 4 => {
+                    let w = WORDS[rng.below(WORDS.len())];
+                    data[at..at + 4].copy_from_slice(&w.to_le_bytes());
+                }
+                3 => data.truncate(at),
+                4 => {
+                    let len = rng.below(64).min(data.len() - at);
+                    let piece = data[at..at + len].to_vec();
+                    let to = rng.below(data.len());
+                    data.splice(to..to, piece);
+                }
+                5 => data.insert(at, rng.next() as u8),
+                _ if !data.is_empty() => {
+                    data.remove(at);
+                }
+                _ => data.push(rng.next() as u8),
+            }
+        }
+    }
+
+    /// Every fixture, as JSON Lines and converted to binary, plus binary files built from
+    /// their raw records so that mutations reach the record decoder past the checksums.
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut out = Vec::new();
+        for name in ["one-connection", "loopback", "no-events", "truncated"] {
+            let src = dir.join(format!("{name}.jsonl"));
+            out.push(std::fs::read(&src).expect("fixture"));
+            let bin = tmp(&format!("seed-{name}.tcpt"));
+            let mut rec = Recorder::create(&bin, &header()).expect("create");
+            let rep = replay(&src, true, |e| rec.write_event(&e).expect("write")).expect("read");
+            let t = rep.trailer.unwrap_or(Trailer {
+                counters: Counters::default(),
+                undecodable: 0,
+                events: rep.events,
+                end_unix_ns: 0,
+            });
+            rec.finish_at(t.counters, t.undecodable, t.end_unix_ns)
+                .expect("finish");
+            out.push(std::fs::read(&bin).expect("read"));
+            let _ = std::fs::remove_file(&bin);
+        }
+        out
+    }
+
+    /// The stable, always-run twin of the cargo-fuzz targets in `tcptrace/fuzz` (which need a
+    /// nightly toolchain): a bounded, deterministic mutation run over the fixtures in both
+    /// formats. No input may panic or hang the reader, and every error names the file and a
+    /// line or a byte offset.
+    #[test]
+    fn mutated_recordings_never_panic_and_errors_say_where() {
+        let seeds = seeds();
+        let name = Path::new("fuzzed.rec");
+        let mut rng = Rng(0x5eed);
+        let started = std::time::Instant::now();
+        let mut cases = 0u64;
+        while cases < 30_000 && started.elapsed() < std::time::Duration::from_secs(20) {
+            let mut data = seeds[rng.below(seeds.len())].clone();
+            if rng.below(3) == 0 && data.starts_with(&binrec::MAGIC) {
+                // Edit the raw records, then compress them again so the checksum holds.
+                let mut evs = Vec::new();
+                if replay_bytes(name, &data, true, |e| evs.push(e)).is_ok() {
+                    let mut raw = Vec::new();
+                    for e in &evs {
+                        let mut b = [0u8; binrec::RECORD_SIZE];
+                        binrec::encode(e, &mut b);
+                        raw.extend_from_slice(&b);
+                    }
+                    mutate(&mut rng, &mut raw);
+                    data = binrec::file_of_records(b"{}", &raw);
+                }
+            } else {
+                mutate(&mut rng, &mut data);
+            }
+            cases += 1;
+            let allow = rng.below(2) == 0;
+            if let Err(e) = replay_bytes(name, &data, allow, |_| {}) {
+                let msg = e.to_string();
+                let placed = msg.starts_with("fuzzed.rec:")
+                    && (msg.contains(": byte ")
+                        || msg["fuzzed.rec:".len()..].starts_with(|c: char| c.is_ascii_digit())
+                        || matches!(e, RecordingError::Empty { .. }));
+                assert!(placed, "case {cases}: the error does not say where: {msg}");
+            }
+        }
+        assert!(cases >= 1000, "only {cases} cases in the time allowed");
     }
 }
