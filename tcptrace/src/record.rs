@@ -1169,4 +1169,55 @@ mod tests {
         }
         assert!(cases >= 1000, "only {cases} cases in the time allowed");
     }
+
+    fn thread_cpu_secs() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the valid timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    /// What writing and reading cost per million events in each format, on the generated
+    /// recording `cargo xtask bench` reports on; reading here is the reader alone, without
+    /// the pipeline behind it.
+    #[test]
+    #[ignore = "a microbenchmark: cargo test --release -p tcptrace -- --ignored write_and_read_cost --nocapture"]
+    fn write_and_read_cost() {
+        let src = tmp("cost-src.tcpt");
+        let mut rec = Recorder::create(&src, &header()).expect("create");
+        crate::generate::generate(&mut rec, 1_000_000, 1).expect("generate");
+        rec.finish(Counters::default(), 0).expect("finish");
+        let mut evs = Vec::new();
+        replay(&src, false, |e| evs.push(e)).expect("replay");
+        let _ = std::fs::remove_file(&src);
+        let m = evs.len() as f64 / 1e6;
+        for name in ["cost.tcpt", "cost.jsonl.zst", "cost.jsonl"] {
+            let path = tmp(name);
+            let t = thread_cpu_secs();
+            let mut r = Recorder::create(&path, &header()).expect("create");
+            for e in &evs {
+                r.write_event(e).expect("write");
+            }
+            r.finish(Counters::default(), 0).expect("finish");
+            let write = thread_cpu_secs() - t;
+            let t = thread_cpu_secs();
+            let mut n = 0u64;
+            replay(&path, false, |_| n += 1).expect("replay");
+            let read = thread_cpu_secs() - t;
+            assert_eq!(n, evs.len() as u64);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "{name:>15}: write {:.3} CPU-s per million events, read {:.3} CPU-s per million \
+                 ({:.1} M events/s), {:.1} bytes per event",
+                write / m,
+                read / m,
+                m / read,
+                size as f64 / evs.len() as f64
+            );
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
