@@ -422,7 +422,12 @@ fn detect<'a>(path: &Path, mut file: impl BufRead + 'a) -> Result<Source<'a>, Re
         return Ok(Source::Lines(Box::new(src)));
     }
     let mut z = zstd::stream::read::Decoder::new(src).map_err(io_err)?;
-    let (head, n) = peek::<8>(&mut z).map_err(io_err)?;
+    let (head, n) = peek::<8>(&mut z).map_err(|e| RecordingError::CorruptAt {
+        path: path.to_owned(),
+        offset: 0,
+        record: None,
+        reason: format!("the file starts as zstd-compressed data that does not decompress ({e})"),
+    })?;
     let head = &head[..n];
     let src = io::Cursor::new(head.to_vec()).chain(z);
     if head == binrec::MAGIC {
@@ -646,10 +651,12 @@ fn read_lines(
         let n = match r.read_until(b'\n', &mut buf) {
             Ok(n) => n,
             Err(e) if header.is_some() => break Some((lineno + 1, format!("read error: {e}"))),
+            // Before the header: a damaged (e.g. zstd) stream, placed at its first line.
             Err(e) => {
-                return Err(RecordingError::Io {
+                return Err(RecordingError::Corrupt {
                     path: p(),
-                    source: e,
+                    line: lineno + 1,
+                    reason: format!("cannot be read: {e}"),
                 });
             }
         };

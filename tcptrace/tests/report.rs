@@ -123,6 +123,17 @@ fn bad_recordings_name_the_file_and_line() {
     // A corrupt line followed by more lines is not truncation.
     assert!(err(&["corrupt.jsonl", "--allow-truncated"]).contains("corrupt.jsonl:4: corrupt line"));
     insta::assert_snapshot!("error-truncated", err(&["truncated.jsonl"]));
+    // Found by the `recording` fuzz target: zstd data that fails before the first line.
+    let e = err(&["damaged-zstd.jsonl.zst"]);
+    assert!(
+        e.contains("damaged-zstd.jsonl.zst: byte 0: damaged recording: the file starts as zstd"),
+        "{e}"
+    );
+    let e = err(&["zstd-cut-in-first-line.jsonl.zst"]);
+    assert!(
+        e.contains("zstd-cut-in-first-line.jsonl.zst:1: corrupt line: cannot be read"),
+        "{e}"
+    );
     let missing = err(&["no-such-file.jsonl"]);
     assert!(
         missing.contains("no-such-file.jsonl: cannot read the recording"),
