@@ -545,7 +545,8 @@ pub fn read_blocks(
             zstd::bulk::Decompressor::new().map_err(|source| ReadError::Io { offset, source })?;
         let max_frame = max_frame_bytes();
         let mut frame: Vec<u8> = Vec::new();
-        let mut out = vec![0u8; MAX_BLOCK_EVENTS * RECORD_SIZE];
+        // Grown to the largest block seen (at most MAX_BLOCK_EVENTS records).
+        let mut out: Vec<u8> = Vec::new();
         loop {
             let mut head = [0u8; BLOCK_HEADER_SIZE];
             let got = read_full(r, &mut head).map_err(|source| ReadError::Io { offset, source })?;
@@ -602,6 +603,9 @@ pub fn read_blocks(
                     offset,
                     reason: format!("a block cut off after {got} of {len} compressed bytes"),
                 });
+            }
+            if out.len() < expect {
+                out.resize(expect, 0);
             }
             // `out[..expect]` bounds what zstd may write: a frame holding more fails here.
             let n = dec
