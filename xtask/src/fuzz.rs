@@ -90,7 +90,7 @@ fn run_target(root: &Path, target: &str, args: &Args, secs: u64) -> Result<Outco
     if seeds.is_dir() {
         cmd.arg(&seeds);
     }
-    cmd.args(["--", "-timeout=10", "-rss_limit_mb=2048", "-max_len=65536"]);
+    cmd.args(["--", "-timeout=10", "-rss_limit_mb=2048", "-max_len=16384"]);
     match args.runs {
         Some(n) => cmd.arg(format!("-runs={n}")),
         None => cmd.arg(format!("-max_total_time={secs}")),

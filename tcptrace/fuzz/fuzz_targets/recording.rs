@@ -10,7 +10,9 @@ use tcptrace_fuzz::record::{self, RecordingError};
 
 fuzz_target!(|data: &[u8]| {
     let name = Path::new("fuzzed.rec");
-    for allow in [false, true] {
+    // One reading per input (half of them with --allow-truncated), for throughput.
+    let allow = data.len() % 2 == 0;
+    {
         if let Err(e) = record::replay_bytes(name, data, allow, |_| {}) {
             let msg = e.to_string();
             let placed = msg.starts_with("fuzzed.rec:")
