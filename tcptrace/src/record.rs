@@ -392,7 +392,7 @@ fn peek<const N: usize>(r: &mut impl Read) -> io::Result<([u8; N], usize)> {
 
 /// An opened recording, its format told by its first bytes.
 enum Source<'a> {
-    Binary(Box<dyn Read + 'a>),
+    Binary(Box<dyn Read + Send + 'a>),
     Lines(Box<dyn BufRead + 'a>),
 }
 
@@ -407,7 +407,10 @@ fn open(path: &Path) -> Result<Source<'static>, RecordingError> {
 }
 
 /// Tells the format of `file` by its first bytes (`path` only names it in errors).
-fn detect<'a>(path: &Path, mut file: impl BufRead + 'a) -> Result<Source<'a>, RecordingError> {
+fn detect<'a>(
+    path: &Path,
+    mut file: impl BufRead + Send + 'a,
+) -> Result<Source<'a>, RecordingError> {
     let io_err = |source| RecordingError::Io {
         path: path.to_owned(),
         source,
@@ -543,7 +546,7 @@ fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), Record
 
 fn read_binary(
     path: &Path,
-    mut r: impl Read,
+    mut r: impl Read + Send,
     allow_truncated: bool,
     f: &mut dyn FnMut(Event),
 ) -> Result<Replay, RecordingError> {
