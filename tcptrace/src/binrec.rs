@@ -23,7 +23,8 @@
 //! flushes its sinks (a quiet ring buffer, every 100 ms tick), so a killed recorder leaves a
 //! readable prefix missing at most its last unflushed block. Every length field is checked
 //! against a fixed bound before anything is allocated, and every error names the byte offset
-//! in the file of the block (and the record index) where reading stopped.
+//! in the file of the block (and the record index) where reading stopped. Reading runs on a
+//! helper thread a batch ahead of the pipeline (`read_blocks`), which is what limits `report`.
 
 use std::{
     io::{self, Read, Write},
