@@ -24,7 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions (or finished connections) live; summary on exit.
     Watch(WatchArgs),
-    /// Record the transition stream to a file (JSON Lines; .zst compresses) for `report`.
+    /// Record the transition stream to a file for `report` (binary; a name ending in .jsonl
+    /// or .jsonl.zst writes JSON Lines).
     Record(RecordArgs),
     /// Summary and charts from a recording; needs no root.
     Report(ReportArgs),
@@ -35,6 +36,8 @@ pub enum Command {
     /// leaks, groups, recent closes (`--replay FILE` plays a recording; `--once` prints one
     /// snapshot).
     Top(TopArgs),
+    /// Convert a recording between binary and JSON Lines (the output's name picks the format).
+    Export(ExportArgs),
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
     GenerateRecording(GenerateArgs),
@@ -67,7 +70,8 @@ pub struct ManArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// The recording to write; a name ending in .zst is compressed with zstd.
+    /// The recording to write: binary (e.g. run.tcpt), or JSON Lines when the name ends in
+    /// .jsonl or .jsonl.zst (zstd-compressed).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
     /// Stop after this many seconds (e.g. 600 or 0.5).
@@ -223,7 +227,7 @@ pub struct TopArgs {
 /// `tcptrace report`.
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
-    /// A recording made by `tcptrace record` (.jsonl or .jsonl.zst).
+    /// A recording made by `tcptrace record` (binary or JSON Lines, told by its content).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Write the charts (SVG) and an index.html showing them into this directory.
@@ -241,13 +245,28 @@ pub struct ReportArgs {
     pub allow_truncated: bool,
 }
 
+/// `tcptrace export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// A recording (binary or JSON Lines, told by its content).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The converted recording: JSON Lines when the name ends in .jsonl or .jsonl.zst, else
+    /// binary.
+    #[arg(short = 'o', long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Convert the valid part of a recording that ends early (the output has no end record).
+    #[arg(long)]
+    pub allow_truncated: bool,
+}
+
 /// `tcptrace generate-recording` (hidden).
 #[derive(Args, Debug, Clone)]
 pub struct GenerateArgs {
     /// About this many state transitions (whole connections are generated).
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     pub transitions: u64,
-    /// The recording to write (.zst compresses).
+    /// The recording to write (binary; .jsonl or .jsonl.zst writes JSON Lines).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
     /// Seed of the pseudo-random generator (same seed, same file).

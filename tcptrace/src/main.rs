@@ -5,6 +5,7 @@
 //! live loop, and prints or writes what the run left (the summary, a recording, charts).
 
 mod aggregate;
+mod binrec;
 mod btf;
 mod charts;
 mod cli;
@@ -14,6 +15,7 @@ mod config;
 mod counters;
 mod decode;
 mod docs;
+mod export;
 mod generate;
 mod host;
 mod live;
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Some(Command::Report(args)) => report::run(&args),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Export(args)) => export::run(&args),
         Some(Command::GenerateRecording(args)) => generate::run(&args),
         Some(Command::Completions(args)) => docs::completions(args.shell),
         Some(Command::Man(args)) => docs::man(args.out.as_deref()),

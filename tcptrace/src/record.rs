@@ -1,8 +1,13 @@
 //! Recordings: the decoded event stream of a live run, saved so that `tcptrace report` can
 //! replay it through the same pipeline later, on another machine, without root.
 //!
-//! Format (version 1): JSON Lines, each line one externally tagged object, so log shippers
-//! and `jq` read it as is:
+//! Two formats hold the same facts, and [`replay`] tells them apart by their first bytes,
+//! not by the file name:
+//!
+//! - binary (version 2, `binrec`): fixed-size records in checksummed zstd frames, the default
+//!   of `tcptrace record` because it is cheap to write and fast to read;
+//! - JSON Lines (version 1), written when the name ends in `.jsonl` or `.jsonl.zst` (zstd),
+//!   each line one externally tagged object, so log shippers and `jq` read it as is:
 //!
 //! ```text
 //! {"tcptrace_recording":{"version":1,"host":..,"kernel":..,"start":..,"clock":{..},"filter":{..},"tool_version":..}}
@@ -17,11 +22,11 @@
 //! would not be equivalent: which events a live run releases before a late one depends on
 //! when the ring buffer went quiet (a flush), which the event times alone do not record.
 //!
-//! A name ending in `.zst` is written and read through zstd.
+//! `tcptrace export` converts between the formats through [`replay`] and [`Recorder`].
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, BufWriter, Write},
+    io::{self, BufRead, BufReader, BufWriter, Read, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -29,6 +34,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    binrec,
     clock::Clock,
     config::Filter,
     counters::Counters,
@@ -37,12 +43,42 @@ use crate::{
     track::Fact,
 };
 
-/// The recording format version this build writes and reads.
+/// The JSON Lines recording format version this build writes and reads.
 pub const VERSION: u32 = 1;
+/// The binary recording format version this build writes and reads.
+pub const BINARY_VERSION: u32 = binrec::VERSION;
 
-/// The first line: what was recorded, where and how.
+/// The two ways a recording can be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordingFormat {
+    /// Fixed-size records in zstd frames (`binrec`).
+    Binary,
+    /// JSON Lines, zstd-compressed when `compressed`.
+    Jsonl { compressed: bool },
+}
+
+impl RecordingFormat {
+    /// The format a file name asks for: JSON Lines for `.jsonl` and `.jsonl.zst`, else binary.
+    pub fn for_path(path: &Path) -> Self {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.ends_with(".jsonl") {
+            Self::Jsonl { compressed: false }
+        } else if name.ends_with(".jsonl.zst") {
+            Self::Jsonl { compressed: true }
+        } else {
+            Self::Binary
+        }
+    }
+}
+
+/// What was recorded, where and how: the first line of a JSON Lines recording, the
+/// length-prefixed JSON after the magic number of a binary one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// The file's format version: [`VERSION`] (JSON Lines) or [`BINARY_VERSION`].
     pub version: u32,
     pub host: String,
     pub kernel: String,
@@ -275,6 +311,54 @@ pub enum RecordingError {
     },
     #[error("{}:{line}: data after the end line", path.display())]
     AfterEnd { path: PathBuf, line: u64 },
+    #[error("{}: byte {offset}{}: damaged recording: {reason}; if the file was copied, copy it again from the recording host ({} cannot report past damaged data)", path.display(), record_suffix(*.record), "`tcptrace report`")]
+    CorruptAt {
+        path: PathBuf,
+        /// Byte offset in the file of the damaged block (or field).
+        offset: u64,
+        /// The record's index within that block, when one record is bad.
+        record: Option<u64>,
+        reason: String,
+    },
+    #[error("{}: byte {offset}: the recording is truncated ({reason}) after {events} events; pass --allow-truncated to report on the valid part", path.display())]
+    TruncatedAt {
+        path: PathBuf,
+        offset: u64,
+        events: u64,
+        reason: String,
+    },
+    #[error("{}: byte 8: binary recording format version {found} is not supported: this tcptrace ({}) reads binary version {BINARY_VERSION} and JSON Lines version {VERSION}; use the tcptrace version that wrote it or a newer one", path.display(), env!("CARGO_PKG_VERSION"))]
+    UnknownBinaryVersion { path: PathBuf, found: u32 },
+    #[error("{}: byte {offset}: the end record says {expected} events but the file holds {found}; if the file was copied, copy it again from the recording host", path.display())]
+    CountMismatchAt {
+        path: PathBuf,
+        offset: u64,
+        expected: u64,
+        found: u64,
+    },
+}
+
+fn record_suffix(record: Option<u64>) -> String {
+    record.map_or_else(String::new, |i| format!(" (record {i} of the block there)"))
+}
+
+impl RecordingError {
+    /// Where and why the file ended early, for a warning (`file:line` or `file: byte N`),
+    /// when this is a truncation.
+    pub fn truncation(&self) -> Option<(String, &str)> {
+        match self {
+            Self::Truncated {
+                path, line, reason, ..
+            } => Some((format!("{}:{line}", path.display()), reason)),
+            Self::TruncatedAt {
+                path,
+                offset,
+                reason,
+                ..
+            } => Some((format!("{}: byte {offset}", path.display()), reason)),
+            _ => None,
+        }
+    }
 }
 
 /// What a replay found besides the events.
@@ -288,64 +372,275 @@ pub struct Replay {
     pub truncated: Option<RecordingError>,
 }
 
-fn is_zst(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "zst")
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Reads up to `N` bytes (fewer only at the end of the input).
+fn peek<const N: usize>(r: &mut impl Read) -> io::Result<([u8; N], usize)> {
+    let mut b = [0u8; N];
+    let mut got = 0;
+    while got < N {
+        match r.read(&mut b[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((b, got))
 }
 
-/// Reads a recording and hands each event to `f` in recorded order.
+/// An opened recording, its format told by its first bytes.
+enum Source<'a> {
+    Binary(Box<dyn Read + Send + 'a>),
+    Lines(Box<dyn BufRead + 'a>),
+}
+
+/// Opens a recording: the binary magic number, a zstd frame (JSON Lines compressed, or a
+/// binary recording someone compressed whole), or else JSON Lines.
+fn open(path: &Path) -> Result<Source<'static>, RecordingError> {
+    let file = File::open(path).map_err(|source| RecordingError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    detect(path, BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Tells the format of `file` by its first bytes (`path` only names it in errors).
+fn detect<'a>(
+    path: &Path,
+    mut file: impl BufRead + Send + 'a,
+) -> Result<Source<'a>, RecordingError> {
+    let io_err = |source| RecordingError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let (head, n) = peek::<8>(&mut file).map_err(io_err)?;
+    let head = &head[..n];
+    let src = io::Cursor::new(head.to_vec()).chain(file);
+    if head == binrec::MAGIC {
+        return Ok(Source::Binary(Box::new(src)));
+    }
+    if !head.starts_with(&ZSTD_MAGIC) {
+        return Ok(Source::Lines(Box::new(src)));
+    }
+    let mut z = zstd::stream::read::Decoder::new(src).map_err(io_err)?;
+    let (head, n) = peek::<8>(&mut z).map_err(|e| RecordingError::CorruptAt {
+        path: path.to_owned(),
+        offset: 0,
+        record: None,
+        reason: format!("the file starts as zstd-compressed data that does not decompress ({e})"),
+    })?;
+    let head = &head[..n];
+    let src = io::Cursor::new(head.to_vec()).chain(z);
+    if head == binrec::MAGIC {
+        // Offsets in errors then count bytes of the decompressed stream.
+        return Ok(Source::Binary(Box::new(src)));
+    }
+    Ok(Source::Lines(Box::new(BufReader::with_capacity(
+        256 * 1024,
+        src,
+    ))))
+}
+
+/// Reads only the header of a recording (either format).
+pub fn read_header(path: &Path) -> Result<Header, RecordingError> {
+    match open(path)? {
+        Source::Binary(mut r) => binary_header(path, &mut r).map(|(h, _)| h),
+        Source::Lines(mut r) => {
+            let mut buf = Vec::new();
+            r.read_until(b'\n', &mut buf)
+                .map_err(|source| RecordingError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let text = String::from_utf8_lossy(&buf);
+            if text.trim().is_empty() {
+                return Err(RecordingError::Empty {
+                    path: path.to_owned(),
+                });
+            }
+            parse_header(path, text.trim_end())
+        }
+    }
+}
+
+/// Reads a recording and hands each event to `f` in recorded order. The format (binary or
+/// JSON Lines, compressed or not) is told by the first bytes, never by the file name.
 ///
-/// With `allow_truncated`, a file that ends early (no end line, a cut-off last line, an
-/// incomplete zstd frame) yields its valid prefix and the reason in [`Replay::truncated`];
-/// a corrupt line followed by more lines is an error either way.
+/// With `allow_truncated`, a file that ends early (no end line or record, a cut-off last
+/// line or block, an incomplete zstd frame) yields its valid prefix and the reason in
+/// [`Replay::truncated`]; damaged data followed by more data is an error either way.
 pub fn replay(
     path: &Path,
     allow_truncated: bool,
     mut f: impl FnMut(Event),
 ) -> Result<Replay, RecordingError> {
-    let io_err = |source| RecordingError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let reader: Box<dyn BufRead> = if is_zst(path) {
-        Box::new(BufReader::with_capacity(
-            256 * 1024,
-            zstd::stream::read::Decoder::new(file).map_err(io_err)?,
-        ))
-    } else {
-        Box::new(BufReader::with_capacity(256 * 1024, file))
-    };
-    read_lines(path, reader, allow_truncated, &mut f)
+    read_source(path, open(path)?, allow_truncated, true, &mut f)
 }
 
-/// Reads only the header line of a recording (e.g. to show its clock and filter before a
-/// paced replay starts).
-pub fn read_header(path: &Path) -> Result<Header, RecordingError> {
-    let io_err = |source| RecordingError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let mut reader: Box<dyn BufRead> = if is_zst(path) {
-        Box::new(BufReader::new(
-            zstd::stream::read::Decoder::new(file).map_err(io_err)?,
-        ))
-    } else {
-        Box::new(BufReader::new(file))
-    };
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(io_err)?;
-    if line.trim().is_empty() {
-        return Err(RecordingError::Empty {
-            path: path.to_owned(),
-        });
+/// [`replay`] of bytes in memory, `name` standing for the file in errors (fuzzing, tests).
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "used by the tests and the fuzz targets in tcptrace/fuzz"
+    )
+)]
+pub fn replay_bytes(
+    name: &Path,
+    bytes: &[u8],
+    allow_truncated: bool,
+    mut f: impl FnMut(Event),
+) -> Result<Replay, RecordingError> {
+    // Serial: small inputs gain nothing from the reader thread (the twin test in `binrec`
+    // checks both read alike), and fuzzing's leak check sees no exiting thread.
+    read_source(name, detect(name, bytes)?, allow_truncated, false, &mut f)
+}
+
+fn read_source(
+    path: &Path,
+    src: Source<'_>,
+    allow_truncated: bool,
+    threaded: bool,
+    f: &mut dyn FnMut(Event),
+) -> Result<Replay, RecordingError> {
+    match src {
+        Source::Binary(r) => read_binary(path, r, allow_truncated, threaded, f),
+        Source::Lines(r) => read_lines(path, r, allow_truncated, f),
     }
-    parse_header(path, line.trim_end())
+}
+
+/// Reads a binary recording's magic number, version and header; returns the header and the
+/// offset where the blocks start.
+fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), RecordingError> {
+    let p = || path.to_owned();
+    let corrupt = |offset: u64, reason: String| RecordingError::CorruptAt {
+        path: p(),
+        offset,
+        record: None,
+        reason,
+    };
+    let json = binrec::read_header(r).map_err(|e| match e {
+        binrec::ReadError::HeaderCut { offset } => corrupt(
+            offset,
+            "the file ends inside the header (was `tcptrace record` stopped before it started?)"
+                .to_owned(),
+        ),
+        other => binary_error(path, other, 0),
+    })?;
+    let header: Header = serde_json::from_slice(&json).map_err(|e| {
+        corrupt(
+            16,
+            format!("the header is not a tcptrace recording header: {e}"),
+        )
+    })?;
+    if header.version != BINARY_VERSION {
+        return Err(corrupt(
+            16,
+            format!(
+                "the header says version {} inside a version {BINARY_VERSION} file",
+                header.version
+            ),
+        ));
+    }
+    Ok((header, 16 + json.len() as u64))
+}
+
+fn read_binary(
+    path: &Path,
+    mut r: impl Read + Send,
+    allow_truncated: bool,
+    threaded: bool,
+    f: &mut dyn FnMut(Event),
+) -> Result<Replay, RecordingError> {
+    let (header, start) = binary_header(path, &mut r)?;
+    let (events, end) = if threaded {
+        binrec::read_blocks(&mut r, start, f)
+    } else {
+        binrec::read_blocks_serial(&mut r, start, f)
+    };
+    match end {
+        Ok(end) => Ok(Replay {
+            header,
+            trailer: Some(Trailer {
+                counters: end.counters,
+                undecodable: end.undecodable,
+                events: end.events,
+                end_unix_ns: end.end_unix_ns,
+            }),
+            events,
+            truncated: None,
+        }),
+        Err(e @ (binrec::ReadError::Truncated { .. } | binrec::ReadError::Io { .. })) => {
+            let err = binary_error(path, e, events);
+            if !allow_truncated {
+                return Err(err);
+            }
+            Ok(Replay {
+                header,
+                trailer: None,
+                events,
+                truncated: Some(err),
+            })
+        }
+        Err(e) => Err(binary_error(path, e, events)),
+    }
+}
+
+/// A binary reading error with the file name; a read error after the header counts as the
+/// file ending there (as a JSON Lines read error does).
+fn binary_error(path: &Path, e: binrec::ReadError, events: u64) -> RecordingError {
+    let path = path.to_owned();
+    match e {
+        binrec::ReadError::NotRecording(reason) => RecordingError::NotRecording { path, reason },
+        binrec::ReadError::UnknownVersion(found) => {
+            RecordingError::UnknownBinaryVersion { path, found }
+        }
+        binrec::ReadError::HeaderCut { offset } => RecordingError::CorruptAt {
+            path,
+            offset,
+            record: None,
+            reason: "the file ends inside the header".to_owned(),
+        },
+        binrec::ReadError::Corrupt {
+            offset,
+            record,
+            reason,
+        } => RecordingError::CorruptAt {
+            path,
+            offset,
+            record,
+            reason,
+        },
+        binrec::ReadError::Truncated { offset, reason } => RecordingError::TruncatedAt {
+            path,
+            offset,
+            events,
+            reason,
+        },
+        binrec::ReadError::CountMismatch {
+            offset,
+            expected,
+            found,
+        } => RecordingError::CountMismatchAt {
+            path,
+            offset,
+            expected,
+            found,
+        },
+        binrec::ReadError::Io { offset, source } => RecordingError::TruncatedAt {
+            path,
+            offset,
+            events,
+            reason: format!("read error: {source}"),
+        },
+    }
 }
 
 fn read_lines(
     path: &Path,
-    mut r: Box<dyn BufRead>,
+    mut r: Box<dyn BufRead + '_>,
     allow_truncated: bool,
     f: &mut dyn FnMut(Event),
 ) -> Result<Replay, RecordingError> {
@@ -367,10 +662,12 @@ fn read_lines(
         let n = match r.read_until(b'\n', &mut buf) {
             Ok(n) => n,
             Err(e) if header.is_some() => break Some((lineno + 1, format!("read error: {e}"))),
+            // Before the header: a damaged (e.g. zstd) stream, placed at its first line.
             Err(e) => {
-                return Err(RecordingError::Io {
+                return Err(RecordingError::Corrupt {
                     path: p(),
-                    source: e,
+                    line: lineno + 1,
+                    reason: format!("cannot be read: {e}"),
                 });
             }
         };
@@ -504,52 +801,85 @@ impl Out {
     }
 }
 
+enum Writer {
+    Jsonl { out: Out, line: Vec<u8> },
+    Binary(binrec::Writer<BufWriter<File>>),
+}
+
+impl Writer {
+    fn jsonl_line(out: &mut Out, line: &mut Vec<u8>, l: &Line) -> io::Result<()> {
+        line.clear();
+        serde_json::to_writer(&mut *line, l)?;
+        line.push(b'\n');
+        out.w().write_all(line)
+    }
+}
+
 /// Writes a recording. Use it as a pipeline sink through [`Shared`], then [`Recorder::finish`].
+///
+/// [`Shared`]: crate::sink::Shared
 pub struct Recorder {
-    out: Option<Out>,
+    /// `None` once finished.
+    out: Option<Writer>,
     events: u64,
     last_ts_ns: u64,
-    line: Vec<u8>,
 }
 
 impl Recorder {
-    /// Creates the file and writes the header.
+    /// Creates the file and writes the header, in the format the name asks for
+    /// ([`RecordingFormat::for_path`]).
     pub fn create(path: &Path, header: &Header) -> io::Result<Self> {
+        Self::create_as(path, header, RecordingFormat::for_path(path))
+    }
+
+    /// Creates the file in `format` and writes the header (its version set to the format's).
+    pub fn create_as(path: &Path, header: &Header, format: RecordingFormat) -> io::Result<Self> {
         let file = BufWriter::with_capacity(256 * 1024, File::create(path)?);
-        let out = if is_zst(path) {
-            Out::Zstd(zstd::stream::write::Encoder::new(file, 3)?)
-        } else {
-            Out::Plain(file)
+        let mut header = header.clone();
+        let out = match format {
+            RecordingFormat::Binary => {
+                header.version = BINARY_VERSION;
+                let json = serde_json::to_vec(&header)?;
+                Writer::Binary(binrec::Writer::new(file, &json)?)
+            }
+            RecordingFormat::Jsonl { compressed } => {
+                header.version = VERSION;
+                let mut out = if compressed {
+                    Out::Zstd(zstd::stream::write::Encoder::new(file, 3)?)
+                } else {
+                    Out::Plain(file)
+                };
+                let mut line = Vec::with_capacity(512);
+                Writer::jsonl_line(&mut out, &mut line, &Line::Header(header))?;
+                Writer::Jsonl { out, line }
+            }
         };
-        let mut r = Self {
+        Ok(Self {
             out: Some(out),
             events: 0,
             last_ts_ns: 0,
-            line: Vec::with_capacity(512),
-        };
-        r.write_line(&Line::Header(header.clone()))?;
-        Ok(r)
+        })
     }
 
-    fn write_line(&mut self, l: &Line) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, l)?;
-        self.line.push(b'\n');
-        let out = self
-            .out
+    fn writer(&mut self) -> io::Result<&mut Writer> {
+        self.out
             .as_mut()
-            .ok_or_else(|| io::Error::other("the recording is already finished"))?;
-        out.w().write_all(&self.line)
+            .ok_or_else(|| io::Error::other("the recording is already finished"))
     }
 
     /// Writes one event.
     pub fn write_event(&mut self, ev: &Event) -> io::Result<()> {
         self.events += 1;
         self.last_ts_ns = ev.ts_ns;
-        self.write_line(&Line::Event(EventLine::of(ev)))
+        match self.writer()? {
+            Writer::Jsonl { out, line } => {
+                Writer::jsonl_line(out, line, &Line::Event(EventLine::of(ev)))
+            }
+            Writer::Binary(w) => w.event(ev),
+        }
     }
 
-    /// Writes the end line and closes the file (finishing the zstd frame).
+    /// Writes the end line or record and closes the file (finishing the zstd frame).
     pub fn finish(&mut self, counters: Counters, undecodable: u64) -> io::Result<()> {
         self.finish_at(counters, undecodable, unix_now_ns())
     }
@@ -561,16 +891,21 @@ impl Recorder {
         undecodable: u64,
         end_unix_ns: i64,
     ) -> io::Result<()> {
-        let t = Trailer {
-            counters,
-            undecodable,
-            events: self.events,
-            end_unix_ns,
-        };
-        self.write_line(&Line::End(t))?;
         match self.out.take() {
-            Some(Out::Plain(mut w)) => w.flush(),
-            Some(Out::Zstd(w)) => w.finish()?.flush(),
+            Some(Writer::Jsonl { mut out, mut line }) => {
+                let t = Trailer {
+                    counters,
+                    undecodable,
+                    events: self.events,
+                    end_unix_ns,
+                };
+                Writer::jsonl_line(&mut out, &mut line, &Line::End(t))?;
+                match out {
+                    Out::Plain(mut w) => w.flush(),
+                    Out::Zstd(w) => w.finish()?.flush(),
+                }
+            }
+            Some(Writer::Binary(w)) => w.finish(counters, undecodable, end_unix_ns).map(|_file| ()),
             None => Ok(()),
         }
     }
@@ -588,9 +923,11 @@ impl Sink for Recorder {
     fn fact(&mut self, _fact: &Fact) -> io::Result<()> {
         Ok(())
     }
+    /// Makes what was written so far readable: a binary recording closes its open block.
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.out {
-            Some(o) => o.w().flush(),
+            Some(Writer::Jsonl { out, .. }) => out.w().flush(),
+            Some(Writer::Binary(w)) => w.flush(),
             None => Ok(()),
         }
     }
@@ -676,8 +1013,8 @@ mod tests {
     }
 
     #[test]
-    fn events_round_trip_exactly_plain_and_zstd() {
-        for name in ["rt.jsonl", "rt.jsonl.zst"] {
+    fn events_round_trip_exactly_in_every_format() {
+        for name in ["rt.jsonl", "rt.jsonl.zst", "rt.tcpt"] {
             let path = tmp(name);
             let evs = sample_events();
             let mut r = Recorder::create(&path, &header()).expect("create");
@@ -697,6 +1034,209 @@ mod tests {
             let t = rep.trailer.expect("trailer");
             assert_eq!((t.counters, t.undecodable, t.events), (counters, 4, 7));
             assert_eq!(rep.header.filter, Filter::default());
+            assert_eq!(read_header(&path).expect("header"), rep.header);
+            let want = match RecordingFormat::for_path(&path) {
+                RecordingFormat::Binary => BINARY_VERSION,
+                RecordingFormat::Jsonl { .. } => VERSION,
+            };
+            assert_eq!(rep.header.version, want, "{name}");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    #[test]
+    fn the_name_picks_the_written_format() {
+        let f = |n: &str| RecordingFormat::for_path(Path::new(n));
+        assert_eq!(f("/tmp/x.tcpt"), RecordingFormat::Binary);
+        assert_eq!(f("x"), RecordingFormat::Binary);
+        assert_eq!(f("x.zst"), RecordingFormat::Binary);
+        assert_eq!(f("x.jsonl"), RecordingFormat::Jsonl { compressed: false });
+        assert_eq!(
+            f("X.JSONL.ZST"),
+            RecordingFormat::Jsonl { compressed: true }
+        );
+    }
+
+    #[test]
+    fn a_binary_recording_compressed_whole_still_reads() {
+        let path = tmp("whole.tcpt");
+        let mut r = Recorder::create(&path, &header()).expect("create");
+        for e in &sample_events() {
+            r.write_event(e).expect("write");
+        }
+        r.finish(Counters::default(), 0).expect("finish");
+        let z = tmp("whole.tcpt.zst");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&z, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
+        let mut back = Vec::new();
+        replay(&z, false, |e| back.push(e)).expect("replay");
+        assert_eq!(back, sample_events());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&z);
+    }
+
+    /// xorshift64*: the same mutations on every machine.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// One to four random edits: bit flips, interesting bytes and lengths, cuts, repeats.
+    fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
+        const WORDS: [u32; 7] = [0, 1, 88, 16384, 16385, 0x7fff_ffff, u32::MAX];
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(data.len());
+            match rng.below(7) {
+                0 if !data.is_empty() => data[at] ^= 1 << rng.below(8),
+                1 if !data.is_empty() => {
+                    data[at] = [0, 0xff, 0x7f, 0x80, b'"', b'\n'][rng.below(6)]
+                }
+                2 if data.len() >= at + 4 => {
+                    let w = WORDS[rng.below(WORDS.len())];
+                    data[at..at + 4].copy_from_slice(&w.to_le_bytes());
+                }
+                3 => data.truncate(at),
+                4 => {
+                    let len = rng.below(64).min(data.len() - at);
+                    let piece = data[at..at + len].to_vec();
+                    let to = rng.below(data.len());
+                    data.splice(to..to, piece);
+                }
+                5 => data.insert(at, rng.next() as u8),
+                _ if !data.is_empty() => {
+                    data.remove(at);
+                }
+                _ => data.push(rng.next() as u8),
+            }
+        }
+    }
+
+    /// Every fixture, as JSON Lines and converted to binary, plus binary files built from
+    /// their raw records so that mutations reach the record decoder past the checksums.
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut out = Vec::new();
+        for name in ["one-connection", "loopback", "no-events", "truncated"] {
+            let src = dir.join(format!("{name}.jsonl"));
+            out.push(std::fs::read(&src).expect("fixture"));
+            let bin = tmp(&format!("seed-{name}.tcpt"));
+            let mut rec = Recorder::create(&bin, &header()).expect("create");
+            let rep = replay(&src, true, |e| rec.write_event(&e).expect("write")).expect("read");
+            let t = rep.trailer.unwrap_or(Trailer {
+                counters: Counters::default(),
+                undecodable: 0,
+                events: rep.events,
+                end_unix_ns: 0,
+            });
+            rec.finish_at(t.counters, t.undecodable, t.end_unix_ns)
+                .expect("finish");
+            out.push(std::fs::read(&bin).expect("read"));
+            let _ = std::fs::remove_file(&bin);
+        }
+        out
+    }
+
+    /// The stable, always-run twin of the cargo-fuzz targets in `tcptrace/fuzz` (which need a
+    /// nightly toolchain): a bounded, deterministic mutation run over the fixtures in both
+    /// formats. No input may panic or hang the reader, and every error names the file and a
+    /// line or a byte offset.
+    #[test]
+    fn mutated_recordings_never_panic_and_errors_say_where() {
+        let seeds = seeds();
+        let name = Path::new("fuzzed.rec");
+        let mut rng = Rng(0x5eed);
+        let started = std::time::Instant::now();
+        let mut cases = 0u64;
+        while cases < 30_000 && started.elapsed() < std::time::Duration::from_secs(20) {
+            let mut data = seeds[rng.below(seeds.len())].clone();
+            if rng.below(3) == 0 && data.starts_with(&binrec::MAGIC) {
+                // Edit the raw records, then compress them again so the checksum holds.
+                let mut evs = Vec::new();
+                if replay_bytes(name, &data, true, |e| evs.push(e)).is_ok() {
+                    let mut raw = Vec::new();
+                    for e in &evs {
+                        let mut b = [0u8; binrec::RECORD_SIZE];
+                        binrec::encode(e, &mut b);
+                        raw.extend_from_slice(&b);
+                    }
+                    mutate(&mut rng, &mut raw);
+                    data = binrec::file_of_records(b"{}", &raw);
+                }
+            } else {
+                mutate(&mut rng, &mut data);
+            }
+            cases += 1;
+            let allow = rng.below(2) == 0;
+            if let Err(e) = replay_bytes(name, &data, allow, |_| {}) {
+                let msg = e.to_string();
+                let placed = msg.starts_with("fuzzed.rec:")
+                    && (msg.contains(": byte ")
+                        || msg["fuzzed.rec:".len()..].starts_with(|c: char| c.is_ascii_digit())
+                        || matches!(e, RecordingError::Empty { .. }));
+                assert!(placed, "case {cases}: the error does not say where: {msg}");
+            }
+        }
+        assert!(cases >= 1000, "only {cases} cases in the time allowed");
+    }
+
+    /// CPU time of the whole process (the binary reader has a helper thread), so the
+    /// microbenchmark below is run alone.
+    fn process_cpu_secs() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the valid timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    /// What writing and reading cost per million events in each format, on the generated
+    /// recording `cargo xtask bench` reports on; reading here is the reader alone, without
+    /// the pipeline behind it.
+    #[test]
+    #[ignore = "a microbenchmark: cargo test --release -p tcptrace -- --ignored write_and_read_cost --nocapture"]
+    fn write_and_read_cost() {
+        let src = tmp("cost-src.tcpt");
+        let mut rec = Recorder::create(&src, &header()).expect("create");
+        crate::generate::generate(&mut rec, 1_000_000, 1).expect("generate");
+        rec.finish(Counters::default(), 0).expect("finish");
+        let mut evs = Vec::new();
+        replay(&src, false, |e| evs.push(e)).expect("replay");
+        let _ = std::fs::remove_file(&src);
+        let m = evs.len() as f64 / 1e6;
+        for name in ["cost.tcpt", "cost.jsonl.zst", "cost.jsonl"] {
+            let path = tmp(name);
+            let t = process_cpu_secs();
+            let mut r = Recorder::create(&path, &header()).expect("create");
+            for e in &evs {
+                r.write_event(e).expect("write");
+            }
+            r.finish(Counters::default(), 0).expect("finish");
+            let write = process_cpu_secs() - t;
+            let t = process_cpu_secs();
+            let mut n = 0u64;
+            replay(&path, false, |_| n += 1).expect("replay");
+            let read = process_cpu_secs() - t;
+            assert_eq!(n, evs.len() as u64);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "{name:>15}: write {:.3} CPU-s per million events, read {:.3} CPU-s per million \
+                 ({:.1} M events/s), {:.1} bytes per event",
+                write / m,
+                read / m,
+                m / read,
+                size as f64 / evs.len() as f64
+            );
             let _ = std::fs::remove_file(&path);
         }
     }

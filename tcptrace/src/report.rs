@@ -40,13 +40,9 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     let mut pipeline = Pipeline::new(sinks);
     let replay = record::replay(path, allow_truncated, |ev| pipeline.push_ordered(ev))?;
     pipeline.finish();
-    if let Some(record::RecordingError::Truncated {
-        path, line, reason, ..
-    }) = &replay.truncated
-    {
+    if let Some((at, reason)) = replay.truncated.as_ref().and_then(|e| e.truncation()) {
         log::warn!(
-            "{}:{line}: the recording is truncated ({reason}); reporting on the {} events before it",
-            path.display(),
+            "{at}: the recording is truncated ({reason}); reporting on the {} events before it",
             replay.events
         );
     }

@@ -123,6 +123,17 @@ fn bad_recordings_name_the_file_and_line() {
     // A corrupt line followed by more lines is not truncation.
     assert!(err(&["corrupt.jsonl", "--allow-truncated"]).contains("corrupt.jsonl:4: corrupt line"));
     insta::assert_snapshot!("error-truncated", err(&["truncated.jsonl"]));
+    // Found by the `recording` fuzz target: zstd data that fails before the first line.
+    let e = err(&["damaged-zstd.jsonl.zst"]);
+    assert!(
+        e.contains("damaged-zstd.jsonl.zst: byte 0: damaged recording: the file starts as zstd"),
+        "{e}"
+    );
+    let e = err(&["zstd-cut-in-first-line.jsonl.zst"]);
+    assert!(
+        e.contains("zstd-cut-in-first-line.jsonl.zst:1: corrupt line: cannot be read"),
+        "{e}"
+    );
     let missing = err(&["no-such-file.jsonl"]);
     assert!(
         missing.contains("no-such-file.jsonl: cannot read the recording"),
@@ -164,5 +175,218 @@ fn generated_recordings_are_reproducible_and_report() {
             "no {kind} closes: {closes}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tcptrace export FROM -o TO`, which must succeed.
+fn export(from: &Path, to: &Path) {
+    let out = Command::new(BIN)
+        .arg("export")
+        .arg(from)
+        .arg("-o")
+        .arg(to)
+        .output()
+        .expect("run tcptrace export");
+    assert!(
+        out.status.success(),
+        "export {} failed: {}",
+        from.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every output of `report` (text, JSON, each SVG and index.html) for `file`.
+fn all_outputs(file: &Path, tag: &str) -> Vec<(String, Vec<u8>)> {
+    let f = file.to_string_lossy().into_owned();
+    let mut v = vec![
+        ("text".to_owned(), ok(&[&f]).into_bytes()),
+        (
+            "json".to_owned(),
+            ok(&[&f, "--format", "json"]).into_bytes(),
+        ),
+    ];
+    let dir = fresh_dir(tag);
+    ok(&[&f, "--svg", &dir.to_string_lossy()]);
+    for name in [
+        "handshake.svg",
+        "teardown.svg",
+        "timeline.svg",
+        "states.svg",
+        "slowest.svg",
+        "index.html",
+    ] {
+        v.push((
+            name.to_owned(),
+            std::fs::read(dir.join(name)).expect("chart"),
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    v
+}
+
+#[test]
+fn binary_recordings_report_byte_for_byte_what_their_json_lines_source_does() {
+    for name in ["loopback", "one-connection", "no-events"] {
+        let dir = fresh_dir(&format!("bin-{name}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let bin = dir.join(format!("{name}.tcpt"));
+        export(&fixture(&format!("{name}.jsonl")), &bin);
+        let bytes = std::fs::read(&bin).expect("read");
+        assert!(bytes.starts_with(b"\x89TCP\r\n\x1a\n"), "{name}: no magic");
+        // Under the fixture's own name (chart titles show it): the content says binary.
+        let same_name = dir.join(format!("{name}.jsonl"));
+        std::fs::rename(&bin, &same_name).expect("rename");
+        let want = all_outputs(&fixture(&format!("{name}.jsonl")), &format!("want-{name}"));
+        let got = all_outputs(&same_name, &format!("got-{name}"));
+        for ((what, w), (_, g)) in want.iter().zip(&got) {
+            assert!(
+                w == g,
+                "{name}: {what} differs between JSON Lines and binary"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn export_to_json_lines_gives_back_the_same_lines() {
+    let dir = fresh_dir("export-back");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for name in ["loopback", "one-connection"] {
+        let src = fixture(&format!("{name}.jsonl"));
+        let bin = dir.join(format!("{name}.tcpt"));
+        let back = dir.join(format!("{name}.jsonl"));
+        export(&src, &bin);
+        export(&bin, &back);
+        let want = std::fs::read_to_string(&src).expect("read");
+        let got = std::fs::read_to_string(&back).expect("read");
+        let (want, got): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+        assert_eq!(want.len(), got.len());
+        // Header and events are identical; the end line gains the later `missed` counter.
+        assert_eq!(want[..want.len() - 1], got[..got.len() - 1], "{name}");
+        let end = |s: &str| -> serde_json::Value {
+            let mut v: serde_json::Value = serde_json::from_str(s).expect("json");
+            v["end"]["counters"]["missed"] = 0.into();
+            v
+        };
+        assert_eq!(end(want[want.len() - 1]), end(got[got.len() - 1]));
+        // And a compressed JSON Lines export reads the same.
+        let zst = dir.join(format!("{name}.jsonl.zst"));
+        export(&bin, &zst);
+        let z = zst.to_string_lossy().into_owned();
+        assert_eq!(
+            ok(&[&z, "--format", "json"]),
+            ok(&[&src.to_string_lossy(), "--format", "json"])
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A generated binary recording of several blocks, its bytes and its event count.
+fn generated_binary(dir: &Path) -> (PathBuf, Vec<u8>) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let path = dir.join("gen.tcpt");
+    let st = Command::new(BIN)
+        .args(["generate-recording", "--transitions", "5000", "-o"])
+        .arg(&path)
+        .status()
+        .expect("run");
+    assert!(st.success());
+    let bytes = std::fs::read(&path).expect("read");
+    (path, bytes)
+}
+
+#[test]
+fn bad_binary_recordings_name_the_file_the_offset_and_the_fix() {
+    let dir = fresh_dir("bad-bin");
+    let (_, bytes) = generated_binary(&dir);
+    let header_len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+    let first_block = 16 + header_len;
+    let write = |name: &str, b: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, b).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    // Cut inside the second block: truncated, at that block's offset.
+    let len1 = u32::from_le_bytes(
+        bytes[first_block + 8..first_block + 12]
+            .try_into()
+            .expect("4"),
+    );
+    let second = first_block + 12 + len1 as usize;
+    let cut = write("cut.tcpt", &bytes[..second + 20]);
+    let e = err(&[&cut]);
+    assert!(
+        e.contains(&format!(
+            "cut.tcpt: byte {second}: the recording is truncated"
+        )) && e.contains("after 1024 events; pass --allow-truncated"),
+        "{e}"
+    );
+    let out = ok(&[&cut, "--allow-truncated", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["events"], 1024);
+    // Without the end block: truncated too.
+    let no_end = write("no-end.tcpt", &bytes[..bytes.len() - 40]);
+    assert!(err(&[&no_end]).contains("the recording is truncated"));
+    // A flipped bit in the first block's frame: damaged, not truncated, flag or not.
+    let mut flipped = bytes.clone();
+    flipped[first_block + 12 + 40] ^= 0x10;
+    let flipped = write("flipped.tcpt", &flipped);
+    for extra in [&[][..], &["--allow-truncated"][..]] {
+        let mut args = vec![flipped.as_str()];
+        args.extend_from_slice(extra);
+        let e = err(&args);
+        assert!(
+            e.contains(&format!("flipped.tcpt: byte {first_block}"))
+                && e.contains("damaged recording")
+                && e.contains("copy it again"),
+            "{e}"
+        );
+    }
+    // A future version.
+    let mut future = bytes.clone();
+    future[8] = 3;
+    let e = err(&[&write("future.tcpt", &future)]);
+    assert!(
+        e.contains("future.tcpt: byte 8: binary recording format version 3 is not supported"),
+        "{e}"
+    );
+    // Bytes after the end record.
+    let mut after = bytes.clone();
+    after.push(0);
+    let e = err(&[&write("after.tcpt", &after)]);
+    assert!(
+        e.contains(&format!(
+            "after.tcpt: byte {}: damaged recording: data after the end record",
+            bytes.len()
+        )),
+        "{e}"
+    );
+    // Cut inside the header.
+    let e = err(&[&write("head.tcpt", &bytes[..20])]);
+    assert!(
+        e.contains("head.tcpt: byte 20: damaged recording: the file ends inside the header"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn generated_binary_recordings_are_reproducible() {
+    let dir = fresh_dir("gen-bin");
+    let (a, bytes) = generated_binary(&dir);
+    let b = dir.join("again.tcpt");
+    std::fs::rename(&a, &b).expect("rename");
+    let (_, again) = generated_binary(&dir);
+    assert!(
+        bytes == again,
+        "two runs with the same seed wrote different files"
+    );
+    let j = dir.join("gen.jsonl");
+    export(&b, &j);
+    assert_eq!(
+        ok(&[&b.to_string_lossy(), "--format", "json"]),
+        ok(&[&j.to_string_lossy(), "--format", "json"])
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

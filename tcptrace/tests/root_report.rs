@@ -1,6 +1,6 @@
 //! Root test: `tcptrace record` on real loopback traffic, then `tcptrace report` of that
 //! recording, run as an unprivileged user, must give exactly the summary the live run wrote
-//! (`--summary-json`).
+//! (`--summary-json`). The recording is in the default binary format.
 
 mod common;
 
@@ -22,7 +22,8 @@ fn report_of_a_recording_equals_the_live_summary() {
     let dir = std::env::temp_dir().join(format!("tcptrace-root-report-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let rec = dir.join("run.jsonl.zst");
+    // The default format (binary); tests/report.rs checks JSON Lines -> binary equality.
+    let rec = dir.join("run.tcpt");
     let live = dir.join("live.json");
     let mut child = Command::new(BIN)
         .args([

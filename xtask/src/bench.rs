@@ -9,7 +9,8 @@
 //! the same invocation as the yardstick. Targets are reported as PASS/MISS, never asserted:
 //! a benchmark on a shared 2-core machine is noisy and must not fail a build.
 //!
-//! A second section times `tcptrace report` on a synthetic 1,000,000-transition recording.
+//! A second section times `tcptrace report` on a synthetic 1,000,000-transition recording, in
+//! the binary format and in JSON Lines (compressed and plain), and what writing each cost.
 
 use std::{
     fmt::Write as _,
@@ -45,6 +46,8 @@ const TARGET_AGGREGATE_RATIO: f64 = 0.95;
 const TARGET_AGGREGATE_CPU_PER_M: f64 = 0.3;
 /// Target: streaming text to a file keeps at least this share of the untraced rate.
 const TARGET_TEXT_RATIO: f64 = 0.85;
+/// `tcptrace record` in the binary format keeps at least this share of the untraced rate.
+const TARGET_RECORD_RATIO: f64 = 0.90;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -99,6 +102,10 @@ pub enum Config {
     Text,
     /// `tcptrace watch --format json`, to a file.
     Json,
+    /// `tcptrace record -o FILE.tcpt`: the binary recording.
+    Record,
+    /// `tcptrace record -o FILE.jsonl.zst`: the JSON Lines recording.
+    RecordJsonl,
     /// libbpf-tools `tcpstates` > /dev/null (transitions estimated, see the notes).
     Tcpstates,
     /// libbpf-tools `tcpstates` > a file (transitions counted as output lines).
@@ -106,12 +113,14 @@ pub enum Config {
 }
 
 impl Config {
-    const TRACED: [Config; 7] = [
+    const TRACED: [Config; 9] = [
         Config::None,
         Config::Top,
         Config::Serve,
         Config::Text,
         Config::Json,
+        Config::Record,
+        Config::RecordJsonl,
         Config::Tcpstates,
         Config::TcpstatesFile,
     ];
@@ -124,6 +133,8 @@ impl Config {
             Config::Serve => "tcptrace serve (1 scrape/s)",
             Config::Text => "tcptrace text > file",
             Config::Json => "tcptrace json > file",
+            Config::Record => "tcptrace record .tcpt",
+            Config::RecordJsonl => "tcptrace record .jsonl.zst",
             Config::Tcpstates => "tcpstates > /dev/null",
             Config::TcpstatesFile => "tcpstates > file",
         }
@@ -498,19 +509,32 @@ fn run_one(env: &Env, config: Config, run: usize) -> Result<Row> {
         });
     }
     let tag = format!("{run:02}-{config:?}").to_lowercase();
-    let out_path = env.dir.join(format!("{tag}.out"));
+    let out_path = env.dir.join(match config {
+        Config::Record => format!("{tag}.tcpt"),
+        Config::RecordJsonl => format!("{tag}.jsonl.zst"),
+        _ => format!("{tag}.out"),
+    });
     let summary_path = env.dir.join(format!("{tag}.summary.json"));
     let (mut cmd, ready) = if config.is_tcpstates() {
         let path = env.tcpstates.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
         (Command::new(path), None)
     } else {
         let mut cmd = Command::new(&env.bin);
-        let command = match config {
-            Config::Top => "top",
-            Config::Serve => "serve",
-            _ => "watch",
-        };
-        cmd.arg(command).arg("--summary-json").arg(&summary_path);
+        match config {
+            Config::Record | Config::RecordJsonl => {
+                cmd.arg("record").arg("-o").arg(&out_path);
+            }
+            Config::Top => {
+                cmd.arg("top");
+            }
+            Config::Serve => {
+                cmd.arg("serve");
+            }
+            _ => {
+                cmd.arg("watch");
+            }
+        }
+        cmd.arg("--summary-json").arg(&summary_path);
         match config {
             Config::None => {
                 cmd.args(["--per", "none"]);
@@ -703,7 +727,10 @@ impl Scraper {
 
 /// The tracer's stdout: /dev/null, or a file in the bench directory.
 fn stdout_for(config: Config, out_path: &Path) -> Result<Stdio> {
-    if matches!(config, Config::None | Config::Serve | Config::Tcpstates) {
+    if matches!(
+        config,
+        Config::None | Config::Serve | Config::Tcpstates | Config::Record | Config::RecordJsonl
+    ) {
         return Ok(Stdio::null());
     }
     let f =
@@ -775,29 +802,66 @@ fn report_bench(bin: &Path, dir: &Path, transitions: u64) -> Result<String> {
         );
     }
     let mut s = String::new();
-    let recording = dir.join("bench-recording.jsonl");
+    let mut binary_rate = None;
+    // The binary format (`record`'s default) first, then JSON Lines as `record` wrote it
+    // before, compressed and plain: the same events, so the rates compare the readers.
+    for (label, name) in [
+        ("binary", "bench-recording.tcpt"),
+        ("JSON Lines, zstd", "bench-recording.jsonl.zst"),
+        ("JSON Lines", "bench-recording.jsonl"),
+    ] {
+        let recording = dir.join(name);
+        let rate = report_one(bin, dir, &recording, label, transitions, &mut s)?;
+        if binary_rate.is_none() {
+            binary_rate = Some(rate);
+        }
+    }
+    if let Some(rate) = binary_rate {
+        let _ = writeln!(
+            s,
+            "  target: report of a binary recording >= 3,000,000 transitions/s: {} ({:.2} M/s)",
+            pass(rate >= 3e6),
+            rate / 1e6
+        );
+    }
+    Ok(s)
+}
+
+/// Generates `recording` (its name picks the format), then times `report --svg` on it;
+/// appends both lines to `s` and returns the report's transitions per wall second.
+fn report_one(
+    bin: &Path,
+    dir: &Path,
+    recording: &Path,
+    label: &str,
+    transitions: u64,
+    s: &mut String,
+) -> Result<f64> {
     let t = Instant::now();
-    let mut gen_cmd = Command::new(bin);
-    gen_cmd
+    let gen_child = Command::new(bin)
         .args(["generate-recording", "--transitions"])
         .arg(transitions.to_string())
         .arg("-o")
-        .arg(&recording)
+        .arg(recording)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = gen_cmd.output().context("running generate-recording")?;
-    if !out.status.success() {
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running generate-recording")?;
+    let gen_exit = wait_rusage(&gen_child, Duration::from_secs(600))?;
+    if !gen_exit.success() {
         bail!(
-            "generate-recording failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "generate-recording -o {} failed ({})",
+            recording.display(),
+            gen_exit.describe()
         );
     }
-    let size = fs::metadata(&recording).map(|m| m.len()).unwrap_or(0);
+    let size = fs::metadata(recording).map(|m| m.len()).unwrap_or(0);
     let _ = writeln!(
         s,
-        "  generate-recording --transitions {transitions}: {:.1}s, {:.1} MiB",
+        "  {label}: generate-recording --transitions {transitions}: {:.2}s wall, {:.2} CPU-s \
+         (generator + writer), {:.1} MiB",
         t.elapsed().as_secs_f64(),
+        gen_exit.cpu_secs,
         size as f64 / 1048576.0
     );
 
@@ -805,7 +869,7 @@ fn report_bench(bin: &Path, dir: &Path, transitions: u64) -> Result<String> {
     let t = Instant::now();
     let child = Command::new(bin)
         .arg("report")
-        .arg(&recording)
+        .arg(recording)
         .arg("--svg")
         .arg(&svg)
         .args(["--format", "json"])
@@ -845,20 +909,22 @@ fn report_bench(bin: &Path, dir: &Path, transitions: u64) -> Result<String> {
                 .count()
         })
         .unwrap_or(0);
+    let rate = n as f64 / secs;
     let _ = writeln!(
         s,
-        "  report --svg --format json: {n} transitions{} in {secs:.2}s wall, {:.2} CPU-s: \
-         {:.0} transitions/s (decode, track, aggregate, {charts} charts); peak RSS {:.1} MiB",
+        "  {label}: report --svg --format json: {n} transitions{} in {secs:.2}s wall, {:.2} \
+         CPU-s: {rate:.0} transitions/s ({:.0} per CPU-s; decode, track, aggregate, {charts} \
+         charts); peak RSS {:.1} MiB",
         if counted.is_some() {
             " (as the report counted)"
         } else {
             " (asked for; the report's JSON had no count)"
         },
         exit.cpu_secs,
-        n as f64 / secs,
+        n as f64 / exit.cpu_secs.max(1e-9),
         exit.max_rss_bytes as f64 / 1048576.0
     );
-    Ok(s)
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1180,6 +1246,23 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
         }
         None => {
             let _ = writeln!(s, "  (text streaming not run: --only)");
+        }
+    }
+    match get(Config::Record) {
+        Some(a) => {
+            let _ = writeln!(
+                s,
+                "  {} binary recording (record -o .tcpt) >= {:.0}% of untraced: {:.1}%, {} CPU-s \
+                 per million transitions",
+                pass(a.ratio >= TARGET_RECORD_RATIO),
+                TARGET_RECORD_RATIO * 100.0,
+                a.ratio * 100.0,
+                a.cpu_per_m
+                    .map_or("unknown".to_owned(), |x| format!("{x:.3}"))
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  (binary recording not run: --only)");
         }
     }
     if let Some(a) = get(Config::Tcpstates) {

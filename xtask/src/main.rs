@@ -3,6 +3,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -39,13 +40,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// fmt, clippy, unit tests, then the root integration tests (which load the real program)
-    /// and the package check (installs the .deb, checks it, removes it).
+    /// fmt, clippy, unit tests, a minute of fuzzing, then the root integration tests (which
+    /// load the real program) and the package check (installs the .deb, checks it, removes it).
     Test {
         /// Skip the root integration tests (they are the ones that load the eBPF program).
         #[arg(long)]
         no_root: bool,
     },
+    /// Fuzz the record decoder and the recording reader (cargo-fuzz, nightly; installs what
+    /// it needs): about a minute by default, `--runs 10000000` for the long run.
+    Fuzz(fuzz::Args),
     /// Loopback churn untraced vs traced (tcptrace, libbpf-tools tcpstates): rates, CPU per
     /// transition, lost events, memory; then `tcptrace report` throughput. Needs root.
     Bench(bench::Args),
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         }
         Task::Run { args } => run(&args),
         Task::Test { no_root } => test(no_root),
+        Task::Fuzz(args) => fuzz::fuzz(&args).map(|_| ()),
         Task::Bench(args) => bench::bench(&args),
         Task::BenchChurn(args) => bench::churn_main(&args),
         Task::Docs(args) => dist::docs(&args),
@@ -199,6 +204,19 @@ fn test(no_root: bool) -> Result<()> {
         cargo_test_counting(&["test", "--workspace", "--exclude", "tcptrace-ebpf"])?;
     eprintln!(
         "  {unit_passed} passed in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let t = step("fuzzing (cargo xtask fuzz --seconds 60)");
+    let fuzzed = fuzz::fuzz(&fuzz::Args {
+        seconds: 60,
+        runs: None,
+        target: Vec::new(),
+    })?;
+    eprintln!(
+        "  {} cases over {} targets in {:.1}s, no crash",
+        fuzzed.iter().map(|o| o.runs).sum::<u64>(),
+        fuzzed.len(),
         t.elapsed().as_secs_f64()
     );
 
