@@ -251,10 +251,13 @@ pub struct ExportArgs {
     /// A recording (binary or JSON Lines, told by its content).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// The converted recording: JSON Lines when the name ends in .jsonl or .jsonl.zst, else
-    /// binary.
+    /// The converted recording: JSON Lines when the name ends in .jsonl or .jsonl.zst, CSV
+    /// lines (as `watch --format csv` prints them) when it ends in .csv, else binary.
     #[arg(short = 'o', long, value_name = "OUT")]
     pub output: PathBuf,
+    /// For a .csv output: one line per transition or per finished connection.
+    #[arg(long, value_enum, default_value_t = Per::Transition)]
+    pub per: Per,
     /// Convert the valid part of a recording that ends early (the output has no end record).
     #[arg(long)]
     pub allow_truncated: bool,

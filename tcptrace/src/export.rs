@@ -2,14 +2,20 @@
 //! Lines (either direction, compressed or not), event for event, with the same header and end
 //! counters, so that `jq` and log shippers can read what `record` wrote in binary, and old
 //! JSON Lines recordings can be made compact. The output's format follows its name, as for
-//! `record`; the input's is told by its content.
+//! `record`; the input's is told by its content. A `.csv` output is not a recording but the
+//! CSV line stream `watch --format csv` would have printed, made by replaying the recording
+//! through the same pipeline and stream sink.
+
+use std::io;
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cli::ExportArgs,
+    cli::{ExportArgs, Per},
+    pipeline::Pipeline,
     record::{self, Recorder},
     sink::Sink as _,
+    stream::{Stream, Style, Unit},
 };
 
 pub fn run(args: &ExportArgs) -> Result<()> {
@@ -23,6 +29,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         );
     }
     let header = record::read_header(&args.file)?;
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        return csv(args, header.clock);
+    }
     let mut rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
     let mut write_error = None;
@@ -46,6 +58,34 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         eprintln!(
             "tcptrace: {at}: the recording is truncated ({reason}); exported the {} events \
              before it without an end record (report it with --allow-truncated)",
+            replay.events
+        );
+    }
+    Ok(())
+}
+
+/// Replays the recording through the pipeline into a CSV stream sink.
+fn csv(args: &ExportArgs, clock: crate::clock::Clock) -> Result<()> {
+    let out = &args.output;
+    let unit = match args.per {
+        Per::Transition => Unit::Transition,
+        Per::Connection => Unit::Connection,
+        Per::None => anyhow::bail!("--per none writes no lines: use transition or connection"),
+    };
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let stream = Stream::new(io::BufWriter::new(file), clock, Style::Csv, unit);
+    let mut pipeline = Pipeline::new(vec![Box::new(stream)]);
+    let replay = record::replay(&args.file, args.allow_truncated, |ev| {
+        pipeline.push_ordered(ev);
+    })?;
+    pipeline.finish();
+    if let Some(e) = pipeline.sink_error() {
+        anyhow::bail!("writing {} failed: {e}", out.display());
+    }
+    if let Some((at, reason)) = replay.truncated.as_ref().and_then(|e| e.truncation()) {
+        eprintln!(
+            "tcptrace: {at}: the recording is truncated ({reason}); wrote the lines of the {} \
+             events before it",
             replay.events
         );
     }

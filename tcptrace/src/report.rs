@@ -86,7 +86,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         Format::Json => true,
         Format::Csv => anyhow::bail!(
             "--format csv is for the line stream (`tcptrace watch --format csv`); report \
-             prints a summary: use --format text or --format json"
+             prints a summary: use --format text or --format json, or turn the recording \
+             into CSV lines with `tcptrace export FILE -o OUT.csv`"
         ),
     };
     let r = build(

@@ -390,3 +390,40 @@ fn generated_binary_recordings_are_reproducible() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn export_to_csv_writes_the_stream_watch_would_have_printed() {
+    let dir = fresh_dir("csv");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&["loopback.jsonl", "--format", "json"])).expect("summary");
+    for (per, rows) in [
+        (
+            "transition",
+            summary["transitions"].as_u64().expect("transitions"),
+        ),
+        (
+            "connection",
+            summary["overall"]["connections"]
+                .as_u64()
+                .expect("connections"),
+        ),
+    ] {
+        let out = dir.join(format!("{per}.csv"));
+        let status = Command::new(BIN)
+            .current_dir(fixture(""))
+            .args(["export", "loopback.jsonl", "-o"])
+            .arg(&out)
+            .args(["--per", per])
+            .status()
+            .expect("run");
+        assert!(status.success());
+        let text = std::fs::read_to_string(&out).expect("csv");
+        let mut lines = text.lines();
+        let header = lines.next().expect("header row");
+        assert!(header.contains("laddr") && header.contains(','), "{header}");
+        assert_eq!(lines.count() as u64, rows, "{per}: one row per {per}");
+    }
+    assert!(err(&["loopback.jsonl", "--format", "csv"]).contains("export"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
