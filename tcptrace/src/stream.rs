@@ -280,6 +280,18 @@ fn push_hex(line: &mut String, v: u64) {
     }
 }
 
+/// The `family,laddr,lport,raddr,rport` CSV columns (the same in transition and connection
+/// lines).
+fn push_csv_endpoints(line: &mut String, conn: &Conn) {
+    line.push_str(family(conn).name());
+    line.push(',');
+    push_ip(line, conn.local.ip());
+    push_csv_u64(line, Some(u64::from(conn.local.port())));
+    line.push(',');
+    push_ip(line, conn.remote.ip());
+    push_csv_u64(line, Some(u64::from(conn.remote.port())));
+}
+
 /// `,` then `{v}`, or only `,` for `None`.
 fn push_csv_u64(line: &mut String, v: Option<u64>) {
     line.push(',');
@@ -556,13 +568,7 @@ impl<W: io::Write> Stream<W> {
                     line.push(',');
                 }
                 line.push(',');
-                line.push_str(family(conn).name());
-                line.push(',');
-                push_ip(line, conn.local.ip());
-                push_csv_u64(line, Some(u64::from(conn.local.port())));
-                line.push(',');
-                push_ip(line, conn.remote.ip());
-                push_csv_u64(line, Some(u64::from(conn.remote.port())));
+                push_csv_endpoints(line, conn);
                 line.push(',');
                 line.push_str(old);
                 line.push(',');
@@ -649,13 +655,7 @@ impl<W: io::Write> Stream<W> {
                     line.push_str(side.name());
                 }
                 line.push(',');
-                line.push_str(family(conn).name());
-                line.push(',');
-                push_ip(line, conn.local.ip());
-                push_csv_u64(line, Some(u64::from(conn.local.port())));
-                line.push(',');
-                push_ip(line, conn.remote.ip());
-                push_csv_u64(line, Some(u64::from(conn.remote.port())));
+                push_csv_endpoints(line, conn);
                 line.push(',');
                 push_ms_csv(line, c.handshake_ns);
                 push_csv_u64(line, Some(u64::from(c.retransmits)));
