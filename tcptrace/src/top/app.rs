@@ -474,19 +474,8 @@ fn natural(a: &str, b: &str) -> Ordering {
 
 #[cfg(test)]
 mod tests {
-    use crossterm::event::{KeyEventKind, KeyEventState};
-
     use super::*;
-    use crate::top::fixtures;
-
-    fn key(c: KeyCode) -> KeyEvent {
-        KeyEvent {
-            code: c,
-            modifiers: KeyModifiers::NONE,
-            kind: KeyEventKind::Press,
-            state: KeyEventState::NONE,
-        }
-    }
+    use crate::top::fixtures::{self, key};
 
     fn app() -> App {
         App::new(Arc::new(fixtures::busy()), Duration::from_secs(5), false)

@@ -4,6 +4,8 @@
 
 use std::{cell::RefCell, net::SocketAddr, rc::Rc, time::Duration};
 
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyEventState, KeyModifiers};
+
 use crate::{
     counters::Counters,
     decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
@@ -12,6 +14,16 @@ use crate::{
     sink::Shared,
     summary::{Snapshot, SnapshotOptions},
 };
+
+/// A plain key press, as crossterm reports it.
+pub fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent {
+        code: c,
+        modifiers: KeyModifiers::NONE,
+        kind: KeyEventKind::Press,
+        state: KeyEventState::NONE,
+    }
+}
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;

@@ -786,11 +786,11 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
 mod tests {
     use std::{sync::Arc, time::Duration};
 
-    use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyEventState, KeyModifiers};
+    use crossterm::event::KeyCode;
     use ratatui::{Terminal, backend::TestBackend, buffer::Buffer};
 
     use super::*;
-    use crate::top::fixtures;
+    use crate::top::fixtures::{self, key};
 
     fn meta() -> Meta {
         Meta {
@@ -821,15 +821,6 @@ mod tests {
         t.draw(|f| draw(f, app, &meta())).expect("draw");
         let b = t.backend().buffer().clone();
         (text(&b), b)
-    }
-
-    fn key(c: KeyCode) -> KeyEvent {
-        KeyEvent {
-            code: c,
-            modifiers: KeyModifiers::NONE,
-            kind: KeyEventKind::Press,
-            state: KeyEventState::NONE,
-        }
     }
 
     fn app(s: crate::summary::Snapshot) -> App {
