@@ -12,8 +12,8 @@ use std::{
 };
 
 use common::{
-    BIN, CloseOrder, Life, Tracer, client_expected, connect_and_close, lives, require_root, s,
-    server_expected,
+    BIN, CloseOrder, Life, Tracer, churn_while_stopped, client_expected, connect_and_close, lives,
+    require_root, s, server_expected,
 };
 use serde_json::Value;
 
@@ -508,20 +508,8 @@ fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
         "--ring-kib",
         "4",
     ]);
-    let pid = tracer.pid() as i32;
-    // SAFETY: signals to a child process we own.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
     let n = 30;
-    for i in 0..n {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(&l, order);
-    }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    churn_while_stopped(&tracer, &l, n);
     let out = tracer.stop();
     let lost = out.summary["lost"].as_u64().expect("lost");
     let events = out.summary["events"].as_u64().expect("events");

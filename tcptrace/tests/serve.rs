@@ -20,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{CloseOrder, IO_TIMEOUT, Tracer, connect_and_close, require_root};
+use common::{
+    CloseOrder, IO_TIMEOUT, Tracer, churn_while_stopped, connect_and_close, require_root,
+};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -506,19 +508,7 @@ fn lost_events_show_in_the_metrics_while_the_ring_overflows() {
         sample(&scrape(addr), "tcptrace_lost_events_total"),
         Some(0.0)
     );
-    let pid = tracer.pid() as i32;
-    // SAFETY: signals to a child process we own.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    for i in 0..30 {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(&l, order);
-    }
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    churn_while_stopped(&tracer, &l, 30);
     let deadline = Instant::now() + Duration::from_secs(10);
     let lost = loop {
         let m = scrape(addr);

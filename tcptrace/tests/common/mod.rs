@@ -294,6 +294,24 @@ pub enum CloseOrder {
     ServerFirst,
 }
 
+/// Stops `tracer` (SIGSTOP), makes `n` connections to `listener` closed in alternating
+/// orders, then lets it go on (SIGCONT): with a tiny ring the kernel must drop events.
+pub fn churn_while_stopped(tracer: &Tracer, listener: &TcpListener, n: u64) {
+    let pid = tracer.pid() as i32;
+    // SAFETY: signals to a child process we own.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for i in 0..n {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(listener, order);
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}
+
 /// Makes one connection to `listener` and closes it in `order`, waiting for the peer to see
 /// the FIN before the second close. Returns (client port, server port).
 pub fn connect_and_close(listener: &TcpListener, order: CloseOrder) -> (u16, u16) {
