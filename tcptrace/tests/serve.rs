@@ -46,6 +46,24 @@ fn free_port() -> u16 {
     listener().local_addr().expect("addr").port()
 }
 
+/// Starts `tcptrace serve` on a free loopback port, traffic filtered to `port`, snapshots
+/// every 0.2 s, with `extra` flags; returns it and where it serves.
+fn serve_port(port: u16, extra: &[&str]) -> (Tracer, SocketAddr) {
+    let port = port.to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--port",
+        &port,
+        "--interval",
+        "0.2",
+    ];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::serve(&args);
+    let addr = serving_addr(&tracer);
+    (tracer, addr)
+}
+
 /// Where `tcptrace serve` says it serves.
 fn serving_addr(t: &Tracer) -> SocketAddr {
     let line = t.stderr_line("serving http://").expect("serving line");
@@ -277,15 +295,7 @@ fn prometheus_scrapes_real_numbers_and_every_deploy_query_returns_data() {
     require_prometheus();
     let l = listener();
     let port = l.local_addr().expect("addr").port();
-    let tracer = Tracer::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        &port.to_string(),
-        "--interval",
-        "0.2",
-    ]);
-    let addr = serving_addr(&tracer);
+    let (tracer, addr) = serve_port(port, &[]);
     let (status, index) = http_get(addr, "/", "text/html");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&index).contains("href=\"/metrics\""));
@@ -417,15 +427,7 @@ fn series_stay_constant_over_5000_remote_ports() {
     require_root();
     let l = listener();
     let port = l.local_addr().expect("addr").port();
-    let tracer = Tracer::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        &port.to_string(),
-        "--interval",
-        "0.2",
-    ]);
-    let addr = serving_addr(&tracer);
+    let (tracer, addr) = serve_port(port, &[]);
     // A first round makes every edge of these connections' state machine appear.
     for order in [CloseOrder::ClientFirst, CloseOrder::ServerFirst] {
         connect_and_close(&l, order);
@@ -493,17 +495,7 @@ fn lost_events_show_in_the_metrics_while_the_ring_overflows() {
     let l = listener();
     let port = l.local_addr().expect("addr").port();
     // A 4 KiB ring holds about 46 records; a stopped reader cannot drain it.
-    let tracer = Tracer::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        &port.to_string(),
-        "--ring-kib",
-        "4",
-        "--interval",
-        "0.2",
-    ]);
-    let addr = serving_addr(&tracer);
+    let (tracer, addr) = serve_port(port, &["--ring-kib", "4"]);
     assert_eq!(
         sample(&scrape(addr), "tcptrace_lost_events_total"),
         Some(0.0)
@@ -535,21 +527,17 @@ fn close_wait_ages_grow_without_events_and_named_groups_count() {
     require_root();
     let l = listener();
     let port = l.local_addr().expect("addr").port();
-    let tracer = Tracer::serve(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        &port.to_string(),
-        "--group-ports",
-        &port.to_string(),
-        "--group-processes",
-        "2",
-        "--close-wait-threshold",
-        "0.5",
-        "--interval",
-        "0.2",
-    ]);
-    let addr = serving_addr(&tracer);
+    let (tracer, addr) = serve_port(
+        port,
+        &[
+            "--group-ports",
+            &port.to_string(),
+            "--group-processes",
+            "2",
+            "--close-wait-threshold",
+            "0.5",
+        ],
+    );
     for order in [CloseOrder::ClientFirst, CloseOrder::ServerFirst] {
         connect_and_close(&l, order);
     }
