@@ -159,7 +159,10 @@ fn leak_row<'a>(pane: &'a str, local: &str, remote: &str) -> Option<&'a str> {
 fn quit_and_check(t: &Tmux) -> String {
     t.keys(&["q"]);
     t.wait_for("the exit code after q", Duration::from_secs(20), |s| {
-        s.contains("top-exit=")
+        // The typed command itself shows `top-exit=$?`: wait for the echoed number.
+        s.split("top-exit=")
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
     });
     let all = t.capture(true);
     assert!(all.contains("top-exit=0"), "top did not exit 0:\n{all}");
