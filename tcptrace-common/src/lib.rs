@@ -63,11 +63,10 @@ pub const AF_INET6: u16 = 10;
 /// first four bytes of `saddr`/`daddr`. Ports are in host byte order (the tracepoints report
 /// them that way).
 ///
-/// The record grows only at its end: new fields (next, the socket's cgroup id as a u64 at
-/// offset 88 and its network namespace inode as a u32 at 96, padded to 104) are appended
-/// after `aux`, and the decoder reads any record at least [`EVENT_SIZE`] bytes long by the
-/// fields it knows. So no field moves, and nothing is reserved (and carried) before it is
-/// used.
+/// The record grows only at its end: version 1 ended at `aux` (88 bytes, [`EVENT_V1_SIZE`]);
+/// version 2 appends the socket's identity (cgroup id, network namespace inode, `xflags`) and
+/// what the socket knew at its close (bytes, retransmits, smoothed RTT). The decoder reads any
+/// record at least [`EVENT_V1_SIZE`] bytes long by the fields it holds, so no field moves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -97,14 +96,44 @@ pub struct Event {
     pub _pad: u8,
     /// Kind-specific extra value (see `FLAG_AUX_*`).
     pub aux: u32,
+    // ---- version 2 (appended; absent from 88-byte records) ----
+    /// The socket's cgroup v2 id (the inode of its cgroup directory), when `XFLAG_CGROUP`.
+    pub cgroup_id: u64,
+    /// The socket's network namespace inode, when `XFLAG_NETNS`.
+    pub netns: u32,
+    /// `XFLAG_*` bits: which of the version-2 fields hold values.
+    pub xflags: u32,
+    /// `tcp_sock.bytes_acked` at the socket's close, when `XFLAG_CLOSE_STATS`.
+    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_received` at the socket's close, when `XFLAG_CLOSE_STATS`.
+    pub bytes_received: u64,
+    /// `tcp_sock.total_retrans` at the socket's close, when `XFLAG_CLOSE_STATS`.
+    pub total_retrans: u32,
+    /// `tcp_sock.srtt_us >> 3` (µs) at the socket's close, when `XFLAG_CLOSE_STATS`.
+    pub close_srtt_us: u32,
 }
 
-/// Size of an [`Event`]: the shortest record the decoder accepts.
-pub const EVENT_SIZE: usize = 88;
+/// Size of an [`Event`] as this build writes it (version 2).
+pub const EVENT_SIZE: usize = 128;
+/// Size of a version-1 record (everything up to `aux`): the shortest record the decoder
+/// accepts.
+pub const EVENT_V1_SIZE: usize = 88;
 
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(core::mem::offset_of!(Event, cgroup_id) == EVENT_V1_SIZE);
 // Appended fields start 8-aligned.
-const _: () = assert!(EVENT_SIZE.is_multiple_of(8));
+const _: () = assert!(EVENT_SIZE.is_multiple_of(8) && EVENT_V1_SIZE.is_multiple_of(8));
+
+/// `Event::xflags`: `cgroup_id` holds the socket's cgroup v2 id.
+pub const XFLAG_CGROUP: u32 = 1 << 0;
+/// `Event::xflags`: `netns` holds the socket's network namespace inode.
+pub const XFLAG_NETNS: u32 = 1 << 1;
+/// `Event::xflags`: the owner's pid is the current task's but its name was not read (the
+/// program reads `comm` only on a socket's first event; userspace knows it from then on).
+pub const XFLAG_NO_COMM: u32 = 1 << 2;
+/// `Event::xflags`: `bytes_acked`, `bytes_received`, `total_retrans` and `close_srtt_us`
+/// were read from the socket at this transition to CLOSE.
+pub const XFLAG_CLOSE_STATS: u32 = 1 << 3;
 
 /// Kernel-side filter, fixed at load time and read by the program from global data.
 ///
@@ -151,6 +180,73 @@ pub struct Owner {
 }
 
 const _: () = assert!(core::mem::size_of::<Owner>() == 24);
+
+/// Byte offsets of the kernel structure members the program reads from a socket, found by
+/// userspace in the running kernel's BTF and handed to the program as the `OFFSETS` global.
+/// Each group is read only when its `OFFS_*` bit in `groups` is set: a member the BTF lacks
+/// leaves its fields unmeasured, never zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `OFFS_*` bits: the groups whose offsets are all known.
+    pub groups: u32,
+    /// `sock.__sk_common.skc_net.net` (a `struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum` (u32).
+    pub net_inum: u32,
+    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`), or `sock.sk_cgrp_data.val` on
+    /// kernels before 5.15, where the u64 is a cgroup pointer when its low bit is clear.
+    pub sk_cgrp: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`).
+    pub cgrp_kn: u32,
+    /// `kernfs_node.id` (u64: the cgroup id, the directory's inode number).
+    pub kn_id: u32,
+    /// `tcp_sock.bytes_acked` (u64).
+    pub bytes_acked: u32,
+    /// `tcp_sock.bytes_received` (u64).
+    pub bytes_received: u32,
+    /// `tcp_sock.total_retrans` (u32).
+    pub total_retrans: u32,
+    /// `tcp_sock.srtt_us` (u32, smoothed RTT in µs << 3).
+    pub srtt_us: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 40);
+
+/// `SockOffsets::groups`: the network namespace is readable (`sk_net`, `net_inum`).
+pub const OFFS_NETNS: u32 = 1 << 0;
+/// `SockOffsets::groups`: the cgroup id is readable (`sk_cgrp`, `cgrp_kn`, `kn_id`).
+pub const OFFS_CGROUP: u32 = 1 << 1;
+/// `SockOffsets::groups`: the close statistics are readable (bytes, retransmits, srtt).
+pub const OFFS_CLOSE: u32 = 1 << 2;
+
+/// Key of the kernel's listener map: a listening port in one network namespace, so two
+/// namespaces listening on the same port keep their owners apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenKey {
+    /// Network namespace inode (0 when the kernel's BTF gave no way to read it).
+    pub netns: u32,
+    /// `family << 16 | port`.
+    pub family_port: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+
+/// Value of the kernel's listener map: the listening process and the listener's cgroup, which
+/// a server child socket inherits (the kernel clones the child's cgroup from its listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Listener {
+    pub owner: Owner,
+    /// Cgroup v2 id, valid when `xflags & XFLAG_CGROUP`.
+    pub cgroup_id: u64,
+    /// `XFLAG_CGROUP` or 0.
+    pub xflags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Listener>() == 40);
 
 /// Indexes of the per-CPU `COUNTERS` array.
 pub mod counter {
@@ -335,8 +431,8 @@ pub mod tp {
 }
 
 /// Size in bytes of each ring buffer in use (power of two, multiple of the page size). 4 MiB
-/// holds 43,690 records (each takes 96 bytes: the 88-byte [`Event`] plus the ring's 8-byte
-/// header, rounded up to 8): a quarter second of the heaviest loopback churn seen on 2 cores,
+/// holds 30,840 records (each takes 136 bytes: the 128-byte [`Event`] plus the ring's 8-byte
+/// header): an eighth of a second of the heaviest loopback churn seen on 2 cores,
 /// even if it all ran on one CPU.
 pub const RING_BYTES: u32 = 4 << 20;
 
@@ -353,7 +449,7 @@ pub const RING_NAMES: [&str; RINGS as usize] = [
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all four types are #[repr(C)], contain only integers and byte arrays, and have
+    // SAFETY: all these types are #[repr(C)], contain only integers and byte arrays, and have
     // explicit padding fields (checked by the size assertions above), so every bit pattern is
     // a valid value and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::Event {}
@@ -361,4 +457,10 @@ mod user {
     unsafe impl aya::Pod for super::Filter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Owner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ListenKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Listener {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOffsets {}
 }

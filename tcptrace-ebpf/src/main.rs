@@ -25,8 +25,10 @@ use core::mem::{MaybeUninit, offset_of};
 
 use tcptrace_common::{
     AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
-    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
-    MAX_FILTER_PORTS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, counter, tp,
+    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER, ListenKey,
+    Listener, MAX_FILTER_PORTS, OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, Owner, PORT_EITHER,
+    PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, SockOffsets, XFLAG_CGROUP, XFLAG_CLOSE_STATS,
+    XFLAG_NETNS, XFLAG_NO_COMM, counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -49,6 +51,22 @@ static FILTER_FLAGS: u32 = 0;
 /// unknown (then no RTT is read).
 #[unsafe(no_mangle)]
 static SRTT_OFFSET: u32 = 0;
+
+/// Offsets of the socket members read for identity and close statistics, found by userspace
+/// in the kernel's BTF; a group whose `OFFS_*` bit is clear is not read.
+#[unsafe(no_mangle)]
+static OFFSETS: SockOffsets = SockOffsets {
+    groups: 0,
+    sk_net: 0,
+    net_inum: 0,
+    sk_cgrp: 0,
+    cgrp_kn: 0,
+    kn_id: 0,
+    bytes_acked: 0,
+    bytes_received: 0,
+    total_retrans: 0,
+    srtt_us: 0,
+};
 
 // One ring per CPU (modulo `RINGS`), named as in `RING_NAMES`; see `RINGS` for why.
 #[map]
@@ -107,10 +125,13 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
 
-/// (family << 16 | local port) -> the process that put a socket in LISTEN on that port, so a
-/// child socket (created in softirq context at the final ACK) starts with its server's owner.
+/// (network namespace, family << 16 | local port) -> the process that put a socket in LISTEN
+/// on that port and the listener's cgroup, so a child socket (created in softirq context at
+/// the final ACK) starts with its server's owner and cgroup (the kernel clones the child's
+/// cgroup from the listener). Keyed by namespace: two namespaces listening on one port are
+/// two servers.
 #[map]
-static LISTENERS: LruHashMap<u32, Owner> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<ListenKey, Listener> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -240,6 +261,102 @@ fn addr16(ctx: &TracePointContext, offset: usize) -> Addr {
     Addr([field(ctx, offset), field(ctx, offset + 8)])
 }
 
+/// Reads a kernel value at `addr` (0 or a fault: `None`).
+#[inline(always)]
+fn kread<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the address; a fault returns an error, never a crash.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn offsets() -> SockOffsets {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// The socket's identity as the record carries it: cgroup id, network namespace inode and the
+/// `XFLAG_*` bits saying which of the two are known.
+#[derive(Clone, Copy)]
+struct Ident {
+    cgroup_id: u64,
+    netns: u32,
+    xflags: u32,
+}
+
+const NO_IDENT: Ident = Ident {
+    cgroup_id: 0,
+    netns: 0,
+    xflags: 0,
+};
+
+/// `sk->__sk_common.skc_net.net->ns.inum`.
+#[inline(always)]
+fn netns_of(o: &SockOffsets, sk: u64) -> Option<u32> {
+    if o.groups & OFFS_NETNS == 0 {
+        return None;
+    }
+    let net: u64 = kread(sk + u64::from(o.sk_net))?;
+    kread(net + u64::from(o.net_inum))
+}
+
+/// `sk->sk_cgrp_data.cgroup->kn->id`. Before Linux 5.15 the member is a u64 that holds the
+/// pointer when its low bit is clear (set: cgroup v1 data, no cgroup v2 pointer); a pointer's
+/// low bit is always clear, so one test serves both layouts.
+#[inline(always)]
+fn cgroup_of(o: &SockOffsets, sk: u64) -> Option<u64> {
+    if o.groups & OFFS_CGROUP == 0 {
+        return None;
+    }
+    let cg: u64 = kread(sk + u64::from(o.sk_cgrp))?;
+    if cg & 1 != 0 {
+        return None;
+    }
+    let kn: u64 = kread(cg + u64::from(o.cgrp_kn))?;
+    kread(kn + u64::from(o.kn_id))
+}
+
+/// Both halves of the identity, read from the socket.
+#[inline(always)]
+fn ident_of(o: &SockOffsets, sk: u64, netns: Option<u32>) -> Ident {
+    let mut id = NO_IDENT;
+    if let Some(n) = netns {
+        id.netns = n;
+        id.xflags |= XFLAG_NETNS;
+    }
+    if let Some(c) = cgroup_of(o, sk) {
+        id.cgroup_id = c;
+        id.xflags |= XFLAG_CGROUP;
+    }
+    id
+}
+
+/// What the socket knew at its close: bytes acked and received, segments retransmitted, the
+/// last smoothed RTT. All four or none.
+#[derive(Clone, Copy)]
+struct CloseStats {
+    acked: u64,
+    received: u64,
+    retrans: u32,
+    srtt_us: u32,
+}
+
+#[inline(always)]
+fn close_stats(o: &SockOffsets, sk: u64) -> Option<CloseStats> {
+    if o.groups & OFFS_CLOSE == 0 {
+        return None;
+    }
+    let srtt: u32 = kread(sk + u64::from(o.srtt_us))?;
+    Some(CloseStats {
+        acked: kread(sk + u64::from(o.bytes_acked))?,
+        received: kread(sk + u64::from(o.bytes_received))?,
+        retrans: kread(sk + u64::from(o.total_retrans))?,
+        srtt_us: srtt >> 3,
+    })
+}
+
 /// Everything a record says besides the owner.
 struct Record {
     ts_ns: u64,
@@ -254,6 +371,8 @@ struct Record {
     new: u8,
     flags: u8,
     aux: u32,
+    ident: Ident,
+    close: Option<CloseStats>,
 }
 
 /// True for transitions that only a system call on the socket makes, so the current task is
@@ -297,7 +416,13 @@ fn try_set_state(ctx: &TracePointContext) {
         (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
 
-    let (owner, mut flags) = owner_for(old, new, family, sport);
+    let o = offsets();
+    let (owner, mut flags, ident) = owner_for(&o, skaddr, old, new, family, sport);
+    let close = if new == TCP_CLOSE && old != TCP_LISTEN {
+        close_stats(&o, skaddr)
+    } else {
+        None
+    };
     let mut aux = 0;
     if old == TCP_SYN_RECV
         && new == TCP_ESTABLISHED
@@ -321,6 +446,8 @@ fn try_set_state(ctx: &TracePointContext) {
             new: new as u8,
             flags,
             aux,
+            ident,
+            close,
         },
         owner,
     );
@@ -352,27 +479,87 @@ fn synack_rtt_us(skaddr: u64) -> Option<u32> {
 /// earlier events (`tcptrace/src/owners.rs`). A per-socket owner map here cost a hash lookup
 /// on nearly every event plus an LRU insert and delete per socket: about half the program's
 /// time.
+///
+/// The socket's identity (cgroup, network namespace) is read the same way, only on a socket's
+/// first event (connect, listen, a server child's creation), and userspace carries it to the
+/// socket's later events: reading it costs five dependent kernel reads.
 #[inline(always)]
-fn owner_for(old: u32, new: u32, family: u16, sport: u16) -> (OwnerWords, u8) {
-    let listener_key = (u32::from(family) << 16) | u32::from(sport);
+fn owner_for(
+    o: &SockOffsets,
+    sk: u64,
+    old: u32,
+    new: u32,
+    family: u16,
+    sport: u16,
+) -> (OwnerWords, u8, Ident) {
+    let family_port = (u32::from(family) << 16) | u32::from(sport);
     if in_owner_context(old, new) {
-        let owner = StackOwner::current();
-        if new == TCP_LISTEN {
-            let _ = LISTENERS.insert(&listener_key, &owner.0, 0);
+        if old != TCP_CLOSE {
+            // A close or shutdown: the owner's pid, but not its name, which userspace has
+            // known since the socket's first event (or finds by pid). bpf_get_current_comm
+            // was about a tenth of the program's time.
+            let pid_tgid = bpf_get_current_pid_tgid();
+            let ident = Ident {
+                xflags: XFLAG_NO_COMM,
+                ..NO_IDENT
+            };
+            return (
+                OwnerWords([pid_tgid.rotate_left(32), 0, 0]),
+                FLAG_OWNER_CURRENT,
+                ident,
+            );
         }
-        return (owner.words(), FLAG_OWNER_CURRENT);
+        // connect or listen: the socket's first event.
+        let owner = StackOwner::current();
+        let ident = ident_of(o, sk, netns_of(o, sk));
+        if new == TCP_LISTEN {
+            let key = ListenKey {
+                netns: ident.netns,
+                family_port,
+            };
+            let value = Listener {
+                owner: owner.0,
+                cgroup_id: ident.cgroup_id,
+                xflags: ident.xflags & XFLAG_CGROUP,
+                _pad: 0,
+            };
+            let _ = LISTENERS.insert(&key, &value, 0);
+        }
+        return (owner.words(), FLAG_OWNER_CURRENT, ident);
     }
-    if old == TCP_LISTEN
-        && new == TCP_SYN_RECV
-        && let Some(o) = LISTENERS.get_ptr(&listener_key)
-    {
-        return (OwnerWords::load(o), FLAG_OWNER_LISTENER);
+    if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        let netns = netns_of(o, sk);
+        let key = ListenKey {
+            netns: netns.unwrap_or(0),
+            family_port,
+        };
+        if let Some(l) = LISTENERS.get_ptr(&key) {
+            // SAFETY: a live map value; its cgroup words are plain integers.
+            let (cgroup_id, xflags) = unsafe { ((*l).cgroup_id, (*l).xflags) };
+            let mut ident = Ident {
+                cgroup_id,
+                netns: netns.unwrap_or(0),
+                xflags: xflags & XFLAG_CGROUP,
+            };
+            if netns.is_some() {
+                ident.xflags |= XFLAG_NETNS;
+            }
+            if ident.xflags & XFLAG_CGROUP == 0 {
+                ident = ident_of(o, sk, netns);
+            }
+            return (
+                OwnerWords::load(l.cast::<Owner>()),
+                FLAG_OWNER_LISTENER,
+                ident,
+            );
+        }
+        return (NO_OWNER, 0, ident_of(o, sk, netns));
     }
-    (NO_OWNER, 0)
+    (NO_OWNER, 0, NO_IDENT)
 }
 
 /// Writes one record straight into the ring buffer, word by word at the [`Event`] field
-/// offsets (built on the stack and copied, it took a byte-by-byte copy of 88 bytes).
+/// offsets (built on the stack and copied, it took a byte-by-byte copy of the record).
 #[inline(always)]
 fn emit(r: &Record, owner: OwnerWords) {
     let Some(mut entry) = reserve() else {
@@ -381,7 +568,7 @@ fn emit(r: &Record, owner: OwnerWords) {
     };
     let base = entry.as_mut_ptr().cast::<u8>();
     let put = |offset: usize, v: u64| {
-        // SAFETY: every offset below is an 8-aligned field of the reserved 88-byte record
+        // SAFETY: every offset below is an 8-aligned field of the reserved record
         // (ring buffer records are 8-aligned).
         unsafe { base.add(offset).cast::<u64>().write(v) }
     };
@@ -410,6 +597,29 @@ fn emit(r: &Record, owner: OwnerWords) {
         at(offset_of!(Event, _pad)).write(0);
         at(offset_of!(Event, aux)).cast::<u32>().write(r.aux);
     }
+    let c = r.close.unwrap_or(CloseStats {
+        acked: 0,
+        received: 0,
+        retrans: 0,
+        srtt_us: 0,
+    });
+    let xflags = r.ident.xflags
+        | if r.close.is_some() {
+            XFLAG_CLOSE_STATS
+        } else {
+            0
+        };
+    put(offset_of!(Event, cgroup_id), r.ident.cgroup_id);
+    put(
+        offset_of!(Event, netns),
+        u64::from(r.ident.netns) | (u64::from(xflags) << 32),
+    );
+    put(offset_of!(Event, bytes_acked), c.acked);
+    put(offset_of!(Event, bytes_received), c.received);
+    put(
+        offset_of!(Event, total_retrans),
+        u64::from(c.retrans) | (u64::from(c.srtt_us) << 32),
+    );
     entry.submit(0);
     count(counter::SUBMITTED);
 }
@@ -423,6 +633,16 @@ const _: () = {
     assert!(core::mem::size_of::<Owner>() == 24);
     assert!(offset_of!(Event, saddr) % 8 == 0 && offset_of!(Event, daddr) % 8 == 0);
     assert!(offset_of!(Event, tgid) % 8 == 0 && offset_of!(Event, comm) % 8 == 0);
+    // netns and xflags, total_retrans and close_srtt_us go as one little-endian word each.
+    assert!(
+        offset_of!(Event, netns) % 8 == 0
+            && offset_of!(Event, xflags) == offset_of!(Event, netns) + 4
+    );
+    assert!(offset_of!(Event, total_retrans) % 8 == 0);
+    assert!(offset_of!(Event, close_srtt_us) == offset_of!(Event, total_retrans) + 4);
+    assert!(offset_of!(Event, cgroup_id) % 8 == 0 && offset_of!(Event, bytes_acked) % 8 == 0);
+    assert!(offset_of!(Event, bytes_received) % 8 == 0);
+    assert!(offset_of!(Event, close_srtt_us) + 4 == core::mem::size_of::<Event>());
 };
 
 /// The ports-family-addresses block of the `tcp:*` tracepoints ([`tp::tcp_addrs`]), read with
@@ -529,6 +749,8 @@ fn emit_without_owner(
             new: 0,
             flags: 0,
             aux: 0,
+            ident: NO_IDENT,
+            close: None,
         },
         NO_OWNER,
     );

@@ -266,6 +266,8 @@ pub fn decode(b: &[u8; RECORD_SIZE]) -> Result<Event, RecordError> {
         owner,
         kind,
         srtt_us,
+        ident: Default::default(),
+        close: None,
     })
 }
 

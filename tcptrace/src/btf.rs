@@ -48,6 +48,17 @@ pub enum BtfError {
     NoMember(String, String),
     #[error("member {0}.{1} is a bitfield or has size {2}, expected a {3}-byte integer")]
     WrongShape(String, String, u32, u32),
+    #[error("member {0}.{1} is not a pointer")]
+    NotPointer(String, String),
+}
+
+/// What the member at the end of a path must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// An integer (or enum) of this many bytes, not a bitfield.
+    Int(u32),
+    /// A pointer (8 bytes on the 64-bit kernels we load on).
+    Ptr,
 }
 
 #[derive(Clone, Copy)]
@@ -195,17 +206,51 @@ impl<'a> Btf<'a> {
 
     /// Byte offset of `strukt.member`, which must be a `size`-byte integer (not a bitfield).
     pub fn member_offset(&self, strukt: &str, member: &str, size: u32) -> Result<u32, BtfError> {
-        let owned = || (strukt.to_owned(), member.to_owned());
-        let t = self
+        self.path_offset(strukt, &[member], Shape::Int(size))
+    }
+
+    /// Byte offset of `strukt.a.b.c` (each step a member of the struct or union before it,
+    /// anonymous members searched through), whose last member must have `shape`.
+    pub fn path_offset(&self, strukt: &str, path: &[&str], shape: Shape) -> Result<u32, BtfError> {
+        let dotted = path.join(".");
+        let owned = || (strukt.to_owned(), dotted.clone());
+        let mut t = self
             .types
             .iter()
             .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt.as_bytes())
             .copied()
             .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let mut offset = 0u32;
+        let Some((&member, outer)) = path.split_last() else {
+            return Err(BtfError::NoMember(owned().0, owned().1));
+        };
+        for step in outer {
+            let (bit_off, ty, _) = self
+                .find_member(t, step.as_bytes(), 0)
+                .ok_or_else(|| BtfError::NoMember(owned().0, owned().1))?;
+            t = self
+                .resolve(ty)
+                .filter(|m| matches!(m.kind, KIND_STRUCT | KIND_UNION))
+                .ok_or_else(|| BtfError::NoMember(owned().0, owned().1))?;
+            if !bit_off.is_multiple_of(8) {
+                return Err(BtfError::NoMember(owned().0, owned().1));
+            }
+            offset += bit_off / 8;
+        }
         let (bit_off, ty, bitfield) = self
             .find_member(t, member.as_bytes(), 0)
             .ok_or_else(|| BtfError::NoMember(owned().0, owned().1))?;
         let mt = self.resolve(ty);
+        let size = match shape {
+            Shape::Ptr => {
+                if mt.is_some_and(|m| m.kind == KIND_PTR) && bit_off.is_multiple_of(8) {
+                    return Ok(offset + bit_off / 8);
+                }
+                let (s, m) = owned();
+                return Err(BtfError::NotPointer(s, m));
+            }
+            Shape::Int(size) => size,
+        };
         let msize = mt.map_or(0, |m| {
             if matches!(m.kind, KIND_INT | KIND_ENUM) {
                 m.size_or_type
@@ -217,7 +262,7 @@ impl<'a> Btf<'a> {
             let (s, m) = owned();
             return Err(BtfError::WrongShape(s, m, msize, size));
         }
-        Ok(bit_off / 8)
+        Ok(offset + bit_off / 8)
     }
 }
 
@@ -227,6 +272,74 @@ pub fn tcp_sock_srtt_offset() -> anyhow::Result<u32> {
     let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
     let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
     Ok(btf.member_offset("tcp_sock", "srtt_us", 4)?)
+}
+
+/// The offsets of the socket members the kernel program reads for identity (network
+/// namespace, cgroup) and close statistics, from a parsed BTF. A group whose members are not
+/// all found stays off, with one line saying which field goes unmeasured and why.
+pub fn sock_offsets(btf: &Btf<'_>) -> (tcptrace_common::SockOffsets, Vec<String>) {
+    use tcptrace_common::{OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, SockOffsets};
+    let mut o = SockOffsets::default();
+    let mut missing = Vec::new();
+    let netns = (|| {
+        Ok::<_, BtfError>((
+            btf.path_offset("sock", &["__sk_common", "skc_net", "net"], Shape::Ptr)?,
+            btf.path_offset("net", &["ns", "inum"], Shape::Int(4))?,
+        ))
+    })();
+    match netns {
+        Ok((sk_net, net_inum)) => {
+            (o.sk_net, o.net_inum) = (sk_net, net_inum);
+            o.groups |= OFFS_NETNS;
+        }
+        Err(e) => missing.push(format!("network namespaces are not measured: {e}")),
+    }
+    let cgroup = (|| {
+        // Linux 5.15 made sk_cgrp_data a plain cgroup pointer; before, a u64 `val` held the
+        // pointer (low bit clear) or cgroup v1 data (low bit set), which the program tells
+        // apart by that bit.
+        let sk_cgrp = btf
+            .path_offset("sock", &["sk_cgrp_data", "cgroup"], Shape::Ptr)
+            .or_else(|_| btf.path_offset("sock", &["sk_cgrp_data", "val"], Shape::Int(8)))?;
+        Ok::<_, BtfError>((
+            sk_cgrp,
+            btf.path_offset("cgroup", &["kn"], Shape::Ptr)?,
+            btf.path_offset("kernfs_node", &["id"], Shape::Int(8))?,
+        ))
+    })();
+    match cgroup {
+        Ok((sk_cgrp, cgrp_kn, kn_id)) => {
+            (o.sk_cgrp, o.cgrp_kn, o.kn_id) = (sk_cgrp, cgrp_kn, kn_id);
+            o.groups |= OFFS_CGROUP;
+        }
+        Err(e) => missing.push(format!("socket cgroups are not measured: {e}")),
+    }
+    let close = (|| {
+        Ok::<_, BtfError>((
+            btf.member_offset("tcp_sock", "bytes_acked", 8)?,
+            btf.member_offset("tcp_sock", "bytes_received", 8)?,
+            btf.member_offset("tcp_sock", "total_retrans", 4)?,
+            btf.member_offset("tcp_sock", "srtt_us", 4)?,
+        ))
+    })();
+    match close {
+        Ok((a, r, t, s)) => {
+            (o.bytes_acked, o.bytes_received, o.total_retrans, o.srtt_us) = (a, r, t, s);
+            o.groups |= OFFS_CLOSE;
+        }
+        Err(e) => missing.push(format!(
+            "bytes, retransmits and RTT at close are not measured: {e}"
+        )),
+    }
+    (o, missing)
+}
+
+/// [`sock_offsets`] of the running kernel ([`VMLINUX`]).
+pub fn kernel_sock_offsets() -> anyhow::Result<(tcptrace_common::SockOffsets, Vec<String>)> {
+    use anyhow::Context as _;
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    Ok(sock_offsets(&btf))
 }
 
 #[cfg(test)]
@@ -388,5 +501,15 @@ mod tests {
         let off = tcp_sock_srtt_offset().expect("srtt_us offset");
         // struct tcp_sock starts with struct inet_connection_sock (well over 1 KiB).
         assert!(off > 1000 && off.is_multiple_of(4), "offset {off}");
+        let (o, missing) = kernel_sock_offsets().expect("BTF");
+        eprintln!("{o:?}");
+        assert_eq!(missing, Vec::<String>::new());
+        assert_eq!(o.srtt_us, off);
+        // skc_net sits in sock_common, before the socket's own fields.
+        assert!(
+            o.sk_net > 0 && o.sk_net < 136 && o.sk_net.is_multiple_of(8),
+            "{o:?}"
+        );
+        assert!(o.sk_cgrp > o.sk_net && o.bytes_acked > 1000, "{o:?}");
     }
 }

@@ -358,7 +358,7 @@ fn rings_in_use() -> usize {
 /// wake-up handles a large batch. Without it the kernel wakes the reader for almost every
 /// record under load (about 13,000 wake-ups/s at 135,000 transitions/s, and the epoll and
 /// scheduler work cost more CPU than handling the records); with it, at most about 200/s.
-/// A 4 MiB ring holds 43,690 records, some 300 ms at that rate, so this cannot lose events;
+/// A 4 MiB ring holds 30,840 records, some 200 ms at that rate, so this cannot lose events;
 /// it only delays the live stream by a few ms.
 const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -387,10 +387,14 @@ fn seed_owners(ebpf: &mut Ebpf) -> crate::procfs::Existing {
     let existing = crate::procfs::scan();
     let mut failed = 0usize;
     if let Some(map) = ebpf.map_mut("LISTENERS")
-        && let Ok(mut listeners) = BpfHashMap::<_, u32, tcptrace_common::Owner>::try_from(map)
+        && let Ok(mut listeners) =
+            BpfHashMap::<_, tcptrace_common::ListenKey, tcptrace_common::Listener>::try_from(map)
     {
-        for (family, port, h) in &existing.listeners {
-            let key = (u32::from(*family) << 16) | u32::from(*port);
+        for (netns, family, port, h) in &existing.listeners {
+            let key = tcptrace_common::ListenKey {
+                netns: *netns,
+                family_port: (u32::from(*family) << 16) | u32::from(*port),
+            };
             let mut comm = [0u8; 16];
             let n = h.comm.len().min(15);
             comm[..n].copy_from_slice(&h.comm.as_bytes()[..n]);
@@ -399,7 +403,14 @@ fn seed_owners(ebpf: &mut Ebpf) -> crate::procfs::Existing {
                 pid: h.pid,
                 comm,
             };
-            failed += usize::from(listeners.insert(key, owner, 0).is_err());
+            // The listener's cgroup is not in /proc: its children read their own.
+            let value = tcptrace_common::Listener {
+                owner,
+                cgroup_id: 0,
+                xflags: 0,
+                _pad: 0,
+            };
+            failed += usize::from(listeners.insert(key, value, 0).is_err());
         }
     }
     if failed > 0 {
@@ -463,6 +474,24 @@ impl Collector {
             }
         };
         loader.override_global("SRTT_OFFSET", &srtt_offset, true);
+        // The socket's identity (network namespace, cgroup) and its counters at close, read at
+        // offsets from the BTF; a group the BTF cannot place stays unmeasured, said once here.
+        let offsets = match crate::btf::kernel_sock_offsets() {
+            Ok((offsets, missing)) => {
+                for m in missing {
+                    log::warn!("{m}");
+                }
+                offsets
+            }
+            Err(e) => {
+                log::warn!(
+                    "socket cgroups, network namespaces and bytes per connection are not \
+                     measured: {e:#}"
+                );
+                tcptrace_common::SockOffsets::default()
+            }
+        };
+        loader.override_global("OFFSETS", &offsets, true);
         let mut ebpf = loader
             .load(PROGRAM)
             .context("loading the eBPF object failed")?;

@@ -10,8 +10,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tcptrace_common::{
-    AF_INET, AF_INET6, EVENT_SIZE, Event as RawEvent, EventKind, FLAG_AUX_SRTT, FLAG_OWNER_CACHED,
-    FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER,
+    AF_INET, AF_INET6, EVENT_SIZE, EVENT_V1_SIZE, Event as RawEvent, EventKind, FLAG_AUX_SRTT,
+    FLAG_OWNER_CACHED, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER, XFLAG_CGROUP, XFLAG_CLOSE_STATS,
+    XFLAG_NETNS, XFLAG_NO_COMM,
 };
 
 /// The kernel's TCP states (include/net/tcp_states.h), named as the kernel spells them
@@ -174,6 +175,41 @@ pub struct Owner {
     pub source: OwnerSource,
 }
 
+/// Which workload a socket belongs to, read from the socket itself (not from whatever task
+/// ran when a softirq transition fired). `None` is unknown: not read on this event (the
+/// kernel reads it on a socket's first event; `owners` carries it to the rest), or not
+/// readable on this kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ident {
+    /// cgroup v2 id: the inode number of the socket's cgroup directory.
+    pub cgroup: Option<u64>,
+    /// Network namespace inode (as in `/proc/PID/ns/net`).
+    pub netns: Option<u32>,
+}
+
+impl Ident {
+    /// Fields this one lacks taken from `other`.
+    pub fn or(self, other: Ident) -> Ident {
+        Ident {
+            cgroup: self.cgroup.or(other.cgroup),
+            netns: self.netns.or(other.netns),
+        }
+    }
+}
+
+/// What a socket's `tcp_sock` said at its transition to CLOSE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseStats {
+    /// Bytes sent and acknowledged by the peer (`bytes_acked`).
+    pub bytes_acked: u64,
+    /// Bytes received (`bytes_received`).
+    pub bytes_received: u64,
+    /// Segments retransmitted over the socket's life (`total_retrans`).
+    pub retrans: u32,
+    /// Last smoothed RTT in µs (`srtt_us >> 3`; 0 when never measured).
+    pub srtt_us: u32,
+}
+
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -204,6 +240,10 @@ pub struct Event {
     /// The server child's smoothed RTT at SYN_RECV -> ESTABLISHED, when the kernel program
     /// could read it (microseconds).
     pub srtt_us: Option<u32>,
+    /// The socket's cgroup and network namespace, where known.
+    pub ident: Ident,
+    /// Set on a transition to CLOSE when the program read the socket's counters.
+    pub close: Option<CloseStats>,
 }
 
 /// Why a record did not decode.
@@ -233,15 +273,23 @@ fn state(v: u8) -> Result<TcpState, DecodeError> {
 
 /// Decodes the bytes of one ring-buffer record. A longer record is one from a program that
 /// appends fields this build does not know (the record only grows at its end, see
-/// [`RawEvent`]): its known prefix decodes.
+/// [`RawEvent`]): its known prefix decodes. A version-1 record (88 bytes, from an older
+/// program) decodes with its version-2 fields unknown (`xflags` 0).
 pub fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() < EVENT_SIZE {
-        return Err(DecodeError::Size(bytes.len(), EVENT_SIZE));
+    if bytes.len() < EVENT_V1_SIZE {
+        return Err(DecodeError::Size(bytes.len(), EVENT_V1_SIZE));
     }
-    // SAFETY: the length was checked above (EVENT_SIZE is RawEvent's size); RawEvent is
-    // repr(C) plain old data for which every bit pattern is valid; read_unaligned copes with
-    // any alignment of `bytes`.
-    let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) };
+    let raw = if bytes.len() >= EVENT_SIZE {
+        // SAFETY: the length was checked (EVENT_SIZE is RawEvent's size); RawEvent is repr(C)
+        // plain old data for which every bit pattern is valid; read_unaligned copes with any
+        // alignment of `bytes`.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) }
+    } else {
+        let mut full = [0u8; EVENT_SIZE];
+        full[..EVENT_V1_SIZE].copy_from_slice(&bytes[..EVENT_V1_SIZE]);
+        // SAFETY: as above; the buffer is EVENT_SIZE bytes, zero after the version-1 prefix.
+        unsafe { std::ptr::read_unaligned(full.as_ptr().cast::<RawEvent>()) }
+    };
     decode(&raw)
 }
 
@@ -279,6 +327,19 @@ pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
         comm: Comm(raw.comm),
         source,
     });
+    // A current owner whose name the program did not read: `owners` fills it in. Until then
+    // it is empty, as an unknown name is.
+    debug_assert!(raw.xflags & XFLAG_NO_COMM == 0 || raw.comm == [0; 16]);
+    let ident = Ident {
+        cgroup: (raw.xflags & XFLAG_CGROUP != 0).then_some(raw.cgroup_id),
+        netns: (raw.xflags & XFLAG_NETNS != 0).then_some(raw.netns),
+    };
+    let close = (raw.xflags & XFLAG_CLOSE_STATS != 0).then_some(CloseStats {
+        bytes_acked: raw.bytes_acked,
+        bytes_received: raw.bytes_received,
+        retrans: raw.total_retrans,
+        srtt_us: raw.close_srtt_us,
+    });
     Ok(Event {
         ts_ns: raw.ts_ns,
         sock: raw.skaddr,
@@ -288,6 +349,8 @@ pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
         owner,
         kind,
         srtt_us: (raw.flags & FLAG_AUX_SRTT != 0).then_some(raw.aux),
+        ident,
+        close,
     })
 }
 
@@ -318,6 +381,13 @@ pub(crate) mod tests {
             flags: FLAG_OWNER_CURRENT,
             _pad: 0,
             aux: 0,
+            cgroup_id: 0,
+            netns: 0,
+            xflags: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            total_retrans: 0,
+            close_srtt_us: 0,
         }
     }
 
@@ -370,6 +440,7 @@ pub(crate) mod tests {
         raw.kind = 77;
         assert_eq!(decode(&raw), Err(DecodeError::Kind(77)));
         assert_eq!(decode_bytes(&[0u8; 10]), Err(DecodeError::Size(10, 88)));
+        assert_eq!(decode_bytes(&[0u8; 87]), Err(DecodeError::Size(87, 88)));
     }
 
     /// The bytes of a raw record, as the ring buffer hands them over.
@@ -382,17 +453,48 @@ pub(crate) mod tests {
 
     #[test]
     fn records_that_grew_at_the_end_decode_by_their_known_prefix() {
-        let raw = raw_state(5, 0xffff_8880_0000_1000, 7, 2);
+        let mut raw = raw_state(5, 0xffff_8880_0000_1000, 7, 2);
+        raw.xflags = XFLAG_CGROUP | XFLAG_NETNS;
+        raw.cgroup_id = 1234;
+        raw.netns = 4026531840;
         let mut bytes = bytes_of(&raw);
         let exact = decode_bytes(&bytes).expect("decodes");
         assert_eq!(exact, decode(&raw).expect("decodes"));
-        // E.g. a cgroup id and a network namespace appended later (16 bytes).
+        assert_eq!(
+            exact.ident,
+            Ident {
+                cgroup: Some(1234),
+                netns: Some(4026531840)
+            }
+        );
+        // Fields appended by a newer program (16 bytes) are ignored.
         bytes.extend_from_slice(&[0xab; 16]);
         assert_eq!(decode_bytes(&bytes), Ok(exact));
+    }
+
+    #[test]
+    fn version_1_records_decode_with_identity_and_close_stats_unknown() {
+        let mut raw = raw_state(5, 0xffff_8880_0000_1000, 1, 7);
+        raw.xflags = XFLAG_CGROUP | XFLAG_NETNS | XFLAG_CLOSE_STATS;
+        raw.cgroup_id = 99;
+        raw.bytes_acked = 1 << 20;
+        let bytes = bytes_of(&raw);
+        let full = decode_bytes(&bytes).expect("decodes");
+        assert_eq!(full.close.map(|c| c.bytes_acked), Some(1 << 20));
+        let v1 = decode_bytes(&bytes[..EVENT_V1_SIZE]).expect("decodes");
+        assert_eq!(v1.ident, Ident::default());
+        assert_eq!(v1.close, None);
         assert_eq!(
-            decode_bytes(&bytes[..EVENT_SIZE - 1]),
-            Err(DecodeError::Size(EVENT_SIZE - 1, EVENT_SIZE))
+            Event {
+                ident: full.ident,
+                close: full.close,
+                ..v1
+            },
+            full
         );
+        // Between the two sizes: the version-1 prefix, nothing read past it.
+        let mid = decode_bytes(&bytes[..EVENT_V1_SIZE + 8]).expect("decodes");
+        assert_eq!(mid, v1);
     }
 
     #[test]

@@ -274,6 +274,8 @@ fn to_event(ts_ns: u64, k: &EventKey) -> Event {
             KindKey::ResetSent(s) => Kind::ResetSent { state: Some(s) },
         },
         srtt_us: k.srtt_us,
+        ident: Default::default(),
+        close: None,
     }
 }
 

@@ -482,6 +482,8 @@ impl LiveRun {
                     .drain(..)
                     .map(|(l, r, h)| (l, r, owner(&h, decode::OwnerSource::Proc))),
             );
+            // Names the kernel did not send (closes by a process no event named yet).
+            pipeline.set_comm_resolver(Box::new(crate::procfs::comm_of));
         }
         let source = &mut self.source;
         let started = Instant::now();

@@ -11,23 +11,48 @@
 //! kernel hash map took about 150 ns off every state change in the kernel (map lookups,
 //! LRU inserts and deletes were half of the program's time).
 //!
+//! The same cache carries the socket's identity (cgroup id, network namespace), which the
+//! kernel reads only on a socket's first event (connect, listen, a server child's creation),
+//! to all its later events. And the kernel reads the owner's name only on that first event:
+//! on a close or shutdown it sends the pid alone, and the name comes from the socket's
+//! entry (same process), or from the last name seen for that process, or from a resolver
+//! the live run installs (`/proc/PID/comm`); failing all three it stays empty (unknown).
+//!
 //! It runs after the reorder stage, so each socket's events are in time order. A recording
 //! holds the filled-in events; replaying them through the cache changes nothing (only events
 //! that carry their owner update it, and those are the same in both runs).
 
 use rustc_hash::FxHashMap;
 
-use crate::decode::{Event, Kind, Owner, OwnerSource, TcpState};
+use crate::decode::{Comm, Event, Ident, Kind, Owner, OwnerSource, TcpState};
+
+/// Most process names remembered by pid (a process's name, for the closes that arrive
+/// without one); at this size the map starts over.
+const COMM_CAPACITY: usize = 1 << 16;
+
+/// Finds a process's name by (tgid, pid) when no event named it (the live run reads /proc).
+pub type CommResolver = Box<dyn FnMut(u32, u32) -> Option<Comm> + Send>;
 
 /// Most sockets remembered. Entries end at the socket's CLOSE; only a CLOSE the tracer never
 /// saw (lost, or the kernel skipped the program) leaves one behind, and at this size an
 /// arbitrary entry makes room (the kernel-side cache was an LRU map of 65,536).
 const CAPACITY: usize = 1 << 18;
 
-/// Socket address -> its owner, as the last system call or its listener named it.
+/// What is remembered of one socket.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    owner: Option<Owner>,
+    ident: Ident,
+}
+
+/// Socket address -> its owner, as the last system call or its listener named it, and its
+/// identity.
 #[derive(Default)]
 pub struct Owners {
-    by_sock: FxHashMap<u64, Owner>,
+    by_sock: FxHashMap<u64, Entry>,
+    /// tgid -> the last name an event gave it.
+    comms: FxHashMap<u32, Comm>,
+    resolver: Option<CommResolver>,
 }
 
 impl Owners {
@@ -35,44 +60,101 @@ impl Owners {
     /// if an earlier event had named them.
     pub fn seed(&mut self, owners: impl IntoIterator<Item = (u64, Owner)>) {
         for (sock, owner) in owners {
-            self.insert(sock, owner);
+            self.entry(sock).owner = Some(owner);
         }
     }
 
-    fn insert(&mut self, sock: u64, owner: Owner) {
+    /// Installs the last resort for names the kernel did not send (see the module doc).
+    pub fn set_resolver(&mut self, r: CommResolver) {
+        self.resolver = Some(r);
+    }
+
+    fn entry(&mut self, sock: u64) -> &mut Entry {
         if self.by_sock.len() >= CAPACITY
             && !self.by_sock.contains_key(&sock)
             && let Some(&old) = self.by_sock.keys().next()
         {
             self.by_sock.remove(&old);
         }
-        self.by_sock.insert(sock, owner);
+        self.by_sock.entry(sock).or_default()
     }
 
-    /// Fills in the owner of an event that has none, and keeps the cache current.
+    /// The name of a current owner whose name the kernel did not read.
+    fn name(&mut self, sock: u64, o: &Owner) -> Comm {
+        if let Some(c) = self
+            .by_sock
+            .get(&sock)
+            .and_then(|e| e.owner)
+            .filter(|c| c.tgid == o.tgid && c.comm != Comm::default())
+        {
+            return c.comm;
+        }
+        if let Some(c) = self.comms.get(&o.tgid) {
+            return *c;
+        }
+        if let Some(c) = self.resolver.as_mut().and_then(|r| r(o.tgid, o.pid)) {
+            self.remember_comm(o.tgid, c);
+            return c;
+        }
+        Comm::default()
+    }
+
+    fn remember_comm(&mut self, tgid: u32, comm: Comm) {
+        if self.comms.len() >= COMM_CAPACITY {
+            self.comms.clear();
+        }
+        self.comms.insert(tgid, comm);
+    }
+
+    /// Fills in the owner (and its name) and the identity of an event that lacks them, and
+    /// keeps the cache current.
     pub fn fill(&mut self, ev: &mut Event) {
-        let new_life_without_owner = match ev.kind {
+        let new_life = matches!(
+            ev.kind,
             Kind::State {
                 old: TcpState::Listen,
                 new: TcpState::SynRecv,
-            } => ev.owner.is_none(),
-            _ => false,
-        };
+            } | Kind::State {
+                old: TcpState::Close,
+                new: TcpState::SynSent | TcpState::Listen,
+            }
+        );
+        if new_life {
+            // A new socket at this address: an entry for it is a dead socket's.
+            self.by_sock.remove(&ev.sock);
+        }
+        if let Some(o) = ev.owner.as_mut()
+            && o.source == OwnerSource::Current
+        {
+            if o.comm == Comm::default() {
+                o.comm = self.name(ev.sock, o);
+            } else if self.comms.get(&o.tgid) != Some(&o.comm) {
+                self.remember_comm(o.tgid, o.comm);
+            }
+        }
         match ev.owner {
             Some(o) if matches!(o.source, OwnerSource::Current | OwnerSource::Listener) => {
-                self.insert(ev.sock, o);
+                self.entry(ev.sock).owner = Some(o);
             }
             Some(_) => {}
-            // A child whose listener is unknown: an entry for its address is a dead socket's.
-            None if new_life_without_owner => {
-                self.by_sock.remove(&ev.sock);
-            }
+            None if new_life => {}
             None => {
-                ev.owner = self.by_sock.get(&ev.sock).map(|o| Owner {
-                    source: OwnerSource::Cached,
-                    ..*o
-                });
+                ev.owner = self
+                    .by_sock
+                    .get(&ev.sock)
+                    .and_then(|e| e.owner)
+                    .map(|o| Owner {
+                        source: OwnerSource::Cached,
+                        ..o
+                    });
             }
+        }
+        if ev.ident != Ident::default() || new_life {
+            let e = self.entry(ev.sock);
+            e.ident = ev.ident.or(e.ident);
+            ev.ident = e.ident;
+        } else if let Some(e) = self.by_sock.get(&ev.sock) {
+            ev.ident = e.ident;
         }
         if let Kind::State {
             new: TcpState::Close,
@@ -85,7 +167,7 @@ impl Owners {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_sock.len()
+        self.by_sock.values().filter(|e| e.owner.is_some()).count()
     }
 }
 
@@ -170,6 +252,72 @@ mod tests {
         let mut reset = ev(4, 1, 8, None);
         reset.kind = Kind::ResetReceived;
         assert_eq!(filled(&mut c, reset), Some((30, OwnerSource::Cached)));
+    }
+
+    #[test]
+    fn identity_read_on_the_first_event_reaches_the_sockets_later_events() {
+        let mut c = Owners::default();
+        let id = Ident {
+            cgroup: Some(77),
+            netns: Some(4026531840),
+        };
+        let mut first = ev(6, 7, 2, owner(10, OwnerSource::Current));
+        first.ident = id;
+        c.fill(&mut first);
+        for (old, new) in [(2, 1), (1, 4), (4, 5), (5, 7)] {
+            let mut e = ev(6, old, new, None);
+            c.fill(&mut e);
+            assert_eq!(e.ident, id, "{old}->{new}");
+        }
+        // Closed: a new socket at the address starts unknown, and a new child does not take
+        // a dead socket's identity.
+        let mut e = ev(6, 1, 8, None);
+        c.fill(&mut e);
+        assert_eq!(e.ident, Ident::default());
+        let mut f = ev(7, 7, 2, None);
+        f.ident = id;
+        c.fill(&mut f);
+        let mut child = ev(7, 10, 3, None);
+        c.fill(&mut child);
+        assert_eq!(child.ident, Ident::default());
+    }
+
+    #[test]
+    fn a_close_without_a_name_takes_the_sockets_or_the_processes_or_the_resolvers() {
+        let mut c = Owners::default();
+        let cur = OwnerSource::Current;
+        let unnamed = |tgid| {
+            Some(Owner {
+                comm: Comm::default(),
+                ..owner(tgid, cur).expect("owner")
+            })
+        };
+        let name = |c: &mut Owners, e: Event| {
+            let mut e = e;
+            c.fill(&mut e);
+            e.owner.map(|o| o.comm.as_str().into_owned())
+        };
+        // Same process as the socket's entry: its name.
+        c.fill(&mut ev(8, 7, 2, owner(10, cur)));
+        assert_eq!(name(&mut c, ev(8, 1, 4, unnamed(10))), Some("srv".into()));
+        // Another process (a forked child closing an inherited socket) seen before.
+        let mut other = ev(9, 7, 10, owner(11, cur));
+        other.owner = Some(Owner {
+            comm: Comm::from_str_lossy("worker"),
+            ..other.owner.expect("owner")
+        });
+        c.fill(&mut other);
+        c.fill(&mut ev(12, 7, 2, owner(10, cur)));
+        assert_eq!(
+            name(&mut c, ev(12, 1, 4, unnamed(11))),
+            Some("worker".into())
+        );
+        // Never seen: the resolver; and without one, empty (unknown), never a wrong name.
+        assert_eq!(name(&mut c, ev(13, 1, 4, unnamed(12))), Some(String::new()));
+        c.set_resolver(Box::new(|tgid, _| {
+            (tgid == 12).then(|| Comm::from_str_lossy("late"))
+        }));
+        assert_eq!(name(&mut c, ev(14, 1, 4, unnamed(12))), Some("late".into()));
     }
 
     #[test]

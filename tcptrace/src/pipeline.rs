@@ -1,4 +1,5 @@
-//! Everything after `collect`, wired in one place: decode -> reorder -> owners -> track ->
+//! Everything after `collect`, wired in one place: decode -> reorder -> owners (owner, name,
+//! identity) -> track ->
 //! aggregate -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
 //! same code as a live run.
 
@@ -146,6 +147,11 @@ impl Pipeline {
     ) {
         self.core.owners.seed(by_sock);
         self.core.prior_owners = by_addr.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
+    }
+
+    /// Installs the lookup of process names the kernel did not send (see `owners`).
+    pub fn set_comm_resolver(&mut self, r: crate::owners::CommResolver) {
+        self.core.owners.set_resolver(r);
     }
 
     /// Remembers the sockets that existed before the run, with their state (see

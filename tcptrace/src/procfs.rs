@@ -1,4 +1,6 @@
 //! Owners of sockets that existed before tracing started, from /proc.
+//! It also reads a process name by pid (`comm_of`) for the events whose name the kernel did
+//! not send (see `owners`).
 //!
 //! The tracer learns a socket's owner when the owner acts on it (connect, listen, close).
 //! Sockets opened before tcptrace started would show no owner until they close, and children
@@ -138,6 +140,22 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
     (inodes, netns)
 }
 
+/// A thread's name from `/proc/TGID/task/PID/comm` (or the process's), for an event whose
+/// name the kernel did not send; `None` once the process is gone.
+pub fn comm_of(tgid: u32, pid: u32) -> Option<crate::decode::Comm> {
+    let text = fs::read_to_string(format!("/proc/{tgid}/task/{pid}/comm"))
+        .or_else(|_| fs::read_to_string(format!("/proc/{tgid}/comm")))
+        .ok()?;
+    Some(crate::decode::Comm::from_str_lossy(
+        text.trim_end_matches('\n'),
+    ))
+}
+
+/// The inode in a `/proc/PID/ns/net` link target, `net:[4026531840]`.
+pub fn netns_inode(link: &str) -> Option<u32> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// Existing TCP sockets with their owners.
 #[derive(Debug, Default)]
 pub struct Existing {
@@ -146,8 +164,8 @@ pub struct Existing {
     pub sockets: Vec<(u64, Holder)>,
     /// (local, remote, owner) for every connected socket found.
     pub connected: Vec<(SocketAddr, SocketAddr, Holder)>,
-    /// (family, local port, owner) for listening sockets.
-    pub listeners: Vec<(u16, u16, Holder)>,
+    /// (network namespace inode, family, local port, owner) for listening sockets.
+    pub listeners: Vec<(u32, u16, u16, Holder)>,
     /// Every socket found (TIME_WAIT mini-sockets excepted), with its state and holder when
     /// one was found: the dashboard counts them per state until their first event.
     pub all: Vec<Prior>,
@@ -169,7 +187,8 @@ pub fn scan() -> Existing {
     let (inodes, netns) = scan_processes(proc);
     let mut out = Existing::default();
     let mut seen = HashSet::new();
-    for pid in netns.values() {
+    for (ns, pid) in &netns {
+        let ns_inode = netns_inode(ns).unwrap_or(0);
         for (file, family) in [
             ("tcp", tcptrace_common::AF_INET),
             ("tcp6", tcptrace_common::AF_INET6),
@@ -196,7 +215,8 @@ pub fn scan() -> Existing {
                     out.connected.push((row.local, row.remote, holder.clone()));
                 }
                 if row.listening {
-                    out.listeners.push((family, row.local_port, holder.clone()));
+                    out.listeners
+                        .push((ns_inode, family, row.local_port, holder.clone()));
                 }
             }
         }
@@ -261,8 +281,21 @@ mod tests {
             existing
                 .listeners
                 .iter()
-                .any(|(f, p, h)| *f == tcptrace_common::AF_INET && *p == port && h.pid == me),
+                .any(|(ns, f, p, h)| *f == tcptrace_common::AF_INET
+                    && *p == port
+                    && h.pid == me
+                    && Some(*ns)
+                        == fs::read_link("/proc/self/ns/net")
+                            .ok()
+                            .and_then(|l| netns_inode(&l.to_string_lossy()))),
             "listener on {port} not found"
         );
+        assert_eq!(netns_inode("net:[4026531840]"), Some(4026531840));
+        let me_comm = fs::read_to_string("/proc/self/comm").expect("comm");
+        assert_eq!(
+            comm_of(me, me).map(|c| c.as_str().into_owned()),
+            Some(me_comm.trim_end().chars().take(15).collect())
+        );
+        assert_eq!(netns_inode("mnt:[4026531840]"), None);
     }
 }

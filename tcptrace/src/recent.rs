@@ -468,6 +468,7 @@ mod tests {
             remote: SocketAddr::new([127, 0, 0, 2].into(), rport),
             owner: None,
             side: Some(side),
+            ident: Default::default(),
         }
     }
 
@@ -555,6 +556,7 @@ mod tests {
                 phases,
                 close: CloseKind::Fin,
                 time_wait: false,
+                stats: None,
             }))
             .expect("sink");
         }

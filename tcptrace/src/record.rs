@@ -274,6 +274,8 @@ impl EventLine {
             owner,
             kind,
             srtt_us: self.srtt_us,
+            ident: Default::default(),
+            close: None,
         })
     }
 }

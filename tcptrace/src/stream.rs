@@ -756,6 +756,7 @@ mod tests {
                 source: OwnerSource::Cached,
             }),
             side: Some(Side::Client),
+            ident: Default::default(),
         }
     }
 
@@ -949,6 +950,7 @@ mod tests {
             phases: [Some(100_000), Some(200_000), None, None, None],
             close: CloseKind::Fin,
             time_wait: true,
+            stats: None,
         });
         let text = render(Style::Text, Unit::Connection, &[c, transition(None)]);
         assert_eq!(text.lines().count(), 2, "{text}");
@@ -973,6 +975,7 @@ mod tests {
             phases: [Some(100_000), Some(200_000), None, None, Some(1_234_567)],
             close: CloseKind::Fin,
             time_wait: true,
+            stats: None,
         })
     }
 
@@ -983,6 +986,7 @@ mod tests {
             remote: "[2001:db8::1234:5678]:40000".parse().expect("addr"),
             owner: None,
             side: None,
+            ident: Default::default(),
         }
     }
 
@@ -1255,6 +1259,7 @@ mod tests {
                 remote,
                 owner,
                 side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
+                ident: Default::default(),
             };
             let ns = |r: u64| -> Option<u64> {
                 (!r.is_multiple_of(6)).then(|| match r % 3 {
@@ -1283,6 +1288,7 @@ mod tests {
                     phases: [ns(rand()), ns(rand()), ns(rand()), ns(rand()), ns(rand())],
                     close: CloseKind::ALL[(v % 7) as usize],
                     time_wait: v % 2 == 0,
+                    stats: None,
                 })
             };
             let unit = if i % 2 == 0 {

@@ -192,6 +192,7 @@ mod tests {
             remote: "127.0.0.1:2".parse().expect("addr"),
             owner: None,
             side: Some(Side::Client),
+            ident: Default::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use std::{collections::VecDeque, net::SocketAddr};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::decode::{Event, Kind, Owner, TcpState};
+use crate::decode::{CloseStats, Event, Ident, Kind, Owner, TcpState};
 
 /// Which end opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -102,6 +102,8 @@ pub struct Conn {
     pub remote: SocketAddr,
     pub owner: Option<Owner>,
     pub side: Option<Side>,
+    /// The socket's cgroup and network namespace, where known.
+    pub ident: Ident,
 }
 
 /// A finished connection, as `watch --per connection` prints it.
@@ -121,6 +123,9 @@ pub struct Connection {
     pub close: CloseKind,
     /// The socket handed over to a TIME_WAIT mini-socket.
     pub time_wait: bool,
+    /// Bytes, retransmitted segments and the last smoothed RTT, read from the socket at its
+    /// close; `None` when the kernel program could not read them.
+    pub stats: Option<CloseStats>,
 }
 
 impl Connection {
@@ -447,6 +452,7 @@ impl Tracker {
         if ev.owner.is_some() {
             s.conn.owner = ev.owner;
         }
+        s.conn.ident = ev.ident.or(s.conn.ident);
         let consistent = s.state == old;
         if !consistent {
             stats.gaps += 1;
@@ -536,6 +542,7 @@ impl Tracker {
                 phases: s.phases,
                 close,
                 time_wait,
+                stats: ev.close,
             };
             if close == CloseKind::Aborted {
                 self.parked.push_back((ts, c));
@@ -626,6 +633,7 @@ fn conn_of(ev: &Event, side: Option<Side>) -> Conn {
         remote: ev.remote,
         owner: ev.owner,
         side,
+        ident: ev.ident,
     }
 }
 

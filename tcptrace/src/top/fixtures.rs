@@ -80,6 +80,8 @@ impl Gen {
             owner: o,
             kind: Kind::State { old: t.0, new: t.1 },
             srtt_us: (t == (TcpState::SynRecv, TcpState::Established)).then_some(250),
+            ident: Default::default(),
+            close: None,
         });
     }
 

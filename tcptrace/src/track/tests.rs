@@ -27,6 +27,8 @@ fn ev(ts_ms: u64, sock: u64, kind: Kind) -> Event {
         owner: owner(),
         kind,
         srtt_us: None,
+        ident: Default::default(),
+        close: None,
     }
 }
 
