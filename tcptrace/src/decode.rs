@@ -197,7 +197,9 @@ impl Ident {
     }
 }
 
-/// What a socket's `tcp_sock` said at its transition to CLOSE.
+/// What a socket's `tcp_sock` said at its transition to CLOSE. As decoded the byte counts
+/// are the kernel's (sequence space: a SYN or FIN counts one); the tracker's connection facts
+/// hold the payload bytes (see `track::payload`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseStats {
     /// Bytes sent and acknowledged by the peer (`bytes_acked`).

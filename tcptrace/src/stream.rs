@@ -55,13 +55,28 @@ pub const ADDR_WIDTH: usize = 26;
 pub const WIDE_ADDR_WIDTH: usize = 47;
 
 /// The CSV columns of a transition line: the JSON keys, in the JSON order.
-pub const TRANSITION_COLUMNS: [&str; 15] = [
-    "time", "ts_ns", "pid", "tid", "comm", "owner", "family", "laddr", "lport", "raddr", "rport",
-    "old", "new", "ms", "sock",
+pub const TRANSITION_COLUMNS: [&str; 17] = [
+    "time",
+    "ts_ns",
+    "pid",
+    "tid",
+    "comm",
+    "owner",
+    "family",
+    "laddr",
+    "lport",
+    "raddr",
+    "rport",
+    "old",
+    "new",
+    "ms",
+    "sock",
+    "cgroup_id",
+    "netns",
 ];
 
 /// The CSV columns of a connection line: the JSON keys, in the JSON order.
-pub const CONNECTION_COLUMNS: [&str; 20] = [
+pub const CONNECTION_COLUMNS: [&str; 26] = [
     "time",
     "ts_ns",
     "pid",
@@ -82,6 +97,12 @@ pub const CONNECTION_COLUMNS: [&str; 20] = [
     "time_wait",
     "close",
     "lifetime_ms",
+    "cgroup_id",
+    "netns",
+    "bytes_sent",
+    "bytes_received",
+    "retrans_segs",
+    "srtt_us",
 ];
 
 fn ms(ns: u64) -> f64 {
@@ -427,6 +448,8 @@ struct TransitionJson<'a> {
     new: &'static str,
     ms: Option<f64>,
     sock: Shown<Hex>,
+    cgroup_id: Option<u64>,
+    netns: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -451,6 +474,12 @@ struct ConnectionJson<'a> {
     time_wait: bool,
     close: &'static str,
     lifetime_ms: Option<f64>,
+    cgroup_id: Option<u64>,
+    netns: Option<u32>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    retrans_segs: Option<u32>,
+    srtt_us: Option<u32>,
 }
 
 impl<W: io::Write> Stream<W> {
@@ -484,7 +513,7 @@ impl<W: io::Write> Stream<W> {
                 "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS"
             ),
             Unit::Connection => format!(
-                "{:<15} {:>7} {:<15} {:<6} {:<aw$} {:<aw$} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10}",
+                "{:<15} {:>7} {:<15} {:<6} {:<aw$} {:<aw$} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10} {:>12} {:>12}",
                 "TIME",
                 "PID",
                 "COMM",
@@ -499,7 +528,9 @@ impl<W: io::Write> Stream<W> {
                 "CW_MS",
                 "LA_MS",
                 "CLOSE",
-                "LIFE_MS"
+                "LIFE_MS",
+                "SENT",
+                "RECV"
             ),
         }
     }
@@ -550,6 +581,8 @@ impl<W: io::Write> Stream<W> {
                     new,
                     ms: dwell.map(ms),
                     sock: Shown(Hex(conn.sock)),
+                    cgroup_id: conn.ident.cgroup,
+                    netns: conn.ident.netns,
                 }
                 .serialize_to_string();
                 line.push_str(&j);
@@ -577,6 +610,8 @@ impl<W: io::Write> Stream<W> {
                 push_ms_csv(line, dwell);
                 line.push(',');
                 push_hex(line, conn.sock);
+                push_csv_u64(line, conn.ident.cgroup);
+                push_csv_u64(line, conn.ident.netns.map(u64::from));
             }
         }
     }
@@ -610,6 +645,16 @@ impl<W: io::Write> Stream<W> {
                 };
                 let _ = write!(line, " {close:<15} ");
                 push_ms(line, c.lifetime_ns(), 10);
+                for v in [
+                    c.stats.map(|s| s.bytes_acked),
+                    c.stats.map(|s| s.bytes_received),
+                ] {
+                    line.push(' ');
+                    match v {
+                        Some(v) => push_u64_right(line, v, 12),
+                        None => push_right(line, "-", 12),
+                    }
+                }
             }
             Style::Json => {
                 let time = &mut self.time;
@@ -638,6 +683,12 @@ impl<W: io::Write> Stream<W> {
                     time_wait: c.time_wait,
                     close: c.close.name(),
                     lifetime_ms: c.lifetime_ns().map(ms),
+                    cgroup_id: conn.ident.cgroup,
+                    netns: conn.ident.netns,
+                    bytes_sent: c.stats.map(|s| s.bytes_acked),
+                    bytes_received: c.stats.map(|s| s.bytes_received),
+                    retrans_segs: c.stats.map(|s| s.retrans),
+                    srtt_us: c.stats.map(|s| s.srtt_us),
                 }
                 .serialize_to_string();
                 line.push_str(&j);
@@ -670,6 +721,12 @@ impl<W: io::Write> Stream<W> {
                 line.push_str(c.close.name());
                 line.push(',');
                 push_ms_csv(line, c.lifetime_ns());
+                push_csv_u64(line, conn.ident.cgroup);
+                push_csv_u64(line, conn.ident.netns.map(u64::from));
+                push_csv_u64(line, c.stats.map(|s| s.bytes_acked));
+                push_csv_u64(line, c.stats.map(|s| s.bytes_received));
+                push_csv_u64(line, c.stats.map(|s| u64::from(s.retrans)));
+                push_csv_u64(line, c.stats.map(|s| u64::from(s.srtt_us)));
             }
         }
     }
@@ -1055,6 +1112,8 @@ mod tests {
                 new.name().to_owned(),
                 ms_plain(*dwell_ns),
                 format!("{:#x}", conn.sock),
+                opt_plain(conn.ident.cgroup),
+                opt_plain(conn.ident.netns),
             ],
             Fact::Closed(c) => {
                 let mut f = vec![
@@ -1075,6 +1134,12 @@ mod tests {
                 f.push(c.time_wait.to_string());
                 f.push(c.close.name().to_owned());
                 f.push(ms_plain(c.lifetime_ns()));
+                f.push(opt_plain(conn.ident.cgroup));
+                f.push(opt_plain(conn.ident.netns));
+                f.push(opt_plain(c.stats.map(|s| s.bytes_acked)));
+                f.push(opt_plain(c.stats.map(|s| s.bytes_received)));
+                f.push(opt_plain(c.stats.map(|s| s.retrans)));
+                f.push(opt_plain(c.stats.map(|s| s.srtt_us)));
                 f
             }
             _ => Vec::new(),
@@ -1259,7 +1324,10 @@ mod tests {
                 remote,
                 owner,
                 side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
-                ident: Default::default(),
+                ident: crate::decode::Ident {
+                    cgroup: (v % 3 != 1).then(|| rand() >> (v % 64)),
+                    netns: (v % 5 != 2).then_some((v >> 7) as u32),
+                },
             };
             let ns = |r: u64| -> Option<u64> {
                 (!r.is_multiple_of(6)).then(|| match r % 3 {
@@ -1288,7 +1356,12 @@ mod tests {
                     phases: [ns(rand()), ns(rand()), ns(rand()), ns(rand()), ns(rand())],
                     close: CloseKind::ALL[(v % 7) as usize],
                     time_wait: v % 2 == 0,
-                    stats: None,
+                    stats: (v % 4 != 3).then(|| crate::decode::CloseStats {
+                        bytes_acked: rand() >> (v % 64),
+                        bytes_received: v >> 9,
+                        retrans: (v >> 40) as u32 % 1000,
+                        srtt_us: (v >> 20) as u32,
+                    }),
                 })
             };
             let unit = if i % 2 == 0 {

@@ -542,7 +542,9 @@ impl Tracker {
                 phases: s.phases,
                 close,
                 time_wait,
-                stats: ev.close,
+                stats: ev
+                    .close
+                    .map(|c| payload(c, s.conn.side, old, &s.phases, close, time_wait)),
             };
             if close == CloseKind::Aborted {
                 self.parked.push_back((ts, c));
@@ -634,6 +636,47 @@ fn conn_of(ev: &Event, side: Option<Side>) -> Conn {
         owner: ev.owner,
         side,
         ident: ev.ident,
+    }
+}
+
+/// The socket's counters count sequence space, where a SYN and a FIN take one number each:
+/// a client's `bytes_acked` includes its SYN (acked by the SYN-ACK; a server child starts
+/// after it), and either side counts its FIN in `bytes_acked` once the peer acked it, and
+/// the peer's FIN in `bytes_received`. The socket's path through the teardown states says
+/// which of these happened, so the payload bytes are exact: what the application wrote and
+/// read.
+fn payload(
+    c: CloseStats,
+    side: Option<Side>,
+    old: TcpState,
+    phases: &[Option<u64>; 5],
+    close: CloseKind,
+    time_wait: bool,
+) -> CloseStats {
+    let went = |p: TcpState| {
+        PHASES
+            .iter()
+            .position(|&q| q == p)
+            .is_some_and(|i| phases[i].is_some())
+    };
+    let fin = close == CloseKind::Fin;
+    let syn_acked = side == Some(Side::Client) && old != TcpState::SynSent;
+    // FIN_WAIT1 -> FIN_WAIT2 and CLOSING -> TIME_WAIT are the ACK of our FIN; so is
+    // LAST_ACK -> CLOSE when it closed cleanly.
+    let our_fin_acked = went(TcpState::FinWait2)
+        || (went(TcpState::Closing) && time_wait)
+        || (old == TcpState::LastAck && fin);
+    // ESTABLISHED -> CLOSE_WAIT and FIN_WAIT1 -> CLOSING are the peer's FIN arriving; so is
+    // FIN_WAIT2 -> TIME_WAIT.
+    let peer_fin = went(TcpState::CloseWait)
+        || went(TcpState::Closing)
+        || (old == TcpState::FinWait2 && time_wait);
+    CloseStats {
+        bytes_acked: c
+            .bytes_acked
+            .saturating_sub(u64::from(syn_acked) + u64::from(our_fin_acked)),
+        bytes_received: c.bytes_received.saturating_sub(u64::from(peer_fin)),
+        ..c
     }
 }
 

@@ -4,7 +4,7 @@
 use rstest::rstest;
 
 use super::*;
-use crate::decode::{Comm, Family, OwnerSource, TcpState as S};
+use crate::decode::{CloseStats, Comm, Family, OwnerSource, TcpState as S};
 
 const MS: u64 = 1_000_000;
 
@@ -386,4 +386,50 @@ fn owner_learned_later_is_kept() {
     let (_, facts) = run(&[first, second, third]);
     let c = closed(&facts);
     assert_eq!(c[0].conn.owner.map(|o| o.tgid), Some(7));
+}
+
+/// The kernel's counters count a SYN and a FIN as one byte each; a connection's payload
+/// bytes leave out exactly the ones its path shows (client 1 MiB out, 64 KiB in, as the lab
+/// measures: the raw counters are what `tcplife` prints).
+#[rstest]
+// Client, closes second (passive close): SYN + FIN acked out, peer FIN in.
+#[case::client_passive(S::SynSent, &[S::Established, S::CloseWait, S::LastAck, S::Close], (1_048_578, 65_537), (1_048_576, 65_536))]
+// Client, closes first: SYN + FIN acked out; the peer's FIN in at FIN_WAIT2 -> TIME_WAIT.
+#[case::client_active(S::SynSent, &[S::Established, S::FinWait1, S::FinWait2, S::Close], (1_048_578, 65_537), (1_048_576, 65_536))]
+// Server child, closes first: its FIN acked out, the peer's FIN in.
+#[case::server_active(S::SynRecv, &[S::Established, S::FinWait1, S::FinWait2, S::Close], (65_537, 1_048_577), (65_536, 1_048_576))]
+// Server child reset in ESTABLISHED: no FIN either way.
+#[case::server_reset(S::SynRecv, &[S::Established, S::Close], (65_536, 1_048_576), (65_536, 1_048_576))]
+fn close_counters_become_payload_bytes(
+    #[case] first: S,
+    #[case] path: &[S],
+    #[case] raw: (u64, u64),
+    #[case] want: (u64, u64),
+) {
+    let sk = 1;
+    let mut evs = vec![if first == S::SynSent {
+        st(0, sk, S::Close, S::SynSent)
+    } else {
+        st(0, sk, S::Listen, S::SynRecv)
+    }];
+    let mut old = first;
+    for (i, &new) in path.iter().enumerate() {
+        let mut e = st(1 + i as u64, sk, old, new);
+        if new == S::Close {
+            e.close = Some(CloseStats {
+                bytes_acked: raw.0,
+                bytes_received: raw.1,
+                retrans: 2,
+                srtt_us: 40,
+            });
+        }
+        evs.push(e);
+        old = new;
+    }
+    let (_, facts) = run(&evs);
+    let c = closed(&facts);
+    assert_eq!(c.len(), 1, "{facts:?}");
+    let s = c[0].stats.expect("stats");
+    assert_eq!((s.bytes_acked, s.bytes_received), want);
+    assert_eq!((s.retrans, s.srtt_us), (2, 40));
 }
