@@ -835,3 +835,159 @@ fn lab_matches_libbpf_tools_tcpstates() {
         theirs.len()
     );
 }
+
+/// Where cgroup v2 is mounted (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`), from
+/// /proc/self/mountinfo.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(Into::into))?
+    })
+}
+
+/// A cgroup v2 directory made for one test, removed when dropped (after its processes left).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let root = cgroup2_root().expect("cgroup v2 is not mounted: the lab needs it");
+        let dir = root.join(format!("tcptrace-lab-{}-{name}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).expect("cgroup dir").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        let procs = self.0.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("writing {pid} to {}: {e}", procs.display()));
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The peers have exited by now; a cgroup empties a moment after its last process.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .expect("netns file")
+        .ino()
+}
+
+/// A server in one cgroup and namespace, a client in others: every row of each side's
+/// sockets (softirq transitions included) carries that side's cgroup id and namespace inode,
+/// and the connection lines carry the bytes each side sent and received, exactly.
+#[test]
+#[ignore = "needs root"]
+fn lab_socket_cgroup_netns_and_bytes() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 9;
+    let (srv_cg, cli_cg) = (TestCgroup::new("srv"), TestCgroup::new("cli"));
+    let rows = Tracer::start(&["--port", &p.to_string()]);
+    let conns = Tracer::start(&["--port", &p.to_string(), "--per", "connection"]);
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    // From here: `ip netns exec` gives the peers a fresh /sys without the cgroup mount.
+    srv_cg.add(server.pid);
+    cli_cg.add(client.pid);
+    server.ok(&format!("listen {}", server_addr(p)));
+    let cport = field(&client.ok(&format!("connect {}", server_addr(p))), "port") as u16;
+    server.ok("accept");
+    client.ok("send 1048576");
+    server.ok("recv 1048576");
+    client.ok("sent");
+    server.ok("send 65536");
+    client.ok("recv 65536");
+    server.ok("sent");
+    client.ok("close");
+    server.ok("hold_close 0");
+    server.ok("close_listener");
+    drop((client, server));
+    let (rows, conns) = (rows.stop(), conns.stop());
+    let want = |lport: u16| {
+        if lport == p {
+            (srv_cg.id(), netns_inode(&lab.b))
+        } else {
+            (cli_cg.id(), netns_inode(&lab.a))
+        }
+    };
+    println!(
+        "cgroups: server {} = {}, client {} = {}",
+        srv_cg.path(),
+        srv_cg.id(),
+        cli_cg.path(),
+        cli_cg.id()
+    );
+    let mut checked = 0;
+    for l in rows
+        .lines
+        .iter()
+        .filter(|l| s(&l["laddr"]).starts_with("10.201."))
+    {
+        let lport = l["lport"].as_u64().expect("lport") as u16;
+        let (cg, ns) = want(lport);
+        println!(
+            "  lport {lport:>5} {:>11} -> {:<11} owner {:<8} cgroup {} netns {}",
+            s(&l["old"]),
+            s(&l["new"]),
+            l["owner"],
+            l["cgroup_id"],
+            l["netns"]
+        );
+        assert_eq!(l["cgroup_id"], cg, "wrong cgroup: {l}");
+        assert_eq!(l["netns"], ns, "wrong namespace: {l}");
+        checked += 1;
+    }
+    // Listener 2, client 5, server child 5.
+    assert!(checked >= 12, "only {checked} rows");
+    let lines: Vec<&Value> = connections(&conns.lines)
+        .into_iter()
+        .filter(|l| s(&l["laddr"]).starts_with("10.201."))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in lines {
+        let client = l["lport"] == cport;
+        let (sent, recv) = if client {
+            (1_048_576, 65_536)
+        } else {
+            (65_536, 1_048_576)
+        };
+        println!(
+            "  {} injected sent {sent} received {recv}, reported sent {} received {} \
+             (retrans {}, srtt {} us)",
+            if client { "client" } else { "server" },
+            l["bytes_sent"],
+            l["bytes_received"],
+            l["retrans_segs"],
+            l["srtt_us"]
+        );
+        assert_eq!(l["bytes_sent"], sent, "{l}");
+        assert_eq!(l["bytes_received"], recv, "{l}");
+        let (cg, ns) = want(l["lport"].as_u64().expect("lport") as u16);
+        assert_eq!(
+            (l["cgroup_id"].clone(), l["netns"].clone()),
+            (cg.into(), ns.into())
+        );
+    }
+}

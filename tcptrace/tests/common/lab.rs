@@ -220,6 +220,8 @@ struct PeerState {
     sock: Option<Socket>,
     /// Packets held by NFQUEUE readers, in microseconds.
     held_us: Arc<Mutex<Vec<u64>>>,
+    /// A `send` still writing (the peer may read only later).
+    sending: Option<std::thread::JoinHandle<Result<(), String>>>,
 }
 
 fn addr(s: &str) -> Result<SockAddr, String> {
@@ -394,6 +396,31 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(num(1)?));
             Ok(String::new())
         }
+        // send N: writes exactly N bytes on the connection, in the background (more than
+        // the socket buffers hold waits for the peer to read); `sent` waits for it to finish.
+        "send" => {
+            let s = sock(st)?.try_clone().map_err(|e| errno(&e))?;
+            let buf = vec![b'x'; num(1)? as usize];
+            st.sending = Some(std::thread::spawn(move || {
+                (&s).write_all(&buf).map_err(|e| errno(&e))
+            }));
+            Ok(String::new())
+        }
+        "sent" => {
+            let h = st.sending.take().ok_or("no send under way")?;
+            h.join()
+                .map_err(|_| "the send thread panicked".to_owned())??;
+            Ok(String::new())
+        }
+        // recv N: reads exactly N bytes (10 s at most per read).
+        "recv" => {
+            let s = sock(st)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| errno(&e))?;
+            let mut buf = vec![0u8; num(1)? as usize];
+            s.read_exact(&mut buf).map_err(|e| errno(&e))?;
+            Ok(String::new())
+        }
         // tcp_state: the socket's state as TCP_INFO reports it (kernel state number).
         "tcp_state" => {
             let s = sock(st)?;
@@ -475,6 +502,7 @@ pub fn peer_main() -> ! {
         listener: None,
         sock: None,
         held_us: Arc::default(),
+        sending: None,
     };
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
