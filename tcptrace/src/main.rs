@@ -15,6 +15,7 @@ mod config;
 mod counters;
 mod decode;
 mod docs;
+mod exit;
 mod export;
 mod generate;
 mod host;
@@ -49,9 +50,10 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command, Format, Per, RecordArgs, SummaryArgs, WatchArgs},
     config::Filter,
+    exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
-    sink::Shared,
+    sink::{PanicAfter, Shared},
     stream::{Stream, Style, Unit},
     summary::Summary,
     timeline::Timeline,
@@ -73,30 +75,33 @@ fn main() -> ExitCode {
         })
         .init();
     let cli = Cli::parse();
+    let done = |r: Result<()>| r.map(|()| Exit::Done);
     let result = match cli.command {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
-        Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Report(args)) => done(report::run(&args)),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Serve(args)) => serve::run(args),
-        Some(Command::Export(args)) => export::run(&args),
-        Some(Command::GenerateRecording(args)) => generate::run(&args),
-        Some(Command::Completions(args)) => docs::completions(args.shell),
-        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
+        Some(Command::Export(args)) => done(export::run(&args)),
+        Some(Command::GenerateRecording(args)) => done(generate::run(&args)),
+        Some(Command::Completions(args)) => done(docs::completions(args.shell)),
+        Some(Command::Man(args)) => done(docs::man(args.out.as_deref())),
         None => run_watch(cli.watch),
     };
+    // A panic outside a sink unwinds to here (dropping, so detaching, the program on the
+    // way) and exits with Rust's 101, which is `Exit::Internal`'s code.
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             eprintln!("tcptrace: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::ERROR)
         }
     }
 }
 
 /// Runs a live front end on a single-threaded runtime (the pipeline is not `Send`, and one
 /// thread keeps the tracer's own footprint small).
-fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
+fn block_on<F: Future<Output = Result<Exit>>>(f: F) -> Result<Exit> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,7 +109,7 @@ fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
         .block_on(f)
 }
 
-fn run_watch(args: WatchArgs) -> Result<()> {
+fn run_watch(args: WatchArgs) -> Result<Exit> {
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     block_on(watch(args, filter))
 }
@@ -120,9 +125,29 @@ fn say_ready(duration: Option<std::time::Duration>) {
     );
 }
 
+/// Adds the hidden test hook's panicking sink when asked (`--test-panic-after-events`).
+fn add_test_hooks(live: &mut LiveRun, args: &SummaryArgs) {
+    if let Some(n) = args.test_panic_after_events {
+        live.add_sink(Box::new(PanicAfter::new(n)));
+    }
+}
+
+/// Says on stderr why a run's output stopped, unless it was a closed pipe (which the exit
+/// code 141 says: the reader went away on purpose). `what` names the output.
+fn say_sink_error(done: &Finished, what: &str) {
+    if let Some(e) = done.sink_error() {
+        match Exit::of_sink_error(e) {
+            Exit::PipeClosed => {}
+            Exit::Internal => eprintln!("tcptrace: error: {e}"),
+            _ => eprintln!("tcptrace: error: {what} failed: {e}"),
+        }
+    }
+}
+
 /// `watch`: the line stream (if any) and, with `--svg`, the chart timeline.
-async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
+async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
+    add_test_hooks(&mut live, &args.summary);
     let clock = live.clock();
     say_ready(args.duration);
     let style = match args.format {
@@ -147,11 +172,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
         t
     });
     let done = live.run(args.duration).await?;
-    if let Some(e) = done.sink_error()
-        && e.kind() != io::ErrorKind::BrokenPipe
-    {
-        anyhow::bail!("writing the stream failed: {e}");
-    }
+    let exit = Exit::of(&done);
     let summary = end_summary(&done, &args.summary)?;
     if let (Some(dir), Some(t)) = (&args.svg, &timeline) {
         let title = format!("live run on {}", host::host_name());
@@ -164,17 +185,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
             &title,
         )?;
     }
-    Ok(())
+    say_sink_error(&done, "writing the stream");
+    Ok(exit)
 }
 
 /// `record`: `watch` without a stream, plus a recording sink.
-fn run_record(args: RecordArgs) -> Result<()> {
+fn run_record(args: RecordArgs) -> Result<Exit> {
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     block_on(record(args, filter))
 }
 
-async fn record(args: RecordArgs, filter: Filter) -> Result<()> {
+async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, None)?;
+    add_test_hooks(&mut live, &args.summary);
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;
@@ -182,15 +205,24 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<()> {
     live.add_sink(Box::new(Shared(Rc::clone(&recorder))));
     say_ready(args.duration);
     let done = live.run(args.duration).await?;
-    if let Some(e) = done.sink_error() {
-        anyhow::bail!("writing the recording {} failed: {e}", path.display());
-    }
-    recorder
+    let mut exit = Exit::of(&done);
+    // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
+    // ends with its end record wherever that can still be written.
+    let finished = recorder
         .borrow_mut()
-        .finish(done.counters, done.pipeline.undecodable())
-        .with_context(|| format!("finishing the recording {}", path.display()))?;
+        .finish(done.counters, done.pipeline.undecodable());
     end_summary(&done, &args.summary)?;
-    Ok(())
+    say_sink_error(&done, &format!("writing the recording {}", path.display()));
+    if let Err(e) = finished {
+        eprintln!(
+            "tcptrace: error: finishing the recording {} failed: {e:#}",
+            path.display()
+        );
+        if exit != Exit::Internal {
+            exit = Exit::OutputFailed;
+        }
+    }
+    Ok(exit)
 }
 
 /// Builds the exit summary of a live run and prints or writes it as `--no-summary` and

@@ -44,12 +44,13 @@ use self::{
 use crate::{
     cli::{Format, TopArgs},
     config::Filter,
+    exit::Exit,
     live::{LiveRun, ReplayControl, Speed, Stop},
     summary::SnapshotOptions,
 };
 
 /// Runs `tcptrace top`.
-pub fn run(args: TopArgs) -> Result<()> {
+pub fn run(args: TopArgs) -> Result<Exit> {
     if !args.once && !io::stdout().is_terminal() {
         bail!(
             "tcptrace top draws a full-screen dashboard and needs a terminal on stdout; for a \
@@ -156,7 +157,7 @@ fn describe_filter(f: &Filter) -> String {
     }
 }
 
-async fn top(args: TopArgs, filter: Filter) -> Result<()> {
+async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let control = ReplayControl::default();
     let (mut live, meta) = match &args.replay {
         Some(path) => {
@@ -191,6 +192,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
         detail: None,
     };
     let mut rx = live.publish(args.interval, opts);
+    crate::add_test_hooks(&mut live, &args.summary);
     if args.once {
         crate::say_ready(Some(args.interval));
         let done = live.run(Some(args.interval)).await?;
@@ -202,8 +204,9 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
                 .and_then(|()| writeln!(out)),
             Format::Text | Format::Csv => snap.write_text(&mut out),
         };
+        let mut exit = Exit::of(&done);
         match written.and_then(|()| out.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit = Exit::PipeClosed,
             other => other.context("writing the snapshot")?,
         }
         // The snapshot on stdout already holds the summary: stderr gets no second copy.
@@ -212,7 +215,8 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
             ..args.summary.clone()
         };
         crate::end_summary(&done, &summary)?;
-        return Ok(());
+        crate::say_sink_error(&done, "the dashboard");
+        return Ok(exit);
     }
     crate::say_ready(args.duration);
 
@@ -299,5 +303,6 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
     outcome?;
     let done = done?;
     crate::end_summary(&done, &args.summary)?;
-    Ok(())
+    crate::say_sink_error(&done, "the dashboard");
+    Ok(Exit::of(&done))
 }
