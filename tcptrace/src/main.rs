@@ -20,8 +20,10 @@ mod export;
 mod generate;
 mod host;
 mod live;
+mod outfile;
 mod owners;
 mod pipeline;
+mod privileges;
 mod procfs;
 mod recent;
 mod record;
@@ -114,8 +116,11 @@ fn run_watch(args: WatchArgs) -> Result<Exit> {
     block_on(watch(args, filter))
 }
 
-/// The line every live front end prints once tracing has started (tests wait for it).
-fn say_ready(duration: Option<std::time::Duration>) {
+/// Drops the run's capabilities (every output must be open by now: see `privileges`), then
+/// prints the line every live front end prints once tracing has started (tests wait for
+/// it, and may check the capabilities right after it).
+fn say_ready(live: &mut LiveRun, duration: Option<std::time::Duration>) {
+    live.drop_privileges();
     eprintln!(
         "tcptrace: tracing TCP state transitions{}; Ctrl-C to stop",
         match duration {
@@ -149,7 +154,12 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
     add_test_hooks(&mut live, &args.summary);
     let clock = live.clock();
-    say_ready(args.duration);
+    let summary_out = SummaryOut::open(&args.summary)?;
+    let svg = args
+        .svg
+        .as_deref()
+        .map(charts::OutDir::create)
+        .transpose()?;
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
@@ -166,18 +176,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
             Stream::new(out, clock, style, unit).wide(args.wide),
         ));
     }
-    let timeline = args.svg.as_ref().map(|_| {
+    let timeline = svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));
         live.add_sink(Box::new(Shared(Rc::clone(&t))));
         t
     });
+    say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
     let exit = Exit::of(&done);
-    let summary = end_summary(&done, &args.summary)?;
-    if let (Some(dir), Some(t)) = (&args.svg, &timeline) {
+    let summary = summary_out.write(&done)?;
+    if let (Some(out), Some(t)) = (svg, &timeline) {
         let title = format!("live run on {}", host::host_name());
         charts::write_dir(
-            dir,
+            out,
             &summary,
             done.pipeline.aggregate(),
             &t.borrow(),
@@ -203,7 +214,8 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
         .with_context(|| format!("creating the recording {}", path.display()))?;
     let recorder = Rc::new(RefCell::new(recorder));
     live.add_sink(Box::new(Shared(Rc::clone(&recorder))));
-    say_ready(args.duration);
+    let summary_out = SummaryOut::open(&args.summary)?;
+    say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
     let mut exit = Exit::of(&done);
     // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
@@ -211,7 +223,7 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let finished = recorder
         .borrow_mut()
         .finish(done.counters, done.pipeline.undecodable());
-    end_summary(&done, &args.summary)?;
+    summary_out.write(&done)?;
     say_sink_error(&done, &format!("writing the recording {}", path.display()));
     if let Err(e) = finished {
         eprintln!(
@@ -225,30 +237,55 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     Ok(exit)
 }
 
-/// Builds the exit summary of a live run and prints or writes it as `--no-summary` and
-/// `--summary-json` say.
-fn end_summary(done: &Finished, args: &SummaryArgs) -> Result<Summary> {
-    let p = &done.pipeline;
-    let summary = Summary::build(
-        p.aggregate(),
-        &done.counters,
-        p.undecodable(),
-        p.tracker(),
-        args.top,
-    );
-    if let Some(path) = &args.summary_json {
-        write_json_file(path, &summary)?;
-    }
-    if !args.no_summary {
-        let mut err = io::stderr().lock();
-        let _ = summary.write_text(&mut err);
-    }
-    Ok(summary)
+/// Where a live run's exit summary goes, as `--no-summary` and `--summary-json` say. The
+/// JSON file is created before the run drops its capabilities (see `outfile`).
+pub struct SummaryOut {
+    args: SummaryArgs,
+    json: Option<(std::path::PathBuf, std::fs::File)>,
 }
 
-fn write_json_file(path: &Path, summary: &Summary) -> Result<()> {
-    let f = std::fs::File::create(path)
-        .with_context(|| format!("creating --summary-json file {}", path.display()))?;
-    summary.write_json(io::BufWriter::new(f))?;
-    Ok(())
+impl SummaryOut {
+    /// Creates the `--summary-json` file, if asked for.
+    pub fn open(args: &SummaryArgs) -> Result<Self> {
+        let json = match &args.summary_json {
+            Some(path) => {
+                let f = outfile::create(path)
+                    .with_context(|| format!("creating --summary-json file {}", path.display()))?;
+                Some((path.clone(), f))
+            }
+            None => None,
+        };
+        Ok(Self {
+            args: args.clone(),
+            json,
+        })
+    }
+
+    /// Builds the exit summary of a live run, writes the JSON file and prints the text.
+    pub fn write(self, done: &Finished) -> Result<Summary> {
+        let p = &done.pipeline;
+        let summary = Summary::build(
+            p.aggregate(),
+            &done.counters,
+            p.undecodable(),
+            p.tracker(),
+            self.args.top,
+        );
+        if let Some((path, f)) = self.json {
+            write_json(&path, f, &summary)?;
+        }
+        if !self.args.no_summary {
+            let mut err = io::stderr().lock();
+            let _ = summary.write_text(&mut err);
+        }
+        Ok(summary)
+    }
+}
+
+fn write_json(path: &Path, f: std::fs::File, summary: &Summary) -> Result<()> {
+    let mut out = io::BufWriter::new(f);
+    summary
+        .write_json(&mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing --summary-json file {}", path.display()))
 }

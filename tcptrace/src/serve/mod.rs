@@ -74,11 +74,12 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<Exit> {
     });
     let server = tokio::spawn(accept_loop(listener, snapshots, build));
     eprintln!("tcptrace: serving http://{addr}/metrics");
-    crate::say_ready(args.duration);
+    let summary_out = crate::SummaryOut::open(&args.summary)?;
+    crate::say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await;
     server.abort();
     let done = done?;
-    crate::end_summary(&done, &args.summary)?;
+    summary_out.write(&done)?;
     crate::say_sink_error(&done, "the metrics");
     Ok(Exit::of(&done))
 }

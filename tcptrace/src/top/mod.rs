@@ -194,7 +194,12 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let mut rx = live.publish(args.interval, opts);
     crate::add_test_hooks(&mut live, &args.summary);
     if args.once {
-        crate::say_ready(Some(args.interval));
+        // The snapshot on stdout already holds the summary: stderr gets no second copy.
+        let summary_out = crate::SummaryOut::open(&crate::cli::SummaryArgs {
+            no_summary: true,
+            ..args.summary.clone()
+        })?;
+        crate::say_ready(&mut live, Some(args.interval));
         let done = live.run(Some(args.interval)).await?;
         let snap = rx.borrow().clone();
         let mut out = io::BufWriter::new(io::stdout().lock());
@@ -209,16 +214,12 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit = Exit::PipeClosed,
             other => other.context("writing the snapshot")?,
         }
-        // The snapshot on stdout already holds the summary: stderr gets no second copy.
-        let summary = crate::cli::SummaryArgs {
-            no_summary: true,
-            ..args.summary.clone()
-        };
-        crate::end_summary(&done, &summary)?;
+        summary_out.write(&done)?;
         crate::say_sink_error(&done, "the dashboard");
         return Ok(exit);
     }
-    crate::say_ready(args.duration);
+    let summary_out = crate::SummaryOut::open(&args.summary)?;
+    crate::say_ready(&mut live, args.duration);
 
     let stopper = live.stopper();
     let resetter = live.resetter();
@@ -302,7 +303,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     drop(guard);
     outcome?;
     let done = done?;
-    crate::end_summary(&done, &args.summary)?;
+    summary_out.write(&done)?;
     crate::say_sink_error(&done, "the dashboard");
     Ok(Exit::of(&done))
 }
