@@ -65,7 +65,8 @@ pub enum Stop {
     Deadline,
     /// The front end asked (e.g. `q` in `top`).
     Requested,
-    /// A sink failed (e.g. stdout closed by `| head`); see [`Finished::sink_error`].
+    /// A sink failed (e.g. stdout closed by `| head`) or panicked (`sink::guarded`); see
+    /// [`Finished::sink_error`] and `exit::Exit::of`.
     SinkFailed,
     /// The input ended (a replayed recording played to its end).
     End,
