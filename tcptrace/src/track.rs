@@ -15,6 +15,9 @@ use serde::Serialize;
 
 use crate::decode::{Event, Kind, Owner, TcpState};
 
+mod table;
+use table::Table;
+
 /// Which end opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -216,17 +219,41 @@ pub struct TrackStats {
     pub reused_unclosed: u64,
 }
 
+/// An optional time or duration in nanoseconds, in 8 bytes where `Option<u64>` takes 16:
+/// `u64::MAX` stands for none. A tracked socket holds eight of them, so this saves 64 bytes
+/// per socket. `u64::MAX` ns (584 years) cannot occur as a real value; a crafted recording
+/// that carries it gets `u64::MAX - 1` instead of losing the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OptNs(u64);
+
+impl OptNs {
+    const NONE: OptNs = OptNs(u64::MAX);
+
+    fn new(v: Option<u64>) -> Self {
+        match v {
+            Some(ns) => OptNs(ns.min(u64::MAX - 1)),
+            None => Self::NONE,
+        }
+    }
+
+    fn get(self) -> Option<u64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
+/// A tracked socket. Kept small: the tracker holds one per open socket (162,000 in the
+/// bench's mass close), so its size is most of the tool's memory.
 #[derive(Clone, Copy, Debug)]
 struct Sock {
     conn: Conn,
     state: TcpState,
     /// When the current state was entered; `None` if first seen mid-life in this state.
-    since_ns: Option<u64>,
+    since_ns: OptNs,
     last_ns: u64,
-    opened_ns: Option<u64>,
-    handshake_ns: Option<u64>,
+    opened_ns: OptNs,
+    handshake_ns: OptNs,
     retransmits: u32,
-    phases: [Option<u64>; 5],
+    phases: [OptNs; 5],
     reset_received: bool,
     reset_sent: bool,
 }
@@ -265,7 +292,7 @@ const PARK_NS: u64 = 1_000_000;
 /// The state machine over all sockets.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    socks: FxHashMap<u64, Sock>,
+    socks: Table<Sock>,
     /// Closed connections waiting [`PARK_NS`] for a late reset event, oldest first.
     parked: VecDeque<(u64, Connection)>,
     pending_synack: FxHashMap<(SocketAddr, SocketAddr), PendingSynAck>,
@@ -293,7 +320,7 @@ impl Tracker {
             .socks
             .values()
             .filter(|s| s.state == state)
-            .map(|s| (s.since_ns, s.conn))
+            .map(|s| (s.since_ns.get(), s.conn))
             .collect();
         v.sort_by_key(|(since, c)| (since.unwrap_or(0), c.sock));
         v
@@ -385,7 +412,7 @@ impl Tracker {
     /// The tracked socket for `ev`, created (as first seen mid-life in `state`) if unknown.
     fn sock_mut(&mut self, ev: &Event, state: TcpState) -> &mut Sock {
         let stats = &mut self.stats;
-        self.socks.entry(ev.sock).or_insert_with(|| {
+        self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
             Sock::new(conn_of(ev, side_from_state(state)), state, None, ev.ts_ns)
         })
@@ -416,7 +443,7 @@ impl Tracker {
             };
             let mut s = Sock::new(conn_of(ev, side), new, Some(ts), ts);
             if side.is_some() {
-                s.opened_ns = Some(ts);
+                s.opened_ns = OptNs::new(Some(ts));
             }
             if new == TcpState::SynRecv
                 && let Some(p) = self.pending_synack.remove(&(ev.local, ev.remote))
@@ -436,7 +463,7 @@ impl Tracker {
         }
 
         let stats = &mut self.stats;
-        let s = self.socks.entry(ev.sock).or_insert_with(|| {
+        let s = self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
             Sock::new(conn_of(ev, side_from_state(old)), old, None, ts)
         });
@@ -451,7 +478,7 @@ impl Tracker {
         if !consistent {
             stats.gaps += 1;
         }
-        let dwell = match s.since_ns {
+        let dwell = match s.since_ns.get() {
             Some(since) if ts >= since => Some(ts - since),
             Some(_) => {
                 stats.out_of_order += 1;
@@ -472,7 +499,7 @@ impl Tracker {
             && let Some(d) = dwell
             && let Some(i) = phase_index(old)
         {
-            s.phases[i] = Some(d);
+            s.phases[i] = OptNs::new(Some(d));
             out.push(Fact::Phase {
                 ts_ns: ts,
                 conn: s.conn,
@@ -484,9 +511,10 @@ impl Tracker {
         // Handshakes.
         if new == TcpState::Established {
             let handshake = match (s.conn.side, old) {
-                (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => {
-                    Some((Side::Client, s.opened_ns.map(|o| ts.saturating_sub(o))))
-                }
+                (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => Some((
+                    Side::Client,
+                    s.opened_ns.get().map(|o| ts.saturating_sub(o)),
+                )),
                 (Some(Side::Server), TcpState::SynRecv) => Some((
                     Side::Server,
                     ev.srtt_us.filter(|&r| r > 0).map(|r| u64::from(r) * 1000),
@@ -494,7 +522,7 @@ impl Tracker {
                 _ => None,
             };
             if let Some((side, latency)) = handshake {
-                s.handshake_ns = latency;
+                s.handshake_ns = OptNs::new(latency);
                 out.push(Fact::Handshake {
                     ts_ns: ts,
                     conn: s.conn,
@@ -506,7 +534,7 @@ impl Tracker {
         }
 
         s.state = new;
-        s.since_ns = Some(ts);
+        s.since_ns = OptNs::new(Some(ts));
 
         if new == TcpState::Close {
             let s = *s;
@@ -529,11 +557,11 @@ impl Tracker {
             let close = classify_close(&s, old);
             let c = Connection {
                 conn: s.conn,
-                opened_ns: s.opened_ns,
+                opened_ns: s.opened_ns.get(),
                 closed_ns: ts,
-                handshake_ns: s.handshake_ns,
+                handshake_ns: s.handshake_ns.get(),
                 retransmits: s.retransmits,
-                phases: s.phases,
+                phases: s.phases.map(OptNs::get),
                 close,
                 time_wait,
             };
@@ -557,7 +585,7 @@ impl Tracker {
             let mut ages: Vec<(bool, u64, u64)> = self
                 .socks
                 .iter()
-                .map(|(k, s)| (s.state == TcpState::Listen, s.last_ns, *k))
+                .map(|(k, s)| (s.state == TcpState::Listen, s.last_ns, k))
                 .collect();
             ages.sort_unstable();
             let n = self.socks.len() / 10 + 1;
@@ -582,7 +610,7 @@ impl Tracker {
         // Listeners, open connections and sockets waiting in CLOSE_WAIT emit nothing while
         // they sit, however long: only the size bound may evict them (a CLOSE_WAIT leak is
         // exactly what must not age out).
-        self.socks.retain(|_, s| {
+        self.socks.retain(|s| {
             matches!(
                 s.state,
                 TcpState::Listen | TcpState::Established | TcpState::CloseWait
@@ -599,12 +627,12 @@ impl Sock {
         Self {
             conn,
             state,
-            since_ns,
+            since_ns: OptNs::new(since_ns),
             last_ns: ts,
-            opened_ns: None,
-            handshake_ns: None,
+            opened_ns: OptNs::NONE,
+            handshake_ns: OptNs::NONE,
             retransmits: 0,
-            phases: [None; 5],
+            phases: [OptNs::NONE; 5],
             reset_received: false,
             reset_sent: false,
         }

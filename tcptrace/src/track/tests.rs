@@ -385,3 +385,75 @@ fn owner_learned_later_is_kept() {
     let c = closed(&facts);
     assert_eq!(c[0].conn.owner.map(|o| o.tgid), Some(7));
 }
+
+#[test]
+fn compact_optional_times_round_trip() {
+    for v in [
+        None,
+        Some(0),
+        Some(1),
+        Some(123_456_789),
+        Some(u64::MAX - 1),
+    ] {
+        assert_eq!(OptNs::new(v).get(), v);
+    }
+    // The one value the compact form cannot hold keeps its neighbour, not "none".
+    assert_eq!(OptNs::new(Some(u64::MAX)).get(), Some(u64::MAX - 1));
+    // The reason for it: a tracked socket stays small.
+    assert!(
+        std::mem::size_of::<Sock>() <= 192,
+        "{}",
+        std::mem::size_of::<Sock>()
+    );
+}
+
+#[test]
+fn a_million_distinct_sockets_stay_within_the_bound_and_evictions_show_in_the_summary() {
+    // A million connections that open and never close (the worst case: nothing ends an
+    // entry), through the tracker with its default limits.
+    let limits = Limits::default();
+    let mut t = Tracker::new(limits);
+    let mut out = Vec::new();
+    const N: u64 = 1_000_000;
+    for i in 0..N {
+        let mut e = st(0, i + 1, S::Close, S::SynSent);
+        e.ts_ns = i * 1000;
+        t.process(&e, &mut out);
+        let mut e = st(0, i + 1, S::SynSent, S::Established);
+        e.ts_ns = i * 1000 + 500;
+        t.process(&e, &mut out);
+        out.clear();
+        // The bound holds all the way, not only at the end.
+        assert!(t.socks.len() <= limits.max_sockets, "{}", t.socks.len());
+    }
+    let held = t.socks.len() as u64;
+    assert!(held > limits.max_sockets as u64 / 2, "{held} held");
+    // Every socket is either still held or counted as evicted: none vanish silently.
+    assert_eq!(t.stats().evicted, N - held);
+    // Memory, not only the count, is bounded: the table never grew past the bound's size.
+    assert!(
+        t.socks.capacity() <= 2 * limits.max_sockets,
+        "capacity {}",
+        t.socks.capacity()
+    );
+    // The most recently seen sockets are the ones kept.
+    assert_eq!(
+        t.state_counts()[usize::from(S::Established as u8) - 1],
+        held
+    );
+
+    let summary = crate::summary::Summary::build(
+        &crate::aggregate::Aggregate::default(),
+        &crate::counters::Counters::default(),
+        0,
+        &t,
+        5,
+    );
+    let mut text = Vec::new();
+    summary.write_text(&mut text).expect("writes");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(
+        text.contains(&format!("{} evicted", N - held)),
+        "the summary must show the evictions:\n{text}"
+    );
+}
