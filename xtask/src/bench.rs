@@ -15,9 +15,10 @@
 //! - soak (`soak.rs`, `--soak SECS`): RSS sampled every second under full churn.
 //! - report (`report.rs`): `tcptrace report` throughput on a synthetic recording.
 //!
-//! The tracers run in the host network namespace and trace every namespace, without a port
-//! filter (the churn's ports are fixed inside its namespace, so a filter would be
-//! `--port 7001,...`; tracing everything is the harder case).
+//! The tracers run in the host network namespace and trace every namespace, with a port
+//! filter (`--port 7001-7004`, the churn's fixed ports inside its namespace) so that other
+//! work on a shared machine neither adds transitions nor loses the run events; tcpstates
+//! cannot filter on either port, so it sees everything (its figures are a yardstick).
 
 mod churn;
 mod massclose;
@@ -188,6 +189,8 @@ struct Env {
     dir: PathBuf,
     duration: Duration,
     load: Load,
+    /// The churn's ports as a `--port` filter ("7001-7004").
+    ports: String,
 }
 
 fn json_u64(v: &serde_json::Value, key: &str) -> Option<u64> {
@@ -201,6 +204,7 @@ fn tcptrace_command(
     config: Config,
     out_path: &Path,
     summary_path: &Path,
+    ports: &str,
     ring_kib: Option<u32>,
 ) -> Command {
     let mut cmd = Command::new(bin);
@@ -219,6 +223,7 @@ fn tcptrace_command(
         }
     }
     cmd.arg("--summary-json").arg(summary_path);
+    cmd.arg("--port").arg(ports);
     match config {
         Config::None => {
             cmd.args(["--per", "none"]);
@@ -247,9 +252,10 @@ fn start_tcptrace(
     config: Config,
     out_path: &Path,
     summary_path: &Path,
+    ports: &str,
     ring_kib: Option<u32>,
 ) -> Result<(Tracer, Option<Scraper>)> {
-    let mut cmd = tcptrace_command(bin, config, out_path, summary_path, ring_kib);
+    let mut cmd = tcptrace_command(bin, config, out_path, summary_path, ports, ring_kib);
     wire_stdio(&mut cmd, config, out_path)?;
     let tracer = Tracer::start(cmd, Some(READY_LINE))?;
     let scraper = (config == Config::Serve)
@@ -344,7 +350,8 @@ fn run_one(env: &Env, config: Config, run: usize) -> Result<Row> {
     if config.is_tcpstates() {
         return run_tcpstates(env, config, &out_path, load);
     }
-    let (tracer, scraper) = start_tcptrace(&env.bin, config, &out_path, &summary_path, None)?;
+    let (tracer, scraper) =
+        start_tcptrace(&env.bin, config, &out_path, &summary_path, &env.ports, None)?;
     let churn_result = churn(env.duration, env.load);
     // Let the tail of the churn (softirq work, TIME_WAIT hand-overs) reach the tracer.
     thread::sleep(Duration::from_millis(300));
@@ -820,16 +827,18 @@ pub fn bench(args: &Args) -> Result<()> {
     if let Err(e) = &stats_fd {
         eprintln!("xtask bench: no kernel ns/event figures: {e:#}");
     }
+    let load = Load {
+        threads: args.threads,
+        ports: args.ports,
+        close: args.close,
+    };
     let env = Env {
         bin,
         tcpstates: find_tcpstates(),
         dir,
         duration: Duration::from_secs_f64(args.secs),
-        load: Load {
-            threads: args.threads,
-            ports: args.ports,
-            close: args.close,
-        },
+        load,
+        ports: churn::port_filter(&load),
     };
     let result = if let Some(secs) = args.soak {
         soak::soak(&env, secs).map(|s| println!("{s}"))

@@ -73,6 +73,11 @@ pub fn ports(load: &Load) -> Vec<u16> {
     (0..load.ports).map(|i| FIRST_PORT + i).collect()
 }
 
+/// The churn ports as a tcptrace `--port` list.
+pub fn port_filter(load: &Load) -> String {
+    format!("{}-{}", FIRST_PORT, FIRST_PORT + load.ports.max(1) - 1)
+}
+
 /// What one churn run achieved.
 #[derive(Clone, Copy, Debug)]
 pub struct Churn {

@@ -192,6 +192,7 @@ fn run_mode(env: &Env, args: &Args, config: Config) -> Result<MassRow> {
         config,
         &out_path,
         &summary_path,
+        &HOLD_PORT.to_string(),
         args.mass_ring_kib,
     )?;
     let pid = tracer.pid();

@@ -30,7 +30,14 @@ pub fn slope(points: &[(f64, f64)]) -> f64 {
 pub fn soak(env: &Env, secs: u64) -> Result<String> {
     let out_path = env.dir.join("soak.out");
     let summary_path = env.dir.join("soak.summary.json");
-    let (tracer, scraper) = start_tcptrace(&env.bin, Config::None, &out_path, &summary_path, None)?;
+    let (tracer, scraper) = start_tcptrace(
+        &env.bin,
+        Config::None,
+        &out_path,
+        &summary_path,
+        &env.ports,
+        None,
+    )?;
     let pid = tracer.pid();
     let load = env.load;
     eprintln!("xtask bench: soak of {secs}s beside watch --per none (RSS every second)");
