@@ -18,6 +18,7 @@ mod docs;
 mod export;
 mod generate;
 mod host;
+mod intern;
 mod live;
 mod owners;
 mod pipeline;

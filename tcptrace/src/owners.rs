@@ -17,28 +17,25 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::decode::{Event, Kind, Owner, OwnerSource, TcpState};
+use crate::{
+    decode::{Event, Kind, Owner, OwnerSource, TcpState},
+    intern::Interner,
+};
 
 /// Most sockets remembered. Entries end at the socket's CLOSE; only a CLOSE the tracer never
 /// saw (lost, or the kernel skipped the program) leaves one behind, and at this size an
 /// arbitrary entry makes room (the kernel-side cache was an LRU map of 65,536).
 const CAPACITY: usize = 1 << 18;
 
-/// Distinct owners are interned past this many when more than twice the live entries.
-const INTERN_SLACK: usize = 4096;
-
 /// Socket address -> its owner, as the last system call or its listener named it.
 ///
-/// Many sockets, few processes: each entry holds a 4-byte index into a table of distinct
-/// owners instead of the 28-byte owner itself (with 162,000 open sockets the map takes
-/// about 4 MB instead of 10.5 MB). The table forgets owners no entry uses once it holds more
-/// than twice as many as there are entries, so it stays bounded as processes come and go.
+/// Each entry holds an id into a table of distinct owners ([`Interner`]) instead of the
+/// owner itself (with 162,000 open sockets the map takes about 4 MB instead of 10.5 MB).
 /// The tests run random event sequences against the plain map this replaced.
 #[derive(Default)]
 pub struct Owners {
     by_sock: FxHashMap<u64, u32>,
-    distinct: Vec<Owner>,
-    ids: FxHashMap<Owner, u32>,
+    owners: Interner<Owner>,
 }
 
 impl Owners {
@@ -51,44 +48,14 @@ impl Owners {
     }
 
     fn intern(&mut self, owner: Owner) -> u32 {
-        if let Some(&id) = self.ids.get(&owner) {
-            return id;
+        if self.owners.wants_compaction(self.by_sock.len()) {
+            self.owners.compact(self.by_sock.values_mut());
         }
-        if self.distinct.len() >= INTERN_SLACK && self.distinct.len() >= 2 * self.by_sock.len() {
-            self.forget_unused();
-        }
-        // At most CAPACITY live entries, and compaction above keeps the table within twice
-        // that (plus the slack), far below u32::MAX.
-        let id = self.distinct.len() as u32;
-        self.distinct.push(owner);
-        self.ids.insert(owner, id);
-        id
-    }
-
-    /// Drops owners no entry refers to and renumbers the rest.
-    fn forget_unused(&mut self) {
-        let mut new_id = vec![u32::MAX; self.distinct.len()];
-        let mut kept = Vec::new();
-        for id in self.by_sock.values_mut() {
-            let old = *id as usize;
-            if new_id[old] == u32::MAX {
-                new_id[old] = kept.len() as u32;
-                kept.push(self.distinct[old]);
-            }
-            *id = new_id[old];
-        }
-        self.ids = kept
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (*o, i as u32))
-            .collect();
-        self.distinct = kept;
+        self.owners.id(owner)
     }
 
     fn get(&self, sock: u64) -> Option<Owner> {
-        self.by_sock
-            .get(&sock)
-            .map(|&id| self.distinct[id as usize])
+        self.by_sock.get(&sock).map(|&id| self.owners.get(id))
     }
 
     fn insert(&mut self, sock: u64, owner: Owner) {
@@ -319,9 +286,9 @@ mod tests {
         }
         // The table of distinct owners stayed bounded although 20,000 pids came and went.
         assert!(
-            interned.distinct.len() <= INTERN_SLACK.max(2 * interned.len()) + 1,
+            interned.owners.len() <= crate::intern::SLACK.max(2 * interned.len()) + 1,
             "{} distinct owners for {} entries",
-            interned.distinct.len(),
+            interned.owners.len(),
             interned.len()
         );
     }

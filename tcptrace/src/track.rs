@@ -13,7 +13,10 @@ use std::{collections::VecDeque, net::SocketAddr};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::decode::{Event, Kind, Owner, TcpState};
+use crate::{
+    decode::{Event, Kind, Owner, TcpState},
+    intern::Interner,
+};
 
 mod table;
 use table::Table;
@@ -245,7 +248,11 @@ impl OptNs {
 /// bench's mass close), so its size is most of the tool's memory.
 #[derive(Clone, Copy, Debug)]
 struct Sock {
-    conn: Conn,
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// The owner's id in the tracker's [`Interner`], or [`NO_OWNER`].
+    owner: u32,
+    side: Option<Side>,
     state: TcpState,
     /// When the current state was entered; `None` if first seen mid-life in this state.
     since_ns: OptNs,
@@ -293,6 +300,8 @@ const PARK_NS: u64 = 1_000_000;
 #[derive(Debug, Default)]
 pub struct Tracker {
     socks: Table<Sock>,
+    /// The distinct owners the tracked sockets refer to (see `intern`).
+    owners: Interner<Owner>,
     /// Closed connections waiting [`PARK_NS`] for a late reset event, oldest first.
     parked: VecDeque<(u64, Connection)>,
     pending_synack: FxHashMap<(SocketAddr, SocketAddr), PendingSynAck>,
@@ -318,9 +327,9 @@ impl Tracker {
     pub fn sockets_in(&self, state: TcpState) -> Vec<(Option<u64>, Conn)> {
         let mut v: Vec<_> = self
             .socks
-            .values()
-            .filter(|s| s.state == state)
-            .map(|s| (s.since_ns.get(), s.conn))
+            .iter()
+            .filter(|(_, s)| s.state == state)
+            .map(|(k, s)| (s.since_ns.get(), s.conn(k, &self.owners)))
             .collect();
         v.sort_by_key(|(since, c)| (since.unwrap_or(0), c.sock));
         v
@@ -356,9 +365,11 @@ impl Tracker {
             Kind::SynRetransmit => {
                 let s = self.sock_mut(ev, TcpState::SynSent);
                 s.retransmits += 1;
+                let s = *s;
+                let conn = s.conn(ev.sock, &self.owners);
                 out.push(Fact::SynRetransmit {
                     ts_ns: ev.ts_ns,
-                    conn: s.conn,
+                    conn,
                 });
             }
             Kind::SynAckRetransmit => {
@@ -388,7 +399,7 @@ impl Tracker {
                         } else {
                             s.reset_received = true;
                         }
-                        s.conn
+                        s.conn(ev.sock, &self.owners)
                     }
                     (None, Some(c)) => {
                         c.close = if sent {
@@ -411,15 +422,34 @@ impl Tracker {
 
     /// The tracked socket for `ev`, created (as first seen mid-life in `state`) if unknown.
     fn sock_mut(&mut self, ev: &Event, state: TcpState) -> &mut Sock {
+        let owner = self.owner_id(ev.owner);
         let stats = &mut self.stats;
         self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
-            Sock::new(conn_of(ev, side_from_state(state)), state, None, ev.ts_ns)
+            Sock::new(ev, owner, side_from_state(state), state, None, ev.ts_ns)
         })
+    }
+
+    /// The interned id of an event's owner; first forgets owners no tracked socket refers
+    /// to, when there are many of them.
+    fn owner_id(&mut self, owner: Option<Owner>) -> u32 {
+        let Some(o) = owner else {
+            return NO_OWNER;
+        };
+        if self.owners.wants_compaction(self.socks.len()) {
+            self.owners.compact(
+                self.socks
+                    .values_mut()
+                    .map(|s| &mut s.owner)
+                    .filter(|id| **id != NO_OWNER),
+            );
+        }
+        self.owners.id(o)
     }
 
     fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState, out: &mut Vec<Fact>) {
         let ts = ev.ts_ns;
+        let owner = self.owner_id(ev.owner);
         let restart = matches!(
             (old, new),
             (TcpState::Close, TcpState::SynSent)
@@ -441,7 +471,7 @@ impl Tracker {
                 TcpState::SynRecv => Some(Side::Server),
                 _ => None,
             };
-            let mut s = Sock::new(conn_of(ev, side), new, Some(ts), ts);
+            let mut s = Sock::new(ev, owner, side, new, Some(ts), ts);
             if side.is_some() {
                 s.opened_ns = OptNs::new(Some(ts));
             }
@@ -452,7 +482,7 @@ impl Tracker {
             }
             out.push(Fact::Transition {
                 ts_ns: ts,
-                conn: s.conn,
+                conn: s.conn(ev.sock, &self.owners),
                 old,
                 new,
                 dwell_ns: None,
@@ -465,15 +495,16 @@ impl Tracker {
         let stats = &mut self.stats;
         let s = self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
-            Sock::new(conn_of(ev, side_from_state(old)), old, None, ts)
+            Sock::new(ev, owner, side_from_state(old), old, None, ts)
         });
         // Keep the newest addresses and owner: a client's local port is 0 at CLOSE->SYN_SENT
         // (connect() sets the state before it picks the port).
-        s.conn.local = ev.local;
-        s.conn.remote = ev.remote;
-        if ev.owner.is_some() {
-            s.conn.owner = ev.owner;
+        s.local = ev.local;
+        s.remote = ev.remote;
+        if owner != NO_OWNER {
+            s.owner = owner;
         }
+        let conn = s.conn(ev.sock, &self.owners);
         let consistent = s.state == old;
         if !consistent {
             stats.gaps += 1;
@@ -489,7 +520,7 @@ impl Tracker {
         s.last_ns = s.last_ns.max(ts);
         out.push(Fact::Transition {
             ts_ns: ts,
-            conn: s.conn,
+            conn,
             old,
             new,
             dwell_ns: if consistent { dwell } else { None },
@@ -502,7 +533,7 @@ impl Tracker {
             s.phases[i] = OptNs::new(Some(d));
             out.push(Fact::Phase {
                 ts_ns: ts,
-                conn: s.conn,
+                conn,
                 phase: old,
                 dwell_ns: d,
             });
@@ -510,7 +541,7 @@ impl Tracker {
 
         // Handshakes.
         if new == TcpState::Established {
-            let handshake = match (s.conn.side, old) {
+            let handshake = match (s.side, old) {
                 (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => Some((
                     Side::Client,
                     s.opened_ns.get().map(|o| ts.saturating_sub(o)),
@@ -525,7 +556,7 @@ impl Tracker {
                 s.handshake_ns = OptNs::new(latency);
                 out.push(Fact::Handshake {
                     ts_ns: ts,
-                    conn: s.conn,
+                    conn,
                     side,
                     latency_ns: latency,
                     retransmits: s.retransmits,
@@ -549,14 +580,11 @@ impl Tracker {
                     TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
                 );
             if time_wait {
-                out.push(Fact::TimeWait {
-                    ts_ns: ts,
-                    conn: s.conn,
-                });
+                out.push(Fact::TimeWait { ts_ns: ts, conn });
             }
             let close = classify_close(&s, old);
             let c = Connection {
-                conn: s.conn,
+                conn,
                 opened_ns: s.opened_ns.get(),
                 closed_ns: ts,
                 handshake_ns: s.handshake_ns.get(),
@@ -622,10 +650,24 @@ impl Tracker {
     }
 }
 
+/// A tracked socket without an owner.
+const NO_OWNER: u32 = u32::MAX;
+
 impl Sock {
-    fn new(conn: Conn, state: TcpState, since_ns: Option<u64>, ts: u64) -> Self {
+    /// A socket as event `ev` shows it, its owner already interned as `owner`.
+    fn new(
+        ev: &Event,
+        owner: u32,
+        side: Option<Side>,
+        state: TcpState,
+        since_ns: Option<u64>,
+        ts: u64,
+    ) -> Self {
         Self {
-            conn,
+            local: ev.local,
+            remote: ev.remote,
+            owner,
+            side,
             state,
             since_ns: OptNs::new(since_ns),
             last_ns: ts,
@@ -635,6 +677,17 @@ impl Sock {
             phases: [OptNs::NONE; 5],
             reset_received: false,
             reset_sent: false,
+        }
+    }
+
+    /// The connection as facts name it.
+    fn conn(&self, sock: u64, owners: &Interner<Owner>) -> Conn {
+        Conn {
+            sock,
+            local: self.local,
+            remote: self.remote,
+            owner: (self.owner != NO_OWNER).then(|| owners.get(self.owner)),
+            side: self.side,
         }
     }
 }

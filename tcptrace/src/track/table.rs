@@ -77,6 +77,10 @@ impl<T> Table<T> {
         self.slab.iter().map(|(_, (_, v))| v)
     }
 
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slab.iter_mut().map(|(_, (_, v))| v)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
         self.slab.iter().map(|(_, (k, v))| (*k, v))
     }

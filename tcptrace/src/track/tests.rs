@@ -401,7 +401,7 @@ fn compact_optional_times_round_trip() {
     assert_eq!(OptNs::new(Some(u64::MAX)).get(), Some(u64::MAX - 1));
     // The reason for it: a tracked socket stays small.
     assert!(
-        std::mem::size_of::<Sock>() <= 192,
+        std::mem::size_of::<Sock>() <= 152,
         "{}",
         std::mem::size_of::<Sock>()
     );
@@ -456,4 +456,51 @@ fn a_million_distinct_sockets_stay_within_the_bound_and_evictions_show_in_the_su
         text.contains(&format!("{} evicted", N - held)),
         "the summary must show the evictions:\n{text}"
     );
+}
+
+#[test]
+fn owners_stay_right_when_the_owner_table_forgets_dead_processes() {
+    // 20,000 short connections, each of its own process, a few open at a time: the tracker's
+    // table of distinct owners is compacted many times, and every fact must still name the
+    // socket's own process.
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    let with_pid = |mut e: Event, pid: u32| {
+        e.owner = Some(Owner {
+            tgid: pid,
+            pid,
+            comm: Comm::from_str_lossy("worker"),
+            source: OwnerSource::Current,
+        });
+        e
+    };
+    for i in 0..20_000u64 {
+        let sock = i % 7 + 1;
+        let pid = i as u32 + 100;
+        t.process(
+            &with_pid(st(i * 10, sock, S::Close, S::SynSent), pid),
+            &mut out,
+        );
+        let mut e = st(i * 10 + 1, sock, S::SynSent, S::Established);
+        e.owner = None; // softirq: the tracker keeps the owner it has
+        t.process(&e, &mut out);
+        t.process(
+            &with_pid(st(i * 10 + 2, sock, S::Established, S::FinWait1), pid),
+            &mut out,
+        );
+        let mut e = st(i * 10 + 3, sock, S::FinWait1, S::FinWait2);
+        e.owner = None;
+        t.process(&e, &mut out);
+        let mut e = st(i * 10 + 4, sock, S::FinWait2, S::Close);
+        e.owner = None;
+        t.process(&e, &mut out);
+    }
+    let mut closed = 0;
+    for f in &out {
+        let want = (f.ts_ns() / MS / 10) as u32 + 100;
+        assert_eq!(f.conn().owner.map(|o| o.tgid), Some(want), "{f:?}");
+        closed += u32::from(matches!(f, Fact::Closed(_)));
+    }
+    assert_eq!(closed, 20_000);
+    assert!(t.owners.len() <= crate::intern::SLACK, "{}", t.owners.len());
 }
