@@ -190,7 +190,7 @@ fn run_record(args: RecordArgs) -> Result<()> {
 }
 
 async fn record(args: RecordArgs, filter: Filter) -> Result<()> {
-    let mut live = LiveRun::start(&filter, None)?;
+    let mut live = LiveRun::start(&filter, args.ring_kib)?;
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;
