@@ -586,12 +586,13 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn memory_stays_flat_under_sustained_churn() {
     // A short soak (the bench's `--soak 600` is the long one): 24 s of loopback churn beside `watch --per none`, RSS sampled every second. After warming up
-    // (groups, histograms and hash tables reach their working size in the first seconds) the
-    // second half must not grow: a leak of even 100 bytes per connection would add several
-    // MiB here.
+    // (hash tables reach their working size within a second; groups, up to 1,024 per
+    // dimension, and their histograms fill for longer: about 0.6 MB over the second half at
+    // 10,000 connections/s) the second half must grow less than 2 MiB: some 100,000
+    // connections go by in it, so a leak of 20 bytes per connection fails the test.
     require_root();
     const SECS: u64 = 24;
-    const GROWTH_BOUND: f64 = 1024.0 * 1024.0;
+    const GROWTH_BOUND: f64 = 2.0 * 1024.0 * 1024.0;
     let l = std::sync::Arc::new(listener(Ipv4Addr::LOCALHOST.into()));
     let port = l.local_addr().expect("addr").port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "none"]);
