@@ -18,6 +18,8 @@ use crate::{
     intern::Interner,
 };
 
+// A path, so that the fuzz crate, which compiles this file through `#[path]`, finds it too.
+#[path = "track/table.rs"]
 mod table;
 use table::Table;
 
