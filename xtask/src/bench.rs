@@ -658,6 +658,16 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
                     notes.push("transitions estimated from tcptrace's per-connection count".into());
                 }
                 notes.push(format!("{:.2} CPU-s incl. start-up", t.total_cpu_secs));
+                if r.config == Config::Top {
+                    // Seen on a 2-core VM with sched_autogroup_enabled=1: `watch --per none`
+                    // started under setsid lost 83% of the churn's events where the same
+                    // command in the bench's session lost none.
+                    notes.push(
+                        "runs in its own session (setsid, for its controlling terminal), so \
+                         in its own scheduler autogroup where that is enabled"
+                            .into(),
+                    );
+                }
                 if let Some(n) = &t.note {
                     notes.push(n.clone());
                 }
