@@ -878,7 +878,7 @@ impl Dashboard {
                     .collect(),
             })
             .collect();
-        let mut peers: Vec<_> = recent.by_peer().iter().collect();
+        let mut peers: Vec<_> = recent.by_peer().collect();
         peers.sort_by(|a, b| b.1.connections.cmp(&a.1.connections).then(a.0.cmp(b.0)));
         groups.push(GroupTable {
             dimension: DIMENSIONS[3],
