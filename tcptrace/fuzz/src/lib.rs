@@ -18,6 +18,8 @@ pub mod counters;
 pub mod decode;
 #[path = "../../src/host.rs"]
 pub mod host;
+#[path = "../../src/intern.rs"]
+pub mod intern;
 #[path = "../../src/outfile.rs"]
 pub mod outfile;
 #[path = "../../src/record.rs"]
