@@ -20,7 +20,10 @@ use std::{
     io,
     path::{Path, PathBuf},
     rc::Rc,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -32,15 +35,18 @@ use tokio::{
 };
 
 use crate::{
+    cli::SampleArgs,
     clock::{self, Clock},
     collect::Collector,
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
     decode::{self, Event, TcpState},
+    listeners::Sample,
     pipeline::Pipeline,
     recent::Recent,
     record::{self, Replay},
     sink::{Shared, Sink},
+    sockdiag::{Sampler, SamplerConfig},
     summary::{Snapshot, SnapshotOptions},
 };
 
@@ -337,6 +343,38 @@ pub struct LiveRun {
     stopper: Stopper,
     resetter: Resetter,
     publish: Option<Publish>,
+    /// The socket-table sampler's thread and its samples, when started.
+    sampler: Option<SamplerRun>,
+}
+
+/// A running socket-table sampler (`sockdiag`).
+struct SamplerRun {
+    rx: mpsc::UnboundedReceiver<Sample>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SamplerRun {
+    /// Stops the thread and returns the samples it sent meanwhile.
+    fn finish(&mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let mut rest = Vec::new();
+        while let Ok(s) = self.rx.try_recv() {
+            rest.push(s);
+        }
+        rest
+    }
+}
+
+/// The next sample, or never when no sampler runs.
+async fn next_sample(s: &mut Option<SamplerRun>) -> Option<Sample> {
+    match s {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a finished run leaves for its front end.
@@ -411,12 +449,53 @@ impl LiveRun {
             stopper: Stopper::default(),
             resetter: Resetter::default(),
             publish: None,
+            sampler: None,
         })
     }
 
     /// Converts the events' monotonic timestamps to wall-clock time.
     pub fn clock(&self) -> Clock {
         self.clock
+    }
+
+    /// Starts the socket-table sampler as `args` say (nothing with `--no-sample`, and nothing
+    /// for a replay, whose recording carries its samples). A sampler that cannot start is a
+    /// warning: the tracing goes on without listener figures.
+    pub fn sample(&mut self, args: &SampleArgs) {
+        if args.no_sample || !matches!(self.source, Source::Kernel(_)) {
+            return;
+        }
+        let cfg = SamplerConfig {
+            interval: args.sample_interval,
+            netns: args.netns.clone(),
+            all_netns: args.all_netns,
+        };
+        let sampler = match Sampler::open(cfg) {
+            Ok((s, warnings)) => {
+                for w in warnings {
+                    log::warn!("{w}");
+                }
+                s
+            }
+            Err(e) => {
+                log::warn!("{e}; listener and TIME_WAIT figures are not collected");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        match sampler.spawn(tx, Arc::clone(&stop)) {
+            Ok(t) => {
+                self.sampler = Some(SamplerRun {
+                    rx,
+                    stop,
+                    thread: Some(t),
+                });
+            }
+            Err(e) => log::warn!(
+                "cannot start the socket-table sampler thread: {e}; listener and TIME_WAIT figures are not collected"
+            ),
+        }
     }
 
     /// Adds a sink; sinks see events and facts in the order they were added.
@@ -540,6 +619,7 @@ impl LiveRun {
                         publish(p, &pipeline, &counters, now - started, now_ns(source));
                     }
                 }
+                Some(s) = next_sample(&mut self.sampler) => pipeline.push_sample(&s),
                 n = read(source, &mut pipeline) => {
                     match n? {
                         Some(n) => read_since_tick += n,
@@ -555,6 +635,11 @@ impl LiveRun {
         // Whatever the kernel wrote before we stopped is still ours to count.
         if let Source::Kernel(collector) = source {
             collector.drain(|bytes| pipeline.push_bytes(bytes));
+        }
+        if let Some(s) = &mut self.sampler {
+            for sample in s.finish() {
+                pipeline.push_sample(&sample);
+            }
         }
         pipeline.finish();
         let counters = counters_of(source)?;

@@ -18,6 +18,7 @@ mod docs;
 mod export;
 mod generate;
 mod host;
+mod listeners;
 mod live;
 mod owners;
 mod pipeline;
@@ -28,6 +29,7 @@ mod reorder;
 mod report;
 mod serve;
 mod sink;
+mod sockdiag;
 mod stream;
 mod summary;
 mod timeline;
@@ -123,6 +125,7 @@ fn say_ready(duration: Option<std::time::Duration>) {
 /// `watch`: the line stream (if any) and, with `--svg`, the chart timeline.
 async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
+    live.sample(&args.sample);
     let clock = live.clock();
     say_ready(args.duration);
     let style = match args.format {
@@ -175,6 +178,7 @@ fn run_record(args: RecordArgs) -> Result<()> {
 
 async fn record(args: RecordArgs, filter: Filter) -> Result<()> {
     let mut live = LiveRun::start(&filter, None)?;
+    live.sample(&args.sample);
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;

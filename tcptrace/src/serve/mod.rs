@@ -56,6 +56,7 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<()> {
         );
     }
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
+    live.sample(&args.sample);
     let opts = SnapshotOptions {
         top_n: args.summary.top,
         detail: Some(DetailOptions {
