@@ -153,9 +153,24 @@ impl ReplayControl {
     }
 }
 
+/// A recorded event or socket-table sample, in file order.
+enum Item {
+    Event(Event),
+    Sample(Box<Sample>),
+}
+
+impl Item {
+    fn ts_ns(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.ts_ns,
+            Self::Sample(s) => s.ts_ns,
+        }
+    }
+}
+
 /// What the reader thread sends.
 enum Batch {
-    Events(Vec<Event>),
+    Events(Vec<Item>),
     End(Box<Result<Replay, record::RecordingError>>),
 }
 
@@ -167,7 +182,7 @@ const REPLAY_BATCH: usize = 1024;
 /// clock reaches its timestamp.
 struct Replayer {
     rx: mpsc::Receiver<Batch>,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Item>,
     speed: Speed,
     control: ReplayControl,
     /// Playback clock: at `.0` the position was `.1` (event time); `None` before the first
@@ -186,15 +201,23 @@ impl Replayer {
         std::thread::Builder::new()
             .name("replay-reader".to_owned())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(REPLAY_BATCH);
-                let mut open = true;
-                let end = record::replay(&path, false, |ev| {
-                    batch.push(ev);
-                    if batch.len() == REPLAY_BATCH && open {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
-                        open = tx.blocking_send(Batch::Events(full)).is_ok();
+                let batch = RefCell::new(Vec::with_capacity(REPLAY_BATCH));
+                let open = Cell::new(true);
+                let push = |item: Item| {
+                    let mut b = batch.borrow_mut();
+                    b.push(item);
+                    if b.len() == REPLAY_BATCH && open.get() {
+                        let full = std::mem::replace(&mut *b, Vec::with_capacity(REPLAY_BATCH));
+                        open.set(tx.blocking_send(Batch::Events(full)).is_ok());
                     }
-                });
+                };
+                let end = record::replay_with(
+                    &path,
+                    false,
+                    |ev| push(Item::Event(ev)),
+                    |s| push(Item::Sample(Box::new(s))),
+                );
+                let (batch, open) = (batch.into_inner(), open.get());
                 if open && !batch.is_empty() {
                     let _ = tx.blocking_send(Batch::Events(batch));
                 }
@@ -232,7 +255,7 @@ impl Replayer {
         if self.pending.is_empty() && self.end.is_some() {
             self.released_ns
         } else {
-            pos.min(self.pending.front().map_or(u64::MAX, |e| e.ts_ns))
+            pos.min(self.pending.front().map_or(u64::MAX, Item::ts_ns))
                 .max(self.released_ns)
         }
     }
@@ -284,18 +307,21 @@ impl Replayer {
             if self.anchor.is_none()
                 && let Some(first) = self.pending.front()
             {
-                self.anchor = Some((now, first.ts_ns));
+                self.anchor = Some((now, first.ts_ns()));
             }
             self.apply_control(now);
             let pos = self.position(now);
             let mut n = 0;
             while n < REPLAY_BATCH
-                && let Some(ev) = self.pending.front()
-                && ev.ts_ns <= pos
+                && let Some(item) = self.pending.front()
+                && item.ts_ns() <= pos
             {
-                if let Some(ev) = self.pending.pop_front() {
-                    self.released_ns = self.released_ns.max(ev.ts_ns);
-                    pipeline.push_ordered(ev);
+                if let Some(item) = self.pending.pop_front() {
+                    self.released_ns = self.released_ns.max(item.ts_ns());
+                    match item {
+                        Item::Event(ev) => pipeline.push_ordered(ev),
+                        Item::Sample(s) => pipeline.push_sample(&s),
+                    }
                     n += 1;
                 }
             }
@@ -308,9 +334,9 @@ impl Replayer {
             }
             let changed = self.control.0.changed.notified();
             match (self.pending.front(), self.anchor, self.speed) {
-                (Some(ev), Some((at, apos)), Speed::Times(x)) if !self.paused => {
+                (Some(item), Some((at, apos)), Speed::Times(x)) if !self.paused => {
                     let wait =
-                        Duration::from_nanos((ev.ts_ns.saturating_sub(apos) as f64 / x) as u64);
+                        Duration::from_nanos((item.ts_ns().saturating_sub(apos) as f64 / x) as u64);
                     tokio::select! {
                         () = tokio::time::sleep_until(at + wait) => {}
                         () = changed => {}

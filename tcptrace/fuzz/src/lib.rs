@@ -18,6 +18,8 @@ pub mod counters;
 pub mod decode;
 #[path = "../../src/host.rs"]
 pub mod host;
+#[path = "../../src/listeners.rs"]
+pub mod listeners;
 #[path = "../../src/record.rs"]
 pub mod record;
 #[path = "../../src/sink.rs"]
