@@ -122,7 +122,8 @@ fn ip_bytes(a: &SocketAddr) -> [u8; 16] {
 /// ```
 ///
 /// kind: 1 state (old -> new), 2 SYN retransmit, 3 SYN-ACK retransmit, 4 reset received,
-/// 5 reset sent (old = the state it was sent in, 0 if unknown). States are the kernel's
+/// 5 reset sent (old = the state it was sent in, 0 if unknown), 6 listen overflow drop (since
+/// version 3; the local address is the listener's, the remote one zero). States are the kernel's
 /// numbers, 0 where there is none. Owner source: 0 none (tgid, pid and comm zero), 1 current,
 /// 2 cached, 3 listener, 4 proc. Flags: bit 0 says srtt_us is present. An IPv4 address uses
 /// the first 4 of its 16 bytes. Every byte a field does not use is zero.
@@ -151,6 +152,7 @@ pub fn encode(ev: &Event, out: &mut [u8; RECORD_SIZE]) {
         Kind::SynAckRetransmit => (3, 0, 0),
         Kind::ResetReceived => (4, 0, 0),
         Kind::ResetSent { state } => (5, state.map_or(0, |s| s as u8), 0),
+        Kind::ListenOverflow => (6, 0, 0),
     };
     out[81] = kind;
     out[82] = old;
@@ -225,11 +227,12 @@ pub fn decode(b: &[u8; RECORD_SIZE]) -> Result<Event, RecordError> {
             old: state(old)?,
             new: state(new)?,
         },
-        k @ 2..=4 => {
+        k @ (2..=4 | 6) => {
             zero(old == 0 && new == 0, "old/new")?;
             match k {
                 2 => Kind::SynRetransmit,
                 3 => Kind::SynAckRetransmit,
+                6 => Kind::ListenOverflow,
                 _ => Kind::ResetReceived,
             }
         }
@@ -865,6 +868,7 @@ mod tests {
             Kind::SynRetransmit,
             Kind::SynAckRetransmit,
             Kind::ResetReceived,
+            Kind::ListenOverflow,
         ] {
             a.kind = kind;
             v.push(a);

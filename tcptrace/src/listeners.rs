@@ -419,13 +419,6 @@ impl Listeners {
     }
 
     /// A handshake-completing packet to `local` was dropped: the accept queue was full.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the kfree_skb listen-overflow events are not wired yet"
-        )
-    )]
     pub fn overflow_drop(&mut self, local: &SocketAddr) {
         match self.find(local) {
             Some(l) => {

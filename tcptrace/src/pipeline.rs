@@ -60,6 +60,9 @@ impl Core {
                 *err = Some(e);
             }
         }
+        if ev.kind == Kind::ListenOverflow {
+            self.agg.listeners.overflow_drop(&ev.local);
+        }
         self.facts.clear();
         self.tracker.process(&ev, &mut self.facts);
         self.dispatch();

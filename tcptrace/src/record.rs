@@ -117,6 +117,7 @@ enum KindName {
     SynackRetransmit,
     ResetReceived,
     ResetSent,
+    ListenOverflow,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -203,6 +204,7 @@ impl EventLine {
             Kind::SynAckRetransmit => (KindName::SynackRetransmit, None, None, None),
             Kind::ResetReceived => (KindName::ResetReceived, None, None, None),
             Kind::ResetSent { state } => (KindName::ResetSent, None, None, state),
+            Kind::ListenOverflow => (KindName::ListenOverflow, None, None, None),
         };
         let owner = ev.owner.map(|o| {
             let text = comm_is_text(&o.comm);
@@ -253,6 +255,7 @@ impl EventLine {
             KindName::SynackRetransmit => Kind::SynAckRetransmit,
             KindName::ResetReceived => Kind::ResetReceived,
             KindName::ResetSent => Kind::ResetSent { state: self.state },
+            KindName::ListenOverflow => Kind::ListenOverflow,
         };
         let owner = match &self.owner {
             None => None,
