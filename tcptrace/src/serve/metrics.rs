@@ -225,6 +225,9 @@ impl Collector for SnapshotCollector {
             }),
         )?;
 
+        if !sum.listeners.is_empty() {
+            listener_metrics(e, &sum.listeners)?;
+        }
         let Some(d) = &snap.detail else {
             return Ok(());
         };
@@ -461,6 +464,141 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// Most listener ports given series of their own (the lowest ports first); the rest are
+/// summed under port="other".
+pub const MAX_LISTENER_PORTS: usize = 64;
+
+/// Listener and TIME_WAIT figures from the socket-table sampler (absent when it is off).
+/// Labels: the listener's port (listeners on one port in several namespaces or addresses
+/// are summed) and the namespace's name for the per-namespace figures; both bounded.
+fn listener_metrics(
+    e: &mut DescriptorEncoder,
+    l: &crate::listeners::ListenersSummary,
+) -> fmt::Result {
+    use std::collections::BTreeMap;
+    #[derive(Default, Clone, Copy)]
+    struct PortFig {
+        accept: u64,
+        accept_max: u64,
+        backlog: u64,
+        syn_recv: u64,
+        synack: u64,
+        drops: u64,
+    }
+    let mut ports: BTreeMap<u16, PortFig> = BTreeMap::new();
+    for x in &l.listeners {
+        let f = ports.entry(x.port).or_default();
+        f.accept += u64::from(x.accept_queue_now);
+        f.accept_max += u64::from(x.accept_queue_max);
+        f.backlog += u64::from(x.backlog);
+        f.syn_recv += u64::from(x.syn_recv_now);
+        f.synack += x.synack_retransmits;
+        f.drops += x.overflow_drops;
+    }
+    let mut rows: Vec<(String, PortFig)> = Vec::new();
+    let mut other = PortFig::default();
+    for (i, (p, f)) in ports.into_iter().enumerate() {
+        if i < MAX_LISTENER_PORTS {
+            rows.push((p.to_string(), f));
+        } else {
+            other.accept += f.accept;
+            other.accept_max += f.accept_max;
+            other.backlog += f.backlog;
+            other.syn_recv += f.syn_recv;
+            other.synack += f.synack;
+            other.drops += f.drops;
+        }
+    }
+    if rows.len() == MAX_LISTENER_PORTS && other.backlog > 0 {
+        rows.push(("other".to_owned(), other));
+    }
+    let by_port = |pick: fn(&PortFig) -> u64| {
+        rows.iter()
+            .map(move |(p, f)| ([("port", p.as_str())], pick(f) as f64))
+            .collect::<Vec<_>>()
+    };
+    gauges(
+        e,
+        "listener_accept_queue",
+        "Connections waiting for accept() at the last socket-table sample, by listening port.",
+        by_port(|f| f.accept),
+    )?;
+    gauges(
+        e,
+        "listener_accept_queue_max",
+        "The longest accept queue seen in any sample since start, by listening port.",
+        by_port(|f| f.accept_max),
+    )?;
+    gauges(
+        e,
+        "listener_backlog",
+        "The accept queue's limit (listen() backlog capped by somaxconn), by listening port.",
+        by_port(|f| f.backlog),
+    )?;
+    gauges(
+        e,
+        "listener_syn_recv",
+        "Half-open connections (request sockets in SYN_RECV) at the last sample, by port.",
+        by_port(|f| f.syn_recv),
+    )?;
+    counters(
+        e,
+        "listener_synack_retransmits",
+        "SYN-ACKs retransmitted for connections to the listener, by port.",
+        rows.iter().map(|(p, f)| ([("port", p.as_str())], f.synack)),
+    )?;
+    counters(
+        e,
+        "listener_overflow_drops",
+        "Accept-queue overflow drops seen by skb:kfree_skb (reason TCP_LISTEN_OVERFLOW), by \
+         port (0 on kernels that do not report that reason; see netstat_increase).",
+        rows.iter().map(|(p, f)| ([("port", p.as_str())], f.drops)),
+    )?;
+    counters(
+        e,
+        "netstat_increase",
+        "Increase since the first sample of the namespace's TcpExt listener counters \
+         (/proc/net/netstat), by namespace and counter.",
+        l.namespaces.iter().flat_map(|ns| {
+            let values = ns.counters_delta.map(|d| d.values()).unwrap_or_default();
+            crate::listeners::Netstat::NAMES
+                .iter()
+                .zip(values)
+                .map(move |(k, v)| ([("netns", ns.name.as_str()), ("counter", *k)], v))
+        }),
+    )?;
+    gauges(
+        e,
+        "time_wait_sockets",
+        "Sockets in TIME_WAIT at the last sample, by namespace.",
+        l.namespaces
+            .iter()
+            .map(|ns| ([("netns", ns.name.as_str())], f64::from(ns.time_wait.now))),
+    )?;
+    gauges(
+        e,
+        "time_wait_remaining_sockets",
+        "TIME_WAIT sockets at the last sample by remaining timer, in 5-second buckets \
+         (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
+        l.namespaces.iter().flat_map(|ns| {
+            ns.time_wait
+                .remaining_now
+                .iter()
+                .enumerate()
+                .map(move |(i, n)| {
+                    let upto = if i + 1 == crate::listeners::TW_BUCKETS {
+                        "inf".to_owned()
+                    } else {
+                        ((i as u32 + 1) * crate::listeners::TW_BUCKET_MS / 1000).to_string()
+                    };
+                    ((ns.name.clone(), upto), f64::from(*n))
+                })
+                .map(|((ns, upto), n)| ([("netns", ns), ("upto_s", upto)], n))
+        }),
+    )?;
+    Ok(())
 }
 
 const NO_LABELS: [(&str, &str); 0] = [];
@@ -706,6 +844,69 @@ mod tests {
         );
         assert!(out.status.success(), "promtool check metrics: {said}");
         assert!(said.trim().is_empty(), "promtool has remarks: {said}");
+    }
+
+    #[test]
+    fn listener_and_time_wait_metrics_come_from_samples_and_promtool_accepts_them() {
+        use crate::listeners::{
+            Netstat,
+            tests::{listener, sample},
+        };
+        let mut p = Pipeline::new(Vec::new());
+        let n = |o: u64| Netstat {
+            listen_overflows: o,
+            ..Netstat::default()
+        };
+        p.push_sample(&sample(1, vec![listener("10.0.0.1:8080", 3, 4, 2)], n(10)));
+        p.push_sample(&sample(2, vec![listener("10.0.0.1:8080", 1, 4, 0)], n(17)));
+        p.finish();
+        let opts = SnapshotOptions {
+            top_n: 5,
+            detail: None,
+            dashboard: false,
+        };
+        let snap = Arc::new(Snapshot::build_at(
+            &p,
+            &Counters::default(),
+            &opts,
+            Duration::from_secs(2),
+            2_000_000_000,
+        ));
+        let t = text(snap);
+        for line in [
+            "tcptrace_listener_accept_queue{port=\"8080\"} 1",
+            "tcptrace_listener_accept_queue_max{port=\"8080\"} 3",
+            "tcptrace_listener_backlog{port=\"8080\"} 4",
+            "tcptrace_listener_syn_recv{port=\"8080\"} 0",
+            "tcptrace_netstat_increase_total{netns=\"host\",counter=\"ListenOverflows\"} 7",
+            "tcptrace_time_wait_sockets{netns=\"host\"} 3",
+            "tcptrace_time_wait_remaining_sockets{netns=\"host\",upto_s=\"5\"} 1",
+            "tcptrace_time_wait_remaining_sockets{netns=\"host\",upto_s=\"60\"} 2",
+        ] {
+            assert!(t.contains(line), "no {line:?} in:\n{t}");
+        }
+        // Without samples, none of these series exist.
+        assert!(!text(fixture()).contains("tcptrace_listener_"));
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (cargo xtask setup --test-packages)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(t.as_bytes())
+            .expect("writing to promtool");
+        let out = child.wait_with_output().expect("promtool runs");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}"
+        );
     }
 
     #[test]
