@@ -1,5 +1,6 @@
 //! SVG charts of a run (plotters' SVG backend, rendered into a `String`) and an `index.html`
-//! that shows the summary table and every chart. One module per chart; sizes, fonts and
+//! that shows the summary table and every chart (the listeners chart only when the run has
+//! socket-table samples). One module per chart; sizes, fonts and
 //! colours live here.
 //!
 //! Fonts: plotters is built without its `ttf` feature, so it lays text out with a fixed size
@@ -10,6 +11,7 @@
 
 mod handshake;
 mod index;
+mod listeners;
 mod slowest;
 mod states;
 mod teardown;
@@ -277,8 +279,17 @@ pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
         ("states.svg", "TCP state machine", states::render),
         ("slowest.svg", "Slowest ports and peers", slowest::render),
     ];
+    // The listeners chart only when the socket-table sampler ran (older recordings and
+    // --no-sample runs keep the five charts they always had).
+    let sampled: Option<(&'static str, &'static str, RenderFn)> = (input.agg.listeners.samples > 0)
+        .then_some((
+            "listeners.svg",
+            "Listeners and TIME_WAIT",
+            listeners::render,
+        ));
     charts
         .into_iter()
+        .chain(sampled)
         .map(|(file, title, f)| {
             let svg = f(input).map_err(|e| anyhow!("drawing {file}: {e}"))?;
             Ok(Chart { file, title, svg })
