@@ -89,6 +89,8 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .bold_line_style(GRID_BOLD)
                 .y_desc("sockets / per sample")
                 .x_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{v:.0}"))
+                .y_label_formatter(&|v| format!("{v:.0}"))
                 .label_style(font(TICK_SIZE))
                 .axis_desc_style(font(LABEL_SIZE * 0.8))
                 .draw()?;
@@ -142,7 +144,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                         PathElement::new([(x, y), (x + 16, y)], c.stroke_width(3))
                     });
             }
-            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         let area = &panels[rows - 1];
         if l.namespaces.values().all(|n| n.history.is_empty()) {
@@ -173,6 +175,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
             .bold_line_style(GRID_BOLD)
             .x_desc("seconds since the first sample")
             .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style(font(TICK_SIZE))
             .axis_desc_style(font(LABEL_SIZE * 0.8))
             .draw()?;
