@@ -90,7 +90,6 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .y_desc("sockets / per sample")
                 .x_label_formatter(&|v| format!("{v:.0}"))
                 .y_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| format!("{v:.0}"))
                 .label_style(font(TICK_SIZE))
                 .axis_desc_style(font(LABEL_SIZE * 0.8))
                 .draw()?;
