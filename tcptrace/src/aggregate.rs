@@ -224,31 +224,98 @@ impl std::fmt::Display for GroupKey {
 }
 
 /// One grouping dimension with its cap.
+///
+/// Looked up for every fact (twice: a port dimension and the process), so the hot path does
+/// not hash: a port key finds its group through a 64 Ki-entry index, and a process key
+/// through the last process seen (a churning host's facts mostly come from a few
+/// processes); other keys, and misses, go through the hash index. The test
+/// `groups_match_a_plain_hash_map` holds this to the plain `HashMap<GroupKey, Stats>` it
+/// replaces.
 #[derive(Clone, Debug, Default)]
 pub struct Groups {
-    pub map: FxHashMap<GroupKey, Stats>,
-    /// Keys in the order they first appeared: a stable choice of "the first N" for exports
-    /// whose series must not come and go (`serve --group-processes`).
+    /// Each group's figures, in the order its key first appeared.
+    stats: Vec<Stats>,
+    /// Keys in the order they first appeared (`order[i]` is the key of `stats[i]`): a stable
+    /// choice of "the first N" for exports whose series must not come and go
+    /// (`serve --group-processes`).
     pub order: Vec<GroupKey>,
+    index: FxHashMap<GroupKey, u32>,
+    /// Per port: 1 + the index of its group, 0 for none yet (allocated at the first port).
+    by_port: Vec<u32>,
+    /// The last process looked up, and its group's index.
+    last_process: Option<(Comm, u32)>,
 }
 
 impl Groups {
     fn get(&mut self, key: GroupKey) -> &mut Stats {
-        let key = if self.map.len() >= MAX_GROUPS && !self.map.contains_key(&key) {
+        let i = match &key {
+            GroupKey::Port(p) => match self.by_port.get(usize::from(*p)) {
+                Some(&n) if n > 0 => n - 1,
+                _ => {
+                    let i = self.slow_index(key.clone());
+                    if self.order[i as usize] == key {
+                        if self.by_port.is_empty() {
+                            self.by_port = vec![0; 1 << 16];
+                        }
+                        self.by_port[usize::from(*p)] = i + 1;
+                    }
+                    i
+                }
+            },
+            GroupKey::Process(c) => match self.last_process {
+                Some((last, i)) if last == *c => i,
+                _ => {
+                    let c = *c;
+                    let i = self.slow_index(key);
+                    if self.order[i as usize] == GroupKey::Process(c) {
+                        self.last_process = Some((c, i));
+                    }
+                    i
+                }
+            },
+            _ => self.slow_index(key),
+        };
+        &mut self.stats[i as usize]
+    }
+
+    /// The index of `key`'s group through the hash index, creating the group (or, beyond
+    /// [`MAX_GROUPS`], "other") if it is new.
+    fn slow_index(&mut self, key: GroupKey) -> u32 {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let key = if self.stats.len() >= MAX_GROUPS {
             GroupKey::Other
         } else {
             key
         };
-        let order = &mut self.order;
-        self.map.entry(key).or_insert_with_key(|k| {
-            order.push(k.clone());
-            Stats::new(2)
-        })
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = u32::try_from(self.stats.len()).unwrap_or(u32::MAX);
+        self.index.insert(key.clone(), i);
+        self.order.push(key);
+        self.stats.push(Stats::new(2));
+        i
+    }
+
+    /// The figures of one group.
+    pub fn find(&self, key: &GroupKey) -> Option<&Stats> {
+        self.index.get(key).map(|&i| &self.stats[i as usize])
+    }
+
+    /// Every group, in the order its key first appeared.
+    pub fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Stats)> {
+        self.order.iter().zip(&self.stats)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stats.len()
     }
 
     /// Groups sorted by connection count (then key), largest first.
     pub fn sorted(&self) -> Vec<(&GroupKey, &Stats)> {
-        let mut v: Vec<_> = self.map.iter().collect();
+        let mut v: Vec<_> = self.iter().collect();
         v.sort_by(|a, b| {
             let ca = a.1.connections() + a.1.handshake[0].count() + a.1.handshake[1].count();
             let cb = b.1.connections() + b.1.handshake[0].count() + b.1.handshake[1].count();
@@ -359,4 +426,87 @@ pub fn rows(s: &Stats) -> [&Hist; 7] {
         &s.phases[3],
         &s.phases[4],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain version `Groups` replaces: a hash map, capped as `Groups::get` caps.
+    #[derive(Default)]
+    struct PlainGroups {
+        map: FxHashMap<GroupKey, Stats>,
+        order: Vec<GroupKey>,
+    }
+
+    impl PlainGroups {
+        fn get(&mut self, key: GroupKey) -> &mut Stats {
+            let key = if self.map.len() >= MAX_GROUPS && !self.map.contains_key(&key) {
+                GroupKey::Other
+            } else {
+                key
+            };
+            let order = &mut self.order;
+            self.map.entry(key).or_insert_with_key(|k| {
+                order.push(k.clone());
+                Stats::new(2)
+            })
+        }
+    }
+
+    #[test]
+    fn groups_match_a_plain_hash_map() {
+        // Runs of repeated keys (the fast paths' hits), switches between a few ports and
+        // processes, new ports and addresses past MAX_GROUPS ("other"), all mixed.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let comm = |n: u64| Comm::from_str_lossy(&format!("proc{}", n % 7));
+        let (mut fast, mut plain) = (Groups::default(), PlainGroups::default());
+        for i in 0..20_000u64 {
+            let r = next();
+            let key = match r % 10 {
+                0..=2 => GroupKey::Port((r >> 8) as u16 % 4 + 8080),
+                3 => GroupKey::Port((r >> 8) as u16),
+                4..=6 => GroupKey::Process(comm(r >> 8)),
+                7 => GroupKey::Process(comm(i / 1000)),
+                8 => GroupKey::Addr(std::net::IpAddr::from([
+                    10,
+                    0,
+                    (r >> 8) as u8,
+                    (r >> 16) as u8,
+                ])),
+                _ => GroupKey::Other,
+            };
+            let repeat = 1 + (r >> 32) % 3;
+            for _ in 0..repeat {
+                let v = (r >> 20) % 1_000_000_000;
+                for s in [fast.get(key.clone()), plain.get(key.clone())] {
+                    s.syn_retransmits += 1;
+                    s.handshake[0].record_ns(v);
+                }
+            }
+        }
+        assert_eq!(plain.map.len(), MAX_GROUPS, "the cap was not reached");
+        assert_eq!(fast.order, plain.order);
+        assert_eq!(fast.len(), plain.map.len());
+        for (k, p) in &plain.map {
+            let f = fast.find(k).unwrap_or_else(|| panic!("{k:?} missing"));
+            assert_eq!(f.syn_retransmits, p.syn_retransmits, "{k:?}");
+            assert_eq!(
+                f.handshake[0].quantiles(),
+                p.handshake[0].quantiles(),
+                "{k:?}"
+            );
+        }
+        let fast_keys: Vec<_> = fast.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            fast_keys, plain.order,
+            "iteration is in first-appearance order"
+        );
+    }
 }

@@ -12,7 +12,12 @@ use tcptrace_common::MAX_FILTER_PORTS;
 ///
 /// Without a subcommand, tcptrace runs `watch`.
 #[derive(Parser, Debug)]
-#[command(name = "tcptrace", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "tcptrace",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_long_help = EXIT_CODES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -20,23 +25,43 @@ pub struct Cli {
     pub watch: WatchArgs,
 }
 
+/// The exit codes, for `--help` and the man pages (`exit::Exit` is the code side; the
+/// README has the same table).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    ended normally: --duration elapsed, q in top, a replay or a command done
+  1    error: could not start (privileges, kernel, tracefs) or a bad file; said on stderr
+  2    usage error: a bad flag or value
+  74   an output failed while running (e.g. the disk filled); summary still printed
+  101  internal error (a panic); the program is detached, summary printed where possible
+  129  SIGHUP (terminal or SSH session gone): summary and recording flushed first
+  130  SIGINT (Ctrl-C): summary and recording flushed first
+  141  stdout closed (e.g. `tcptrace watch | head -1`): summary still printed
+  143  SIGTERM: summary and recording flushed first";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Stream TCP state transitions (or finished connections) live; summary on exit.
+    #[command(after_long_help = EXIT_CODES)]
     Watch(WatchArgs),
     /// Record the transition stream to a file for `report` (binary; a name ending in .jsonl
     /// or .jsonl.zst writes JSON Lines).
+    #[command(after_long_help = EXIT_CODES)]
     Record(RecordArgs),
     /// Summary and charts from a recording; needs no root.
+    #[command(after_long_help = EXIT_CODES)]
     Report(ReportArgs),
     /// Serve Prometheus metrics (/metrics) of the live run until SIGTERM/SIGINT; summary on
     /// exit.
+    #[command(after_long_help = EXIT_CODES)]
     Serve(ServeArgs),
     /// Full-screen live dashboard: rates, handshakes, teardown, sockets per state, CLOSE_WAIT
     /// leaks, groups, recent closes (`--replay FILE` plays a recording; `--once` prints one
     /// snapshot).
+    #[command(after_long_help = EXIT_CODES)]
     Top(TopArgs),
     /// Convert a recording between binary and JSON Lines (the output's name picks the format).
+    #[command(after_long_help = EXIT_CODES)]
     Export(ExportArgs),
     /// Write a synthetic recording (for benchmarks and demos).
     #[command(hide = true)]
@@ -212,7 +237,8 @@ pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// The exit summary of a live run (`watch` and `record`).
+/// The exit summary of a live run (`watch`, `record`, `serve`, `top`), and the live run's
+/// hidden test hook.
 #[derive(Args, Debug, Clone)]
 pub struct SummaryArgs {
     /// Groups shown per dimension in the exit summary.
@@ -224,6 +250,11 @@ pub struct SummaryArgs {
     /// Write the summary to this file as JSON on exit (in addition to the text on stderr).
     #[arg(long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// Test hook (hidden): a sink panics on the Nth event, as a buggy output would; the
+    /// tests check that the run still detaches, restores the terminal, flushes the summary
+    /// and the recording, and exits with code 101.
+    #[arg(long, value_name = "N", hide = true)]
+    pub test_panic_after_events: Option<u64>,
 }
 
 impl Default for SummaryArgs {
@@ -232,6 +263,7 @@ impl Default for SummaryArgs {
             top: 5,
             no_summary: false,
             summary_json: None,
+            test_panic_after_events: None,
         }
     }
 }

@@ -42,6 +42,9 @@ fn public_command() -> clap::Command {
     if let Some(about) = full.get_long_about() {
         cmd = cmd.long_about(about.clone());
     }
+    if let Some(after) = full.get_after_long_help() {
+        cmd = cmd.after_long_help(after.clone());
+    }
     cmd
 }
 

@@ -87,7 +87,8 @@ fn csv(args: &ExportArgs, clock: crate::clock::Clock) -> Result<()> {
         Per::Connection => Unit::Connection,
         Per::None => anyhow::bail!("--per none writes no lines: use transition or connection"),
     };
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let file =
+        crate::outfile::create(out).with_context(|| format!("creating {}", out.display()))?;
     let stream = Stream::new(io::BufWriter::new(file), clock, Style::Csv, unit);
     let mut pipeline = Pipeline::new(vec![Box::new(stream)]);
     let replay = record::replay(&args.file, args.allow_truncated, |ev| {

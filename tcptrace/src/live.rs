@@ -1,7 +1,9 @@
 //! The one live loop every live front end shares (`watch`, `record`, `top`, `serve`).
 //!
 //! [`LiveRun::start`] does everything that needs the kernel (checks, load, attach, owners of
-//! sockets that predate the run) and installs the signal handlers; [`LiveRun::run`] then
+//! sockets that predate the run) and installs the signal handlers; once the front end has
+//! opened its outputs, [`LiveRun::drop_privileges`] gives up every capability (see
+//! `privileges`); [`LiveRun::run`] then
 //! feeds the events through the [`Pipeline`] until a signal, the deadline, a failed sink, the
 //! end of the input or the front end itself ([`Stopper`]) ends it, warns about lost events
 //! while it runs, and, when asked, publishes a [`Snapshot`] of the results once per interval
@@ -69,7 +71,8 @@ pub enum Stop {
     Deadline,
     /// The front end asked (e.g. `q` in `top`).
     Requested,
-    /// A sink failed (e.g. stdout closed by `| head`); see [`Finished::sink_error`].
+    /// A sink failed (e.g. stdout closed by `| head`) or panicked (`sink::guarded`); see
+    /// [`Finished::sink_error`] and `exit::Exit::of`.
     SinkFailed,
     /// The input ended (a replayed recording played to its end).
     End,
@@ -369,8 +372,12 @@ pub struct LiveRun {
     stopper: Stopper,
     resetter: Resetter,
     publish: Option<Publish>,
+    /// The socket-table sampler, opened at start-up (namespaces entered, sockets open) while
+    /// the capabilities are still held; its thread starts in [`LiveRun::run`].
+    sampler_opened: Option<Sampler>,
     /// The socket-table sampler's thread and its samples, when started.
     sampler: Option<SamplerRun>,
+    privileges_dropped: bool,
 }
 
 /// A running socket-table sampler (`sockdiag`).
@@ -475,8 +482,23 @@ impl LiveRun {
             stopper: Stopper::default(),
             resetter: Resetter::default(),
             publish: None,
+            sampler_opened: None,
             sampler: None,
+            privileges_dropped: false,
         })
+    }
+
+    /// Drops every capability the rest of the run does not need (see `privileges`): call
+    /// it once every output is open and every port bound; [`LiveRun::run`] calls it if the
+    /// front end has not. A failure is a warning: the run goes on with what it holds.
+    pub fn drop_privileges(&mut self) {
+        if std::mem::replace(&mut self.privileges_dropped, true) {
+            return;
+        }
+        let source = &self.source;
+        if let Err(e) = crate::privileges::drop_all(|| counters_of(source).is_ok()) {
+            log::warn!("could not drop capabilities after start-up: {e:#}");
+        }
     }
 
     /// Converts the events' monotonic timestamps to wall-clock time.
@@ -507,6 +529,15 @@ impl LiveRun {
                 log::warn!("{e}; listener and TIME_WAIT figures are not collected");
                 return;
             }
+        };
+        self.sampler_opened = Some(sampler);
+    }
+
+    /// Starts the opened sampler's thread. Called after the capabilities are dropped: they
+    /// belong to threads, and a thread started before would keep them.
+    fn start_sampler(&mut self) {
+        let Some(sampler) = self.sampler_opened.take() else {
+            return;
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -564,6 +595,8 @@ impl LiveRun {
 
     /// Runs until stopped, then drains what the kernel still holds and ends the input.
     pub async fn run(mut self, duration: Option<Duration>) -> Result<Finished> {
+        self.drop_privileges();
+        self.start_sampler();
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
         // Only the dashboard counts sockets that predate the run: other front ends do not
         // pay for matching every event against them.

@@ -15,13 +15,16 @@ mod config;
 mod counters;
 mod decode;
 mod docs;
+mod exit;
 mod export;
 mod generate;
 mod host;
 mod listeners;
 mod live;
+mod outfile;
 mod owners;
 mod pipeline;
+mod privileges;
 mod procfs;
 mod recent;
 mod record;
@@ -51,9 +54,10 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command, Format, Per, RecordArgs, SummaryArgs, WatchArgs},
     config::Filter,
+    exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
-    sink::Shared,
+    sink::{PanicAfter, Shared},
     stream::{Stream, Style, Unit},
     summary::Summary,
     timeline::Timeline,
@@ -75,30 +79,33 @@ fn main() -> ExitCode {
         })
         .init();
     let cli = Cli::parse();
+    let done = |r: Result<()>| r.map(|()| Exit::Done);
     let result = match cli.command {
         Some(Command::Watch(args)) => run_watch(args),
         Some(Command::Record(args)) => run_record(args),
-        Some(Command::Report(args)) => report::run(&args),
+        Some(Command::Report(args)) => done(report::run(&args)),
         Some(Command::Top(args)) => top::run(args),
         Some(Command::Serve(args)) => serve::run(args),
-        Some(Command::Export(args)) => export::run(&args),
-        Some(Command::GenerateRecording(args)) => generate::run(&args),
-        Some(Command::Completions(args)) => docs::completions(args.shell),
-        Some(Command::Man(args)) => docs::man(args.out.as_deref()),
+        Some(Command::Export(args)) => done(export::run(&args)),
+        Some(Command::GenerateRecording(args)) => done(generate::run(&args)),
+        Some(Command::Completions(args)) => done(docs::completions(args.shell)),
+        Some(Command::Man(args)) => done(docs::man(args.out.as_deref())),
         None => run_watch(cli.watch),
     };
+    // A panic outside a sink unwinds to here (dropping, so detaching, the program on the
+    // way) and exits with Rust's 101, which is `Exit::Internal`'s code.
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             eprintln!("tcptrace: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::ERROR)
         }
     }
 }
 
 /// Runs a live front end on a single-threaded runtime (the pipeline is not `Send`, and one
 /// thread keeps the tracer's own footprint small).
-fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
+fn block_on<F: Future<Output = Result<Exit>>>(f: F) -> Result<Exit> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -106,13 +113,16 @@ fn block_on<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
         .block_on(f)
 }
 
-fn run_watch(args: WatchArgs) -> Result<()> {
+fn run_watch(args: WatchArgs) -> Result<Exit> {
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     block_on(watch(args, filter))
 }
 
-/// The line every live front end prints once tracing has started (tests wait for it).
-fn say_ready(duration: Option<std::time::Duration>) {
+/// Drops the run's capabilities (every output must be open by now: see `privileges`), then
+/// prints the line every live front end prints once tracing has started (tests wait for
+/// it, and may check the capabilities right after it).
+fn say_ready(live: &mut LiveRun, duration: Option<std::time::Duration>) {
+    live.drop_privileges();
     eprintln!(
         "tcptrace: tracing TCP state transitions{}; Ctrl-C to stop",
         match duration {
@@ -122,12 +132,37 @@ fn say_ready(duration: Option<std::time::Duration>) {
     );
 }
 
+/// Adds the hidden test hook's panicking sink when asked (`--test-panic-after-events`).
+fn add_test_hooks(live: &mut LiveRun, args: &SummaryArgs) {
+    if let Some(n) = args.test_panic_after_events {
+        live.add_sink(Box::new(PanicAfter::new(n)));
+    }
+}
+
+/// Says on stderr why a run's output stopped, unless it was a closed pipe (which the exit
+/// code 141 says: the reader went away on purpose). `what` names the output.
+fn say_sink_error(done: &Finished, what: &str) {
+    if let Some(e) = done.sink_error() {
+        match Exit::of_sink_error(e) {
+            Exit::PipeClosed => {}
+            Exit::Internal => eprintln!("tcptrace: error: {e}"),
+            _ => eprintln!("tcptrace: error: {what} failed: {e}"),
+        }
+    }
+}
+
 /// `watch`: the line stream (if any) and, with `--svg`, the chart timeline.
-async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
+async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
     live.sample(&args.sample);
+    add_test_hooks(&mut live, &args.summary);
     let clock = live.clock();
-    say_ready(args.duration);
+    let summary_out = SummaryOut::open(&args.summary)?;
+    let svg = args
+        .svg
+        .as_deref()
+        .map(charts::OutDir::create)
+        .transpose()?;
     let style = match args.format {
         Format::Text => Style::Text,
         Format::Json => Style::Json,
@@ -144,22 +179,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
             Stream::new(out, clock, style, unit).wide(args.wide),
         ));
     }
-    let timeline = args.svg.as_ref().map(|_| {
+    let timeline = svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));
         live.add_sink(Box::new(Shared(Rc::clone(&t))));
         t
     });
+    say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
-    if let Some(e) = done.sink_error()
-        && e.kind() != io::ErrorKind::BrokenPipe
-    {
-        anyhow::bail!("writing the stream failed: {e}");
-    }
-    let summary = end_summary(&done, &args.summary)?;
-    if let (Some(dir), Some(t)) = (&args.svg, &timeline) {
+    let exit = Exit::of(&done);
+    let summary = summary_out.write(&done)?;
+    if let (Some(out), Some(t)) = (svg, &timeline) {
         let title = format!("live run on {}", host::host_name());
         charts::write_dir(
-            dir,
+            out,
             &summary,
             done.pipeline.aggregate(),
             &t.borrow(),
@@ -167,60 +199,97 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<()> {
             &title,
         )?;
     }
-    Ok(())
+    say_sink_error(&done, "writing the stream");
+    Ok(exit)
 }
 
 /// `record`: `watch` without a stream, plus a recording sink.
-fn run_record(args: RecordArgs) -> Result<()> {
+fn run_record(args: RecordArgs) -> Result<Exit> {
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     block_on(record(args, filter))
 }
 
-async fn record(args: RecordArgs, filter: Filter) -> Result<()> {
+async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, None)?;
     live.sample(&args.sample);
+    add_test_hooks(&mut live, &args.summary);
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;
     let recorder = Rc::new(RefCell::new(recorder));
     live.add_sink(Box::new(Shared(Rc::clone(&recorder))));
-    say_ready(args.duration);
+    let summary_out = SummaryOut::open(&args.summary)?;
+    say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
-    if let Some(e) = done.sink_error() {
-        anyhow::bail!("writing the recording {} failed: {e}", path.display());
-    }
-    recorder
+    let mut exit = Exit::of(&done);
+    // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
+    // ends with its end record wherever that can still be written.
+    let finished = recorder
         .borrow_mut()
-        .finish(done.counters, done.pipeline.undecodable())
-        .with_context(|| format!("finishing the recording {}", path.display()))?;
-    end_summary(&done, &args.summary)?;
-    Ok(())
+        .finish(done.counters, done.pipeline.undecodable());
+    summary_out.write(&done)?;
+    say_sink_error(&done, &format!("writing the recording {}", path.display()));
+    if let Err(e) = finished {
+        eprintln!(
+            "tcptrace: error: finishing the recording {} failed: {e:#}",
+            path.display()
+        );
+        if exit != Exit::Internal {
+            exit = Exit::OutputFailed;
+        }
+    }
+    Ok(exit)
 }
 
-/// Builds the exit summary of a live run and prints or writes it as `--no-summary` and
-/// `--summary-json` say.
-fn end_summary(done: &Finished, args: &SummaryArgs) -> Result<Summary> {
-    let p = &done.pipeline;
-    let summary = Summary::build(
-        p.aggregate(),
-        &done.counters,
-        p.undecodable(),
-        p.tracker(),
-        args.top,
-    );
-    if let Some(path) = &args.summary_json {
-        write_json_file(path, &summary)?;
-    }
-    if !args.no_summary {
-        let mut err = io::stderr().lock();
-        let _ = summary.write_text(&mut err);
-    }
-    Ok(summary)
+/// Where a live run's exit summary goes, as `--no-summary` and `--summary-json` say. The
+/// JSON file is created before the run drops its capabilities (see `outfile`).
+pub struct SummaryOut {
+    args: SummaryArgs,
+    json: Option<(std::path::PathBuf, std::fs::File)>,
 }
 
-fn write_json_file(path: &Path, summary: &Summary) -> Result<()> {
-    let f = std::fs::File::create(path)
-        .with_context(|| format!("creating --summary-json file {}", path.display()))?;
-    summary.write_json(io::BufWriter::new(f))?;
-    Ok(())
+impl SummaryOut {
+    /// Creates the `--summary-json` file, if asked for.
+    pub fn open(args: &SummaryArgs) -> Result<Self> {
+        let json = match &args.summary_json {
+            Some(path) => {
+                let f = outfile::create(path)
+                    .with_context(|| format!("creating --summary-json file {}", path.display()))?;
+                Some((path.clone(), f))
+            }
+            None => None,
+        };
+        Ok(Self {
+            args: args.clone(),
+            json,
+        })
+    }
+
+    /// Builds the exit summary of a live run, writes the JSON file and prints the text.
+    pub fn write(self, done: &Finished) -> Result<Summary> {
+        let p = &done.pipeline;
+        let summary = Summary::build(
+            p.aggregate(),
+            &done.counters,
+            p.undecodable(),
+            p.tracker(),
+            self.args.top,
+        );
+        if let Some((path, f)) = self.json {
+            write_json(&path, f, &summary)?;
+        }
+        if !self.args.no_summary {
+            let mut err = io::stderr().lock();
+            let _ = summary.write_text(&mut err);
+        }
+        Ok(summary)
+    }
+}
+
+fn write_json(path: &Path, f: std::fs::File, summary: &Summary) -> Result<()> {
+    let mut out = io::BufWriter::new(f);
+    summary
+        .write_json(&mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing --summary-json file {}", path.display()))
 }

@@ -13,7 +13,7 @@ use crate::{
     listeners::Sample,
     owners::Owners,
     reorder::{Reorder, WINDOW_NS},
-    sink::Sink,
+    sink::{Sink, guarded},
     track::{Fact, Limits, Tracker},
 };
 
@@ -31,8 +31,9 @@ struct Core {
     agg: Aggregate,
     facts: Vec<Fact>,
     sinks: Vec<Box<dyn Sink>>,
-    /// Per sink: the error that stopped it. A failed sink (e.g. stdout closed by `| head`)
-    /// is skipped from then on; the others (recording, charts) keep going.
+    /// Per sink: the error that stopped it. A failed sink (e.g. stdout closed by `| head`, or
+    /// a sink that panicked: see `sink::guarded`) is skipped from then on; the others
+    /// (recording, charts) keep going.
     sink_errors: Vec<Option<io::Error>>,
     last_sweep_ns: u64,
 }
@@ -55,7 +56,7 @@ impl Core {
         }
         for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
             if err.is_none()
-                && let Err(e) = s.event(&ev)
+                && let Err(e) = guarded(|| s.event(&ev))
             {
                 *err = Some(e);
             }
@@ -97,7 +98,7 @@ impl Core {
             self.agg.add(f);
             for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
                 if err.is_none()
-                    && let Err(e) = s.fact(f)
+                    && let Err(e) = guarded(|| s.fact(f))
                 {
                     *err = Some(e);
                 }
@@ -231,7 +232,7 @@ impl Pipeline {
         let core = &mut self.core;
         for (s, err) in core.sinks.iter_mut().zip(&mut core.sink_errors) {
             if err.is_none()
-                && let Err(e) = s.flush()
+                && let Err(e) = guarded(|| s.flush())
             {
                 *err = Some(e);
             }

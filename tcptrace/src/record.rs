@@ -874,7 +874,7 @@ impl Recorder {
 
     /// Creates the file in `format` and writes the header (its version set to the format's).
     pub fn create_as(path: &Path, header: &Header, format: RecordingFormat) -> io::Result<Self> {
-        let file = BufWriter::with_capacity(256 * 1024, File::create(path)?);
+        let file = BufWriter::with_capacity(256 * 1024, crate::outfile::create(path)?);
         let mut header = header.clone();
         let out = match format {
             RecordingFormat::Binary => {

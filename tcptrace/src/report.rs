@@ -121,7 +121,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     if let (Some(dir), Some(t)) = (&args.svg, &r.timeline) {
         let title = describe(&r.replay.header, &args.file);
         charts::write_dir(
-            dir,
+            charts::OutDir::create(dir)?,
             &r.summary,
             r.pipeline.aggregate(),
             &t.borrow(),

@@ -14,6 +14,11 @@
 //! is no longer named by its path (or, for discovered ones, by any process or /run/netns), and
 //! says so.
 //!
+//! Privileges: everything is opened at start-up, while tcptrace holds its capabilities; the
+//! sampling thread starts after the live run has dropped them, so it keeps none. It then
+//! cannot enter namespaces that appear later (`--all-netns` says so once per namespace) and
+//! sees the owners of new listeners only in processes of its own user (root).
+//!
 //! The netlink socket is netlink-sys's (rust-netlink's maintained socket crate); the
 //! request and the replies are encoded here, because netlink-packet-sock-diag (0.5) drops
 //! `idiag_expires` for TIME_WAIT sockets (its `Timer::TimeWait` carries no duration), and the
@@ -448,6 +453,10 @@ impl Sampler {
         if s.cfg.all_netns {
             warnings.extend(s.rediscover());
         }
+        // Owners of the listeners there are now, while /proc of every process is readable
+        // (the sampler's thread runs without capabilities).
+        s.owners = procfs::socket_holders();
+        s.last_owner_scan = Some(Instant::now());
         if s.namespaces.is_empty() {
             return Err(warnings.join("; "));
         }

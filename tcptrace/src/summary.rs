@@ -579,8 +579,7 @@ impl Detail {
         ] {
             for p in &opts.ports {
                 let figures = g
-                    .map
-                    .get(&GroupKey::Port(*p))
+                    .find(&GroupKey::Port(*p))
                     .map_or_else(Figures::default, Figures::of);
                 groups.push(GroupFigures {
                     dimension,
@@ -599,7 +598,7 @@ impl Detail {
                 .take(opts.processes)
                 .collect();
             for k in &chosen {
-                if let Some(s) = agg.by_process.map.get(k) {
+                if let Some(s) = agg.by_process.find(k) {
                     groups.push(GroupFigures {
                         dimension: Dimension::Process,
                         key: k.to_string(),
@@ -608,7 +607,7 @@ impl Detail {
                 }
             }
             let mut other = Figures::default();
-            for (k, s) in &agg.by_process.map {
+            for (k, s) in agg.by_process.iter() {
                 if !chosen.contains(&k) {
                     let f = Figures::of(s);
                     folded_connections += f.opened().iter().sum::<u64>() + f.connections();

@@ -337,6 +337,7 @@ fn sigint_sigterm_and_sighup_all_end_with_every_event_the_summary_and_nothing_le
         for _ in 0..2 {
             connect_and_close(&l, CloseOrder::ClientFirst);
         }
+        // stop_with asserts the exit code: 128 + the signal.
         let out = tracer.stop_with(signal);
         // Nothing stays loaded, attached or pinned once tcptrace has exited.
         for (kind, ids) in [("prog", &progs), ("map", &maps)] {
@@ -367,45 +368,194 @@ fn sigint_sigterm_and_sighup_all_end_with_every_event_the_summary_and_nothing_le
     }
 }
 
+/// A tracer started as a plain child (stdout piped and handed back), once it traces.
+struct Raw {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    said: Vec<String>,
+}
+
+impl Raw {
+    fn start(args: &[&str]) -> (Self, std::process::ChildStdout) {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tcptrace");
+        let stdout = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut raw = Self {
+            child,
+            stderr,
+            said: Vec::new(),
+        };
+        loop {
+            match raw.stderr.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(line) => {
+                    let ready = line.contains("tracing TCP state transitions");
+                    raw.said.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = raw.child.kill();
+                    panic!("tcptrace {args:?} did not start: {}", raw.said.join("\n"));
+                }
+            }
+        }
+        (raw, stdout)
+    }
+
+    /// Waits (at most 30 s) for the exit: the exit code and everything said on stderr.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tcptrace did not exit: {}", self.said.join("\n"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        while let Ok(line) = self.stderr.recv_timeout(std::time::Duration::from_secs(2)) {
+            self.said.push(line);
+        }
+        (status.code(), self.said.join("\n"))
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that none of these BPF programs and maps exists any more.
+fn assert_nothing_left(case: &str, (progs, maps): &(Vec<u32>, Vec<u32>)) {
+    assert!(!progs.is_empty() && !maps.is_empty(), "{case}: no BPF fds");
+    for (kind, ids) in [("prog", progs), ("map", maps)] {
+        for id in ids {
+            assert!(
+                bpf_object_gone(kind, *id),
+                "{case}: {kind} {id} still exists after exit"
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
-fn duration_stops_by_itself_and_a_closed_pipe_is_a_normal_exit() {
+fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_code() {
     require_root();
-    let started = std::time::Instant::now();
-    let out = Command::new(BIN)
-        .args(["watch", "--duration", "1", "--per", "none"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(15));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tcptrace summary:"));
-
-    // `tcptrace watch | head -n 1`: the reader goes away; tcptrace must exit 0 with a summary.
     let l = listener(Ipv4Addr::LOCALHOST.into());
     let port = l.local_addr().expect("addr").port();
-    let mut child = Command::new(BIN)
-        .args(["watch", "--port", &port.to_string(), "--duration", "20"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    let port = port.to_string();
+
+    // --duration: a normal end, 0.
+    let started = std::time::Instant::now();
+    let (raw, _stdout) = Raw::start(&["watch", "--duration", "1", "--per", "none"]);
+    let objects = bpf_objects(raw.child.id());
+    let (code, stderr) = raw.wait();
+    assert_eq!(code, Some(0), "--duration: {stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert!(stderr.contains("tcptrace summary:"), "{stderr}");
+    assert_nothing_left("--duration", &objects);
+
+    // `tcptrace watch | head -n 1`: the reader goes away; 141 and still a summary.
+    let (raw, stdout) = Raw::start(&["watch", "--port", &port, "--duration", "20"]);
+    let objects = bpf_objects(raw.child.id());
     drop(stdout);
     for _ in 0..20 {
         connect_and_close(&l, CloseOrder::ClientFirst);
     }
-    let out = child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = raw.wait();
+    assert_eq!(code, Some(141), "a closed pipe exits 141: {stderr}");
+    assert!(stderr.contains("tcptrace summary:"), "{stderr}");
     assert!(
-        out.status.success(),
-        "broken pipe must be a normal exit: {stderr}"
+        !stderr.contains("error"),
+        "a closed pipe is no error: {stderr}"
+    );
+    assert_nothing_left("closed pipe", &objects);
+
+    // A sink that panics (the hidden test hook) on the 5th event: 101, the panic said, the
+    // summary of every event still printed.
+    let (raw, _stdout) = Raw::start(&[
+        "watch",
+        "--port",
+        &port,
+        "--per",
+        "none",
+        "--duration",
+        "20",
+        "--test-panic-after-events",
+        "5",
+    ]);
+    let objects = bpf_objects(raw.child.id());
+    for _ in 0..3 {
+        connect_and_close(&l, CloseOrder::ClientFirst);
+    }
+    let (code, stderr) = raw.wait();
+    assert_eq!(code, Some(101), "a panicking sink exits 101: {stderr}");
+    assert!(
+        stderr.contains("a sink panics as asked") && stderr.contains("internal error"),
+        "{stderr}"
     );
     assert!(stderr.contains("tcptrace summary:"), "{stderr}");
+    assert_nothing_left("panicking sink", &objects);
+
+    // `record` with a panicking sink: the recording still gets its end record, so `report`
+    // reads it without --allow-truncated.
+    let rec = std::env::temp_dir().join(format!("tcptrace-panic-{}.tcpt", std::process::id()));
+    let rec_s = rec.to_str().expect("utf-8 path");
+    let (raw, _stdout) = Raw::start(&[
+        "record",
+        "-o",
+        rec_s,
+        "--port",
+        &port,
+        "--duration",
+        "20",
+        "--test-panic-after-events",
+        "12",
+    ]);
+    let objects = bpf_objects(raw.child.id());
+    for _ in 0..3 {
+        connect_and_close(&l, CloseOrder::ClientFirst);
+    }
+    let (code, stderr) = raw.wait();
+    assert_eq!(code, Some(101), "record with a panicking sink: {stderr}");
+    assert_nothing_left("record, panicking sink", &objects);
+    let report = Command::new(BIN)
+        .args(["report", rec_s, "--format", "json"])
+        .output()
+        .expect("report");
+    let _ = std::fs::remove_file(&rec);
+    assert!(
+        report.status.success(),
+        "the recording of a run stopped by a panic must be complete: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let v: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    assert!(
+        v["events"].as_u64().is_some_and(|n| n >= 12),
+        "the events up to the panic are recorded: {v}"
+    );
 }
 
 #[test]

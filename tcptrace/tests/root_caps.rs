@@ -5,6 +5,12 @@
 //!
 //! `setpriv` (util-linux) plays systemd's part: user nobody, the unit's capabilities as
 //! ambient, inheritable and bounding set, and `--no-new-privs`.
+//!
+//! Least privilege: once it says it is tracing, the tracer holds no capability in any set
+//! of any thread (read from /proc/PID/task/*/status), as root and as the unit's user, and
+//! still delivers and counts every event; files it writes under sudo belong to SUDO_UID and
+//! SUDO_GID, and outputs written at exit land even in a directory root does not own
+//! (root without CAP_DAC_OVERRIDE could not create them there).
 
 mod common;
 
@@ -15,7 +21,43 @@ use std::{
     process::Command,
 };
 
-use common::{BIN, Tracer, require_root, s};
+use common::{BIN, CloseOrder, Tracer, connect_and_close, require_root, s};
+
+/// The capability sets of every thread of `pid`: (thread, line) for each `Cap*:` line.
+fn capability_sets(pid: u32) -> Vec<(String, String, u64)> {
+    let mut sets = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).expect("status");
+        for line in status.lines() {
+            if let Some((k, v)) = line.split_once(':')
+                && k.starts_with("Cap")
+            {
+                let v = u64::from_str_radix(v.trim(), 16).expect("hex capability set");
+                sets.push((
+                    t.file_name().to_string_lossy().into_owned(),
+                    k.to_owned(),
+                    v,
+                ));
+            }
+        }
+    }
+    assert!(!sets.is_empty(), "no capability lines for {pid}");
+    sets
+}
+
+/// Asserts that no thread of `pid` holds any capability (`bounding`: the bounding set too).
+fn assert_no_capabilities(pid: u32, bounding: bool, case: &str) {
+    for (task, set, v) in capability_sets(pid) {
+        if set == "CapBnd" && !bounding {
+            continue;
+        }
+        assert_eq!(
+            v, 0,
+            "{case}: thread {task} still has {set} {v:#x} after the ready line"
+        );
+    }
+}
 
 /// The unit's `AmbientCapabilities=`, as setpriv spells them (`bpf`, `perfmon`, ...).
 fn unit_capabilities() -> Vec<String> {
@@ -86,6 +128,9 @@ fn the_units_capabilities_are_enough_to_trace_and_name_owners() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let tracer = Tracer::start_command(as_nobody_with(&caps, &bin), &["--port", &port.to_string()]);
+    // Everything the unit grants is given up once tracing runs (the bounding set stays as
+    // setpriv left it: dropping from it needs CAP_SETPCAP, which the unit does not grant).
+    assert_no_capabilities(tracer.pid(), false, "as the unit's user");
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let (server, _) = listener.accept().expect("accept");
     drop(server);
@@ -131,4 +176,143 @@ fn without_dac_read_search_the_error_names_it() {
         stderr.contains("tracefs") && stderr.contains("CAP_DAC_READ_SEARCH"),
         "{stderr}"
     );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn once_tracing_root_holds_no_capability_and_still_counts_every_event() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    assert_no_capabilities(tracer.pid(), true, "root");
+    for _ in 0..5 {
+        connect_and_close(&listener, CloseOrder::ServerFirst);
+    }
+    // Traffic the kernel filters out: its counter must still be readable.
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    connect_and_close(&other, CloseOrder::ServerFirst);
+    // Reading the ring buffers and the kernel's counters needs no capability.
+    let out = tracer.stop();
+    assert_eq!(out.lines.len(), 50, "{}", out.stderr);
+    assert_eq!(out.summary["transitions"], 50, "{}", out.summary);
+    assert_eq!(out.summary["lost"], 0);
+    assert!(
+        out.summary["filtered"].as_u64().is_some_and(|n| n >= 10),
+        "the kernel's filtered counter was read at exit: {}",
+        out.summary
+    );
+}
+
+/// Owner uid and gid of a path.
+fn owner(p: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_write() {
+    require_root();
+    // A directory owned by nobody, mode 0755: root without CAP_DAC_OVERRIDE may not create
+    // files in it, and the tracer drops that capability before the exit writes its outputs.
+    let dir = std::env::temp_dir().join(format!("tcptrace-sudo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown to nobody");
+    let nobody = (65534, 65534);
+    let run = |sudo: bool, args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        if sudo {
+            cmd.env("SUDO_UID", "65534").env("SUDO_GID", "65534");
+        } else {
+            cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+        }
+        let out = cmd.output().expect("run tcptrace");
+        assert!(
+            out.status.success(),
+            "tcptrace {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |name: &str| dir.join(name);
+    let ps = |name: &str| p(name).to_str().expect("utf-8").to_owned();
+
+    // Without sudo: root's files, but written at exit into nobody's directory.
+    run(
+        false,
+        &[
+            "watch",
+            "--duration",
+            "0.5",
+            "--per",
+            "none",
+            "--summary-json",
+            &ps("root.json"),
+            "--svg",
+            &ps("root-charts"),
+        ],
+    );
+    assert_eq!(owner(&p("root.json")), (0, 0));
+    assert!(std::fs::read_to_string(p("root.json")).is_ok_and(|t| t.contains("transitions")));
+    assert!(
+        std::fs::metadata(p("root-charts/index.html")).is_ok_and(|m| m.len() > 0),
+        "the charts were written at exit"
+    );
+
+    // Under sudo: every file and directory the tool creates is the invoking user's.
+    run(
+        true,
+        &[
+            "watch",
+            "--duration",
+            "0.5",
+            "--per",
+            "none",
+            "--summary-json",
+            &ps("watch.json"),
+            "--svg",
+            &ps("charts/live"),
+        ],
+    );
+    run(
+        true,
+        &[
+            "record",
+            "-o",
+            &ps("run.tcpt"),
+            "--duration",
+            "0.5",
+            "--summary-json",
+            &ps("record.json"),
+        ],
+    );
+    run(true, &["export", &ps("run.tcpt"), "-o", &ps("run.jsonl")]);
+    run(
+        true,
+        &["report", &ps("run.tcpt"), "--svg", &ps("report-charts")],
+    );
+    for name in [
+        "watch.json",
+        "charts",
+        "charts/live",
+        "charts/live/index.html",
+        "charts/live/handshake.svg",
+        "run.tcpt",
+        "record.json",
+        "run.jsonl",
+        "report-charts",
+        "report-charts/index.html",
+    ] {
+        assert_eq!(owner(&p(name)), nobody, "{name} is not the sudo user's");
+        if name.ends_with(".json") || name.ends_with(".html") || name.ends_with(".svg") {
+            assert!(
+                std::fs::metadata(p(name)).is_ok_and(|m| m.len() > 0),
+                "{name} is empty"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -289,6 +289,41 @@ fn top_replays_the_fixture_recording_in_tmux() {
 }
 
 #[test]
+#[ignore = "needs tmux; run by `cargo xtask test`"]
+fn a_panicking_sink_restores_the_terminal_prints_the_summary_and_exits_101() {
+    let t = Tmux::start("panic", 120, 40);
+    // The hidden test hook makes a sink panic on the 100th of the fixture's 242 events,
+    // while the dashboard owns the terminal (raw mode, alternate screen).
+    t.run(&format!(
+        "{BIN} top --replay {FIXTURE} --speed max --interval 0.2 --test-panic-after-events 100"
+    ));
+    t.wait_for("the exit code", Duration::from_secs(30), |s| {
+        s.split("top-exit=")
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    let all = t.capture(true);
+    assert!(all.contains("top-exit=101"), "a panic exits 101:\n{all}");
+    assert!(
+        all.contains("a sink panics as asked") && all.contains("internal error"),
+        "the panic is said, readable:\n{all}"
+    );
+    assert!(all.contains("tcptrace summary:"), "no exit summary:\n{all}");
+    // The terminal is back in cooked mode: a typed command runs (in raw mode Enter would
+    // not end the line) and its output shows on the normal screen.
+    t.run("echo restored-$((40+2))");
+    let pane = t.wait_for(
+        "the shell running a command",
+        Duration::from_secs(10),
+        |s| s.contains("restored-42"),
+    );
+    assert!(
+        !pane.contains("q quit"),
+        "the dashboard is still on screen (terminal not restored):\n{pane}"
+    );
+}
+
+#[test]
 #[ignore = "needs root; run by `cargo xtask test`"]
 fn once_json_equals_the_exit_summary() {
     require_root();

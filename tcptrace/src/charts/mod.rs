@@ -3,6 +3,10 @@
 //! socket-table samples). One module per chart; sizes, fonts and
 //! colours live here.
 //!
+//! Files: [`OutDir::create`] creates the directory and every file before a live run drops
+//! its capabilities (see `outfile`), and [`write_dir`] writes them at exit through the
+//! open files.
+//!
 //! Fonts: plotters is built without its `ttf` feature, so it lays text out with a fixed size
 //! estimate instead of the machine's font files and writes `<text font-family="sans-serif">`
 //! elements: the SVG bytes are the same on every machine (snapshot tests rely on it) and the
@@ -17,7 +21,12 @@ mod states;
 mod teardown;
 mod timeline;
 
-use std::{error::Error, path::Path};
+use std::{
+    error::Error,
+    fs::File,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use hdrhistogram::Histogram;
@@ -271,23 +280,31 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Renders every chart.
+/// Every chart: file name, title, renderer.
+const CHARTS: [(&str, &str, RenderFn); 5] = [
+    ("handshake.svg", "Handshake latency", handshake::render),
+    ("teardown.svg", "Teardown phases", teardown::render),
+    ("timeline.svg", "Timeline", timeline::render),
+    ("states.svg", "TCP state machine", states::render),
+    ("slowest.svg", "Slowest ports and peers", slowest::render),
+];
+
+/// The page that shows the summary and every chart.
+const INDEX: &str = "index.html";
+
+/// The listeners chart: in the index only when the run has socket-table samples (older
+/// recordings and --no-sample runs keep the five charts they always had); its file is
+/// created with the others (before a live run drops its capabilities) and says "no data"
+/// when nothing was sampled.
+const LISTENERS_CHART: (&str, &str, RenderFn) = (
+    "listeners.svg",
+    "Listeners and TIME_WAIT",
+    listeners::render,
+);
+
 pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
-    let charts: [(&'static str, &'static str, RenderFn); 5] = [
-        ("handshake.svg", "Handshake latency", handshake::render),
-        ("teardown.svg", "Teardown phases", teardown::render),
-        ("timeline.svg", "Timeline", timeline::render),
-        ("states.svg", "TCP state machine", states::render),
-        ("slowest.svg", "Slowest ports and peers", slowest::render),
-    ];
-    // The listeners chart only when the socket-table sampler ran (older recordings and
-    // --no-sample runs keep the five charts they always had).
-    let sampled: Option<(&'static str, &'static str, RenderFn)> = (input.agg.listeners.samples > 0)
-        .then_some((
-            "listeners.svg",
-            "Listeners and TIME_WAIT",
-            listeners::render,
-        ));
-    charts
+    let sampled = (input.agg.listeners.samples > 0).then_some(LISTENERS_CHART);
+    CHARTS
         .into_iter()
         .chain(sampled)
         .map(|(file, title, f)| {
@@ -297,16 +314,57 @@ pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
         .collect()
 }
 
-/// Writes every chart and `index.html` into `dir` (created if missing).
+/// The chart directory with every file created and open, ready for [`write_dir`].
+pub struct OutDir {
+    dir: PathBuf,
+    files: Vec<(&'static str, File)>,
+}
+
+impl OutDir {
+    /// Creates `dir` (if missing) and every chart file and `index.html` in it, owned by the
+    /// sudo user if any (see `outfile`).
+    pub fn create(dir: &Path) -> Result<Self> {
+        crate::outfile::create_dir_all(dir)
+            .with_context(|| format!("creating --svg directory {}", dir.display()))?;
+        let files = CHARTS
+            .iter()
+            .map(|c| c.0)
+            .chain([LISTENERS_CHART.0, INDEX])
+            .map(|name| {
+                let path = dir.join(name);
+                crate::outfile::create(&path)
+                    .map(|f| (name, f))
+                    .with_context(|| format!("creating {}", path.display()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+        })
+    }
+
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join(name);
+        let (_, f) = self
+            .files
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("{} was not created", path.display()))?;
+        f.write_all(bytes)
+            .and_then(|()| f.flush())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Writes every chart and `index.html` into the directory [`OutDir::create`] prepared.
 pub fn write_dir(
-    dir: &Path,
+    mut out: OutDir,
     summary: &Summary,
     agg: &Aggregate,
     timeline: &Timeline,
     clock: &Clock,
     subtitle: &str,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let input = Input {
         summary,
         agg,
@@ -316,13 +374,19 @@ pub fn write_dir(
     };
     let charts = render_all(&input)?;
     for c in &charts {
-        let path = dir.join(c.file);
-        std::fs::write(&path, &c.svg).with_context(|| format!("writing {}", path.display()))?;
+        out.write(c.file, c.svg.as_bytes())?;
     }
-    let path = dir.join("index.html");
-    std::fs::write(&path, index::html(&input, &charts))
-        .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("tcptrace: charts written to {}", path.display());
+    if !charts.iter().any(|c| c.file == LISTENERS_CHART.0) {
+        // Created ahead like every chart: its "no data" version rather than an empty file.
+        let svg = (LISTENERS_CHART.2)(&input)
+            .map_err(|e| anyhow!("drawing {}: {e}", LISTENERS_CHART.0))?;
+        out.write(LISTENERS_CHART.0, svg.as_bytes())?;
+    }
+    out.write(INDEX, index::html(&input, &charts).as_bytes())?;
+    eprintln!(
+        "tcptrace: charts written to {}",
+        out.dir.join(INDEX).display()
+    );
     Ok(())
 }
 

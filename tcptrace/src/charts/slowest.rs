@@ -48,7 +48,6 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
         input
             .agg
             .by_remote_port
-            .map
             .iter()
             .filter_map(|(k, s)| {
                 let label = match k {

@@ -29,6 +29,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     cli::ServeArgs,
     config::Filter,
+    exit::Exit,
     host,
     live::LiveRun,
     summary::{DetailOptions, Snapshot, SnapshotOptions},
@@ -39,12 +40,12 @@ use metrics::{BuildInfo, Format};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `tcptrace serve`.
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs) -> Result<Exit> {
     let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
     crate::block_on(serve(args, filter))
 }
 
-async fn serve(args: ServeArgs, filter: Filter) -> Result<()> {
+async fn serve(args: ServeArgs, filter: Filter) -> Result<Exit> {
     let listener = bind(args.listen).await?;
     let addr = listener
         .local_addr()
@@ -57,6 +58,7 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<()> {
     }
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
     live.sample(&args.sample);
+    crate::add_test_hooks(&mut live, &args.summary);
     let opts = SnapshotOptions {
         top_n: args.summary.top,
         detail: Some(DetailOptions {
@@ -73,12 +75,14 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<()> {
     });
     let server = tokio::spawn(accept_loop(listener, snapshots, build));
     eprintln!("tcptrace: serving http://{addr}/metrics");
-    crate::say_ready(args.duration);
+    let summary_out = crate::SummaryOut::open(&args.summary)?;
+    crate::say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await;
     server.abort();
     let done = done?;
-    crate::end_summary(&done, &args.summary)?;
-    Ok(())
+    summary_out.write(&done)?;
+    crate::say_sink_error(&done, "the metrics");
+    Ok(Exit::of(&done))
 }
 
 /// Binds `--listen`, with errors that say what to do.

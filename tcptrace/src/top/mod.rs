@@ -44,12 +44,13 @@ use self::{
 use crate::{
     cli::{Format, TopArgs},
     config::Filter,
+    exit::Exit,
     live::{LiveRun, ReplayControl, Speed, Stop},
     summary::SnapshotOptions,
 };
 
 /// Runs `tcptrace top`.
-pub fn run(args: TopArgs) -> Result<()> {
+pub fn run(args: TopArgs) -> Result<Exit> {
     if !args.once && !io::stdout().is_terminal() {
         bail!(
             "tcptrace top draws a full-screen dashboard and needs a terminal on stdout; for a \
@@ -156,7 +157,7 @@ fn describe_filter(f: &Filter) -> String {
     }
 }
 
-async fn top(args: TopArgs, filter: Filter) -> Result<()> {
+async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let control = ReplayControl::default();
     let (mut live, meta) = match &args.replay {
         Some(path) => {
@@ -192,8 +193,14 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
         detail: None,
     };
     let mut rx = live.publish(args.interval, opts);
+    crate::add_test_hooks(&mut live, &args.summary);
     if args.once {
-        crate::say_ready(Some(args.interval));
+        // The snapshot on stdout already holds the summary: stderr gets no second copy.
+        let summary_out = crate::SummaryOut::open(&crate::cli::SummaryArgs {
+            no_summary: true,
+            ..args.summary.clone()
+        })?;
+        crate::say_ready(&mut live, Some(args.interval));
         let done = live.run(Some(args.interval)).await?;
         let snap = rx.borrow().clone();
         let mut out = io::BufWriter::new(io::stdout().lock());
@@ -203,19 +210,17 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
                 .and_then(|()| writeln!(out)),
             Format::Text | Format::Csv => snap.write_text(&mut out),
         };
+        let mut exit = Exit::of(&done);
         match written.and_then(|()| out.flush()) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit = Exit::PipeClosed,
             other => other.context("writing the snapshot")?,
         }
-        // The snapshot on stdout already holds the summary: stderr gets no second copy.
-        let summary = crate::cli::SummaryArgs {
-            no_summary: true,
-            ..args.summary.clone()
-        };
-        crate::end_summary(&done, &summary)?;
-        return Ok(());
+        summary_out.write(&done)?;
+        crate::say_sink_error(&done, "the dashboard");
+        return Ok(exit);
     }
-    crate::say_ready(args.duration);
+    let summary_out = crate::SummaryOut::open(&args.summary)?;
+    crate::say_ready(&mut live, args.duration);
 
     let stopper = live.stopper();
     let resetter = live.resetter();
@@ -299,6 +304,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<()> {
     drop(guard);
     outcome?;
     let done = done?;
-    crate::end_summary(&done, &args.summary)?;
-    Ok(())
+    summary_out.write(&done)?;
+    crate::say_sink_error(&done, "the dashboard");
+    Ok(Exit::of(&done))
 }

@@ -38,6 +38,16 @@ pub fn require_root() {
     );
 }
 
+/// The exit code tcptrace ends with after a clean shutdown on `signal` (SIGINT, SIGTERM,
+/// SIGHUP): 128 + the signal number, as the README's exit code table says.
+pub fn exit_code_after(signal: i32) -> i32 {
+    assert!(
+        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].contains(&signal),
+        "tcptrace shuts down cleanly on SIGINT, SIGTERM and SIGHUP only, not {signal}"
+    );
+    128 + signal
+}
+
 /// A running tracer.
 pub struct Tracer {
     child: Child,
@@ -165,7 +175,8 @@ impl Tracer {
         self.stop_with(libc::SIGTERM)
     }
 
-    /// Sends `signal`, waits for the exit (which must be a success) and parses the output.
+    /// Sends `signal`, waits for the exit (whose code must say the signal: see
+    /// [`exit_code_after`]) and parses the output.
     pub fn stop_with(mut self, signal: i32) -> Output {
         // Let the last transitions (softirq work, TIME_WAIT hand-overs) reach the ring buffer.
         std::thread::sleep(Duration::from_millis(300));
@@ -191,9 +202,11 @@ impl Tracer {
             self.stderr_lines.push(line);
         }
         let stderr = self.stderr_lines.join("\n");
-        assert!(
-            status.success(),
-            "tcptrace failed: {status}\nstderr:\n{stderr}"
+        assert_eq!(
+            status.code(),
+            Some(exit_code_after(signal)),
+            "tcptrace's exit code after signal {signal} is 128 + {signal} (README, Exit codes) \
+             once it has shut down cleanly\nstderr:\n{stderr}"
         );
         let lines = stdout
             .lines()
