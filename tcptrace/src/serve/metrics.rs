@@ -226,7 +226,14 @@ impl Collector for SnapshotCollector {
         )?;
 
         if !sum.listeners.is_empty() {
-            listener_metrics(e, &sum.listeners)?;
+            let named: Vec<u16> = snap
+                .detail
+                .iter()
+                .flat_map(|d| &d.groups)
+                .filter(|g| g.dimension == Dimension::LocalPort)
+                .filter_map(|g| g.key.parse().ok())
+                .collect();
+            listener_metrics(e, &sum.listeners, &named)?;
         }
         let Some(d) = &snap.detail else {
             return Ok(());
@@ -466,18 +473,16 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// Most listener ports given series of their own (the lowest ports first); the rest are
-/// summed under port="other".
-pub const MAX_LISTENER_PORTS: usize = 64;
-
 /// Listener and TIME_WAIT figures from the socket-table sampler (absent when it is off).
-/// Labels: the listener's port (listeners on one port in several namespaces or addresses
-/// are summed) and the namespace's name for the per-namespace figures; both bounded.
+/// Cardinality as everywhere here: totals over all listeners carry no label; per-port series
+/// only for the ports `--group-ports` names (listeners on one port in several namespaces or
+/// addresses are summed); per-namespace figures carry the namespace's name (bounded by what
+/// is sampled).
 fn listener_metrics(
     e: &mut DescriptorEncoder,
     l: &crate::listeners::ListenersSummary,
+    named_ports: &[u16],
 ) -> fmt::Result {
-    use std::collections::BTreeMap;
     #[derive(Default, Clone, Copy)]
     struct PortFig {
         accept: u64,
@@ -487,75 +492,112 @@ fn listener_metrics(
         synack: u64,
         drops: u64,
     }
-    let mut ports: BTreeMap<u16, PortFig> = BTreeMap::new();
+    let mut total = PortFig::default();
+    let mut full = 0u64;
+    let mut rows: Vec<(String, PortFig)> = named_ports
+        .iter()
+        .map(|p| (p.to_string(), PortFig::default()))
+        .collect();
     for x in &l.listeners {
-        let f = ports.entry(x.port).or_default();
-        f.accept += u64::from(x.accept_queue_now);
-        f.accept_max += u64::from(x.accept_queue_max);
-        f.backlog += u64::from(x.backlog);
-        f.syn_recv += u64::from(x.syn_recv_now);
-        f.synack += x.synack_retransmits;
-        f.drops += x.overflow_drops;
-    }
-    let mut rows: Vec<(String, PortFig)> = Vec::new();
-    let mut other = PortFig::default();
-    for (i, (p, f)) in ports.into_iter().enumerate() {
-        if i < MAX_LISTENER_PORTS {
-            rows.push((p.to_string(), f));
-        } else {
-            other.accept += f.accept;
-            other.accept_max += f.accept_max;
-            other.backlog += f.backlog;
-            other.syn_recv += f.syn_recv;
-            other.synack += f.synack;
-            other.drops += f.drops;
+        let add = |f: &mut PortFig| {
+            f.accept += u64::from(x.accept_queue_now);
+            f.accept_max += u64::from(x.accept_queue_max);
+            f.backlog += u64::from(x.backlog);
+            f.syn_recv += u64::from(x.syn_recv_now);
+            f.synack += x.synack_retransmits;
+            f.drops += x.overflow_drops;
+        };
+        add(&mut total);
+        full += u64::from(x.accept_queue_now > x.backlog);
+        if let Some(i) = named_ports.iter().position(|p| *p == x.port) {
+            add(&mut rows[i].1);
         }
     }
-    if rows.len() == MAX_LISTENER_PORTS && other.backlog > 0 {
-        rows.push(("other".to_owned(), other));
+    gauge(
+        e,
+        "listeners",
+        None,
+        "Listening sockets at the last socket-table sample, every sampled namespace.",
+        l.listeners.len() as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_full",
+        None,
+        "Listeners whose accept queue was over its limit at the last sample (the kernel drops \
+         handshake-completing ACKs for them).",
+        full as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_accept_queue",
+        None,
+        "Connections waiting for accept() at the last sample, all listeners.",
+        total.accept as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_syn_recv",
+        None,
+        "Half-open connections (request sockets in SYN_RECV) at the last sample, all listeners.",
+        total.syn_recv as f64,
+    )?;
+    counter(
+        e,
+        "listeners_synack_retransmits",
+        "SYN-ACKs retransmitted for connections to sampled listeners.",
+        total.synack,
+    )?;
+    counter(
+        e,
+        "listeners_overflow_drops",
+        "Accept-queue overflow drops seen by skb:kfree_skb (reason TCP_LISTEN_OVERFLOW) on \
+         sampled listeners (0 on kernels that do not report that reason; see netstat_increase).",
+        total.drops,
+    )?;
+    if !rows.is_empty() {
+        let by_port = |pick: fn(&PortFig) -> u64| {
+            rows.iter()
+                .map(move |(p, f)| ([("port", p.as_str())], pick(f) as f64))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            e,
+            "listener_accept_queue",
+            "Connections waiting for accept() at the last sample, by --group-ports port.",
+            by_port(|f| f.accept),
+        )?;
+        gauges(
+            e,
+            "listener_accept_queue_max",
+            "The longest accept queue seen in any sample since start, by --group-ports port.",
+            by_port(|f| f.accept_max),
+        )?;
+        gauges(
+            e,
+            "listener_backlog",
+            "The accept queue's limit (listen() backlog capped by somaxconn), by port.",
+            by_port(|f| f.backlog),
+        )?;
+        gauges(
+            e,
+            "listener_syn_recv",
+            "Half-open connections (SYN_RECV) at the last sample, by --group-ports port.",
+            by_port(|f| f.syn_recv),
+        )?;
+        counters(
+            e,
+            "listener_synack_retransmits",
+            "SYN-ACKs retransmitted for connections to the listener, by --group-ports port.",
+            rows.iter().map(|(p, f)| ([("port", p.as_str())], f.synack)),
+        )?;
+        counters(
+            e,
+            "listener_overflow_drops",
+            "Accept-queue overflow drops seen by skb:kfree_skb, by --group-ports port.",
+            rows.iter().map(|(p, f)| ([("port", p.as_str())], f.drops)),
+        )?;
     }
-    let by_port = |pick: fn(&PortFig) -> u64| {
-        rows.iter()
-            .map(move |(p, f)| ([("port", p.as_str())], pick(f) as f64))
-            .collect::<Vec<_>>()
-    };
-    gauges(
-        e,
-        "listener_accept_queue",
-        "Connections waiting for accept() at the last socket-table sample, by listening port.",
-        by_port(|f| f.accept),
-    )?;
-    gauges(
-        e,
-        "listener_accept_queue_max",
-        "The longest accept queue seen in any sample since start, by listening port.",
-        by_port(|f| f.accept_max),
-    )?;
-    gauges(
-        e,
-        "listener_backlog",
-        "The accept queue's limit (listen() backlog capped by somaxconn), by listening port.",
-        by_port(|f| f.backlog),
-    )?;
-    gauges(
-        e,
-        "listener_syn_recv",
-        "Half-open connections (request sockets in SYN_RECV) at the last sample, by port.",
-        by_port(|f| f.syn_recv),
-    )?;
-    counters(
-        e,
-        "listener_synack_retransmits",
-        "SYN-ACKs retransmitted for connections to the listener, by port.",
-        rows.iter().map(|(p, f)| ([("port", p.as_str())], f.synack)),
-    )?;
-    counters(
-        e,
-        "listener_overflow_drops",
-        "Accept-queue overflow drops seen by skb:kfree_skb (reason TCP_LISTEN_OVERFLOW), by \
-         port (0 on kernels that do not report that reason; see netstat_increase).",
-        rows.iter().map(|(p, f)| ([("port", p.as_str())], f.drops)),
-    )?;
     counters(
         e,
         "netstat_increase",
@@ -860,19 +902,36 @@ mod tests {
         p.push_sample(&sample(1, vec![listener("10.0.0.1:8080", 3, 4, 2)], n(10)));
         p.push_sample(&sample(2, vec![listener("10.0.0.1:8080", 1, 4, 0)], n(17)));
         p.finish();
-        let opts = SnapshotOptions {
+        let opts = |ports: Vec<u16>| SnapshotOptions {
             top_n: 5,
-            detail: None,
+            detail: Some(DetailOptions {
+                ports,
+                processes: 0,
+                close_wait_threshold: Duration::from_secs(60),
+            }),
             dashboard: false,
         };
-        let snap = Arc::new(Snapshot::build_at(
-            &p,
-            &Counters::default(),
-            &opts,
-            Duration::from_secs(2),
-            2_000_000_000,
-        ));
-        let t = text(snap);
+        let snap = |ports| {
+            Arc::new(Snapshot::build_at(
+                &p,
+                &Counters::default(),
+                &opts(ports),
+                Duration::from_secs(2),
+                2_000_000_000,
+            ))
+        };
+        // Without --group-ports: totals only, no port label.
+        let t = text(snap(Vec::new()));
+        for line in [
+            "tcptrace_listeners 1",
+            "tcptrace_listeners_accept_queue 1",
+            "tcptrace_listeners_full 0",
+            "tcptrace_time_wait_sockets{netns=\"host\"} 3",
+        ] {
+            assert!(t.contains(line), "no {line:?} in:\n{t}");
+        }
+        assert!(!t.contains("port=\""), "{t}");
+        let t = text(snap(vec![8080]));
         for line in [
             "tcptrace_listener_accept_queue{port=\"8080\"} 1",
             "tcptrace_listener_accept_queue_max{port=\"8080\"} 3",
