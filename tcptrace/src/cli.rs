@@ -104,6 +104,10 @@ pub struct RecordArgs {
     /// Stop after this many seconds (e.g. 600 or 0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Size of each ring buffer in KiB (one per CPU, as for `watch`). Events lost to a full
+    /// ring are counted in the recording and its summary.
+    #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
+    pub ring_kib: Option<u32>,
     #[command(flatten)]
     pub summary: SummaryArgs,
 }

@@ -347,12 +347,25 @@ pub struct Collector {
 /// on a few sorted runs is a merge. Records that arrive after a batch was read were
 /// committed after their ring was drained, so they are at most a drain's duration older than
 /// what was handed on: well inside the reorder window.
+///
+/// After a burst (a reader that fell behind drains up to every ring's worth, about 10 MB
+/// with two 4 MiB rings) the buffers give their memory back once [`SHRINK_AFTER`] batches in a
+/// row needed less than a quarter of it, so a burst does not raise the resident memory for
+/// good.
 #[derive(Default)]
 struct Merge {
     bytes: Vec<u8>,
     /// (timestamp, start in `bytes`, length) per record.
     spans: Vec<(u64, usize, usize)>,
+    /// Largest batch (records) since the buffers were last shrunk, and batches since then.
+    recent_most: usize,
+    batches: u32,
 }
+
+/// Batches after which oversized merge buffers are shrunk to what they needed.
+const SHRINK_AFTER: u32 = 256;
+/// Buffers below this many records are never shrunk.
+const SHRINK_FLOOR: usize = 4096;
 
 impl Merge {
     fn push(&mut self, record: &[u8]) {
@@ -375,6 +388,18 @@ impl Merge {
         let n = self.spans.len();
         self.spans.clear();
         self.bytes.clear();
+        self.recent_most = self.recent_most.max(n);
+        self.batches += 1;
+        if self.batches >= SHRINK_AFTER {
+            let keep = (2 * self.recent_most).max(SHRINK_FLOOR);
+            if self.spans.capacity() > 2 * keep {
+                let per_record = self.bytes.capacity() / self.spans.capacity().max(1);
+                self.spans.shrink_to(keep);
+                self.bytes.shrink_to(keep * per_record.max(1));
+            }
+            self.recent_most = 0;
+            self.batches = 0;
+        }
         n
     }
 }
@@ -747,6 +772,43 @@ format:
         assert_eq!(tags, [7, 0, 4, 1, 2, 5, 6, 3]);
         // Emptied: the next batch starts from nothing.
         assert_eq!(m.flush(|_| panic!("records left over")), 0);
+    }
+
+    #[test]
+    fn merge_buffers_shrink_after_a_burst_and_hand_on_the_same_records() {
+        let mut m = Merge::default();
+        // A burst of 100,000 records, then ordinary batches of 50.
+        for i in 0..100_000u64 {
+            m.push(&rec(100_000 - i, (i % 251) as u8));
+        }
+        let mut burst = Vec::new();
+        assert_eq!(m.flush(|r| burst.push(r.to_vec())), 100_000);
+        let ts = |r: &Vec<u8>| u64::from_ne_bytes(r[..8].try_into().expect("stamp"));
+        assert!(burst.windows(2).all(|w| ts(&w[0]) <= ts(&w[1])));
+        let big = m.spans.capacity();
+        assert!(big >= 100_000);
+        // The window holding the burst keeps the buffers; the next one shrinks them.
+        for b in 0..2 * SHRINK_AFTER as u64 {
+            for i in 0..50u64 {
+                m.push(&rec(b * 100 + 50 - i, i as u8));
+            }
+            let mut seen = Vec::new();
+            assert_eq!(m.flush(|r| seen.push(r.to_vec())), 50);
+            // Exactly what a fresh buffer hands on: shrinking changes nothing visible.
+            let mut fresh = Merge::default();
+            for i in 0..50u64 {
+                fresh.push(&rec(b * 100 + 50 - i, i as u8));
+            }
+            let mut want = Vec::new();
+            fresh.flush(|r| want.push(r.to_vec()));
+            assert_eq!(seen, want);
+        }
+        assert!(
+            m.spans.capacity() <= 2 * SHRINK_FLOOR && m.bytes.capacity() < big,
+            "spans {} bytes {}",
+            m.spans.capacity(),
+            m.bytes.capacity()
+        );
     }
 
     #[test]

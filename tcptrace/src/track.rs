@@ -13,7 +13,15 @@ use std::{collections::VecDeque, net::SocketAddr};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
-use crate::decode::{Event, Kind, Owner, TcpState};
+use crate::{
+    decode::{Event, Kind, Owner, TcpState},
+    intern::Interner,
+};
+
+// A path, so that the fuzz crate, which compiles this file through `#[path]`, finds it too.
+#[path = "track/table.rs"]
+mod table;
+use table::Table;
 
 /// Which end opened the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -216,17 +224,45 @@ pub struct TrackStats {
     pub reused_unclosed: u64,
 }
 
+/// An optional time or duration in nanoseconds, in 8 bytes where `Option<u64>` takes 16:
+/// `u64::MAX` stands for none. A tracked socket holds eight of them, so this saves 64 bytes
+/// per socket. `u64::MAX` ns (584 years) cannot occur as a real value; a crafted recording
+/// that carries it gets `u64::MAX - 1` instead of losing the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OptNs(u64);
+
+impl OptNs {
+    const NONE: OptNs = OptNs(u64::MAX);
+
+    fn new(v: Option<u64>) -> Self {
+        match v {
+            Some(ns) => OptNs(ns.min(u64::MAX - 1)),
+            None => Self::NONE,
+        }
+    }
+
+    fn get(self) -> Option<u64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+}
+
+/// A tracked socket. Kept small: the tracker holds one per open socket (162,000 in the
+/// bench's mass close), so its size is most of the tool's memory.
 #[derive(Clone, Copy, Debug)]
 struct Sock {
-    conn: Conn,
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// The owner's id in the tracker's [`Interner`], or [`NO_OWNER`].
+    owner: u32,
+    side: Option<Side>,
     state: TcpState,
     /// When the current state was entered; `None` if first seen mid-life in this state.
-    since_ns: Option<u64>,
+    since_ns: OptNs,
     last_ns: u64,
-    opened_ns: Option<u64>,
-    handshake_ns: Option<u64>,
+    opened_ns: OptNs,
+    handshake_ns: OptNs,
     retransmits: u32,
-    phases: [Option<u64>; 5],
+    phases: [OptNs; 5],
     reset_received: bool,
     reset_sent: bool,
 }
@@ -265,7 +301,9 @@ const PARK_NS: u64 = 1_000_000;
 /// The state machine over all sockets.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    socks: FxHashMap<u64, Sock>,
+    socks: Table<Sock>,
+    /// The distinct owners the tracked sockets refer to (see `intern`).
+    owners: Interner<Owner>,
     /// Closed connections waiting [`PARK_NS`] for a late reset event, oldest first.
     parked: VecDeque<(u64, Connection)>,
     pending_synack: FxHashMap<(SocketAddr, SocketAddr), PendingSynAck>,
@@ -291,9 +329,9 @@ impl Tracker {
     pub fn sockets_in(&self, state: TcpState) -> Vec<(Option<u64>, Conn)> {
         let mut v: Vec<_> = self
             .socks
-            .values()
-            .filter(|s| s.state == state)
-            .map(|s| (s.since_ns, s.conn))
+            .iter()
+            .filter(|(_, s)| s.state == state)
+            .map(|(k, s)| (s.since_ns.get(), s.conn(k, &self.owners)))
             .collect();
         v.sort_by_key(|(since, c)| (since.unwrap_or(0), c.sock));
         v
@@ -329,9 +367,11 @@ impl Tracker {
             Kind::SynRetransmit => {
                 let s = self.sock_mut(ev, TcpState::SynSent);
                 s.retransmits += 1;
+                let s = *s;
+                let conn = s.conn(ev.sock, &self.owners);
                 out.push(Fact::SynRetransmit {
                     ts_ns: ev.ts_ns,
-                    conn: s.conn,
+                    conn,
                 });
             }
             Kind::SynAckRetransmit => {
@@ -363,7 +403,7 @@ impl Tracker {
                         } else {
                             s.reset_received = true;
                         }
-                        s.conn
+                        s.conn(ev.sock, &self.owners)
                     }
                     (None, Some(c)) => {
                         c.close = if sent {
@@ -386,15 +426,34 @@ impl Tracker {
 
     /// The tracked socket for `ev`, created (as first seen mid-life in `state`) if unknown.
     fn sock_mut(&mut self, ev: &Event, state: TcpState) -> &mut Sock {
+        let owner = self.owner_id(ev.owner);
         let stats = &mut self.stats;
-        self.socks.entry(ev.sock).or_insert_with(|| {
+        self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
-            Sock::new(conn_of(ev, side_from_state(state)), state, None, ev.ts_ns)
+            Sock::new(ev, owner, side_from_state(state), state, None, ev.ts_ns)
         })
+    }
+
+    /// The interned id of an event's owner; first forgets owners no tracked socket refers
+    /// to, when there are many of them.
+    fn owner_id(&mut self, owner: Option<Owner>) -> u32 {
+        let Some(o) = owner else {
+            return NO_OWNER;
+        };
+        if self.owners.wants_compaction(self.socks.len()) {
+            self.owners.compact(
+                self.socks
+                    .values_mut()
+                    .map(|s| &mut s.owner)
+                    .filter(|id| **id != NO_OWNER),
+            );
+        }
+        self.owners.id(o)
     }
 
     fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState, out: &mut Vec<Fact>) {
         let ts = ev.ts_ns;
+        let owner = self.owner_id(ev.owner);
         let restart = matches!(
             (old, new),
             (TcpState::Close, TcpState::SynSent)
@@ -416,9 +475,9 @@ impl Tracker {
                 TcpState::SynRecv => Some(Side::Server),
                 _ => None,
             };
-            let mut s = Sock::new(conn_of(ev, side), new, Some(ts), ts);
+            let mut s = Sock::new(ev, owner, side, new, Some(ts), ts);
             if side.is_some() {
-                s.opened_ns = Some(ts);
+                s.opened_ns = OptNs::new(Some(ts));
             }
             if new == TcpState::SynRecv
                 && let Some(p) = self.pending_synack.remove(&(ev.local, ev.remote))
@@ -427,7 +486,7 @@ impl Tracker {
             }
             out.push(Fact::Transition {
                 ts_ns: ts,
-                conn: s.conn,
+                conn: s.conn(ev.sock, &self.owners),
                 old,
                 new,
                 dwell_ns: None,
@@ -438,22 +497,23 @@ impl Tracker {
         }
 
         let stats = &mut self.stats;
-        let s = self.socks.entry(ev.sock).or_insert_with(|| {
+        let s = self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
-            Sock::new(conn_of(ev, side_from_state(old)), old, None, ts)
+            Sock::new(ev, owner, side_from_state(old), old, None, ts)
         });
         // Keep the newest addresses and owner: a client's local port is 0 at CLOSE->SYN_SENT
         // (connect() sets the state before it picks the port).
-        s.conn.local = ev.local;
-        s.conn.remote = ev.remote;
-        if ev.owner.is_some() {
-            s.conn.owner = ev.owner;
+        s.local = ev.local;
+        s.remote = ev.remote;
+        if owner != NO_OWNER {
+            s.owner = owner;
         }
+        let conn = s.conn(ev.sock, &self.owners);
         let consistent = s.state == old;
         if !consistent {
             stats.gaps += 1;
         }
-        let dwell = match s.since_ns {
+        let dwell = match s.since_ns.get() {
             Some(since) if ts >= since => Some(ts - since),
             Some(_) => {
                 stats.out_of_order += 1;
@@ -464,7 +524,7 @@ impl Tracker {
         s.last_ns = s.last_ns.max(ts);
         out.push(Fact::Transition {
             ts_ns: ts,
-            conn: s.conn,
+            conn,
             old,
             new,
             dwell_ns: if consistent { dwell } else { None },
@@ -474,10 +534,10 @@ impl Tracker {
             && let Some(d) = dwell
             && let Some(i) = phase_index(old)
         {
-            s.phases[i] = Some(d);
+            s.phases[i] = OptNs::new(Some(d));
             out.push(Fact::Phase {
                 ts_ns: ts,
-                conn: s.conn,
+                conn,
                 phase: old,
                 dwell_ns: d,
             });
@@ -485,10 +545,11 @@ impl Tracker {
 
         // Handshakes.
         if new == TcpState::Established {
-            let handshake = match (s.conn.side, old) {
-                (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => {
-                    Some((Side::Client, s.opened_ns.map(|o| ts.saturating_sub(o))))
-                }
+            let handshake = match (s.side, old) {
+                (Some(Side::Client), TcpState::SynSent | TcpState::SynRecv) => Some((
+                    Side::Client,
+                    s.opened_ns.get().map(|o| ts.saturating_sub(o)),
+                )),
                 (Some(Side::Server), TcpState::SynRecv) => Some((
                     Side::Server,
                     ev.srtt_us.filter(|&r| r > 0).map(|r| u64::from(r) * 1000),
@@ -496,10 +557,10 @@ impl Tracker {
                 _ => None,
             };
             if let Some((side, latency)) = handshake {
-                s.handshake_ns = latency;
+                s.handshake_ns = OptNs::new(latency);
                 out.push(Fact::Handshake {
                     ts_ns: ts,
-                    conn: s.conn,
+                    conn,
                     side,
                     latency_ns: latency,
                     retransmits: s.retransmits,
@@ -508,7 +569,7 @@ impl Tracker {
         }
 
         s.state = new;
-        s.since_ns = Some(ts);
+        s.since_ns = OptNs::new(Some(ts));
 
         if new == TcpState::Close {
             let s = *s;
@@ -523,19 +584,16 @@ impl Tracker {
                     TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
                 );
             if time_wait {
-                out.push(Fact::TimeWait {
-                    ts_ns: ts,
-                    conn: s.conn,
-                });
+                out.push(Fact::TimeWait { ts_ns: ts, conn });
             }
             let close = classify_close(&s, old);
             let c = Connection {
-                conn: s.conn,
-                opened_ns: s.opened_ns,
+                conn,
+                opened_ns: s.opened_ns.get(),
                 closed_ns: ts,
-                handshake_ns: s.handshake_ns,
+                handshake_ns: s.handshake_ns.get(),
                 retransmits: s.retransmits,
-                phases: s.phases,
+                phases: s.phases.map(OptNs::get),
                 close,
                 time_wait,
             };
@@ -559,7 +617,7 @@ impl Tracker {
             let mut ages: Vec<(bool, u64, u64)> = self
                 .socks
                 .iter()
-                .map(|(k, s)| (s.state == TcpState::Listen, s.last_ns, *k))
+                .map(|(k, s)| (s.state == TcpState::Listen, s.last_ns, k))
                 .collect();
             ages.sort_unstable();
             let n = self.socks.len() / 10 + 1;
@@ -584,7 +642,7 @@ impl Tracker {
         // Listeners, open connections and sockets waiting in CLOSE_WAIT emit nothing while
         // they sit, however long: only the size bound may evict them (a CLOSE_WAIT leak is
         // exactly what must not age out).
-        self.socks.retain(|_, s| {
+        self.socks.retain(|s| {
             matches!(
                 s.state,
                 TcpState::Listen | TcpState::Established | TcpState::CloseWait
@@ -596,19 +654,44 @@ impl Tracker {
     }
 }
 
+/// A tracked socket without an owner.
+const NO_OWNER: u32 = u32::MAX;
+
 impl Sock {
-    fn new(conn: Conn, state: TcpState, since_ns: Option<u64>, ts: u64) -> Self {
+    /// A socket as event `ev` shows it, its owner already interned as `owner`.
+    fn new(
+        ev: &Event,
+        owner: u32,
+        side: Option<Side>,
+        state: TcpState,
+        since_ns: Option<u64>,
+        ts: u64,
+    ) -> Self {
         Self {
-            conn,
+            local: ev.local,
+            remote: ev.remote,
+            owner,
+            side,
             state,
-            since_ns,
+            since_ns: OptNs::new(since_ns),
             last_ns: ts,
-            opened_ns: None,
-            handshake_ns: None,
+            opened_ns: OptNs::NONE,
+            handshake_ns: OptNs::NONE,
             retransmits: 0,
-            phases: [None; 5],
+            phases: [OptNs::NONE; 5],
             reset_received: false,
             reset_sent: false,
+        }
+    }
+
+    /// The connection as facts name it.
+    fn conn(&self, sock: u64, owners: &Interner<Owner>) -> Conn {
+        Conn {
+            sock,
+            local: self.local,
+            remote: self.remote,
+            owner: (self.owner != NO_OWNER).then(|| owners.get(self.owner)),
+            side: self.side,
         }
     }
 }

@@ -677,3 +677,127 @@ fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
     );
     eprintln!("ring of 4 KiB, reader stopped: {events} delivered, {lost} lost and counted");
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers() {
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let path = std::env::temp_dir().join(format!("tcptrace-tiny-ring-{}.tcpt", std::process::id()));
+    let tracer = Tracer::record(&path, &["--port", &port.to_string(), "--ring-kib", "4"]);
+    // A burst the stopped reader cannot drain, then traffic after it: the tool must keep
+    // running and deliver what comes once it reads again.
+    let burst = 30;
+    churn_while_stopped(&tracer, &l, burst);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = 5;
+    for _ in 0..after {
+        connect_and_close(&l, CloseOrder::ServerFirst);
+    }
+    let out = tracer.stop();
+    let lost = out.summary["lost"].as_u64().expect("lost");
+    let events = out.summary["events"].as_u64().expect("events");
+    assert!(
+        lost > 0,
+        "nothing was lost with a stopped reader and a 4 KiB ring"
+    );
+    assert_eq!(
+        events + lost,
+        10 * (burst + after),
+        "delivered {events} + lost {lost}"
+    );
+    // The connections after the burst all arrived: the loss is within the burst.
+    assert!(
+        lost <= 10 * burst,
+        "lost {lost} > the burst's {} transitions",
+        10 * burst
+    );
+    // The recording carries the same loss: its report says what the live summary said.
+    let report = Command::new(BIN)
+        .arg("report")
+        .arg(&path)
+        .args(["--format", "json"])
+        .output()
+        .expect("run tcptrace report");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        report.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let replay: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    assert_eq!(replay["lost"].as_u64(), Some(lost), "{replay}");
+    assert_eq!(replay["events"].as_u64(), Some(events), "{replay}");
+    eprintln!("record with a 4 KiB ring: {events} delivered, {lost} lost, the same in the report");
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn memory_stays_flat_under_sustained_churn() {
+    // A short soak (the bench's `--soak 600` is the long one): 24 s of loopback churn beside `watch --per none`, RSS sampled every second. After warming up
+    // (hash tables reach their working size within a second; groups, up to 1,024 per
+    // dimension, and their histograms fill for longer: about 0.6 MB over the second half at
+    // 10,000 connections/s) the second half must grow less than 2 MiB: some 100,000
+    // connections go by in it, so a leak of 20 bytes per connection fails the test.
+    require_root();
+    const SECS: u64 = 24;
+    const GROWTH_BOUND: f64 = 2.0 * 1024.0 * 1024.0;
+    let l = std::sync::Arc::new(listener(Ipv4Addr::LOCALHOST.into()));
+    let port = l.local_addr().expect("addr").port();
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "none"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(SECS);
+    // One churning thread (connect_and_close accepts the connection it made, so several
+    // threads on one listener would take each other's); the test thread samples.
+    let worker = {
+        let l = std::sync::Arc::clone(&l);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while std::time::Instant::now() < deadline {
+                let order = if n.is_multiple_of(2) {
+                    CloseOrder::ServerFirst
+                } else {
+                    CloseOrder::ClientFirst
+                };
+                connect_and_close(&l, order);
+                n += 1;
+            }
+            n
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    while std::time::Instant::now() < deadline {
+        samples.push((start.elapsed().as_secs_f64(), tracer.rss_bytes() as f64));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let connections = worker.join().expect("worker");
+    let out = tracer.stop();
+    assert_eq!(out.summary["lost"], 0, "events lost in the soak");
+    let half = &samples[samples.len() / 2..];
+    let n = half.len() as f64;
+    let mx = half.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = half.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = half.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = half.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    let slope = sxy / sxx;
+    let growth = slope * (half[half.len() - 1].0 - half[0].0);
+    let curve: Vec<String> = samples
+        .iter()
+        .map(|(t, b)| format!("{t:.0}s:{:.1}", b / 1048576.0))
+        .collect();
+    eprintln!(
+        "soak: {connections} connections in {SECS}s; RSS MiB {}; second half grows {growth:.0}          bytes ({:.0} bytes/min)",
+        curve.join(" "),
+        slope * 60.0
+    );
+    assert!(
+        connections > 1000,
+        "the churn made only {connections} connections"
+    );
+    assert!(
+        growth < GROWTH_BOUND,
+        "RSS grew {growth:.0} bytes over the second half of the soak: {}",
+        curve.join(" ")
+    );
+}

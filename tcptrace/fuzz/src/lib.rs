@@ -18,6 +18,8 @@ pub mod counters;
 pub mod decode;
 #[path = "../../src/host.rs"]
 pub mod host;
+#[path = "../../src/intern.rs"]
+pub mod intern;
 #[path = "../../src/listeners.rs"]
 pub mod listeners;
 #[path = "../../src/outfile.rs"]

@@ -385,3 +385,122 @@ fn owner_learned_later_is_kept() {
     let c = closed(&facts);
     assert_eq!(c[0].conn.owner.map(|o| o.tgid), Some(7));
 }
+
+#[test]
+fn compact_optional_times_round_trip() {
+    for v in [
+        None,
+        Some(0),
+        Some(1),
+        Some(123_456_789),
+        Some(u64::MAX - 1),
+    ] {
+        assert_eq!(OptNs::new(v).get(), v);
+    }
+    // The one value the compact form cannot hold keeps its neighbour, not "none".
+    assert_eq!(OptNs::new(Some(u64::MAX)).get(), Some(u64::MAX - 1));
+    // The reason for it: a tracked socket stays small.
+    assert!(
+        std::mem::size_of::<Sock>() <= 152,
+        "{}",
+        std::mem::size_of::<Sock>()
+    );
+}
+
+#[test]
+fn a_million_distinct_sockets_stay_within_the_bound_and_evictions_show_in_the_summary() {
+    // A million connections that open and never close (the worst case: nothing ends an
+    // entry), through the tracker with its default limits.
+    let limits = Limits::default();
+    let mut t = Tracker::new(limits);
+    let mut out = Vec::new();
+    const N: u64 = 1_000_000;
+    for i in 0..N {
+        let mut e = st(0, i + 1, S::Close, S::SynSent);
+        e.ts_ns = i * 1000;
+        t.process(&e, &mut out);
+        let mut e = st(0, i + 1, S::SynSent, S::Established);
+        e.ts_ns = i * 1000 + 500;
+        t.process(&e, &mut out);
+        out.clear();
+        // The bound holds all the way, not only at the end.
+        assert!(t.socks.len() <= limits.max_sockets, "{}", t.socks.len());
+    }
+    let held = t.socks.len() as u64;
+    assert!(held > limits.max_sockets as u64 / 2, "{held} held");
+    // Every socket is either still held or counted as evicted: none vanish silently.
+    assert_eq!(t.stats().evicted, N - held);
+    // Memory, not only the count, is bounded: the table never grew past the bound's size.
+    assert!(
+        t.socks.capacity() <= 2 * limits.max_sockets,
+        "capacity {}",
+        t.socks.capacity()
+    );
+    // The most recently seen sockets are the ones kept.
+    assert_eq!(
+        t.state_counts()[usize::from(S::Established as u8) - 1],
+        held
+    );
+
+    let summary = crate::summary::Summary::build(
+        &crate::aggregate::Aggregate::default(),
+        &crate::counters::Counters::default(),
+        0,
+        &t,
+        5,
+    );
+    let mut text = Vec::new();
+    summary.write_text(&mut text).expect("writes");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(
+        text.contains(&format!("{} evicted", N - held)),
+        "the summary must show the evictions:\n{text}"
+    );
+}
+
+#[test]
+fn owners_stay_right_when_the_owner_table_forgets_dead_processes() {
+    // 20,000 short connections, each of its own process, a few open at a time: the tracker's
+    // table of distinct owners is compacted many times, and every fact must still name the
+    // socket's own process.
+    let mut t = Tracker::new(Limits::default());
+    let mut out = Vec::new();
+    let with_pid = |mut e: Event, pid: u32| {
+        e.owner = Some(Owner {
+            tgid: pid,
+            pid,
+            comm: Comm::from_str_lossy("worker"),
+            source: OwnerSource::Current,
+        });
+        e
+    };
+    for i in 0..20_000u64 {
+        let sock = i % 7 + 1;
+        let pid = i as u32 + 100;
+        t.process(
+            &with_pid(st(i * 10, sock, S::Close, S::SynSent), pid),
+            &mut out,
+        );
+        let mut e = st(i * 10 + 1, sock, S::SynSent, S::Established);
+        e.owner = None; // softirq: the tracker keeps the owner it has
+        t.process(&e, &mut out);
+        t.process(
+            &with_pid(st(i * 10 + 2, sock, S::Established, S::FinWait1), pid),
+            &mut out,
+        );
+        let mut e = st(i * 10 + 3, sock, S::FinWait1, S::FinWait2);
+        e.owner = None;
+        t.process(&e, &mut out);
+        let mut e = st(i * 10 + 4, sock, S::FinWait2, S::Close);
+        e.owner = None;
+        t.process(&e, &mut out);
+    }
+    let mut closed = 0;
+    for f in &out {
+        let want = (f.ts_ns() / MS / 10) as u32 + 100;
+        assert_eq!(f.conn().owner.map(|o| o.tgid), Some(want), "{f:?}");
+        closed += u32::from(matches!(f, Fact::Closed(_)));
+    }
+    assert_eq!(closed, 20_000);
+    assert!(t.owners.len() <= crate::intern::SLACK, "{}", t.owners.len());
+}

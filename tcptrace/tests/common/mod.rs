@@ -90,6 +90,24 @@ impl Tracer {
         Self::spawn(program, &["watch", "--format", "json"], args)
     }
 
+    /// Starts `tcptrace record -o PATH --summary-json F ARGS` and waits until it traces.
+    pub fn record(path: &std::path::Path, args: &[&str]) -> Self {
+        let path = path.to_str().expect("UTF-8 recording path");
+        Self::spawn(Command::new(BIN), &["record", "-o", path], args)
+    }
+
+    /// The `VmRSS` of the tool now, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("/proc/PID/status of the tracer");
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kb * 1024
+    }
+
     /// Starts `tcptrace serve --summary-json F ARGS` and waits until it traces.
     pub fn serve(args: &[&str]) -> Self {
         Self::spawn(Command::new(BIN), &["serve"], args)
