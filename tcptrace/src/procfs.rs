@@ -156,6 +156,12 @@ pub fn netns_inode(link: &str) -> Option<u32> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// Socket inode -> the process holding it, from every process's open files (the sampler names
+/// listeners' owners with it).
+pub fn socket_holders() -> HashMap<u64, Holder> {
+    scan_processes(Path::new("/proc")).0
+}
+
 /// Existing TCP sockets with their owners.
 #[derive(Debug, Default)]
 pub struct Existing {
