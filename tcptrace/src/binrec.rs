@@ -1,5 +1,5 @@
-//! The binary recording format (version 3; version 2 files, which have no sample blocks,
-//! still read), the default of `tcptrace record`: the same facts
+//! The binary recording format (version 3; version 2 files, which have no sample blocks and
+//! 88-byte event records, still read), the default of `tcptrace record`: the same facts
 //! as a JSON Lines recording (`record`), in fixed-size little-endian records compressed in
 //! small zstd frames, so that recording costs little CPU next to the traffic it watches and
 //! `report` reads millions of events a second.
@@ -7,11 +7,12 @@
 //! ```text
 //! file   = magic version header_len header block* end
 //! magic  = 89 'T' 'C' 'P' 0d 0a 1a 0a         8 bytes: tells binary from JSON Lines by content
-//! version= u32 LE (2)
+//! version= u32 LE (3)
 //! header = header_len (u32 LE, at most 64 KiB) bytes of JSON: the same Header object as line
 //!          one of a JSON Lines recording (host, kernel, start, clock, filter, tool version)
 //! block  = tag 'E' (u8), 3 zero bytes, count (u32 LE, 1..=16384), frame_len (u32 LE),
 //!          frame: one zstd frame with a content checksum holding count event records
+//!          (128 bytes each; 88 in version 2)
 //!        | tag 'S', 3 zero bytes, length (u32 LE, 1..=16 MiB), frame_len, one zstd frame
 //!          holding one socket-table sample as `length` bytes of JSON (since version 3)
 //! end    = tag 'Z', 3 zero bytes, count 1, frame_len, one zstd frame holding the end record
@@ -19,8 +20,9 @@
 //!
 //! The header is length-prefixed JSON rather than fixed binary fields: it is written once, its
 //! strings (host, kernel) and port lists have no natural fixed size, and sharing the JSON
-//! Lines header type keeps the two formats' headers identical field for field. The 88-byte
-//! event record (see [`encode`]) is canonical: every unused field must be zero, so a record
+//! Lines header type keeps the two formats' headers identical field for field. The 128-byte
+//! event record (see [`encode`]; version 2's 88-byte record is its first 88 bytes, with none of
+//! the socket identity and close counters that follow) is canonical: every unused field must be zero, so a record
 //! decodes to exactly one `Event` and back. A frame holds at most [`MAX_BLOCK_EVENTS`]
 //! records; the writer closes one every [`BLOCK_EVENTS`] events and whenever the live run
 //! flushes its sinks (a quiet ring buffer, every 100 ms tick), so a killed recorder leaves a
@@ -42,7 +44,7 @@ use std::{
 
 use crate::{
     counters::Counters,
-    decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
+    decode::{CloseStats, Comm, Event, Family, Ident, Kind, Owner, OwnerSource, TcpState},
     listeners::Sample,
 };
 
@@ -55,8 +57,20 @@ pub const VERSION: u32 = 3;
 pub const OLDEST_VERSION: u32 = 2;
 /// The largest sample (JSON bytes) a reader accepts; the writer refuses larger ones.
 pub const MAX_SAMPLE_BYTES: usize = 16 << 20;
-/// Size of one event record.
-pub const RECORD_SIZE: usize = 88;
+/// Size of one event record (version 3).
+pub const RECORD_SIZE: usize = 128;
+/// Size of one event record in version 2 files: a version 3 record without its last 40 bytes
+/// (cgroup, namespace, close counters).
+pub const V2_RECORD_SIZE: usize = 88;
+
+/// The event record size of a binary format version.
+pub fn record_size(version: u32) -> usize {
+    if version <= 2 {
+        V2_RECORD_SIZE
+    } else {
+        RECORD_SIZE
+    }
+}
 /// Size of the end record.
 pub const END_SIZE: usize = 56;
 /// Size of a block header.
@@ -112,21 +126,24 @@ fn ip_bytes(a: &SocketAddr) -> [u8; 16] {
     b
 }
 
-/// Encodes one event as an 88-byte record:
+/// Encodes one event as a 128-byte record:
 ///
 /// ```text
 ///  0 ts_ns u64        8 sock u64        16 local address [16]   32 remote address [16]
 /// 48 local port u16  50 remote port u16 52 tgid u32             56 pid u32
 /// 60 comm [16]       76 srtt_us u32     80 family u8 (4 or 6)   81 kind u8
 /// 82 old u8          83 new u8          84 owner source u8      85 flags u8  86 zero u16
+/// 88 cgroup_id u64   96 netns u32       100 close retrans u32   104 close bytes_acked u64
+/// 112 close bytes_received u64          120 close srtt_us u32   124 zero u32
 /// ```
 ///
 /// kind: 1 state (old -> new), 2 SYN retransmit, 3 SYN-ACK retransmit, 4 reset received,
 /// 5 reset sent (old = the state it was sent in, 0 if unknown), 6 listen overflow drop (since
 /// version 3; the local address is the listener's, the remote one zero). States are the kernel's
 /// numbers, 0 where there is none. Owner source: 0 none (tgid, pid and comm zero), 1 current,
-/// 2 cached, 3 listener, 4 proc. Flags: bit 0 says srtt_us is present. An IPv4 address uses
-/// the first 4 of its 16 bytes. Every byte a field does not use is zero.
+/// 2 cached, 3 listener, 4 proc. Flags: bit 0 says srtt_us is present, bit 1 cgroup_id, bit 2
+/// netns, bit 3 the four close counters (bytes 100..124; version 3). An IPv4 address uses the
+/// first 4 of its 16 bytes. Every byte a field does not use is zero.
 pub fn encode(ev: &Event, out: &mut [u8; RECORD_SIZE]) {
     out[0..8].copy_from_slice(&ev.ts_ns.to_le_bytes());
     out[8..16].copy_from_slice(&ev.sock.to_le_bytes());
@@ -158,9 +175,44 @@ pub fn encode(ev: &Event, out: &mut [u8; RECORD_SIZE]) {
     out[82] = old;
     out[83] = new;
     out[84] = source;
-    out[85] = u8::from(ev.srtt_us.is_some());
+    out[85] = u8::from(ev.srtt_us.is_some())
+        | u8::from(ev.ident.cgroup.is_some()) << 1
+        | u8::from(ev.ident.netns.is_some()) << 2
+        | u8::from(ev.close.is_some()) << 3;
     out[86] = 0;
     out[87] = 0;
+    out[88..96].copy_from_slice(&ev.ident.cgroup.unwrap_or(0).to_le_bytes());
+    out[96..100].copy_from_slice(&ev.ident.netns.unwrap_or(0).to_le_bytes());
+    let c = ev.close.unwrap_or_default();
+    out[100..104].copy_from_slice(&c.retrans.to_le_bytes());
+    out[104..112].copy_from_slice(&c.bytes_acked.to_le_bytes());
+    out[112..120].copy_from_slice(&c.bytes_received.to_le_bytes());
+    out[120..124].copy_from_slice(&c.srtt_us.to_le_bytes());
+    out[124..128].fill(0);
+}
+
+/// Decodes one version 2 record (88 bytes): a version 3 record whose flags allow only srtt_us
+/// and whose identity and close counters are absent.
+pub fn decode_v2(b: &[u8; V2_RECORD_SIZE]) -> Result<Event, RecordError> {
+    if b[85] > 1 {
+        return Err(RecordError::NotCanonical("flags"));
+    }
+    let mut full = [0u8; RECORD_SIZE];
+    full[..V2_RECORD_SIZE].copy_from_slice(b);
+    decode(&full)
+}
+
+/// Decodes one record of a file of `version` (its length is [`record_size`]).
+fn decode_versioned(version: u32, b: &[u8]) -> Result<Event, RecordError> {
+    if version <= 2 {
+        let mut r = [0u8; V2_RECORD_SIZE];
+        r.copy_from_slice(b);
+        decode_v2(&r)
+    } else {
+        let mut r = [0u8; RECORD_SIZE];
+        r.copy_from_slice(b);
+        decode(&r)
+    }
 }
 
 fn u16_at(b: &[u8; RECORD_SIZE], at: usize) -> u16 {
@@ -265,16 +317,42 @@ pub fn decode(b: &[u8; RECORD_SIZE]) -> Result<Event, RecordError> {
             None
         }
     };
+    let flags = b[85];
+    zero(flags & !0x0f == 0, "flags")?;
     let srtt = u32_at(b, 76);
-    let srtt_us = match b[85] {
-        0 => {
-            zero(srtt == 0, "srtt_us")?;
-            None
-        }
-        1 => Some(srtt),
-        _ => return Err(RecordError::NotCanonical("flags")),
+    let srtt_us = if flags & 1 != 0 {
+        Some(srtt)
+    } else {
+        zero(srtt == 0, "srtt_us")?;
+        None
     };
-    zero(b[86] == 0 && b[87] == 0, "padding")?;
+    let cgroup = u64_at(b, 88);
+    let cgroup = if flags & 2 != 0 {
+        Some(cgroup)
+    } else {
+        zero(cgroup == 0, "cgroup_id")?;
+        None
+    };
+    let netns = u32_at(b, 96);
+    let netns = if flags & 4 != 0 {
+        Some(netns)
+    } else {
+        zero(netns == 0, "netns")?;
+        None
+    };
+    let stats = CloseStats {
+        retrans: u32_at(b, 100),
+        bytes_acked: u64_at(b, 104),
+        bytes_received: u64_at(b, 112),
+        srtt_us: u32_at(b, 120),
+    };
+    let close = if flags & 8 != 0 {
+        Some(stats)
+    } else {
+        zero(stats == CloseStats::default(), "close counters")?;
+        None
+    };
+    zero(b[86] == 0 && b[87] == 0 && u32_at(b, 124) == 0, "padding")?;
     Ok(Event {
         ts_ns: u64_at(b, 0),
         sock: u64_at(b, 8),
@@ -284,8 +362,8 @@ pub fn decode(b: &[u8; RECORD_SIZE]) -> Result<Event, RecordError> {
         owner,
         kind,
         srtt_us,
-        ident: Default::default(),
-        close: None,
+        ident: Ident { cgroup, netns },
+        close,
     })
 }
 
@@ -460,8 +538,13 @@ impl<W: Write> Writer<W> {
     )
 )]
 pub fn file_of_records(header_json: &[u8], raw: &[u8]) -> Vec<u8> {
+    file_of_version_records(VERSION, header_json, raw)
+}
+
+/// [`file_of_records`] for a file of `version` (records of [`record_size`] bytes).
+pub fn file_of_version_records(version: u32, header_json: &[u8], raw: &[u8]) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
     out.extend_from_slice(header_json);
     let mut block = |tag: u8, count: usize, payload: &[u8]| {
@@ -472,7 +555,7 @@ pub fn file_of_records(header_json: &[u8], raw: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
         out.extend_from_slice(&frame);
     };
-    let count = raw.len().div_ceil(RECORD_SIZE);
+    let count = raw.len().div_ceil(record_size(version));
     if count > 0 {
         block(TAG_EVENTS, count, raw);
     }
@@ -533,8 +616,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Reads the magic, version and header; returns the header's JSON bytes.
-pub fn read_header(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
+/// Reads the magic, version and header; returns the version and the header's JSON bytes.
+pub fn read_header(r: &mut impl Read) -> Result<(u32, Vec<u8>), ReadError> {
     let mut head = [0u8; 16];
     let got = read_full(r, &mut head).map_err(|source| ReadError::Io { offset: 0, source })?;
     if got < MAGIC.len() || head[..8] != MAGIC {
@@ -567,11 +650,11 @@ pub fn read_header(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
             offset: 16 + got as u64,
         });
     }
-    Ok(json)
+    Ok((version, json))
 }
 
-/// Reads the blocks after the header, handing each event to `f`; `offset` is where the
-/// blocks start in the file. Stops at the end block, at the end of the input (truncated),
+/// Reads the blocks after the header of a file of `version`, handing each event to `f`;
+/// `offset` is where the blocks start in the file. Stops at the end block, at the end of the input (truncated),
 /// or at the first damaged byte.
 ///
 /// Reading, decompressing and decoding run on a helper thread, a batch of events ahead of
@@ -587,15 +670,17 @@ pub fn read_header(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
 )]
 pub fn read_blocks(
     r: &mut (impl Read + Send),
+    version: u32,
     offset: u64,
     f: &mut dyn FnMut(Event),
 ) -> (u64, Result<End, ReadError>) {
-    read_blocks_with(r, offset, f, &mut |_| {})
+    read_blocks_with(r, version, offset, f, &mut |_| {})
 }
 
 /// [`read_blocks`], handing each socket-table sample to `s` in file order among the events.
 pub fn read_blocks_with(
     r: &mut (impl Read + Send),
+    version: u32,
     offset: u64,
     f: &mut dyn FnMut(Event),
     s: &mut dyn FnMut(Sample),
@@ -618,6 +703,7 @@ pub fn read_blocks_with(
                 let gone = std::cell::Cell::new(false);
                 let (_, result) = read_blocks_serial_with(
                     r,
+                    version,
                     offset,
                     &mut |ev| {
                         if gone.get() {
@@ -691,15 +777,17 @@ pub fn read_blocks_with(
 )]
 pub fn read_blocks_serial(
     r: &mut impl Read,
+    version: u32,
     offset: u64,
     f: &mut dyn FnMut(Event),
 ) -> (u64, Result<End, ReadError>) {
-    read_blocks_serial_with(r, offset, f, &mut |_| {})
+    read_blocks_serial_with(r, version, offset, f, &mut |_| {})
 }
 
 /// [`read_blocks_with`] on the calling thread.
 pub fn read_blocks_serial_with(
     r: &mut impl Read,
+    version: u32,
     mut offset: u64,
     f: &mut dyn FnMut(Event),
     s: &mut dyn FnMut(Sample),
@@ -709,6 +797,7 @@ pub fn read_blocks_serial_with(
         let mut dec =
             zstd::bulk::Decompressor::new().map_err(|source| ReadError::Io { offset, source })?;
         let max_frame = max_frame_bytes();
+        let size = record_size(version);
         let mut frame: Vec<u8> = Vec::new();
         // Grown to the largest block seen (at most MAX_BLOCK_EVENTS records).
         let mut out: Vec<u8> = Vec::new();
@@ -745,7 +834,7 @@ pub fn read_blocks_serial_with(
                 ));
             }
             let expect = match tag {
-                TAG_EVENTS if (1..=MAX_BLOCK_EVENTS).contains(&count) => count * RECORD_SIZE,
+                TAG_EVENTS if (1..=MAX_BLOCK_EVENTS).contains(&count) => count * size,
                 TAG_EVENTS => {
                     return Err(corrupt(format!(
                         "a block of {count} events (1 to {MAX_BLOCK_EVENTS} allowed)"
@@ -823,10 +912,8 @@ pub fn read_blocks_serial_with(
                 offset += (BLOCK_HEADER_SIZE + len) as u64;
                 continue;
             }
-            for (i, rec) in out[..expect].chunks_exact(RECORD_SIZE).enumerate() {
-                let mut b = [0u8; RECORD_SIZE];
-                b.copy_from_slice(rec);
-                match decode(&b) {
+            for (i, rec) in out[..expect].chunks_exact(size).enumerate() {
+                match decode_versioned(version, rec) {
                     Ok(ev) => {
                         events += 1;
                         f(ev);
@@ -888,6 +975,26 @@ mod tests {
             }
             v.push(b);
         }
+        // Live-like identity and close counters, alone and together, extreme values included.
+        b.ident.cgroup = Some(u64::MAX);
+        v.push(b);
+        b.ident.netns = Some(4_026_531_840);
+        b.kind = Kind::State {
+            old: TcpState::LastAck,
+            new: TcpState::Close,
+        };
+        b.close = Some(CloseStats {
+            bytes_acked: 1 << 20,
+            bytes_received: u64::MAX,
+            retrans: 3,
+            srtt_us: 0,
+        });
+        v.push(b);
+        b.ident = Ident {
+            cgroup: None,
+            netns: Some(0),
+        };
+        v.push(b);
         v
     }
 
@@ -925,6 +1032,18 @@ mod tests {
         b = good;
         b[87] = 1;
         assert!(matches!(decode(&b), Err(RecordError::NotCanonical(_))));
+        // The version 3 fields: a value without its flag, an unknown flag, the padding.
+        for at in [88, 96, 100, 104, 112, 120, 124, 127] {
+            b = good;
+            b[at] = 1;
+            assert!(
+                matches!(decode(&b), Err(RecordError::NotCanonical(_))),
+                "byte {at}"
+            );
+        }
+        b = good;
+        b[85] |= 0x10;
+        assert!(matches!(decode(&b), Err(RecordError::NotCanonical(_))));
     }
 
     fn file(evs: &[Event]) -> Vec<u8> {
@@ -940,9 +1059,11 @@ mod tests {
 
     fn read(bytes: &[u8]) -> (Vec<Event>, Result<End, ReadError>) {
         let mut r = bytes;
-        let json = read_header(&mut r).expect("header");
+        let (version, json) = read_header(&mut r).expect("header");
         let mut evs = Vec::new();
-        let (n, end) = read_blocks(&mut r, 16 + json.len() as u64, &mut |e| evs.push(e));
+        let (n, end) = read_blocks(&mut r, version, 16 + json.len() as u64, &mut |e| {
+            evs.push(e)
+        });
         assert_eq!(n, evs.len() as u64);
         (evs, end)
     }
@@ -951,7 +1072,7 @@ mod tests {
     fn blocks_and_end_round_trip() {
         let mut evs = Vec::new();
         for i in 0..(BLOCK_EVENTS as u64 * 2 + 5) {
-            let mut e = events()[(i % 9) as usize];
+            let mut e = events()[i as usize % events().len()];
             e.ts_ns = i;
             evs.push(e);
         }
@@ -985,7 +1106,7 @@ mod tests {
     fn the_threaded_reader_gives_what_the_serial_one_does() {
         let mut evs = Vec::new();
         for i in 0..(BLOCK_EVENTS as u64 * 3 + 7) {
-            let mut e = events()[(i % 9) as usize];
+            let mut e = events()[i as usize % events().len()];
             e.ts_ns = i;
             evs.push(e);
         }
@@ -1001,11 +1122,11 @@ mod tests {
             .collect::<Vec<_>>();
         for input in inputs {
             let mut r = input;
-            let json = read_header(&mut r).expect("header");
+            let (version, json) = read_header(&mut r).expect("header");
             let start = 16 + json.len() as u64;
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            let (na, ra) = read_blocks(&mut { r }, start, &mut |e| a.push(e));
-            let (nb, rb) = read_blocks_serial(&mut { r }, start, &mut |e| b.push(e));
+            let (na, ra) = read_blocks(&mut { r }, version, start, &mut |e| a.push(e));
+            let (nb, rb) = read_blocks_serial(&mut { r }, version, start, &mut |e| b.push(e));
             assert_eq!((na, &a), (nb, &b));
             assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
         }
@@ -1013,13 +1134,34 @@ mod tests {
 
     #[test]
     fn version_2_files_still_read_and_sample_blocks_are_bounded() {
-        let evs = events();
-        let mut bytes = file(&evs);
-        // A version 2 file is a version 3 file without sample blocks.
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let (back, end) = read(&bytes);
+        // A version 2 file has no sample blocks and 88-byte records: a version 3 record's
+        // first 88 bytes, without identity and close counters.
+        let evs: Vec<Event> = events()
+            .into_iter()
+            .map(|mut e| {
+                e.ident = Ident::default();
+                e.close = None;
+                e
+            })
+            .collect();
+        let mut raw = Vec::new();
+        for e in &evs {
+            let mut b = [0u8; RECORD_SIZE];
+            encode(e, &mut b);
+            raw.extend_from_slice(&b[..V2_RECORD_SIZE]);
+        }
+        let v2 = file_of_version_records(2, b"{}", &raw);
+        let (back, end) = read(&v2);
         assert_eq!(back, evs);
         assert!(end.is_ok(), "{end:?}");
+        // A version 2 record cannot claim the version 3 fields.
+        raw[85] |= 2;
+        let (back, end) = read(&file_of_version_records(2, b"{}", &raw));
+        assert!(back.is_empty());
+        assert!(
+            matches!(&end, Err(ReadError::Corrupt { record: Some(0), reason, .. }) if reason.contains("flags")),
+            "{end:?}"
+        );
         // A sample block claiming more than MAX_SAMPLE_BYTES is refused before allocating.
         let mut w = Writer::new(Vec::new(), b"{}").expect("writer");
         let s = crate::listeners::tests::sample(1, Vec::new(), Default::default());
@@ -1030,6 +1172,7 @@ mod tests {
         let mut samples = Vec::new();
         let (_, end) = read_blocks_with(
             &mut &bytes[first_block..],
+            VERSION,
             first_block as u64,
             &mut |_| {},
             &mut |s| samples.push(s),

@@ -4,9 +4,11 @@
 //! Two formats hold the same facts, and [`replay`] tells them apart by their first bytes,
 //! not by the file name:
 //!
-//! - binary (version 3, `binrec`; version 2 still reads): fixed-size records in checksummed zstd frames, the default
+//! - binary (version 3, `binrec`; version 2 still reads): fixed-size records (with the socket's
+//!   cgroup, namespace and close counters since version 3) in checksummed zstd frames, the default
 //!   of `tcptrace record` because it is cheap to write and fast to read;
-//! - JSON Lines (version 2; version 1 still reads), written when the name ends in `.jsonl` or `.jsonl.zst` (zstd),
+//! - JSON Lines (version 2; version 1 still reads; version 2 events may carry `cgroup_id`,
+//!   `netns` and `close` counters, fields version 1 files simply lack), written when the name ends in `.jsonl` or `.jsonl.zst` (zstd),
 //!   each line one externally tagged object, so log shippers and `jq` read it as is:
 //!
 //! ```text
@@ -40,7 +42,7 @@ use crate::{
     clock::Clock,
     config::Filter,
     counters::Counters,
-    decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
+    decode::{CloseStats, Comm, Event, Family, Ident, Kind, Owner, OwnerSource, TcpState},
     listeners::Sample,
     sink::Sink,
     track::Fact,
@@ -152,6 +154,15 @@ struct EventLine {
     owner: Option<OwnerLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     srtt_us: Option<u32>,
+    /// The socket's cgroup v2 id, where the event carried it (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup_id: Option<u64>,
+    /// The socket's network namespace inode, where the event carried it (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
+    /// The socket's counters at its transition to CLOSE, as the kernel gave them (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    close: Option<CloseStats>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -228,6 +239,9 @@ impl EventLine {
             state,
             owner,
             srtt_us: ev.srtt_us,
+            cgroup_id: ev.ident.cgroup,
+            netns: ev.ident.netns,
+            close: ev.close,
         }
     }
 
@@ -285,8 +299,11 @@ impl EventLine {
             owner,
             kind,
             srtt_us: self.srtt_us,
-            ident: Default::default(),
-            close: None,
+            ident: Ident {
+                cgroup: self.cgroup_id,
+                netns: self.netns,
+            },
+            close: self.close,
         })
     }
 }
@@ -459,7 +476,7 @@ fn detect<'a>(
 /// Reads only the header of a recording (either format).
 pub fn read_header(path: &Path) -> Result<Header, RecordingError> {
     match open(path)? {
-        Source::Binary(mut r) => binary_header(path, &mut r).map(|(h, _)| h),
+        Source::Binary(mut r) => binary_header(path, &mut r).map(|(h, _, _)| h),
         Source::Lines(mut r) => {
             let mut buf = Vec::new();
             r.read_until(b'\n', &mut buf)
@@ -550,9 +567,9 @@ fn read_source(
     }
 }
 
-/// Reads a binary recording's magic number, version and header; returns the header and the
-/// offset where the blocks start.
-fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), RecordingError> {
+/// Reads a binary recording's magic number, version and header; returns the header, the
+/// file's format version and the offset where the blocks start.
+fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u32, u64), RecordingError> {
     let p = || path.to_owned();
     let corrupt = |offset: u64, reason: String| RecordingError::CorruptAt {
         path: p(),
@@ -560,7 +577,7 @@ fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), Record
         record: None,
         reason,
     };
-    let json = binrec::read_header(r).map_err(|e| match e {
+    let (version, json) = binrec::read_header(r).map_err(|e| match e {
         binrec::ReadError::HeaderCut { offset } => corrupt(
             offset,
             "the file ends inside the header (was `tcptrace record` stopped before it started?)"
@@ -583,7 +600,7 @@ fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), Record
             ),
         ));
     }
-    Ok((header, 16 + json.len() as u64))
+    Ok((header, version, 16 + json.len() as u64))
 }
 
 fn read_binary(
@@ -594,11 +611,11 @@ fn read_binary(
     f: &mut dyn FnMut(Event),
     s: &mut dyn FnMut(Sample),
 ) -> Result<Replay, RecordingError> {
-    let (header, start) = binary_header(path, &mut r)?;
+    let (header, version, start) = binary_header(path, &mut r)?;
     let (events, end) = if threaded {
-        binrec::read_blocks_with(&mut r, start, f, s)
+        binrec::read_blocks_with(&mut r, version, start, f, s)
     } else {
-        binrec::read_blocks_serial_with(&mut r, start, f, s)
+        binrec::read_blocks_serial_with(&mut r, version, start, f, s)
     };
     match end {
         Ok(end) => Ok(Replay {
@@ -1050,6 +1067,22 @@ mod tests {
             b.kind = k;
             v.push(b);
         }
+        // A live run's identity and close counters.
+        b.ident = Ident {
+            cgroup: Some(12_345),
+            netns: Some(4_026_531_840),
+        };
+        b.kind = Kind::State {
+            old: TcpState::FinWait2,
+            new: TcpState::Close,
+        };
+        b.close = Some(CloseStats {
+            bytes_acked: 1_048_578,
+            bytes_received: 65_537,
+            retrans: 2,
+            srtt_us: 45,
+        });
+        v.push(b);
         v
     }
 
@@ -1141,7 +1174,10 @@ mod tests {
             let rep = replay(&path, false, |e| back.push(e)).expect("replay");
             assert_eq!(back, evs);
             let t = rep.trailer.expect("trailer");
-            assert_eq!((t.counters, t.undecodable, t.events), (counters, 4, 7));
+            assert_eq!(
+                (t.counters, t.undecodable, t.events),
+                (counters, 4, evs.len() as u64)
+            );
             assert_eq!(rep.header.filter, Filter::default());
             assert_eq!(read_header(&path).expect("header"), rep.header);
             let want = match RecordingFormat::for_path(&path) {
