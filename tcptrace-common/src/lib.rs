@@ -121,7 +121,8 @@ pub struct Event {
 /// Size of an [`Event`] as this build writes it (version 2).
 pub const EVENT_SIZE: usize = 128;
 /// Size of a version-1 record (everything up to `aux`): the shortest record the decoder
-/// accepts.
+/// accepts, and the one the kernel program writes for an event that carries no identity and
+/// no close counters (most events), so that the ring holds more of them.
 pub const EVENT_V1_SIZE: usize = 88;
 
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
@@ -135,6 +136,8 @@ pub const XFLAG_CGROUP: u32 = 1 << 0;
 pub const XFLAG_NETNS: u32 = 1 << 1;
 /// `Event::xflags`: the owner's pid is the current task's but its name was not read (the
 /// program reads `comm` only on a socket's first event; userspace knows it from then on).
+/// Informational: a short record (no identity, no close counters) cannot carry it, and its
+/// `comm` is then all zero just the same.
 pub const XFLAG_NO_COMM: u32 = 1 << 2;
 /// `Event::xflags`: `bytes_acked`, `bytes_received`, `total_retrans` and `close_srtt_us`
 /// were read from the socket at this transition to CLOSE.
@@ -457,8 +460,9 @@ pub mod tp {
 }
 
 /// Size in bytes of each ring buffer in use (power of two, multiple of the page size). 4 MiB
-/// holds 30,840 records (each takes 136 bytes: the 128-byte [`Event`] plus the ring's 8-byte
-/// header): an eighth of a second of the heaviest loopback churn seen on 2 cores,
+/// holds 43,690 short records (96 bytes: the [`EVENT_V1_SIZE`] prefix plus the ring's 8-byte
+/// header; most events) or 30,840 whole ones (136 bytes: a socket's first event, carrying its
+/// identity, and its close, carrying its counters): an eighth of a second of the heaviest loopback churn seen on 2 cores,
 /// even if it all ran on one CPU.
 pub const RING_BYTES: u32 = 4 << 20;
 

@@ -27,11 +27,11 @@ use aya_ebpf::{
 use core::mem::{MaybeUninit, offset_of};
 
 use tcptrace_common::{
-    AF_INET, AF_INET6, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT,
-    FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT, FLAG_OWNER_LISTENER, ListenKey,
-    Listener, MAX_FILTER_PORTS, OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, Owner, PORT_EITHER,
-    PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, SockOffsets, XFLAG_CGROUP, XFLAG_CLOSE_STATS,
-    XFLAG_NETNS, XFLAG_NO_COMM, counter, tp,
+    AF_INET, AF_INET6, EVENT_V1_SIZE, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY,
+    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT,
+    FLAG_OWNER_LISTENER, ListenKey, Listener, MAX_FILTER_PORTS, OFFS_CGROUP, OFFS_CLOSE,
+    OFFS_NETNS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, SockOffsets,
+    XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -107,10 +107,10 @@ static EVENTS6: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 static EVENTS7: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 const _: () = assert!(RINGS == 8);
 
-/// Reserves a record in this CPU's ring. Each arm names its map directly: the verifier needs
-/// a constant map pointer at every reserve call.
+/// Reserves a record of `T` (an [`Event`] or a [`ShortEvent`]) in this CPU's ring. Each arm
+/// names its map directly: the verifier needs a constant map pointer at every reserve call.
 #[inline(always)]
-fn reserve() -> Option<RingBufEntry<Event>> {
+fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     // SAFETY: a helper without arguments (inlined by the verifier).
     let ring = unsafe { bpf_get_smp_processor_id() } % RINGS;
     if ring < 4 {
@@ -626,15 +626,44 @@ fn owner_for(
     (NO_OWNER, 0, NO_IDENT)
 }
 
+/// The first [`EVENT_V1_SIZE`] bytes of an [`Event`]: what a record that carries no identity
+/// and no close counters (most of them) takes in the ring, so a ring holds 43% more of them
+/// (userspace decodes records of either length).
+#[repr(C, align(8))]
+struct ShortEvent([u8; EVENT_V1_SIZE]);
+
+const _: () = assert!(core::mem::size_of::<ShortEvent>() == EVENT_V1_SIZE);
+
 /// Writes one record straight into the ring buffer, word by word at the [`Event`] field
-/// offsets (built on the stack and copied, it took a byte-by-byte copy of the record).
+/// offsets (built on the stack and copied, it took a byte-by-byte copy of the record). A
+/// record with the socket's cgroup or namespace or its close counters takes a whole
+/// [`Event`]; any other the [`ShortEvent`] prefix. Two reserve sites, each of a constant size.
 #[inline(always)]
 fn emit(r: &Record, owner: OwnerWords) {
-    let Some(mut entry) = reserve() else {
-        count(counter::LOST);
-        return;
-    };
-    let base = entry.as_mut_ptr().cast::<u8>();
+    if r.close.is_some() || r.ident.xflags & (XFLAG_CGROUP | XFLAG_NETNS) != 0 {
+        let Some(mut entry) = reserve::<Event>() else {
+            count(counter::LOST);
+            return;
+        };
+        let base = entry.as_mut_ptr().cast::<u8>();
+        emit_head(base, r, owner);
+        emit_tail(base, r);
+        entry.submit(0);
+    } else {
+        let Some(mut entry) = reserve::<ShortEvent>() else {
+            count(counter::LOST);
+            return;
+        };
+        emit_head(entry.as_mut_ptr().cast::<u8>(), r, owner);
+        entry.submit(0);
+    }
+    count(counter::SUBMITTED);
+}
+
+/// Writes an [`Event`]'s first [`EVENT_V1_SIZE`] bytes at `base` (a reserved ring record at
+/// least that long).
+#[inline(always)]
+fn emit_head(base: *mut u8, r: &Record, owner: OwnerWords) {
     let put = |offset: usize, v: u64| {
         // SAFETY: every offset below is an 8-aligned field of the reserved record
         // (ring buffer records are 8-aligned).
@@ -665,6 +694,16 @@ fn emit(r: &Record, owner: OwnerWords) {
         at(offset_of!(Event, _pad)).write(0);
         at(offset_of!(Event, aux)).cast::<u32>().write(r.aux);
     }
+}
+
+/// Writes an [`Event`]'s fields after the first [`EVENT_V1_SIZE`] bytes at `base` (a reserved
+/// ring record of a whole [`Event`]).
+#[inline(always)]
+fn emit_tail(base: *mut u8, r: &Record) {
+    let put = |offset: usize, v: u64| {
+        // SAFETY: 8-aligned fields of the reserved record, as in `emit_head`.
+        unsafe { base.add(offset).cast::<u64>().write(v) }
+    };
     let c = r.close.unwrap_or(CloseStats {
         acked: 0,
         received: 0,
@@ -688,8 +727,6 @@ fn emit(r: &Record, owner: OwnerWords) {
         offset_of!(Event, total_retrans),
         u64::from(c.retrans) | (u64::from(c.srtt_us) << 32),
     );
-    entry.submit(0);
-    count(counter::SUBMITTED);
 }
 
 /// The layout [`emit`] writes: the owner's words land on `tgid`, `pid` and `comm` in order,
@@ -711,6 +748,9 @@ const _: () = {
     assert!(offset_of!(Event, cgroup_id) % 8 == 0 && offset_of!(Event, bytes_acked) % 8 == 0);
     assert!(offset_of!(Event, bytes_received) % 8 == 0);
     assert!(offset_of!(Event, close_srtt_us) + 4 == core::mem::size_of::<Event>());
+    // The short record ends where the appended fields start.
+    assert!(offset_of!(Event, cgroup_id) == EVENT_V1_SIZE);
+    assert!(offset_of!(Event, aux) + 4 == EVENT_V1_SIZE);
 };
 
 /// The ports-family-addresses block of the `tcp:*` tracepoints ([`tp::tcp_addrs`]), read with
