@@ -406,20 +406,61 @@ const REFILL_EVERY: usize = 2048;
 /// Records one [`Collector::read_batch`] hands on at most before it returns to the live
 /// loop (which calls it again at once while records are queued).
 const READ_LIMIT: usize = 65_536;
-/// Records the queue holds at most (88 bytes each plus 24 of index: about 28 MiB). A
+/// Records past which the queue takes no more from the rings (88 bytes each plus 24 of
+/// index: about 28 MiB, plus what the rings held when it was last refilled). A
 /// mass close of 162,000 sockets (about 800,000 transitions in a second) needs a fraction
 /// of that, since the pipeline keeps handing records on meanwhile; the memory goes back
 /// after the burst ([`SHRINK_AFTER`]).
 const QUEUE_CAP: usize = 262_144;
 
-/// Moves every record the rings hold into `merge` until it holds `cap` records.
+/// Moves every record the rings hold into `merge`, unless it already holds `cap` records.
+/// A drain always empties every ring: stopping part-way would leave one ring's older
+/// records behind another's newer ones, further apart in time than the reorder window
+/// mends. So the queue holds at most `cap` plus what the rings can hold.
 fn drain_rings(rings: &mut [AsyncFd<RingBuf<MapData>>], merge: &mut Merge, cap: usize) {
+    if merge.len() >= cap {
+        return;
+    }
     for ring in rings {
         let ring = ring.get_mut();
-        while merge.len() < cap
-            && let Some(item) = ring.next()
-        {
+        while let Some(item) = ring.next() {
             merge.push(&item);
+        }
+    }
+}
+
+/// Hands on the queued records and whatever `refill` adds to the queue meanwhile, oldest
+/// first per refill, until the queue is empty or [`READ_LIMIT`] records went by; `spare` is
+/// the second buffer the queue swaps with. Returns the number handed on.
+///
+/// `refill` moves records from the kernel's rings into the queue (see [`drain_rings`]). It
+/// runs first and then every [`REFILL_EVERY`] records, so the rings are emptied while the
+/// pipeline is busy. Records added meanwhile are handed on after those already sorted: they
+/// were committed after the previous drain, so they are at most a drain's duration older
+/// than what went before (within the reorder window, see [`Merge`]). Tested against
+/// draining everything first and sorting once.
+fn hand_on(
+    queue: &mut Merge,
+    spare: &mut Merge,
+    mut refill: impl FnMut(&mut Merge),
+    mut f: impl FnMut(&[u8]),
+) -> usize {
+    let mut total = 0;
+    loop {
+        refill(queue);
+        let mut batch = std::mem::replace(queue, std::mem::take(spare));
+        let mut since = 0usize;
+        total += batch.flush(|record| {
+            f(record);
+            since += 1;
+            if since == REFILL_EVERY {
+                since = 0;
+                refill(queue);
+            }
+        });
+        *spare = batch;
+        if queue.is_empty() || total >= READ_LIMIT {
+            return total;
         }
     }
 }
@@ -637,12 +678,12 @@ impl Collector {
     /// queued), lets a batch gather ([`BATCH_DELAY`]), then hands every available record of
     /// every ring to `f`, in time order. Returns the number of records handed on.
     ///
-    /// While it hands records on it keeps emptying the rings ([`Collector::refill`] every
-    /// [`REFILL_EVERY`] records) into a second buffer, handed on next, so a burst the
+    /// While it hands records on it keeps emptying the rings (every
+    /// [`REFILL_EVERY`] records, see [`hand_on`]) into a second buffer, handed on next, so a burst the
     /// pipeline cannot keep up with waits in this process's memory instead of filling the
     /// kernel's rings. It returns after [`READ_LIMIT`] records even if more are queued, so
     /// ticks and signals still get their turn.
-    pub async fn read_batch(&mut self, mut f: impl FnMut(&[u8])) -> Result<usize> {
+    pub async fn read_batch(&mut self, f: impl FnMut(&[u8])) -> Result<usize> {
         if self.merge.is_empty() {
             std::future::poll_fn(|cx| {
                 for ring in &self.rings {
@@ -656,41 +697,25 @@ impl Collector {
             .context("waiting on the ring buffers")?;
             tokio::time::sleep(BATCH_DELAY).await;
         }
-        let mut total = 0;
-        loop {
-            self.refill();
-            let mut batch = std::mem::replace(&mut self.merge, std::mem::take(&mut self.spare));
-            let mut since = 0usize;
-            let n = batch.flush(|record| {
-                f(record);
-                since += 1;
-                if since == REFILL_EVERY {
-                    since = 0;
-                    drain_rings(&mut self.rings, &mut self.merge, QUEUE_CAP);
-                }
-            });
-            self.spare = batch;
-            total += n;
-            if self.merge.is_empty() || total >= READ_LIMIT {
-                break;
-            }
-        }
-        Ok(total)
+        self.clear_readiness();
+        let rings = &mut self.rings;
+        Ok(hand_on(
+            &mut self.merge,
+            &mut self.spare,
+            |queue| drain_rings(rings, queue, QUEUE_CAP),
+            f,
+        ))
     }
 
-    /// Moves what the rings hold into the queue, up to [`QUEUE_CAP`] queued records; past
-    /// the cap the records stay in the kernel's rings (where a full ring counts what it
-    /// cannot take), so loss is still counted in one place only. Readiness is cleared
-    /// before each ring is drained: a record committed after the drain wakes the reader
-    /// again (the kernel wakes it when it has caught up).
-    fn refill(&mut self) {
+    /// Clears the rings' readiness before they are drained: a record committed after the
+    /// drain wakes the reader again (the kernel wakes it when it has caught up).
+    fn clear_readiness(&mut self) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for ring in &mut self.rings {
             if let std::task::Poll::Ready(Ok(mut guard)) = ring.poll_read_ready_mut(&mut cx) {
                 guard.clear_ready();
             }
         }
-        drain_rings(&mut self.rings, &mut self.merge, QUEUE_CAP);
     }
 
     /// Reads whatever is in the ring buffers (and the queue) without waiting, in time order.
@@ -841,6 +866,114 @@ format:
             m.spans.capacity(),
             m.bytes.capacity()
         );
+    }
+
+    /// A fake kernel: rings whose producers add `per_refill` newer records each time they
+    /// are drained (a burst arriving while the pipeline works), up to `total` per ring.
+    struct Fake {
+        rings: Vec<std::collections::VecDeque<Vec<u8>>>,
+        next_ts: Vec<u64>,
+        produced: Vec<usize>,
+        total: usize,
+        per_refill: usize,
+    }
+
+    impl Fake {
+        fn new(rings: usize, total: usize, per_refill: usize) -> Self {
+            let mut f = Self {
+                rings: vec![Default::default(); rings],
+                next_ts: (0..rings as u64).collect(),
+                produced: vec![0; rings],
+                total,
+                per_refill,
+            };
+            f.produce();
+            f
+        }
+
+        fn produce(&mut self) {
+            let n = self.rings.len() as u64;
+            for (i, ring) in self.rings.iter_mut().enumerate() {
+                for _ in 0..self.per_refill {
+                    if self.produced[i] >= self.total {
+                        break;
+                    }
+                    ring.push_back(rec(self.next_ts[i], (self.produced[i] % 251) as u8));
+                    // Ring i's stamps are i, i + n, i + 2n...: each ring in order, all rings
+                    // interleaved in time.
+                    self.next_ts[i] += n;
+                    self.produced[i] += 1;
+                }
+            }
+        }
+
+        /// What `drain_rings` does to real rings: nothing at the cap, else everything.
+        fn drain(&mut self, queue: &mut Merge, cap: usize) {
+            if queue.len() < cap {
+                for ring in &mut self.rings {
+                    while let Some(r) = ring.pop_front() {
+                        queue.push(&r);
+                    }
+                }
+            }
+            self.produce();
+        }
+    }
+
+    #[test]
+    fn handing_on_while_refilling_delivers_what_draining_first_delivers() {
+        for (rings, total, per_refill, cap) in [
+            (2, 100_000, 3_000, QUEUE_CAP),
+            (2, 100_000, 3_000, 5_000),
+            (8, 20_000, 700, QUEUE_CAP),
+            (1, 10, 1, QUEUE_CAP),
+        ] {
+            // The simple version: every record produced, sorted once.
+            let mut all = Vec::new();
+            let mut simple = Fake::new(rings, total, per_refill);
+            let mut m = Merge::default();
+            while simple.rings.iter().any(|r| !r.is_empty()) {
+                simple.drain(&mut m, usize::MAX);
+            }
+            m.flush(|r| all.push(r.to_vec()));
+            // The refilling version, called until the queue and the rings are empty.
+            let mut fake = Fake::new(rings, total, per_refill);
+            let (mut queue, mut spare) = (Merge::default(), Merge::default());
+            let mut seen = Vec::new();
+            let (mut most, mut max_backlog) = (0, 0);
+            for _ in 0..10_000 {
+                let n = hand_on(
+                    &mut queue,
+                    &mut spare,
+                    |q| {
+                        let (before, backlog): (usize, usize) =
+                            (q.len(), fake.rings.iter().map(|r| r.len()).sum());
+                        max_backlog = max_backlog.max(backlog);
+                        fake.drain(q, cap);
+                        // Nothing taken at the cap; below it, the rings' backlog at most.
+                        assert!(if before >= cap {
+                            q.len() == before
+                        } else {
+                            q.len() <= before + backlog
+                        });
+                        most = most.max(q.len());
+                    },
+                    |r| seen.push(r.to_vec()),
+                );
+                // It returns once past the limit: at most one batch (a queue's worth) beyond it.
+                assert!(n <= READ_LIMIT + most, "{n} handed on in one call");
+                if n == 0 && queue.is_empty() && fake.rings.iter().all(|r| r.is_empty()) {
+                    break;
+                }
+            }
+            // At most the cap plus what the rings held (a real ring is bounded by its size).
+            assert!(
+                most < cap + max_backlog,
+                "queue held {most}, cap {cap}, rings up to {max_backlog}"
+            );
+            assert_eq!(seen.len(), all.len(), "rings {rings} cap {cap}");
+            assert_eq!(seen, all, "rings {rings} per refill {per_refill} cap {cap}");
+        }
     }
 
     #[test]
