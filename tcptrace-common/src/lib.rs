@@ -22,6 +22,10 @@ pub enum EventKind {
     ReceiveReset = 4,
     /// `tcp:tcp_send_reset`: a RST was sent for this socket in state `old`.
     SendReset = 5,
+    /// `skb:kfree_skb` with reason `TCP_LISTEN_OVERFLOW`: a handshake-completing packet was
+    /// dropped because this listener's accept queue was full. `skaddr` is the listener,
+    /// `saddr`/`sport` its local address and port; `daddr`/`dport` are zero.
+    ListenOverflow = 6,
 }
 
 impl EventKind {
@@ -33,6 +37,7 @@ impl EventKind {
             3 => Some(Self::RetransmitSynAck),
             4 => Some(Self::ReceiveReset),
             5 => Some(Self::SendReset),
+            6 => Some(Self::ListenOverflow),
             _ => None,
         }
     }
@@ -311,6 +316,27 @@ pub mod tp {
             ("daddr", ADDRS + tcp_addrs::DADDR, ADDR4),
             ("saddr_v6", ADDRS + tcp_addrs::SADDR_V6, ADDR6),
             ("daddr_v6", ADDRS + tcp_addrs::DADDR_V6, ADDR6),
+        ];
+    }
+
+    /// `skb:kfree_skb` (Linux 6.10+ layout, with `rx_sk`): every freed packet of every
+    /// protocol, with its drop reason. `rx_sk` is the socket that received it (the listener
+    /// for an accept-queue overflow). The reason's number is found at start-up.
+    pub mod kfree_skb {
+        use super::{Field, INT, PTR, U16};
+
+        pub const SKBADDR: usize = 8;
+        pub const LOCATION: usize = 16;
+        pub const RX_SK: usize = 24;
+        pub const PROTOCOL: usize = 32;
+        pub const REASON: usize = 36;
+
+        pub const FIELDS: &[Field] = &[
+            ("skbaddr", SKBADDR, PTR),
+            ("location", LOCATION, PTR),
+            ("rx_sk", RX_SK, PTR),
+            ("protocol", PROTOCOL, U16),
+            ("reason", REASON, INT),
         ];
     }
 

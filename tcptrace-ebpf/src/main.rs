@@ -5,6 +5,9 @@
 //! rest is filled in by userspace), and write one fixed-size record to this CPU's ring
 //! buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
+//! `skb:kfree_skb` fires for every dropped packet of every protocol: its program compares the
+//! drop reason with the one number it reports (accept-queue overflow) before anything else.
+//!
 //! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
 //! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
 //! running kernel's formats match those same tables before it loads this program.
@@ -49,6 +52,23 @@ static FILTER_FLAGS: u32 = 0;
 /// unknown (then no RTT is read).
 #[unsafe(no_mangle)]
 static SRTT_OFFSET: u32 = 0;
+
+/// The running kernel's number for `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, found by userspace
+/// in the `skb:kfree_skb` format file; 0 when unknown (then that program is not attached).
+#[unsafe(no_mangle)]
+static LISTEN_OVERFLOW_REASON: u32 = 0;
+
+/// Byte offsets in `struct sock_common` (at the start of every `struct sock`) of the family,
+/// the local port (host order), the local IPv4 and the local IPv6 address, from the kernel's
+/// BTF.
+#[unsafe(no_mangle)]
+static SKC_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_NUM: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_V6_RCV_SADDR: u32 = 0;
 
 // One ring per CPU (modulo `RINGS`), named as in `RING_NAMES`; see `RINGS` for why.
 #[map]
@@ -615,6 +635,71 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         state,
     );
     0
+}
+
+/// Every freed packet of every protocol passes here, so the first thing done is the one
+/// comparison that rejects all but accept-queue overflow drops.
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let reason: u32 = field(&ctx, tp::kfree_skb::REASON);
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    if reason == unsafe { core::ptr::read_volatile(&LISTEN_OVERFLOW_REASON) } {
+        listen_overflow(&ctx);
+    }
+    0
+}
+
+/// Reads a value at `base + off` of kernel memory (0 on a fault).
+#[inline(always)]
+fn kread<T: Copy + Default>(base: u64, off: &u32) -> T {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    let off = unsafe { core::ptr::read_volatile(off) };
+    // SAFETY: the helper checks the address; a fault returns an error, never a crash.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.unwrap_or_default()
+}
+
+/// An accept-queue overflow drop: reports the listener (`rx_sk`) and its local address.
+#[inline(never)]
+fn listen_overflow(ctx: &TracePointContext) {
+    let sk: u64 = field(ctx, tp::kfree_skb::RX_SK);
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let (mut family, mut sport, mut saddr) = (0u16, 0u16, Addr([0; 2]));
+    if sk != 0 {
+        family = kread(sk, &SKC_FAMILY);
+        sport = kread(sk, &SKC_NUM);
+        saddr = if family == AF_INET6 {
+            Addr([
+                kread(sk, &SKC_V6_RCV_SADDR),
+                // SAFETY: as in `kread`.
+                unsafe {
+                    bpf_probe_read_kernel(
+                        (sk + u64::from(core::ptr::read_volatile(&SKC_V6_RCV_SADDR)) + 8)
+                            as *const u64,
+                    )
+                }
+                .unwrap_or(0),
+            ])
+        } else {
+            Addr::from_v4(kread(sk, &SKC_RCV_SADDR))
+        };
+    }
+    if family != AF_INET && family != AF_INET6 {
+        // No listener to name: still counted, as an IPv4 drop at 0.0.0.0:0.
+        family = AF_INET;
+    }
+    if !pass(family, sport, 0) {
+        count(counter::FILTERED);
+        return;
+    }
+    emit_without_owner(
+        ts_ns,
+        sk,
+        (saddr, Addr([0; 2])),
+        (sport, 0, family),
+        EventKind::ListenOverflow,
+        TCP_LISTEN,
+    );
 }
 
 #[cfg(not(test))]

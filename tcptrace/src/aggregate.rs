@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     decode::{Comm, TcpState},
+    listeners::{Listeners, Sample},
     track::{CloseKind, Fact, PHASES, Side, phase_index},
 };
 
@@ -343,6 +344,9 @@ pub struct Aggregate {
     pub by_process: Groups,
     pub transitions: u64,
     pub edges: FxHashMap<(TcpState, TcpState), Edge>,
+    /// Listeners and TIME_WAIT from socket-table samples, with the SYN-ACK retransmits and
+    /// overflow drops matched to them.
+    pub listeners: Listeners,
 }
 
 impl Default for Aggregate {
@@ -354,11 +358,17 @@ impl Default for Aggregate {
             by_process: Groups::default(),
             transitions: 0,
             edges: FxHashMap::default(),
+            listeners: Listeners::default(),
         }
     }
 }
 
 impl Aggregate {
+    /// Takes a socket-table sample in (see `listeners`).
+    pub fn add_sample(&mut self, s: &Sample) {
+        self.listeners.add_sample(s);
+    }
+
     pub fn add(&mut self, fact: &Fact) {
         if let Fact::Transition {
             old, new, dwell_ns, ..
@@ -374,6 +384,9 @@ impl Aggregate {
                 e.dwell.record_ns(*d);
             }
             return;
+        }
+        if let Fact::SynAckRetransmit { conn, .. } = fact {
+            self.listeners.synack_retransmit(&conn.local);
         }
         self.overall.add(fact);
         let conn = fact.conn();

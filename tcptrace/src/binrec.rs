@@ -1,4 +1,5 @@
-//! The binary recording format (version 2), the default of `tcptrace record`: the same facts
+//! The binary recording format (version 3; version 2 files, which have no sample blocks,
+//! still read), the default of `tcptrace record`: the same facts
 //! as a JSON Lines recording (`record`), in fixed-size little-endian records compressed in
 //! small zstd frames, so that recording costs little CPU next to the traffic it watches and
 //! `report` reads millions of events a second.
@@ -11,6 +12,8 @@
 //!          one of a JSON Lines recording (host, kernel, start, clock, filter, tool version)
 //! block  = tag 'E' (u8), 3 zero bytes, count (u32 LE, 1..=16384), frame_len (u32 LE),
 //!          frame: one zstd frame with a content checksum holding count event records
+//!        | tag 'S', 3 zero bytes, length (u32 LE, 1..=16 MiB), frame_len, one zstd frame
+//!          holding one socket-table sample as `length` bytes of JSON (since version 3)
 //! end    = tag 'Z', 3 zero bytes, count 1, frame_len, one zstd frame holding the end record
 //! ```
 //!
@@ -25,6 +28,12 @@
 //! against a fixed bound before anything is allocated, and every error names the byte offset
 //! in the file of the block (and the record index) where reading stopped. Reading runs on a
 //! helper thread a batch ahead of the pipeline (`read_blocks`), which is what limits `report`.
+//!
+//! Socket-table samples (`listeners::Sample`, one namespace at one instant, once a second) are
+//! JSON in their own blocks rather than fixed records: their size varies with the number of
+//! listeners, they are rare next to events, and JSON keeps them the same object as a JSON
+//! Lines recording's `sample` line. The writer closes the open events block before a sample,
+//! so the file keeps the order the pipeline took events and samples in.
 
 use std::{
     io::{self, Read, Write},
@@ -34,13 +43,18 @@ use std::{
 use crate::{
     counters::Counters,
     decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
+    listeners::Sample,
 };
 
 /// The first eight bytes of a binary recording (PNG-style: a non-ASCII byte, then line ends
 /// and ^Z, so a text-mode copy that mangles them is detected).
 pub const MAGIC: [u8; 8] = *b"\x89TCP\r\n\x1a\n";
-/// The binary format's version (JSON Lines recordings are version 1).
-pub const VERSION: u32 = 2;
+/// The binary format's version (JSON Lines recordings have their own numbers).
+pub const VERSION: u32 = 3;
+/// The oldest binary version this build reads (version 2: no sample blocks).
+pub const OLDEST_VERSION: u32 = 2;
+/// The largest sample (JSON bytes) a reader accepts; the writer refuses larger ones.
+pub const MAX_SAMPLE_BYTES: usize = 16 << 20;
 /// Size of one event record.
 pub const RECORD_SIZE: usize = 88;
 /// Size of the end record.
@@ -58,6 +72,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const LEVEL: i32 = 1;
 const TAG_EVENTS: u8 = b'E';
 const TAG_END: u8 = b'Z';
+const TAG_SAMPLE: u8 = b'S';
 
 /// The largest compressed frame a reader accepts (zstd's bound for the largest block).
 pub fn max_frame_bytes() -> usize {
@@ -107,7 +122,8 @@ fn ip_bytes(a: &SocketAddr) -> [u8; 16] {
 /// ```
 ///
 /// kind: 1 state (old -> new), 2 SYN retransmit, 3 SYN-ACK retransmit, 4 reset received,
-/// 5 reset sent (old = the state it was sent in, 0 if unknown). States are the kernel's
+/// 5 reset sent (old = the state it was sent in, 0 if unknown), 6 listen overflow drop (since
+/// version 3; the local address is the listener's, the remote one zero). States are the kernel's
 /// numbers, 0 where there is none. Owner source: 0 none (tgid, pid and comm zero), 1 current,
 /// 2 cached, 3 listener, 4 proc. Flags: bit 0 says srtt_us is present. An IPv4 address uses
 /// the first 4 of its 16 bytes. Every byte a field does not use is zero.
@@ -136,6 +152,7 @@ pub fn encode(ev: &Event, out: &mut [u8; RECORD_SIZE]) {
         Kind::SynAckRetransmit => (3, 0, 0),
         Kind::ResetReceived => (4, 0, 0),
         Kind::ResetSent { state } => (5, state.map_or(0, |s| s as u8), 0),
+        Kind::ListenOverflow => (6, 0, 0),
     };
     out[81] = kind;
     out[82] = old;
@@ -210,11 +227,12 @@ pub fn decode(b: &[u8; RECORD_SIZE]) -> Result<Event, RecordError> {
             old: state(old)?,
             new: state(new)?,
         },
-        k @ 2..=4 => {
+        k @ (2..=4 | 6) => {
             zero(old == 0 && new == 0, "old/new")?;
             match k {
                 2 => Kind::SynRetransmit,
                 3 => Kind::SynAckRetransmit,
+                6 => Kind::ListenOverflow,
                 _ => Kind::ResetReceived,
             }
         }
@@ -374,6 +392,24 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Appends one socket-table sample in a block of its own (after closing the open events
+    /// block, so the order in the file is the order of the calls).
+    pub fn sample(&mut self, s: &Sample) -> io::Result<()> {
+        self.close_block()?;
+        let json = serde_json::to_vec(s)?;
+        if json.is_empty() || json.len() > MAX_SAMPLE_BYTES {
+            return Err(io::Error::other(format!(
+                "a socket-table sample of {} bytes does not fit a recording block (at most {MAX_SAMPLE_BYTES})",
+                json.len()
+            )));
+        }
+        self.pending = json;
+        let n = self.pending.len();
+        let r = self.write_block(TAG_SAMPLE, n);
+        self.pending = Vec::with_capacity(BLOCK_EVENTS * RECORD_SIZE);
+        r
+    }
+
     /// Compresses and writes the open block, if it holds any events.
     pub fn close_block(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
@@ -508,7 +544,7 @@ pub fn read_header(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::HeaderCut { offset: got as u64 });
     }
     let version = u32_at(&head, 8);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(ReadError::UnknownVersion(version));
     }
     if got < 16 {
@@ -540,15 +576,33 @@ pub fn read_header(r: &mut impl Read) -> Result<Vec<u8>, ReadError> {
 /// `f` (which runs here, so the pipeline behind it need not be `Send`): on two cores the
 /// reader's cost leaves the pipeline's path. [`read_blocks_serial`] is the same reading on
 /// one thread, its twin in the tests.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the tests read events only; the tool reads samples too"
+    )
+)]
 pub fn read_blocks(
     r: &mut (impl Read + Send),
     offset: u64,
     f: &mut dyn FnMut(Event),
 ) -> (u64, Result<End, ReadError>) {
+    read_blocks_with(r, offset, f, &mut |_| {})
+}
+
+/// [`read_blocks`], handing each socket-table sample to `s` in file order among the events.
+pub fn read_blocks_with(
+    r: &mut (impl Read + Send),
+    offset: u64,
+    f: &mut dyn FnMut(Event),
+    s: &mut dyn FnMut(Sample),
+) -> (u64, Result<End, ReadError>) {
     /// Events handed over at a time.
     const BATCH: usize = 1024;
     enum Msg {
         Events(Vec<Event>),
+        Sample(Box<Sample>),
         Done(Result<End, ReadError>),
     }
     std::thread::scope(|scope| {
@@ -557,23 +611,41 @@ pub fn read_blocks(
         let reader = std::thread::Builder::new()
             .name("tcptrace-reader".to_owned())
             .spawn_scoped(scope, move || {
-                let mut batch = Vec::with_capacity(BATCH);
+                let batch = std::cell::RefCell::new(Vec::with_capacity(BATCH));
                 // Set when this side hung up (it only does so unwinding): stop handing over.
-                let mut gone = false;
-                let (_, result) = read_blocks_serial(r, offset, &mut |ev| {
-                    if gone {
-                        return;
-                    }
-                    batch.push(ev);
-                    if batch.len() == BATCH {
-                        let next = back_rx
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-                        gone = tx
-                            .send(Msg::Events(std::mem::replace(&mut batch, next)))
-                            .is_err();
-                    }
-                });
+                let gone = std::cell::Cell::new(false);
+                let (_, result) = read_blocks_serial_with(
+                    r,
+                    offset,
+                    &mut |ev| {
+                        if gone.get() {
+                            return;
+                        }
+                        let mut b = batch.borrow_mut();
+                        b.push(ev);
+                        if b.len() == BATCH {
+                            let next = back_rx
+                                .try_recv()
+                                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                            gone.set(
+                                tx.send(Msg::Events(std::mem::replace(&mut *b, next)))
+                                    .is_err(),
+                            );
+                        }
+                    },
+                    &mut |sample| {
+                        if gone.get() {
+                            return;
+                        }
+                        // The events before it go first.
+                        let b = std::mem::take(&mut *batch.borrow_mut());
+                        if !b.is_empty() {
+                            gone.set(tx.send(Msg::Events(b)).is_err());
+                        }
+                        gone.set(gone.get() || tx.send(Msg::Sample(Box::new(sample))).is_err());
+                    },
+                );
+                let batch = batch.into_inner();
                 if !batch.is_empty() {
                     let _ = tx.send(Msg::Events(batch));
                 }
@@ -592,6 +664,7 @@ pub fn read_blocks(
                     }
                     let _ = back_tx.send(batch);
                 }
+                Msg::Sample(sample) => s(*sample),
                 Msg::Done(result) => return (events, result),
             }
         }
@@ -607,10 +680,27 @@ pub fn read_blocks(
 }
 
 /// [`read_blocks`] on the calling thread.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the tests read events only; the tool reads samples too"
+    )
+)]
 pub fn read_blocks_serial(
+    r: &mut impl Read,
+    offset: u64,
+    f: &mut dyn FnMut(Event),
+) -> (u64, Result<End, ReadError>) {
+    read_blocks_serial_with(r, offset, f, &mut |_| {})
+}
+
+/// [`read_blocks_with`] on the calling thread.
+pub fn read_blocks_serial_with(
     r: &mut impl Read,
     mut offset: u64,
     f: &mut dyn FnMut(Event),
+    s: &mut dyn FnMut(Sample),
 ) -> (u64, Result<End, ReadError>) {
     let mut events = 0u64;
     let result = (|| {
@@ -660,8 +750,19 @@ pub fn read_blocks_serial(
                     )));
                 }
                 TAG_END if count == 1 => END_SIZE,
+                TAG_SAMPLE if (1..=MAX_SAMPLE_BYTES).contains(&count) => count,
+                TAG_SAMPLE => {
+                    return Err(corrupt(format!(
+                        "a sample block of {count} bytes (1 to {MAX_SAMPLE_BYTES} allowed)"
+                    )));
+                }
                 TAG_END => return Err(corrupt(format!("an end block counting {count} records"))),
                 t => return Err(corrupt(format!("unknown block tag 0x{t:02x}"))),
+            };
+            let max_frame = if tag == TAG_SAMPLE {
+                zstd::zstd_safe::compress_bound(MAX_SAMPLE_BYTES)
+            } else {
+                max_frame
             };
             if len == 0 || len > max_frame {
                 return Err(corrupt(format!(
@@ -713,6 +814,13 @@ pub fn read_blocks_serial(
                 }
                 return Ok(end);
             }
+            if tag == TAG_SAMPLE {
+                let sample = serde_json::from_slice::<Sample>(&out[..expect])
+                    .map_err(|e| corrupt(format!("a sample block that does not parse: {e}")))?;
+                s(sample);
+                offset += (BLOCK_HEADER_SIZE + len) as u64;
+                continue;
+            }
             for (i, rec) in out[..expect].chunks_exact(RECORD_SIZE).enumerate() {
                 let mut b = [0u8; RECORD_SIZE];
                 b.copy_from_slice(rec);
@@ -760,6 +868,7 @@ mod tests {
             Kind::SynRetransmit,
             Kind::SynAckRetransmit,
             Kind::ResetReceived,
+            Kind::ListenOverflow,
         ] {
             a.kind = kind;
             v.push(a);
@@ -898,6 +1007,40 @@ mod tests {
             assert_eq!((na, &a), (nb, &b));
             assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
         }
+    }
+
+    #[test]
+    fn version_2_files_still_read_and_sample_blocks_are_bounded() {
+        let evs = events();
+        let mut bytes = file(&evs);
+        // A version 2 file is a version 3 file without sample blocks.
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let (back, end) = read(&bytes);
+        assert_eq!(back, evs);
+        assert!(end.is_ok(), "{end:?}");
+        // A sample block claiming more than MAX_SAMPLE_BYTES is refused before allocating.
+        let mut w = Writer::new(Vec::new(), b"{}").expect("writer");
+        let s = crate::listeners::tests::sample(1, Vec::new(), Default::default());
+        w.sample(&s).expect("sample");
+        let mut bytes = w.finish(Counters::default(), 0, 0).expect("finish");
+        let first_block = 16 + 2;
+        assert_eq!(bytes[first_block], TAG_SAMPLE);
+        let mut samples = Vec::new();
+        let (_, end) = read_blocks_with(
+            &mut &bytes[first_block..],
+            first_block as u64,
+            &mut |_| {},
+            &mut |s| samples.push(s),
+        );
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(samples, vec![s]);
+        bytes[first_block + 4..first_block + 8]
+            .copy_from_slice(&((MAX_SAMPLE_BYTES + 1) as u32).to_le_bytes());
+        let (_, end) = read(&bytes);
+        assert!(
+            matches!(&end, Err(ReadError::Corrupt { offset: 18, reason, .. }) if reason.contains("sample block")),
+            "{end:?}"
+        );
     }
 
     #[test]

@@ -221,6 +221,45 @@ impl<'a> Btf<'a> {
     }
 }
 
+impl Btf<'_> {
+    /// Byte offset of `strukt.member` whatever its type (e.g. a struct such as `in6_addr`),
+    /// as long as it is not a bitfield.
+    pub fn member_offset_any(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let t = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == strukt.as_bytes())
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let (bit_off, _, bitfield) = self
+            .find_member(t, member.as_bytes(), 0)
+            .ok_or_else(|| BtfError::NoMember(strukt.to_owned(), member.to_owned()))?;
+        if bitfield || !bit_off.is_multiple_of(8) {
+            return Err(BtfError::WrongShape(
+                strukt.to_owned(),
+                member.to_owned(),
+                0,
+                0,
+            ));
+        }
+        Ok(bit_off / 8)
+    }
+}
+
+/// Offsets in `struct sock_common` of `skc_family`, `skc_num` (the local port, host order),
+/// `skc_rcv_saddr` and `skc_v6_rcv_saddr`: how the kfree_skb program names a listener.
+pub fn sock_offsets() -> anyhow::Result<[u32; 4]> {
+    use anyhow::Context as _;
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    Ok([
+        btf.member_offset("sock_common", "skc_family", 2)?,
+        btf.member_offset("sock_common", "skc_num", 2)?,
+        btf.member_offset("sock_common", "skc_rcv_saddr", 4)?,
+        btf.member_offset_any("sock_common", "skc_v6_rcv_saddr")?,
+    ])
+}
+
 /// Offset of `struct tcp_sock::srtt_us` in the running kernel, read from [`VMLINUX`].
 pub fn tcp_sock_srtt_offset() -> anyhow::Result<u32> {
     use anyhow::Context as _;

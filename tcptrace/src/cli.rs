@@ -95,6 +95,8 @@ pub struct ManArgs {
 pub struct RecordArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// The recording to write: binary (e.g. run.tcpt), or JSON Lines when the name ends in
     /// .jsonl or .jsonl.zst (zstd-compressed).
     #[arg(short = 'o', long, value_name = "FILE")]
@@ -123,6 +125,8 @@ pub const MAX_GROUP_PROCESSES: usize = 20;
 pub struct ServeArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Address and port to serve /metrics on. Loopback by default; any other address exposes
     /// the metrics to whoever can reach it (a warning says so). Port 0 picks a free port
     /// (the start-up line says which).
@@ -195,6 +199,48 @@ pub fn parse_group_processes(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The socket-table sampler (listeners, SYN floods, TIME_WAIT; see `sockdiag`).
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Sample the socket table (LISTEN, SYN_RECV, TIME_WAIT sockets and the netstat
+    /// listener counters) every this many seconds.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_sample_interval)]
+    pub sample_interval: Duration,
+    /// Do not sample the socket table (no listener or TIME_WAIT figures).
+    #[arg(long, conflicts_with_all = ["netns", "all_netns"])]
+    pub no_sample: bool,
+    /// Also sample this network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net);
+    /// repeatable. The namespace tcptrace runs in is always sampled.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Vec<PathBuf>,
+    /// Sample every network namespace found under /proc/*/ns/net and /run/netns (looked for
+    /// again at every sample).
+    #[arg(long)]
+    pub all_netns: bool,
+}
+
+impl Default for SampleArgs {
+    fn default() -> Self {
+        Self {
+            sample_interval: Duration::from_secs(1),
+            no_sample: false,
+            netns: Vec::new(),
+            all_netns: false,
+        }
+    }
+}
+
+/// Parses `--sample-interval`: 0.1 to 3600 seconds.
+pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "{s}: the sample interval must be from 0.1 to 3600 seconds (or use --no-sample)"
+        ));
+    }
+    Ok(d)
+}
+
 /// The exit summary of a live run (`watch`, `record`, `serve`, `top`), and the live run's
 /// hidden test hook.
 #[derive(Args, Debug, Clone)]
@@ -231,6 +277,8 @@ impl Default for SummaryArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Refresh (and snapshot) interval in seconds, from 0.1 to 10.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
@@ -362,6 +410,8 @@ pub enum Per {
 pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
     /// 1048576; default 4096). A larger ring rides out longer stalls of this process before
     /// the kernel has to drop events.

@@ -167,7 +167,7 @@ pub struct Probe {
     pub fields: &'static [(&'static str, usize, usize)],
 }
 
-pub const PROBES: [Probe; 5] = [
+pub const PROBES: [Probe; 6] = [
     Probe {
         category: "sock",
         name: "inet_sock_set_state",
@@ -198,7 +198,39 @@ pub const PROBES: [Probe; 5] = [
         required: false,
         fields: tcptrace_common::tp::tcp_send_reset::FIELDS,
     },
+    Probe {
+        category: "skb",
+        name: "kfree_skb",
+        required: false,
+        fields: tcptrace_common::tp::kfree_skb::FIELDS,
+    },
 ];
+
+/// The number `skb:kfree_skb`'s format gives the drop reason `name` (from its
+/// `__print_symbolic` table, e.g. `{ 40, "TCP_LISTEN_OVERFLOW" }`), if it has one.
+pub fn drop_reason(format: &str, name: &str) -> Option<u32> {
+    let at = format.find(&format!("\"{name}\""))?;
+    let open = format[..at].rfind('{')?;
+    let num = format[open + 1..at].trim().trim_end_matches(',').trim();
+    num.parse().ok().filter(|n| *n != 0)
+}
+
+/// What the kfree_skb program needs: the reason number of `TCP_LISTEN_OVERFLOW` and the
+/// offsets of [`crate::btf::sock_offsets`].
+type OverflowSetup = (u32, [u32; 4]);
+
+/// What the kfree_skb program needs from this kernel; `Err` says why the probe is skipped.
+fn listen_overflow_setup(tracefs: &Tracefs) -> std::result::Result<OverflowSetup, String> {
+    let path = tracefs.0.join("events/skb/kfree_skb/format");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let reason = drop_reason(&text, "TCP_LISTEN_OVERFLOW").ok_or_else(|| {
+        "skb:kfree_skb has no TCP_LISTEN_OVERFLOW drop reason on this kernel (Linux 6.x adds it)"
+            .to_owned()
+    })?;
+    let offsets = crate::btf::sock_offsets()
+        .map_err(|e| format!("no struct sock_common offsets in the kernel's BTF ({e:#})"))?;
+    Ok((reason, offsets))
+}
 
 /// Checks a probe's format file against the layout the program reads. `Ok(None)` when it
 /// matches; `Ok(Some(reason))` when the probe is unusable on this kernel.
@@ -568,6 +600,21 @@ impl Collector {
                 Some(reason) => skipped.push(reason),
             }
         }
+        // Accept-queue overflow drops per listener need the reason's number and the
+        // listener's address offsets; without them the probe is skipped, never guessed.
+        let mut overflow: OverflowSetup = (0, [0; 4]);
+        if usable.iter().any(|p| p.name == "kfree_skb") {
+            match listen_overflow_setup(&tracefs) {
+                Ok(found) => overflow = found,
+                Err(reason) => {
+                    usable.retain(|p| p.name != "kfree_skb");
+                    skipped.push(format!(
+                        "{reason}: accept-queue overflow drops are not counted per listener \
+                         (the namespace's ListenOverflows counter still is)"
+                    ));
+                }
+            }
+        }
         raise_memlock();
         raise_priority();
 
@@ -595,6 +642,13 @@ impl Collector {
             }
         };
         loader.override_global("SRTT_OFFSET", &srtt_offset, true);
+        loader.override_global("LISTEN_OVERFLOW_REASON", &overflow.0, true);
+        for (name, off) in ["SKC_FAMILY", "SKC_NUM", "SKC_RCV_SADDR", "SKC_V6_RCV_SADDR"]
+            .iter()
+            .zip(&overflow.1)
+        {
+            loader.override_global(name, off, true);
+        }
         let mut ebpf = loader
             .load(PROGRAM)
             .context("loading the eBPF object failed")?;
@@ -764,6 +818,19 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_reasons_are_read_from_the_print_fmt_table() {
+        let f = r#"print fmt: "reason: %s", __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 39, "TCP_RFC7323_TSECR" }, { 40, "TCP_LISTEN_OVERFLOW" }, { 41, "TCP_OLD_SEQUENCE" })"#;
+        assert_eq!(drop_reason(f, "TCP_LISTEN_OVERFLOW"), Some(40));
+        assert_eq!(drop_reason(f, "NOT_SPECIFIED"), Some(2));
+        // A name that is only a prefix of another is not found by it.
+        assert_eq!(drop_reason(f, "TCP_OLD"), None);
+        assert_eq!(
+            drop_reason("print fmt: \"%d\", REC->reason", "TCP_LISTEN_OVERFLOW"),
+            None
+        );
+    }
 
     const FORMAT: &str = "name: inet_sock_set_state
 ID: 1234

@@ -187,6 +187,9 @@ pub enum Kind {
     ResetReceived,
     /// The socket sent a RST in `state` (tcp:tcp_send_reset).
     ResetSent { state: Option<TcpState> },
+    /// The listener's accept queue was full: a handshake-completing packet was dropped
+    /// (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW). `local` is the listener's address.
+    ListenOverflow,
 }
 
 /// One decoded event.
@@ -263,6 +266,7 @@ pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
         EventKind::SendReset => Kind::ResetSent {
             state: TcpState::from_kernel(raw.old),
         },
+        EventKind::ListenOverflow => Kind::ListenOverflow,
     };
     let source = if raw.flags & FLAG_OWNER_CURRENT != 0 {
         Some(OwnerSource::Current)

@@ -35,16 +35,31 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     {
         return csv(args, header.clock);
     }
-    let mut rec =
+    let rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
-    let mut write_error = None;
-    let replay = record::replay(&args.file, args.allow_truncated, |ev| {
-        if write_error.is_none()
-            && let Err(e) = rec.write_event(&ev)
-        {
-            write_error = Some(e);
-        }
-    })?;
+    // Events and samples go to the one writer in file order.
+    let w = std::cell::RefCell::new((rec, None::<io::Error>));
+    let replay = record::replay_with(
+        &args.file,
+        args.allow_truncated,
+        |ev| {
+            let (rec, err) = &mut *w.borrow_mut();
+            if err.is_none()
+                && let Err(e) = rec.write_event(&ev)
+            {
+                *err = Some(e);
+            }
+        },
+        |s| {
+            let (rec, err) = &mut *w.borrow_mut();
+            if err.is_none()
+                && let Err(e) = rec.write_sample(&s)
+            {
+                *err = Some(e);
+            }
+        },
+    )?;
+    let (mut rec, write_error) = w.into_inner();
     if let Some(e) = write_error {
         return Err(e).with_context(|| format!("writing {}", out.display()));
     }

@@ -22,7 +22,10 @@ use std::{
     io,
     path::{Path, PathBuf},
     rc::Rc,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -34,15 +37,18 @@ use tokio::{
 };
 
 use crate::{
+    cli::SampleArgs,
     clock::{self, Clock},
     collect::Collector,
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
     decode::{self, Event, TcpState},
+    listeners::Sample,
     pipeline::Pipeline,
     recent::Recent,
     record::{self, Replay},
     sink::{Shared, Sink},
+    sockdiag::{Sampler, SamplerConfig},
     summary::{Snapshot, SnapshotOptions},
 };
 
@@ -150,9 +156,24 @@ impl ReplayControl {
     }
 }
 
+/// A recorded event or socket-table sample, in file order.
+enum Item {
+    Event(Event),
+    Sample(Box<Sample>),
+}
+
+impl Item {
+    fn ts_ns(&self) -> u64 {
+        match self {
+            Self::Event(e) => e.ts_ns,
+            Self::Sample(s) => s.ts_ns,
+        }
+    }
+}
+
 /// What the reader thread sends.
 enum Batch {
-    Events(Vec<Event>),
+    Events(Vec<Item>),
     End(Box<Result<Replay, record::RecordingError>>),
 }
 
@@ -164,7 +185,7 @@ const REPLAY_BATCH: usize = 1024;
 /// clock reaches its timestamp.
 struct Replayer {
     rx: mpsc::Receiver<Batch>,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Item>,
     speed: Speed,
     control: ReplayControl,
     /// Playback clock: at `.0` the position was `.1` (event time); `None` before the first
@@ -183,15 +204,23 @@ impl Replayer {
         std::thread::Builder::new()
             .name("replay-reader".to_owned())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(REPLAY_BATCH);
-                let mut open = true;
-                let end = record::replay(&path, false, |ev| {
-                    batch.push(ev);
-                    if batch.len() == REPLAY_BATCH && open {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(REPLAY_BATCH));
-                        open = tx.blocking_send(Batch::Events(full)).is_ok();
+                let batch = RefCell::new(Vec::with_capacity(REPLAY_BATCH));
+                let open = Cell::new(true);
+                let push = |item: Item| {
+                    let mut b = batch.borrow_mut();
+                    b.push(item);
+                    if b.len() == REPLAY_BATCH && open.get() {
+                        let full = std::mem::replace(&mut *b, Vec::with_capacity(REPLAY_BATCH));
+                        open.set(tx.blocking_send(Batch::Events(full)).is_ok());
                     }
-                });
+                };
+                let end = record::replay_with(
+                    &path,
+                    false,
+                    |ev| push(Item::Event(ev)),
+                    |s| push(Item::Sample(Box::new(s))),
+                );
+                let (batch, open) = (batch.into_inner(), open.get());
                 if open && !batch.is_empty() {
                     let _ = tx.blocking_send(Batch::Events(batch));
                 }
@@ -229,7 +258,7 @@ impl Replayer {
         if self.pending.is_empty() && self.end.is_some() {
             self.released_ns
         } else {
-            pos.min(self.pending.front().map_or(u64::MAX, |e| e.ts_ns))
+            pos.min(self.pending.front().map_or(u64::MAX, Item::ts_ns))
                 .max(self.released_ns)
         }
     }
@@ -281,18 +310,21 @@ impl Replayer {
             if self.anchor.is_none()
                 && let Some(first) = self.pending.front()
             {
-                self.anchor = Some((now, first.ts_ns));
+                self.anchor = Some((now, first.ts_ns()));
             }
             self.apply_control(now);
             let pos = self.position(now);
             let mut n = 0;
             while n < REPLAY_BATCH
-                && let Some(ev) = self.pending.front()
-                && ev.ts_ns <= pos
+                && let Some(item) = self.pending.front()
+                && item.ts_ns() <= pos
             {
-                if let Some(ev) = self.pending.pop_front() {
-                    self.released_ns = self.released_ns.max(ev.ts_ns);
-                    pipeline.push_ordered(ev);
+                if let Some(item) = self.pending.pop_front() {
+                    self.released_ns = self.released_ns.max(item.ts_ns());
+                    match item {
+                        Item::Event(ev) => pipeline.push_ordered(ev),
+                        Item::Sample(s) => pipeline.push_sample(&s),
+                    }
                     n += 1;
                 }
             }
@@ -305,9 +337,9 @@ impl Replayer {
             }
             let changed = self.control.0.changed.notified();
             match (self.pending.front(), self.anchor, self.speed) {
-                (Some(ev), Some((at, apos)), Speed::Times(x)) if !self.paused => {
+                (Some(item), Some((at, apos)), Speed::Times(x)) if !self.paused => {
                     let wait =
-                        Duration::from_nanos((ev.ts_ns.saturating_sub(apos) as f64 / x) as u64);
+                        Duration::from_nanos((item.ts_ns().saturating_sub(apos) as f64 / x) as u64);
                     tokio::select! {
                         () = tokio::time::sleep_until(at + wait) => {}
                         () = changed => {}
@@ -340,7 +372,42 @@ pub struct LiveRun {
     stopper: Stopper,
     resetter: Resetter,
     publish: Option<Publish>,
+    /// The socket-table sampler, opened at start-up (namespaces entered, sockets open) while
+    /// the capabilities are still held; its thread starts in [`LiveRun::run`].
+    sampler_opened: Option<Sampler>,
+    /// The socket-table sampler's thread and its samples, when started.
+    sampler: Option<SamplerRun>,
     privileges_dropped: bool,
+}
+
+/// A running socket-table sampler (`sockdiag`).
+struct SamplerRun {
+    rx: mpsc::UnboundedReceiver<Sample>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SamplerRun {
+    /// Stops the thread and returns the samples it sent meanwhile.
+    fn finish(&mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let mut rest = Vec::new();
+        while let Ok(s) = self.rx.try_recv() {
+            rest.push(s);
+        }
+        rest
+    }
+}
+
+/// The next sample, or never when no sampler runs.
+async fn next_sample(s: &mut Option<SamplerRun>) -> Option<Sample> {
+    match s {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a finished run leaves for its front end.
@@ -415,6 +482,8 @@ impl LiveRun {
             stopper: Stopper::default(),
             resetter: Resetter::default(),
             publish: None,
+            sampler_opened: None,
+            sampler: None,
             privileges_dropped: false,
         })
     }
@@ -435,6 +504,55 @@ impl LiveRun {
     /// Converts the events' monotonic timestamps to wall-clock time.
     pub fn clock(&self) -> Clock {
         self.clock
+    }
+
+    /// Starts the socket-table sampler as `args` say (nothing with `--no-sample`, and nothing
+    /// for a replay, whose recording carries its samples). A sampler that cannot start is a
+    /// warning: the tracing goes on without listener figures.
+    pub fn sample(&mut self, args: &SampleArgs) {
+        if args.no_sample || !matches!(self.source, Source::Kernel(_)) {
+            return;
+        }
+        let cfg = SamplerConfig {
+            interval: args.sample_interval,
+            netns: args.netns.clone(),
+            all_netns: args.all_netns,
+        };
+        let sampler = match Sampler::open(cfg) {
+            Ok((s, warnings)) => {
+                for w in warnings {
+                    log::warn!("{w}");
+                }
+                s
+            }
+            Err(e) => {
+                log::warn!("{e}; listener and TIME_WAIT figures are not collected");
+                return;
+            }
+        };
+        self.sampler_opened = Some(sampler);
+    }
+
+    /// Starts the opened sampler's thread. Called after the capabilities are dropped: they
+    /// belong to threads, and a thread started before would keep them.
+    fn start_sampler(&mut self) {
+        let Some(sampler) = self.sampler_opened.take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        match sampler.spawn(tx, Arc::clone(&stop)) {
+            Ok(t) => {
+                self.sampler = Some(SamplerRun {
+                    rx,
+                    stop,
+                    thread: Some(t),
+                });
+            }
+            Err(e) => log::warn!(
+                "cannot start the socket-table sampler thread: {e}; listener and TIME_WAIT figures are not collected"
+            ),
+        }
     }
 
     /// Adds a sink; sinks see events and facts in the order they were added.
@@ -478,6 +596,7 @@ impl LiveRun {
     /// Runs until stopped, then drains what the kernel still holds and ends the input.
     pub async fn run(mut self, duration: Option<Duration>) -> Result<Finished> {
         self.drop_privileges();
+        self.start_sampler();
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
         // Only the dashboard counts sockets that predate the run: other front ends do not
         // pay for matching every event against them.
@@ -559,6 +678,7 @@ impl LiveRun {
                         publish(p, &pipeline, &counters, now - started, now_ns(source));
                     }
                 }
+                Some(s) = next_sample(&mut self.sampler) => pipeline.push_sample(&s),
                 n = read(source, &mut pipeline) => {
                     match n? {
                         Some(n) => read_since_tick += n,
@@ -574,6 +694,11 @@ impl LiveRun {
         // Whatever the kernel wrote before we stopped is still ours to count.
         if let Source::Kernel(collector) = source {
             collector.drain(|bytes| pipeline.push_bytes(bytes));
+        }
+        if let Some(s) = &mut self.sampler {
+            for sample in s.finish() {
+                pipeline.push_sample(&sample);
+            }
         }
         pipeline.finish();
         let counters = counters_of(source)?;

@@ -20,6 +20,7 @@ mod export;
 mod generate;
 mod host;
 mod intern;
+mod listeners;
 mod live;
 mod outfile;
 mod owners;
@@ -32,6 +33,7 @@ mod reorder;
 mod report;
 mod serve;
 mod sink;
+mod sockdiag;
 mod stream;
 mod summary;
 mod timeline;
@@ -168,6 +170,7 @@ fn say_sink_error(done: &Finished, what: &str) {
 /// `watch`: the line stream (if any) and, with `--svg`, the chart timeline.
 async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
+    live.sample(&args.sample);
     add_test_hooks(&mut live, &args.summary);
     let clock = live.clock();
     let summary_out = SummaryOut::open(&args.summary)?;
@@ -224,6 +227,7 @@ fn run_record(args: RecordArgs) -> Result<Exit> {
 
 async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
+    live.sample(&args.sample);
     add_test_hooks(&mut live, &args.summary);
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))

@@ -1,5 +1,6 @@
 //! Everything after `collect`, wired in one place: decode -> reorder -> owners -> track ->
-//! aggregate -> sinks. Pure apart from the sinks' writers, so a recording replays through exactly the
+//! aggregate -> sinks; socket-table samples (`sockdiag`) go straight to the sinks and the
+//! aggregate. Pure apart from the sinks' writers, so a recording replays through exactly the
 //! same code as a live run.
 
 use std::{io, net::SocketAddr};
@@ -9,6 +10,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     aggregate::Aggregate,
     decode::{Event, Kind, Owner, TcpState, decode_bytes},
+    listeners::Sample,
     owners::Owners,
     reorder::{Reorder, WINDOW_NS},
     sink::{Sink, guarded},
@@ -59,6 +61,9 @@ impl Core {
                 *err = Some(e);
             }
         }
+        if ev.kind == Kind::ListenOverflow {
+            self.agg.listeners.overflow_drop(&ev.local);
+        }
         self.facts.clear();
         self.tracker.process(&ev, &mut self.facts);
         self.dispatch();
@@ -66,6 +71,18 @@ impl Core {
             self.last_sweep_ns = ev.ts_ns;
             self.tracker.sweep(ev.ts_ns);
         }
+    }
+
+    /// Hands a socket-table sample to the sinks and the aggregate.
+    fn sample(&mut self, s: &Sample) {
+        for (sink, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
+            if err.is_none()
+                && let Err(e) = sink.sample(s)
+            {
+                *err = Some(e);
+            }
+        }
+        self.agg.add_sample(s);
     }
 
     /// Releases what the tracker still holds (closes waiting for a late reset).
@@ -182,6 +199,14 @@ impl Pipeline {
     /// reorder window: a recording holds the order the live run's reorder stage released.
     pub fn push_ordered(&mut self, ev: Event) {
         self.core.process(ev);
+    }
+
+    /// Feeds one socket-table sample in. Samples skip the reorder window (they are taken once
+    /// a second, not raced by other CPUs); the sinks see them in the order they arrive
+    /// among the released events, and a recording keeps that order, so a replay (through
+    /// [`Pipeline::push_ordered`] and this) gives the same figures.
+    pub fn push_sample(&mut self, s: &Sample) {
+        self.core.sample(s);
     }
 
     /// Releases every held event (the source went quiet, or the run ends) and flushes sinks.

@@ -138,6 +138,12 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
     (inodes, netns)
 }
 
+/// Socket inode -> the process holding it, from every process's open files (the sampler names
+/// listeners' owners with it).
+pub fn socket_holders() -> HashMap<u64, Holder> {
+    scan_processes(Path::new("/proc")).0
+}
+
 /// Existing TCP sockets with their owners.
 #[derive(Debug, Default)]
 pub struct Existing {

@@ -207,6 +207,113 @@ impl Default for PeerStats {
     }
 }
 
+/// Per-group connection windows of the dashboard's group table, looked up for every closed
+/// connection in each of [`DIMENSIONS`] without hashing on the hot path: a port finds its
+/// window through a 64 Ki-entry index per port dimension, a process or peer address through
+/// the last key seen in its dimension; misses go through the hash index. Up to
+/// `4 * MAX_GROUPS` windows; later keys are not counted (as with the plain map this
+/// replaces, which the test `windows_match_a_plain_hash_map` holds it to).
+#[derive(Debug, Default)]
+struct Windows {
+    slots: Vec<GroupWindow>,
+    index: FxHashMap<(u8, GroupKey), u32>,
+    /// Dimensions 0 and 1 (ports): per port 1 + the slot, 0 for none yet (allocated at the
+    /// first port).
+    by_port: [Vec<u32>; 2],
+    /// Dimensions 2 and 3: the last key found and its slot.
+    last: [Option<(GroupKey, u32)>; 2],
+}
+
+impl Windows {
+    fn get_mut(&mut self, dim: usize, key: GroupKey) -> Option<&mut GroupWindow> {
+        let i = match (dim, &key) {
+            (0 | 1, GroupKey::Port(p)) => {
+                let p = usize::from(*p);
+                match self.by_port[dim].get(p) {
+                    Some(&n) if n > 0 => n - 1,
+                    _ => {
+                        let i = self.slow_index(dim, key)?;
+                        let ports = &mut self.by_port[dim];
+                        if ports.is_empty() {
+                            *ports = vec![0; 1 << 16];
+                        }
+                        ports[p] = i + 1;
+                        i
+                    }
+                }
+            }
+            (2 | 3, _) => match &self.last[dim - 2] {
+                Some((k, i)) if *k == key => *i,
+                _ => {
+                    let i = self.slow_index(dim, key.clone())?;
+                    self.last[dim - 2] = Some((key, i));
+                    i
+                }
+            },
+            _ => self.slow_index(dim, key)?,
+        };
+        self.slots.get_mut(i as usize)
+    }
+
+    /// The slot of `key` in dimension `dim` through the hash index, created if it is new and
+    /// there is room.
+    fn slow_index(&mut self, dim: usize, key: GroupKey) -> Option<u32> {
+        let k = (dim as u8, key);
+        if let Some(&i) = self.index.get(&k) {
+            return Some(i);
+        }
+        if self.slots.len() >= 4 * MAX_GROUPS {
+            return None;
+        }
+        let i = u32::try_from(self.slots.len()).ok()?;
+        self.index.insert(k, i);
+        self.slots.push(GroupWindow::default());
+        Some(i)
+    }
+
+    fn get(&self, dim: usize, key: &GroupKey) -> Option<&GroupWindow> {
+        let &i = self.index.get(&(dim as u8, key.clone()))?;
+        self.slots.get(i as usize)
+    }
+}
+
+/// The peer-address groups, up to [`MAX_GROUPS`] (later peers are not grouped), found
+/// through the last peer seen before the hash index (a churning host mostly talks to a few
+/// peers at a time). The test `peers_match_a_plain_hash_map` holds it to the plain map it
+/// replaces.
+#[derive(Debug, Default)]
+struct Peers {
+    stats: Vec<(IpAddr, PeerStats)>,
+    index: FxHashMap<IpAddr, u32>,
+    last: Option<(IpAddr, u32)>,
+}
+
+impl Peers {
+    /// The figures of `peer`, created if there is room; `None` for the unspecified address.
+    fn get_mut(&mut self, peer: IpAddr) -> Option<&mut PeerStats> {
+        let i = match self.last {
+            Some((last, i)) if last == peer => i,
+            _ => {
+                let i = match self.index.get(&peer) {
+                    Some(&i) => i,
+                    None if self.stats.len() >= MAX_GROUPS || peer.is_unspecified() => {
+                        return None;
+                    }
+                    None => {
+                        let i = u32::try_from(self.stats.len()).ok()?;
+                        self.index.insert(peer, i);
+                        self.stats.push((peer, PeerStats::default()));
+                        i
+                    }
+                };
+                self.last = Some((peer, i));
+                i
+            }
+        };
+        self.stats.get_mut(i as usize).map(|(_, p)| p)
+    }
+}
+
 /// The sink.
 #[derive(Debug)]
 pub struct Recent {
@@ -216,8 +323,8 @@ pub struct Recent {
     hs: Vec<HsSecond>,
     closed: VecDeque<ClosedConn>,
     /// By peer address, up to [`MAX_GROUPS`] peers (later ones are not grouped).
-    by_peer: FxHashMap<IpAddr, PeerStats>,
-    windows: FxHashMap<(u8, GroupKey), GroupWindow>,
+    by_peer: Peers,
+    windows: Windows,
     /// After the dashboard's `r`: the aggregates since then (built by the same
     /// `Aggregate::add` as the run's), and when it happened.
     since_reset: Option<(u64, Box<Aggregate>)>,
@@ -236,8 +343,8 @@ impl Default for Recent {
                 })
                 .collect(),
             closed: VecDeque::with_capacity(RECENT_CLOSES),
-            by_peer: FxHashMap::default(),
-            windows: FxHashMap::default(),
+            by_peer: Peers::default(),
+            windows: Windows::default(),
             since_reset: None,
         }
     }
@@ -261,7 +368,7 @@ impl Recent {
     /// run's. The run's own aggregate, and so the exit summary, are untouched.
     pub fn reset(&mut self, now_ns: u64) {
         self.totals = [0; 8];
-        self.by_peer.clear();
+        self.by_peer = Peers::default();
         self.since_reset = Some((now_ns, Box::default()));
     }
 
@@ -313,11 +420,8 @@ impl Recent {
         let sec = c.closed_ns / 1_000_000_000;
         for (dim, key) in group_keys(&c.conn).into_iter().enumerate() {
             let Some(key) = key else { continue };
-            let k = (dim as u8, key);
-            if let Some(w) = self.windows.get_mut(&k) {
+            if let Some(w) = self.windows.get_mut(dim, key) {
                 w.bump(sec);
-            } else if self.windows.len() < 4 * MAX_GROUPS {
-                self.windows.entry(k).or_default().bump(sec);
             }
         }
     }
@@ -369,8 +473,8 @@ impl Recent {
     }
 
     /// Groups by peer address, since the start.
-    pub fn by_peer(&self) -> &FxHashMap<IpAddr, PeerStats> {
-        &self.by_peer
+    pub fn by_peer(&self) -> impl Iterator<Item = (&IpAddr, &PeerStats)> {
+        self.by_peer.stats.iter().map(|(ip, p)| (ip, p))
     }
 
     /// Connections of group `key` in dimension `dim` per second over the last complete
@@ -380,7 +484,7 @@ impl Recent {
         let first_sec = self.first_ns.map_or(now_sec, |f| f / 1_000_000_000);
         let window = now_sec.saturating_sub(first_sec).clamp(1, WINDOW_SECS);
         self.windows
-            .get(&(dim as u8, key.clone()))
+            .get(dim, key)
             .map_or(0.0, |w| w.sum(now_sec) as f64 / window as f64)
     }
 }
@@ -430,13 +534,7 @@ impl Sink for Recent {
             Fact::Handshake { .. } | Fact::Closed(_) | Fact::Reset { .. }
         ) {
             let peer: IpAddr = fact.conn().remote.ip();
-            let full = self.by_peer.len() >= MAX_GROUPS;
-            let p = match self.by_peer.get_mut(&peer) {
-                Some(p) => Some(p),
-                None if full || peer.is_unspecified() => None,
-                None => Some(self.by_peer.entry(peer).or_default()),
-            };
-            if let Some(p) = p {
+            if let Some(p) = self.by_peer.get_mut(peer) {
                 match fact {
                     Fact::Handshake {
                         side,
@@ -472,6 +570,104 @@ mod tests {
     }
 
     const S: u64 = 1_000_000_000;
+
+    /// xorshift64 for the lookup tests: runs of repeated keys and switches, the same every run.
+    fn rng() -> impl FnMut() -> u64 {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
+    #[test]
+    fn windows_match_a_plain_hash_map() {
+        // The plain version `Windows` replaces, capped as it was.
+        let mut plain: FxHashMap<(u8, GroupKey), GroupWindow> = FxHashMap::default();
+        let mut fast = Windows::default();
+        let mut next = rng();
+        let mut keys = Vec::new();
+        for i in 0..60_000u64 {
+            let r = next();
+            let dim = (r % 4) as usize;
+            let key = match (dim, (r >> 8) % 4) {
+                (0 | 1, 0..=2) => GroupKey::Port((r >> 16) as u16 % 4 + 8080),
+                (0 | 1, _) => GroupKey::Port((r >> 16) as u16),
+                (2, 0..=2) => GroupKey::Process(Comm::from_str_lossy(&format!("p{}", r % 5))),
+                (2, _) => GroupKey::Process(Comm::from_str_lossy(&format!("q{}", r >> 40))),
+                (_, 0..=2) => GroupKey::Addr(IpAddr::from([10, 0, 0, (r >> 16) as u8 % 3])),
+                _ => GroupKey::Addr(IpAddr::from([10, 1, (r >> 16) as u8, (r >> 24) as u8])),
+            };
+            let sec = i / 500;
+            for _ in 0..1 + (r >> 32) % 3 {
+                let k = (dim as u8, key.clone());
+                if let Some(w) = plain.get_mut(&k) {
+                    w.bump(sec);
+                } else if plain.len() < 4 * MAX_GROUPS {
+                    plain.entry(k).or_default().bump(sec);
+                }
+                if let Some(w) = fast.get_mut(dim, key.clone()) {
+                    w.bump(sec);
+                }
+            }
+            keys.push((dim, key));
+        }
+        assert_eq!(plain.len(), 4 * MAX_GROUPS, "the cap was not reached");
+        assert_eq!(fast.slots.len(), plain.len());
+        for (dim, key) in &keys {
+            let p = plain.get(&(*dim as u8, key.clone()));
+            let f = fast.get(*dim, key);
+            assert_eq!(p.is_some(), f.is_some(), "{dim} {key:?}");
+            if let (Some(p), Some(f)) = (p, f) {
+                assert_eq!((p.sec, p.n), (f.sec, f.n), "{dim} {key:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn peers_match_a_plain_hash_map() {
+        let mut plain: FxHashMap<IpAddr, PeerStats> = FxHashMap::default();
+        let mut fast = Peers::default();
+        let mut next = rng();
+        for _ in 0..20_000u64 {
+            let r = next();
+            let peer = match r % 8 {
+                0..=4 => IpAddr::from([10, 0, 0, (r >> 8) as u8 % 3]),
+                5 => IpAddr::from([0, 0, 0, 0]),
+                _ => IpAddr::from([10, 1, (r >> 8) as u8, (r >> 16) as u8]),
+            };
+            for _ in 0..1 + (r >> 32) % 3 {
+                let full = plain.len() >= MAX_GROUPS;
+                let p = match plain.get_mut(&peer) {
+                    Some(p) => Some(p),
+                    None if full || peer.is_unspecified() => None,
+                    None => Some(plain.entry(peer).or_default()),
+                };
+                let v = (r >> 24) % 1_000_000_000;
+                if let Some(p) = p {
+                    p.connections += 1;
+                    p.handshake[0].record_ns(v);
+                }
+                if let Some(f) = fast.get_mut(peer) {
+                    f.connections += 1;
+                    f.handshake[0].record_ns(v);
+                }
+            }
+        }
+        assert_eq!(plain.len(), MAX_GROUPS, "the cap was not reached");
+        assert_eq!(fast.stats.len(), plain.len());
+        for (ip, f) in &fast.stats {
+            let p = &plain[ip];
+            assert_eq!(f.connections, p.connections, "{ip}");
+            assert_eq!(
+                f.handshake[0].quantiles(),
+                p.handshake[0].quantiles(),
+                "{ip}"
+            );
+        }
+    }
 
     #[test]
     fn rates_count_per_second_by_event_time() {

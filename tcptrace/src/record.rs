@@ -4,21 +4,23 @@
 //! Two formats hold the same facts, and [`replay`] tells them apart by their first bytes,
 //! not by the file name:
 //!
-//! - binary (version 2, `binrec`): fixed-size records in checksummed zstd frames, the default
+//! - binary (version 3, `binrec`; version 2 still reads): fixed-size records in checksummed zstd frames, the default
 //!   of `tcptrace record` because it is cheap to write and fast to read;
-//! - JSON Lines (version 1), written when the name ends in `.jsonl` or `.jsonl.zst` (zstd),
+//! - JSON Lines (version 2; version 1 still reads), written when the name ends in `.jsonl` or `.jsonl.zst` (zstd),
 //!   each line one externally tagged object, so log shippers and `jq` read it as is:
 //!
 //! ```text
 //! {"tcptrace_recording":{"version":1,"host":..,"kernel":..,"start":..,"clock":{..},"filter":{..},"tool_version":..}}
 //! {"ev":{"ts_ns":..,"sock":"0xffff..","family":"ipv4","local":"127.0.0.1:40000","remote":..,"kind":"state","old":"CLOSE","new":"SYN_SENT","owner":{..}}}
+//! {"sample":{"ts_ns":..,"netns":..,"netns_name":"host","listeners":[..],"time_wait":{..},"netstat":{..}}}
 //! ...
 //! {"end":{"counters":{"lost":0,"submitted":..,"filtered":..},"undecodable":0,"events":..,"end_unix_ns":..}}
 //! ```
 //!
 //! Events are written in the order the live pipeline's reorder stage released them, i.e. the
 //! exact order the tracker consumed, and `report` feeds them to the tracker in that order
-//! without a second reorder pass. Replaying the raw arrival order through the reorder stage
+//! without a second reorder pass. Socket-table samples (`listeners::Sample`) are written
+//! where the pipeline took them in among the events, and replay hands them back there. Replaying the raw arrival order through the reorder stage
 //! would not be equivalent: which events a live run releases before a late one depends on
 //! when the ring buffer went quiet (a flush), which the event times alone do not record.
 //!
@@ -39,12 +41,16 @@ use crate::{
     config::Filter,
     counters::Counters,
     decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
+    listeners::Sample,
     sink::Sink,
     track::Fact,
 };
 
-/// The JSON Lines recording format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The JSON Lines recording format version this build writes (and the newest it reads).
+/// Version 2 added `sample` lines; version 1 files still read.
+pub const VERSION: u32 = 2;
+/// The oldest JSON Lines version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 /// The binary recording format version this build writes and reads.
 pub const BINARY_VERSION: u32 = binrec::VERSION;
 
@@ -111,6 +117,7 @@ enum KindName {
     SynackRetransmit,
     ResetReceived,
     ResetSent,
+    ListenOverflow,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -153,6 +160,8 @@ enum Line {
     Header(Header),
     #[serde(rename = "ev")]
     Event(EventLine),
+    #[serde(rename = "sample")]
+    Sample(Box<Sample>),
     #[serde(rename = "end")]
     End(Trailer),
 }
@@ -195,6 +204,7 @@ impl EventLine {
             Kind::SynAckRetransmit => (KindName::SynackRetransmit, None, None, None),
             Kind::ResetReceived => (KindName::ResetReceived, None, None, None),
             Kind::ResetSent { state } => (KindName::ResetSent, None, None, state),
+            Kind::ListenOverflow => (KindName::ListenOverflow, None, None, None),
         };
         let owner = ev.owner.map(|o| {
             let text = comm_is_text(&o.comm);
@@ -245,6 +255,7 @@ impl EventLine {
             KindName::SynackRetransmit => Kind::SynAckRetransmit,
             KindName::ResetReceived => Kind::ResetReceived,
             KindName::ResetSent => Kind::ResetSent { state: self.state },
+            KindName::ListenOverflow => Kind::ListenOverflow,
         };
         let owner = match &self.owner {
             None => None,
@@ -287,7 +298,7 @@ pub enum RecordingError {
     Empty { path: PathBuf },
     #[error("{}:1: not a tcptrace recording: {reason}", path.display())]
     NotRecording { path: PathBuf, reason: String },
-    #[error("{}:1: recording format version {found} is not supported: this tcptrace ({}) reads version {VERSION}; use the tcptrace version that wrote it or a newer one", path.display(), env!("CARGO_PKG_VERSION"))]
+    #[error("{}:1: recording format version {found} is not supported: this tcptrace ({}) reads versions {OLDEST_VERSION} to {VERSION}; use the tcptrace version that wrote it or a newer one", path.display(), env!("CARGO_PKG_VERSION"))]
     UnknownVersion { path: PathBuf, found: u64 },
     #[error("{}:{line}: corrupt line: {reason}", path.display())]
     Corrupt {
@@ -327,7 +338,7 @@ pub enum RecordingError {
         events: u64,
         reason: String,
     },
-    #[error("{}: byte 8: binary recording format version {found} is not supported: this tcptrace ({}) reads binary version {BINARY_VERSION} and JSON Lines version {VERSION}; use the tcptrace version that wrote it or a newer one", path.display(), env!("CARGO_PKG_VERSION"))]
+    #[error("{}: byte 8: binary recording format version {found} is not supported: this tcptrace ({}) reads binary versions {} to {BINARY_VERSION} and JSON Lines versions {OLDEST_VERSION} to {VERSION}; use the tcptrace version that wrote it or a newer one", path.display(), env!("CARGO_PKG_VERSION"), binrec::OLDEST_VERSION)]
     UnknownBinaryVersion { path: PathBuf, found: u32 },
     #[error("{}: byte {offset}: the end record says {expected} events but the file holds {found}; if the file was copied, copy it again from the recording host", path.display())]
     CountMismatchAt {
@@ -476,7 +487,25 @@ pub fn replay(
     allow_truncated: bool,
     mut f: impl FnMut(Event),
 ) -> Result<Replay, RecordingError> {
-    read_source(path, open(path)?, allow_truncated, true, &mut f)
+    read_source(
+        path,
+        open(path)?,
+        allow_truncated,
+        true,
+        &mut f,
+        &mut |_| {},
+    )
+}
+
+/// [`replay`], also handing each socket-table sample to `s`, in recorded order among the
+/// events.
+pub fn replay_with(
+    path: &Path,
+    allow_truncated: bool,
+    mut f: impl FnMut(Event),
+    mut s: impl FnMut(Sample),
+) -> Result<Replay, RecordingError> {
+    read_source(path, open(path)?, allow_truncated, true, &mut f, &mut s)
 }
 
 /// [`replay`] of bytes in memory, `name` standing for the file in errors (fuzzing, tests).
@@ -495,7 +524,14 @@ pub fn replay_bytes(
 ) -> Result<Replay, RecordingError> {
     // Serial: small inputs gain nothing from the reader thread (the twin test in `binrec`
     // checks both read alike), and fuzzing's leak check sees no exiting thread.
-    read_source(name, detect(name, bytes)?, allow_truncated, false, &mut f)
+    read_source(
+        name,
+        detect(name, bytes)?,
+        allow_truncated,
+        false,
+        &mut f,
+        &mut |_| {},
+    )
 }
 
 fn read_source(
@@ -504,10 +540,11 @@ fn read_source(
     allow_truncated: bool,
     threaded: bool,
     f: &mut dyn FnMut(Event),
+    s: &mut dyn FnMut(Sample),
 ) -> Result<Replay, RecordingError> {
     match src {
-        Source::Binary(r) => read_binary(path, r, allow_truncated, threaded, f),
-        Source::Lines(r) => read_lines(path, r, allow_truncated, f),
+        Source::Binary(r) => read_binary(path, r, allow_truncated, threaded, f, s),
+        Source::Lines(r) => read_lines(path, r, allow_truncated, f, s),
     }
 }
 
@@ -535,7 +572,7 @@ fn binary_header(path: &Path, r: &mut impl Read) -> Result<(Header, u64), Record
             format!("the header is not a tcptrace recording header: {e}"),
         )
     })?;
-    if header.version != BINARY_VERSION {
+    if !(binrec::OLDEST_VERSION..=BINARY_VERSION).contains(&header.version) {
         return Err(corrupt(
             16,
             format!(
@@ -553,12 +590,13 @@ fn read_binary(
     allow_truncated: bool,
     threaded: bool,
     f: &mut dyn FnMut(Event),
+    s: &mut dyn FnMut(Sample),
 ) -> Result<Replay, RecordingError> {
     let (header, start) = binary_header(path, &mut r)?;
     let (events, end) = if threaded {
-        binrec::read_blocks(&mut r, start, f)
+        binrec::read_blocks_with(&mut r, start, f, s)
     } else {
-        binrec::read_blocks_serial(&mut r, start, f)
+        binrec::read_blocks_serial_with(&mut r, start, f, s)
     };
     match end {
         Ok(end) => Ok(Replay {
@@ -643,6 +681,7 @@ fn read_lines(
     mut r: Box<dyn BufRead + '_>,
     allow_truncated: bool,
     f: &mut dyn FnMut(Event),
+    s: &mut dyn FnMut(Sample),
 ) -> Result<Replay, RecordingError> {
     let p = || path.to_owned();
     let mut buf = Vec::with_capacity(512);
@@ -738,6 +777,7 @@ fn read_lines(
                     truncated: None,
                 });
             }
+            Ok(Line::Sample(sample)) => s(*sample),
             Ok(Line::Header(_)) => bad = Some((lineno, "a second header line".to_owned())),
             Err(e) if !complete => break Some((lineno, format!("the last line is cut off: {e}"))),
             Err(e) => bad = Some((lineno, e.to_string())),
@@ -778,7 +818,7 @@ fn parse_header(path: &Path, text: &str) -> Result<Header, RecordingError> {
         .get("version")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| not("the header has no version number".to_owned()))?;
-    if version != u64::from(VERSION) {
+    if !(u64::from(OLDEST_VERSION)..=u64::from(VERSION)).contains(&version) {
         return Err(RecordingError::UnknownVersion {
             path: path.to_owned(),
             found: version,
@@ -879,6 +919,16 @@ impl Recorder {
         }
     }
 
+    /// Writes one socket-table sample.
+    pub fn write_sample(&mut self, s: &Sample) -> io::Result<()> {
+        match self.writer()? {
+            Writer::Jsonl { out, line } => {
+                Writer::jsonl_line(out, line, &Line::Sample(Box::new(s.clone())))
+            }
+            Writer::Binary(w) => w.sample(s),
+        }
+    }
+
     /// Writes the end line or record and closes the file (finishing the zstd frame).
     pub fn finish(&mut self, counters: Counters, undecodable: u64) -> io::Result<()> {
         self.finish_at(counters, undecodable, unix_now_ns())
@@ -922,6 +972,9 @@ impl Sink for Recorder {
     }
     fn fact(&mut self, _fact: &Fact) -> io::Result<()> {
         Ok(())
+    }
+    fn sample(&mut self, s: &Sample) -> io::Result<()> {
+        self.write_sample(s)
     }
     /// Makes what was written so far readable: a binary recording closes its open block.
     fn flush(&mut self) -> io::Result<()> {
@@ -1010,6 +1063,60 @@ mod tests {
             },
             &Filter::default(),
         )
+    }
+
+    #[test]
+    fn samples_round_trip_in_place_among_events_in_every_format() {
+        use crate::listeners::tests::{listener, sample};
+        let s1 = sample(
+            3,
+            vec![listener("10.0.0.1:8080", 2, 1, 5)],
+            crate::listeners::Netstat {
+                listen_overflows: 4,
+                ..Default::default()
+            },
+        );
+        let mut s2 = s1.clone();
+        s2.netns_name = "/run/netns/x".to_owned();
+        s2.netstat = None;
+        s2.listeners.clear();
+        #[derive(Debug, PartialEq)]
+        enum It {
+            E(Event),
+            S(Sample),
+        }
+        for name in ["smp.jsonl", "smp.jsonl.zst", "smp.tcpt"] {
+            let path = tmp(name);
+            let evs = sample_events();
+            let mut want = Vec::new();
+            let mut r = Recorder::create(&path, &header()).expect("create");
+            for (i, e) in evs.iter().enumerate() {
+                r.write_event(e).expect("write");
+                want.push(It::E(*e));
+                if i == 2 {
+                    r.write_sample(&s1).expect("sample");
+                    want.push(It::S(s1.clone()));
+                    r.write_sample(&s2).expect("sample");
+                    want.push(It::S(s2.clone()));
+                }
+            }
+            r.finish(Counters::default(), 0).expect("finish");
+            let got = std::cell::RefCell::new(Vec::new());
+            let rep = replay_with(
+                &path,
+                false,
+                |e| got.borrow_mut().push(It::E(e)),
+                |s| got.borrow_mut().push(It::S(s)),
+            )
+            .expect("replay");
+            assert_eq!(got.into_inner(), want, "{name}");
+            assert_eq!(rep.events, evs.len() as u64);
+            // Readers that want events only still get every event.
+            let mut n = 0;
+            replay(&path, false, |_| n += 1).expect("replay");
+            assert_eq!(n, evs.len());
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[test]

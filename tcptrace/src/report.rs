@@ -37,8 +37,15 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
         sinks.push(Box::new(Shared(Rc::clone(&t))));
         t
     });
-    let mut pipeline = Pipeline::new(sinks);
-    let replay = record::replay(path, allow_truncated, |ev| pipeline.push_ordered(ev))?;
+    let pipeline = Pipeline::new(sinks);
+    let pipeline_cell = RefCell::new(pipeline);
+    let replay = record::replay_with(
+        path,
+        allow_truncated,
+        |ev| pipeline_cell.borrow_mut().push_ordered(ev),
+        |s| pipeline_cell.borrow_mut().push_sample(&s),
+    )?;
+    let mut pipeline = pipeline_cell.into_inner();
     pipeline.finish();
     if let Some((at, reason)) = replay.truncated.as_ref().and_then(|e| e.truncation()) {
         log::warn!(

@@ -1,6 +1,6 @@
 //! Where the pipeline's output goes: the [`Sink`] trait every consumer of events and facts
 //! implements (the line stream, the recorder, the chart timeline, the dashboard's recent
-//! closes), and [`Shared`], which lets the pipeline own a sink while its creator keeps a
+//! closes; socket-table samples reach them too), and [`Shared`], which lets the pipeline own a sink while its creator keeps a
 //! handle to read it afterwards. Nothing here knows about the kernel.
 //!
 //! A panic in a sink is a bug, but it must not take the run down with it before the summary
@@ -10,7 +10,7 @@
 
 use std::{cell::RefCell, fmt, io, rc::Rc};
 
-use crate::{decode::Event, track::Fact};
+use crate::{decode::Event, listeners::Sample, track::Fact};
 
 /// Where facts go after the tracker.
 pub trait Sink {
@@ -20,6 +20,11 @@ pub trait Sink {
     }
     /// Called for every fact, in time order.
     fn fact(&mut self, fact: &Fact) -> io::Result<()>;
+    /// Called for every socket-table sample (one network namespace at one instant), in the
+    /// order the pipeline takes them in.
+    fn sample(&mut self, _sample: &Sample) -> io::Result<()> {
+        Ok(())
+    }
     /// Called when the input has gone quiet and at exit.
     fn flush(&mut self) -> io::Result<()>;
 }
@@ -33,6 +38,9 @@ impl<T: Sink> Sink for Shared<T> {
     }
     fn fact(&mut self, fact: &Fact) -> io::Result<()> {
         self.0.borrow_mut().fact(fact)
+    }
+    fn sample(&mut self, sample: &Sample) -> io::Result<()> {
+        self.0.borrow_mut().sample(sample)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.borrow_mut().flush()

@@ -6,6 +6,9 @@
 //! CR or LF is quoted, quotes doubled: a process name can hold any of them), an empty field
 //! where JSON has `null`, and `\n` line ends (as the other styles; RFC 4180 readers accept
 //! them). Like text, a CSV line is built without `core::fmt` and without allocating.
+//!
+//! Socket-table samples add a line when a listener comes under pressure (accept-queue
+//! overflows or SYN cookies in its namespace; see `listeners::Alerts`), in text and JSON.
 
 use std::{fmt::Write as _, io, net::SocketAddr};
 
@@ -14,6 +17,7 @@ use serde::Serialize;
 use crate::{
     clock::Clock,
     decode::{Comm, Family, Owner, OwnerSource},
+    listeners::{Alert, Alerts, Sample},
     sink::Sink,
     track::{Conn, Connection, Fact, PHASES},
 };
@@ -47,6 +51,9 @@ pub struct Stream<W: io::Write> {
     time: String,
     /// Width of the text address columns (`-w` widens them to fit IPv6).
     addr_width: usize,
+    /// Decides when a socket-table sample deserves a listener-pressure line.
+    alerts: Alerts,
+    alert_buf: Vec<Alert>,
 }
 
 /// Text address column width: fits any IPv4 `addr:port` (21 characters) with room.
@@ -466,6 +473,8 @@ impl<W: io::Write> Stream<W> {
             rfc3339: Rfc3339::default(),
             time: String::with_capacity(32),
             addr_width: ADDR_WIDTH,
+            alerts: Alerts::default(),
+            alert_buf: Vec::new(),
         }
     }
 
@@ -707,6 +716,65 @@ impl<W: io::Write> Sink for Stream<W> {
         }
         self.line.push('\n');
         self.out.write_all(self.line.as_bytes())
+    }
+
+    /// A listener-pressure line (text and JSON; the CSV table has fixed columns and gets
+    /// none): when a namespace's ListenOverflows or SyncookiesSent grew since its previous
+    /// sample, naming the fullest (or busiest) listener, at most once per 10 s each.
+    fn sample(&mut self, sample: &Sample) -> io::Result<()> {
+        if self.style == Style::Csv {
+            return Ok(());
+        }
+        self.alert_buf.clear();
+        self.alerts.check(sample, &mut self.alert_buf);
+        if self.alert_buf.is_empty() {
+            return Ok(());
+        }
+        if !self.header_done {
+            self.write_header()?;
+        }
+        for a in std::mem::take(&mut self.alert_buf) {
+            self.line.clear();
+            match self.style {
+                Style::Text => {
+                    self.clock.write_time_of_day(&mut self.line, a.ts_ns);
+                    let what = match a.what {
+                        "listen_overflow" => "ListenOverflows",
+                        _ => "SyncookiesSent",
+                    };
+                    let _ = write!(
+                        self.line,
+                        " {} {} netns {}: accept queue {}/{}, SYN_RECV {}, {what} +{}",
+                        a.what.to_ascii_uppercase(),
+                        a.local,
+                        a.netns,
+                        a.accept_queue,
+                        a.backlog,
+                        a.syn_recv,
+                        a.delta
+                    );
+                }
+                _ => {
+                    self.time.clear();
+                    self.clock.write_rfc3339(&mut self.time, a.ts_ns);
+                    #[derive(Serialize)]
+                    struct Line<'a> {
+                        time: &'a str,
+                        #[serde(flatten)]
+                        alert: &'a Alert,
+                    }
+                    let json = serde_json::to_string(&Line {
+                        time: &self.time,
+                        alert: &a,
+                    })
+                    .map_err(io::Error::other)?;
+                    self.line.push_str(&json);
+                }
+            }
+            self.line.push('\n');
+            self.out.write_all(self.line.as_bytes())?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -18,6 +18,7 @@ use crate::{
     aggregate::{Aggregate, GroupKey, Groups, Hist, Quantiles, Stats, row_names, rows},
     counters::{Counters, LOSS_EXPLAINED},
     decode::TcpState,
+    listeners::ListenersSummary,
     pipeline::Pipeline,
     recent::{ClosedConn, DIMENSIONS, RateFigures, Recent, group_keys},
     track::{CloseKind, TrackStats, Tracker},
@@ -116,6 +117,10 @@ pub struct Summary {
     /// Sockets in CLOSE_WAIT at the end of the run (count and the oldest few).
     pub close_wait_now: u64,
     pub close_wait_oldest: Vec<Stuck>,
+    /// Listeners and TIME_WAIT from the socket-table sampler (absent when nothing was
+    /// sampled: `--no-sample`, or a recording made without samples).
+    #[serde(skip_serializing_if = "ListenersSummary::is_empty")]
+    pub listeners: ListenersSummary,
 }
 
 fn top(groups: &Groups, n: usize) -> Vec<GroupSummary> {
@@ -163,6 +168,7 @@ impl Summary {
             by_process: top(&agg.by_process, top_n),
             close_wait_now: waiting.len() as u64,
             close_wait_oldest,
+            listeners: agg.listeners.summary(),
         }
     }
 
@@ -227,6 +233,7 @@ impl Summary {
                 write_group(&mut w, g, false)?;
             }
         }
+        self.listeners.write_text(&mut w)?;
         Ok(())
     }
 }
@@ -878,7 +885,7 @@ impl Dashboard {
                     .collect(),
             })
             .collect();
-        let mut peers: Vec<_> = recent.by_peer().iter().collect();
+        let mut peers: Vec<_> = recent.by_peer().collect();
         peers.sort_by(|a, b| b.1.connections.cmp(&a.1.connections).then(a.0.cmp(b.0)));
         groups.push(GroupTable {
             dimension: DIMENSIONS[3],

@@ -387,6 +387,8 @@ impl Tracker {
                     conn: conn_of(ev, None),
                 });
             }
+            // Not about a connection: the listener figures count it (`listeners`).
+            Kind::ListenOverflow => {}
             Kind::ResetReceived | Kind::ResetSent { .. } => {
                 let sent = matches!(ev.kind, Kind::ResetSent { .. });
                 let parked = self

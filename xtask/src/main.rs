@@ -173,7 +173,15 @@ fn cargo_test_counting(args: &[&str]) -> Result<(u64, u64)> {
 }
 
 /// The integration test binaries whose tests need root (all `#[ignore]`d otherwise).
-const ROOT_TESTS: [&str; 6] = ["root", "root_report", "root_caps", "lab", "serve", "top"];
+const ROOT_TESTS: [&str; 7] = [
+    "root",
+    "root_report",
+    "root_caps",
+    "lab",
+    "lab_listeners",
+    "serve",
+    "top",
+];
 
 fn step(name: &str) -> Instant {
     eprintln!("\nxtask test: {name}");

@@ -43,6 +43,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "systemd", // systemd-analyze verify of the packaged unit (systemd need not run)
     "bpftool", // checks that no program or map outlives tcptrace in tcptrace/tests/root.rs
     "tmux",    // runs `tcptrace top` in a real terminal in tcptrace/tests/top.rs
+    "hping3",  // floods a listener with SYNs in tcptrace/tests/lab_listeners.rs
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

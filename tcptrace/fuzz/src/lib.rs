@@ -20,6 +20,8 @@ pub mod decode;
 pub mod host;
 #[path = "../../src/intern.rs"]
 pub mod intern;
+#[path = "../../src/listeners.rs"]
+pub mod listeners;
 #[path = "../../src/outfile.rs"]
 pub mod outfile;
 #[path = "../../src/record.rs"]

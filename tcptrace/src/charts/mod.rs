@@ -1,5 +1,6 @@
 //! SVG charts of a run (plotters' SVG backend, rendered into a `String`) and an `index.html`
-//! that shows the summary table and every chart. One module per chart; sizes, fonts and
+//! that shows the summary table and every chart (the listeners chart only when the run has
+//! socket-table samples). One module per chart; sizes, fonts and
 //! colours live here.
 //!
 //! Files: [`OutDir::create`] creates the directory and every file before a live run drops
@@ -14,6 +15,7 @@
 
 mod handshake;
 mod index;
+mod listeners;
 mod slowest;
 mod states;
 mod teardown;
@@ -290,9 +292,21 @@ const CHARTS: [(&str, &str, RenderFn); 5] = [
 /// The page that shows the summary and every chart.
 const INDEX: &str = "index.html";
 
+/// The listeners chart: in the index only when the run has socket-table samples (older
+/// recordings and --no-sample runs keep the five charts they always had); its file is
+/// created with the others (before a live run drops its capabilities) and says "no data"
+/// when nothing was sampled.
+const LISTENERS_CHART: (&str, &str, RenderFn) = (
+    "listeners.svg",
+    "Listeners and TIME_WAIT",
+    listeners::render,
+);
+
 pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
+    let sampled = (input.agg.listeners.samples > 0).then_some(LISTENERS_CHART);
     CHARTS
         .into_iter()
+        .chain(sampled)
         .map(|(file, title, f)| {
             let svg = f(input).map_err(|e| anyhow!("drawing {file}: {e}"))?;
             Ok(Chart { file, title, svg })
@@ -315,7 +329,7 @@ impl OutDir {
         let files = CHARTS
             .iter()
             .map(|c| c.0)
-            .chain([INDEX])
+            .chain([LISTENERS_CHART.0, INDEX])
             .map(|name| {
                 let path = dir.join(name);
                 crate::outfile::create(&path)
@@ -361,6 +375,12 @@ pub fn write_dir(
     let charts = render_all(&input)?;
     for c in &charts {
         out.write(c.file, c.svg.as_bytes())?;
+    }
+    if !charts.iter().any(|c| c.file == LISTENERS_CHART.0) {
+        // Created ahead like every chart: its "no data" version rather than an empty file.
+        let svg = (LISTENERS_CHART.2)(&input)
+            .map_err(|e| anyhow!("drawing {}: {e}", LISTENERS_CHART.0))?;
+        out.write(LISTENERS_CHART.0, svg.as_bytes())?;
     }
     out.write(INDEX, index::html(&input, &charts).as_bytes())?;
     eprintln!(

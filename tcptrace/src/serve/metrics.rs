@@ -225,6 +225,16 @@ impl Collector for SnapshotCollector {
             }),
         )?;
 
+        if !sum.listeners.is_empty() {
+            let named: Vec<u16> = snap
+                .detail
+                .iter()
+                .flat_map(|d| &d.groups)
+                .filter(|g| g.dimension == Dimension::LocalPort)
+                .filter_map(|g| g.key.parse().ok())
+                .collect();
+            listener_metrics(e, &sum.listeners, &named)?;
+        }
         let Some(d) = &snap.detail else {
             return Ok(());
         };
@@ -461,6 +471,176 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// Listener and TIME_WAIT figures from the socket-table sampler (absent when it is off).
+/// Cardinality as everywhere here: totals over all listeners carry no label; per-port series
+/// only for the ports `--group-ports` names (listeners on one port in several namespaces or
+/// addresses are summed); per-namespace figures carry the namespace's name (bounded by what
+/// is sampled).
+fn listener_metrics(
+    e: &mut DescriptorEncoder,
+    l: &crate::listeners::ListenersSummary,
+    named_ports: &[u16],
+) -> fmt::Result {
+    #[derive(Default, Clone, Copy)]
+    struct PortFig {
+        accept: u64,
+        accept_max: u64,
+        backlog: u64,
+        syn_recv: u64,
+        synack: u64,
+        drops: u64,
+    }
+    let mut total = PortFig::default();
+    let mut full = 0u64;
+    let mut rows: Vec<(String, PortFig)> = named_ports
+        .iter()
+        .map(|p| (p.to_string(), PortFig::default()))
+        .collect();
+    for x in &l.listeners {
+        let add = |f: &mut PortFig| {
+            f.accept += u64::from(x.accept_queue_now);
+            f.accept_max += u64::from(x.accept_queue_max);
+            f.backlog += u64::from(x.backlog);
+            f.syn_recv += u64::from(x.syn_recv_now);
+            f.synack += x.synack_retransmits;
+            f.drops += x.overflow_drops;
+        };
+        add(&mut total);
+        full += u64::from(x.accept_queue_now > x.backlog);
+        if let Some(i) = named_ports.iter().position(|p| *p == x.port) {
+            add(&mut rows[i].1);
+        }
+    }
+    gauge(
+        e,
+        "listeners",
+        None,
+        "Listening sockets at the last socket-table sample, every sampled namespace.",
+        l.listeners.len() as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_full",
+        None,
+        "Listeners whose accept queue was over its limit at the last sample (the kernel drops \
+         handshake-completing ACKs for them).",
+        full as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_accept_queue",
+        None,
+        "Connections waiting for accept() at the last sample, all listeners.",
+        total.accept as f64,
+    )?;
+    gauge(
+        e,
+        "listeners_syn_recv",
+        None,
+        "Half-open connections (request sockets in SYN_RECV) at the last sample, all listeners.",
+        total.syn_recv as f64,
+    )?;
+    counter(
+        e,
+        "listeners_synack_retransmits",
+        "SYN-ACKs retransmitted for connections to sampled listeners.",
+        total.synack,
+    )?;
+    counter(
+        e,
+        "listeners_overflow_drops",
+        "Accept-queue overflow drops seen by skb:kfree_skb (reason TCP_LISTEN_OVERFLOW) on \
+         sampled listeners (0 on kernels that do not report that reason; see netstat_increase).",
+        total.drops,
+    )?;
+    if !rows.is_empty() {
+        let by_port = |pick: fn(&PortFig) -> u64| {
+            rows.iter()
+                .map(move |(p, f)| ([("port", p.as_str())], pick(f) as f64))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            e,
+            "listener_accept_queue",
+            "Connections waiting for accept() at the last sample, by --group-ports port.",
+            by_port(|f| f.accept),
+        )?;
+        gauges(
+            e,
+            "listener_accept_queue_max",
+            "The longest accept queue seen in any sample since start, by --group-ports port.",
+            by_port(|f| f.accept_max),
+        )?;
+        gauges(
+            e,
+            "listener_backlog",
+            "The accept queue's limit (listen() backlog capped by somaxconn), by port.",
+            by_port(|f| f.backlog),
+        )?;
+        gauges(
+            e,
+            "listener_syn_recv",
+            "Half-open connections (SYN_RECV) at the last sample, by --group-ports port.",
+            by_port(|f| f.syn_recv),
+        )?;
+        counters(
+            e,
+            "listener_synack_retransmits",
+            "SYN-ACKs retransmitted for connections to the listener, by --group-ports port.",
+            rows.iter().map(|(p, f)| ([("port", p.as_str())], f.synack)),
+        )?;
+        counters(
+            e,
+            "listener_overflow_drops",
+            "Accept-queue overflow drops seen by skb:kfree_skb, by --group-ports port.",
+            rows.iter().map(|(p, f)| ([("port", p.as_str())], f.drops)),
+        )?;
+    }
+    counters(
+        e,
+        "netstat_increase",
+        "Increase since the first sample of the namespace's TcpExt listener counters \
+         (/proc/net/netstat), by namespace and counter.",
+        l.namespaces.iter().flat_map(|ns| {
+            let values = ns.counters_delta.map(|d| d.values()).unwrap_or_default();
+            crate::listeners::Netstat::NAMES
+                .iter()
+                .zip(values)
+                .map(move |(k, v)| ([("netns", ns.name.as_str()), ("counter", *k)], v))
+        }),
+    )?;
+    gauges(
+        e,
+        "time_wait_sockets",
+        "Sockets in TIME_WAIT at the last sample, by namespace.",
+        l.namespaces
+            .iter()
+            .map(|ns| ([("netns", ns.name.as_str())], f64::from(ns.time_wait.now))),
+    )?;
+    gauges(
+        e,
+        "time_wait_remaining_sockets",
+        "TIME_WAIT sockets at the last sample by remaining timer, in 5-second buckets \
+         (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
+        l.namespaces.iter().flat_map(|ns| {
+            ns.time_wait
+                .remaining_now
+                .iter()
+                .enumerate()
+                .map(move |(i, n)| {
+                    let upto = if i + 1 == crate::listeners::TW_BUCKETS {
+                        "inf".to_owned()
+                    } else {
+                        ((i as u32 + 1) * crate::listeners::TW_BUCKET_MS / 1000).to_string()
+                    };
+                    ((ns.name.clone(), upto), f64::from(*n))
+                })
+                .map(|((ns, upto), n)| ([("netns", ns), ("upto_s", upto)], n))
+        }),
+    )?;
+    Ok(())
 }
 
 const NO_LABELS: [(&str, &str); 0] = [];
@@ -706,6 +886,86 @@ mod tests {
         );
         assert!(out.status.success(), "promtool check metrics: {said}");
         assert!(said.trim().is_empty(), "promtool has remarks: {said}");
+    }
+
+    #[test]
+    fn listener_and_time_wait_metrics_come_from_samples_and_promtool_accepts_them() {
+        use crate::listeners::{
+            Netstat,
+            tests::{listener, sample},
+        };
+        let mut p = Pipeline::new(Vec::new());
+        let n = |o: u64| Netstat {
+            listen_overflows: o,
+            ..Netstat::default()
+        };
+        p.push_sample(&sample(1, vec![listener("10.0.0.1:8080", 3, 4, 2)], n(10)));
+        p.push_sample(&sample(2, vec![listener("10.0.0.1:8080", 1, 4, 0)], n(17)));
+        p.finish();
+        let opts = |ports: Vec<u16>| SnapshotOptions {
+            top_n: 5,
+            detail: Some(DetailOptions {
+                ports,
+                processes: 0,
+                close_wait_threshold: Duration::from_secs(60),
+            }),
+            dashboard: false,
+        };
+        let snap = |ports| {
+            Arc::new(Snapshot::build_at(
+                &p,
+                &Counters::default(),
+                &opts(ports),
+                Duration::from_secs(2),
+                2_000_000_000,
+            ))
+        };
+        // Without --group-ports: totals only, no port label.
+        let t = text(snap(Vec::new()));
+        for line in [
+            "tcptrace_listeners 1",
+            "tcptrace_listeners_accept_queue 1",
+            "tcptrace_listeners_full 0",
+            "tcptrace_time_wait_sockets{netns=\"host\"} 3",
+        ] {
+            assert!(t.contains(line), "no {line:?} in:\n{t}");
+        }
+        assert!(!t.contains("port=\""), "{t}");
+        let t = text(snap(vec![8080]));
+        for line in [
+            "tcptrace_listener_accept_queue{port=\"8080\"} 1",
+            "tcptrace_listener_accept_queue_max{port=\"8080\"} 3",
+            "tcptrace_listener_backlog{port=\"8080\"} 4",
+            "tcptrace_listener_syn_recv{port=\"8080\"} 0",
+            "tcptrace_netstat_increase_total{netns=\"host\",counter=\"ListenOverflows\"} 7",
+            "tcptrace_time_wait_sockets{netns=\"host\"} 3",
+            "tcptrace_time_wait_remaining_sockets{netns=\"host\",upto_s=\"5\"} 1",
+            "tcptrace_time_wait_remaining_sockets{netns=\"host\",upto_s=\"60\"} 2",
+        ] {
+            assert!(t.contains(line), "no {line:?} in:\n{t}");
+        }
+        // Without samples, none of these series exist.
+        assert!(!text(fixture()).contains("tcptrace_listener_"));
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (cargo xtask setup --test-packages)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(t.as_bytes())
+            .expect("writing to promtool");
+        let out = child.wait_with_output().expect("promtool runs");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}"
+        );
     }
 
     #[test]

@@ -24,10 +24,19 @@ pub enum View {
     Groups,
     /// The recently closed connections.
     Closed,
+    /// Listeners (accept queue, SYN_RECV, overflows, cookies) and TIME_WAIT, from the
+    /// socket-table sampler.
+    Listeners,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [Self::Overview, Self::Leaks, Self::Groups, Self::Closed];
+    pub const ALL: [View; 5] = [
+        Self::Overview,
+        Self::Leaks,
+        Self::Groups,
+        Self::Closed,
+        Self::Listeners,
+    ];
 
     pub const fn title(self) -> &'static str {
         match self {
@@ -35,13 +44,16 @@ impl View {
             Self::Leaks => "CLOSE_WAIT leaks",
             Self::Groups => "Groups",
             Self::Closed => "Recently closed",
+            Self::Listeners => "Listeners",
         }
     }
 
     /// The table keys act on in this view.
     const fn table(self) -> Table {
         match self {
-            Self::Overview | Self::Leaks => Table::Leaks,
+            // The listeners view has no selectable table: keys act on the leaks, as in the
+            // overview.
+            Self::Overview | Self::Leaks | Self::Listeners => Table::Leaks,
             Self::Groups => Table::Groups,
             Self::Closed => Table::Closed,
         }

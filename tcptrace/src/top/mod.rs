@@ -180,7 +180,8 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
             (live, Meta { source, clock })
         }
         None => {
-            let live = LiveRun::start(&filter, args.ring_kib)?;
+            let mut live = LiveRun::start(&filter, args.ring_kib)?;
+            live.sample(&args.sample);
             let source = format!("live, {}", describe_filter(&filter));
             let clock = live.clock();
             (live, Meta { source, clock })

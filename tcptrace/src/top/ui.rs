@@ -69,6 +69,7 @@ pub fn draw(f: &mut Frame, app: &App, meta: &Meta) {
         (Some(_), View::Leaks) => leaks(f, body, app),
         (Some(_), View::Groups) => groups(f, body, app),
         (Some(d), View::Closed) => closed(f, body, app, d),
+        (Some(_), View::Listeners) => listeners(f, body, snap),
     }
     footer(f, foot, app);
     if app.help {
@@ -639,6 +640,129 @@ fn leaks(f: &mut Frame, area: Rect, app: &App) {
     f.render_stateful_widget(t, area, &mut state);
 }
 
+/// Listeners under pressure and TIME_WAIT per namespace (the exit summary's `listeners`).
+fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
+    let l = &snap.summary.listeners;
+    if l.is_empty() {
+        f.render_widget(
+            Paragraph::new(
+                "no socket-table samples (the sampler is off with --no-sample, could not start, \
+                 or the recording has none)",
+            )
+            .block(block(" Listeners ")),
+            area,
+        );
+        return;
+    }
+    let ns_rows = l.namespaces.len() as u16;
+    let [top, bottom] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(ns_rows * 2 + 3)]).areas(area);
+    let mut rows: Vec<&crate::listeners::ListenerSummary> = l.listeners.iter().collect();
+    // Fullest first: accept queue relative to its limit, then SYN_RECV.
+    rows.sort_by_key(|x| {
+        std::cmp::Reverse((
+            u64::from(x.accept_queue_max) * 1000 / u64::from(x.backlog.max(1)),
+            x.syn_recv_max,
+        ))
+    });
+    let cells: Vec<Row> = rows
+        .iter()
+        .map(|x| {
+            let full = x.accept_queue_max > x.backlog || x.overflow_drops > 0;
+            let row = Row::new(vec![
+                format!("{}:{}", x.address, x.port),
+                x.netns_name.clone(),
+                match (&x.comm, x.pid) {
+                    (Some(c), Some(p)) => format!("{c}/{p}"),
+                    _ => "-".to_owned(),
+                },
+                format!("{}/{}", x.accept_queue_now, x.backlog),
+                x.accept_queue_max.to_string(),
+                format!("{} ({})", x.syn_recv_now, x.syn_recv_max),
+                x.synack_retransmits.to_string(),
+                x.overflow_drops.to_string(),
+            ]);
+            if full {
+                row.style(Style::new().fg(WARN))
+            } else {
+                row
+            }
+        })
+        .collect();
+    let widths = widths(
+        top,
+        &[
+            None,
+            Some(16),
+            Some(16),
+            Some(10),
+            Some(6),
+            Some(12),
+            Some(8),
+            Some(8),
+        ],
+    );
+    let header = Row::new(vec![
+        "LISTENER",
+        "NETNS",
+        "PROCESS",
+        "ACCEPT",
+        "MAX",
+        "SYN_RECV",
+        "SYNACK↻",
+        "DROPS",
+    ])
+    .style(Style::new().bold());
+    let title = format!(
+        " Listeners: {} (accept queue now/limit, max of {} samples) ",
+        rows.len(),
+        l.samples
+    );
+    f.render_widget(
+        Table::new(cells, widths).header(header).block(block(title)),
+        top,
+    );
+    let mut lines = Vec::new();
+    for ns in &l.namespaces {
+        let c = ns.counters_delta.unwrap_or_default();
+        let pressure = c.listen_overflows + c.syncookies_sent + c.req_q_full_drop > 0;
+        let text = format!(
+            "{}: ListenOverflows +{}  ListenDrops +{}  cookies sent +{} recv +{} failed +{}  ReqQFull cookies +{} drops +{}",
+            ns.name,
+            c.listen_overflows,
+            c.listen_drops,
+            c.syncookies_sent,
+            c.syncookies_recv,
+            c.syncookies_failed,
+            c.req_q_full_do_cookies,
+            c.req_q_full_drop
+        );
+        lines.push(if pressure {
+            Line::from(Span::styled(text, Style::new().fg(WARN)))
+        } else {
+            Line::from(text)
+        });
+        let tw = &ns.time_wait;
+        lines.push(Line::from(format!(
+            "  TIME_WAIT {} (max {}), {:.1}-{:.1} s left; by port: {}",
+            tw.now,
+            tw.max,
+            f64::from(tw.remaining_min_ms_now) / 1000.0,
+            f64::from(tw.remaining_max_ms_now) / 1000.0,
+            tw.by_remote_port
+                .iter()
+                .take(4)
+                .map(|(p, n)| format!("{p} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(block(" Namespaces: counters since start, TIME_WAIT now ")),
+        bottom,
+    );
+}
+
 fn groups(f: &mut Frame, area: Rect, app: &App) {
     let rows = app.group_rows();
     let title = format!(
@@ -841,6 +965,59 @@ mod tests {
             let (t, _) = render(&app(fixtures::lossy()), w, h);
             insta::assert_snapshot!(format!("loss_{w}x{h}"), t);
         }
+    }
+
+    #[test]
+    fn the_listeners_view_shows_queues_counters_and_time_wait() {
+        use crate::listeners::{
+            Listeners, Netstat,
+            tests::{listener, sample},
+        };
+        let mut l = Listeners::default();
+        let n = |o: u64, c: u64| Netstat {
+            listen_overflows: o,
+            syncookies_sent: c,
+            ..Netstat::default()
+        };
+        l.add_sample(&sample(
+            1,
+            vec![
+                listener("10.0.0.1:8080", 0, 128, 0),
+                listener("10.0.0.1:9090", 2, 1, 17),
+            ],
+            n(100, 5),
+        ));
+        l.add_sample(&sample(
+            2,
+            vec![
+                listener("10.0.0.1:8080", 1, 128, 0),
+                listener("10.0.0.1:9090", 2, 1, 3),
+            ],
+            n(124, 988),
+        ));
+        let mut s = fixtures::busy();
+        s.summary.listeners = l.summary();
+        let mut a = app(s);
+        for _ in 0..4 {
+            a.on_key(key(KeyCode::Tab));
+        }
+        assert_eq!(a.view, View::Listeners);
+        let (t, _) = render(&a, 120, 24);
+        // The fullest listener first, its queue over the limit.
+        let full = t.find("10.0.0.1:9090").expect("listener 9090 shown");
+        let calm = t.find("10.0.0.1:8080").expect("listener 8080 shown");
+        assert!(full < calm, "{t}");
+        assert!(t.contains("ListenOverflows +24"), "{t}");
+        assert!(t.contains("cookies sent +983"), "{t}");
+        assert!(t.contains("TIME_WAIT 3 (max 3)"), "{t}");
+        insta::assert_snapshot!("view_listeners_120x24", t);
+        // Without samples the view says why it is empty.
+        let mut b = app(fixtures::busy());
+        for _ in 0..4 {
+            b.on_key(key(KeyCode::Tab));
+        }
+        let (t, _) = render(&b, 120, 24);
+        assert!(t.contains("no socket-table samples"), "{t}");
     }
 
     #[test]

@@ -218,6 +218,8 @@ pub fn field(reply: &str, key: &str) -> u64 {
 struct PeerState {
     listener: Option<Socket>,
     sock: Option<Socket>,
+    /// Sockets of `connect_many`, held open (never accepted by a `listen_backlog` server).
+    many: Vec<Socket>,
     /// Packets held by NFQUEUE readers, in microseconds.
     held_us: Arc<Mutex<Vec<u64>>>,
 }
@@ -286,6 +288,53 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
             s.listen(16).map_err(|e| errno(&e))?;
             st.listener = Some(s);
             Ok(String::new())
+        }
+        // listen_backlog ADDR N: listen with backlog N and never accept (accept-queue tests).
+        "listen_backlog" => {
+            let a = addr(w.get(1).ok_or("listen_backlog ADDR N")?)?;
+            let s = new_socket(None)?;
+            s.bind(&a).map_err(|e| errno(&e))?;
+            s.listen(num(2)? as i32).map_err(|e| errno(&e))?;
+            st.listener = Some(s);
+            Ok(String::new())
+        }
+        // connect_many ADDR N: N non-blocking connects, held open (the handshakes complete,
+        // or not, in the kernel: SYN retransmits continue while the peer drops final ACKs).
+        "connect_many" => {
+            let a = addr(w.get(1).ok_or("connect_many ADDR N")?)?;
+            for _ in 0..num(2)? {
+                let s = new_socket(None)?;
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                match s.connect(&a) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                    Err(e) => return Err(errno(&e)),
+                }
+                st.many.push(s);
+            }
+            Ok(String::new())
+        }
+        // time_wait N: N loopback connections on 127.0.0.1 closed by the client first, so
+        // that N client sockets enter TIME_WAIT in this namespace; reports the listener port.
+        "time_wait" => {
+            let l = new_socket(None)?;
+            let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+            l.bind(&any.into()).map_err(|e| errno(&e))?;
+            l.listen(128).map_err(|e| errno(&e))?;
+            let la = l.local_addr().map_err(|e| e.to_string())?;
+            for _ in 0..num(1)? {
+                let c = new_socket(None)?;
+                c.connect(&la).map_err(|e| errno(&e))?;
+                let (srv, _) = l.accept().map_err(|e| errno(&e))?;
+                drop(c);
+                // Read the client's FIN before closing, so the server is the passive closer.
+                let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+                let _ = srv.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = srv.recv(&mut b);
+                drop(srv);
+            }
+            let port = la.as_socket().map_or(0, |a| a.port());
+            Ok(format!("port={port}"))
         }
         "accept" => {
             let l = st.listener.as_ref().ok_or("not listening")?;
@@ -474,6 +523,7 @@ pub fn peer_main() -> ! {
     let mut st = PeerState {
         listener: None,
         sock: None,
+        many: Vec::new(),
         held_us: Arc::default(),
     };
     let stdin = std::io::stdin();

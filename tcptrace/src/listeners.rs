@@ -1,0 +1,917 @@
+//! Listeners and TIME_WAIT from the socket table: the [`Sample`] value the sampler
+//! (`sockdiag`) takes once a second per network namespace, and the pure code that turns samples
+//! (plus the SYN-ACK retransmit and listen-overflow drop events the kernel program reports)
+//! into per-listener and per-namespace figures.
+//!
+//! Samples travel like events: timestamped on the kernel's clock (CLOCK_MONOTONIC), through
+//! the pipeline to the sinks (so recordings carry them and `report` replays them) and into
+//! [`Listeners`], which the aggregate owns. Nothing here does I/O or reads a clock.
+//!
+//! What the figures mean (the README's "Listeners and SYN floods" and "TIME_WAIT" say it for
+//! users): a listener's accept queue is the number of fully established connections waiting
+//! for `accept()` (inet_diag's `idiag_rqueue` on a LISTEN socket, `ss -lnt` Recv-Q); its limit
+//! is the backlog the application asked for, capped by `net.core.somaxconn` (`idiag_wqueue`,
+//! `ss` Send-Q); SYN_RECV is the number of request sockets (half-open connections) whose local
+//! address is the listener's, at the instant of the sample. "max" is the largest value seen in
+//! any sample of the period, not between samples. Namespace counters are the kernel's
+//! `TcpExt` counters (`/proc/net/netstat`) of the listener's namespace: their increase between
+//! the first and the last sample.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Most listeners remembered (per run); further ones are counted, not kept.
+pub const MAX_LISTENERS: usize = 256;
+/// Most TIME_WAIT groups (remote ports, peers) a sample keeps per dimension; the rest are
+/// the difference between the total and the groups' sum.
+pub const MAX_TW_GROUPS: usize = 16;
+/// Width of a TIME_WAIT remaining-time bucket, milliseconds.
+pub const TW_BUCKET_MS: u32 = 5_000;
+/// Buckets of remaining TIME_WAIT time: 0-5 s, 5-10 s, .., 55-60 s, then "more than 60 s".
+pub const TW_BUCKETS: usize = 13;
+/// Points kept per listener and per namespace for charts (one per sample: an hour at 1 s).
+pub const MAX_POINTS: usize = 3600;
+
+/// The `TcpExt` counters of one network namespace that tell of listener pressure, as
+/// `/proc/net/netstat` gives them (absolute, since the namespace was created).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Netstat {
+    /// The accept queue was full when a handshake completed (the final ACK was dropped).
+    pub listen_overflows: u64,
+    /// Handshake-completing segments dropped for any reason (includes the overflows).
+    pub listen_drops: u64,
+    /// SYN cookies sent (the SYN queue was full, or syncookies=2).
+    pub syncookies_sent: u64,
+    /// Valid SYN cookies received back (connections completed through a cookie).
+    pub syncookies_recv: u64,
+    /// Invalid SYN cookies received.
+    pub syncookies_failed: u64,
+    /// The request queue was full and a cookie was sent instead.
+    pub req_q_full_do_cookies: u64,
+    /// The request queue was full and the SYN was dropped (cookies off).
+    pub req_q_full_drop: u64,
+}
+
+impl Netstat {
+    /// The field names as `/proc/net/netstat` spells them, in the order of [`Netstat::values`].
+    pub const NAMES: [&'static str; 7] = [
+        "ListenOverflows",
+        "ListenDrops",
+        "SyncookiesSent",
+        "SyncookiesRecv",
+        "SyncookiesFailed",
+        "TCPReqQFullDoCookies",
+        "TCPReqQFullDrop",
+    ];
+
+    pub fn values(&self) -> [u64; 7] {
+        [
+            self.listen_overflows,
+            self.listen_drops,
+            self.syncookies_sent,
+            self.syncookies_recv,
+            self.syncookies_failed,
+            self.req_q_full_do_cookies,
+            self.req_q_full_drop,
+        ]
+    }
+
+    fn from_values(v: [u64; 7]) -> Self {
+        Self {
+            listen_overflows: v[0],
+            listen_drops: v[1],
+            syncookies_sent: v[2],
+            syncookies_recv: v[3],
+            syncookies_failed: v[4],
+            req_q_full_do_cookies: v[5],
+            req_q_full_drop: v[6],
+        }
+    }
+
+    /// Parses the text of a `/proc/net/netstat` file (pairs of `TcpExt:` lines: names, then
+    /// values). `None` when there is no `TcpExt` section; a counter the kernel does not have
+    /// reads as 0.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        while let Some(names) = lines.next() {
+            let Some(values) = lines.next() else { break };
+            let (Some(n), Some(v)) = (
+                names.strip_prefix("TcpExt:"),
+                values.strip_prefix("TcpExt:"),
+            ) else {
+                continue;
+            };
+            let mut out = [0u64; 7];
+            for (name, value) in n.split_whitespace().zip(v.split_whitespace()) {
+                if let Some(i) = Self::NAMES.iter().position(|k| *k == name) {
+                    out[i] = value.parse().unwrap_or(0);
+                }
+            }
+            return Some(Self::from_values(out));
+        }
+        None
+    }
+
+    /// `self - earlier`, counter by counter (a counter that went backwards gives 0).
+    pub fn since(&self, earlier: &Self) -> Self {
+        let (a, b) = (self.values(), earlier.values());
+        let mut d = [0u64; 7];
+        for i in 0..7 {
+            d[i] = a[i].saturating_sub(b[i]);
+        }
+        Self::from_values(d)
+    }
+}
+
+/// One LISTEN socket at the instant of a sample.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerSample {
+    pub local: SocketAddr,
+    /// Connections waiting for `accept()` (`idiag_rqueue`).
+    pub accept_queue: u32,
+    /// The accept queue's limit (`idiag_wqueue`: the listen() backlog capped by somaxconn).
+    pub backlog: u32,
+    /// Request sockets (SYN_RECV) for this listener's address and port.
+    pub syn_recv: u32,
+    /// The socket's inode (0 if the kernel gave none).
+    pub inode: u64,
+    /// The process holding the socket, when /proc showed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+}
+
+/// The TIME_WAIT sockets of a namespace at the instant of a sample.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeWaitSample {
+    pub count: u32,
+    /// The largest groups by remote port (at most [`MAX_TW_GROUPS`], largest first).
+    pub by_remote_port: Vec<(u16, u32)>,
+    /// The largest groups by peer address (at most [`MAX_TW_GROUPS`], largest first).
+    pub by_peer: Vec<(IpAddr, u32)>,
+    /// Remaining timer, in [`TW_BUCKETS`] buckets of [`TW_BUCKET_MS`] (the last: more).
+    pub remaining: Vec<u32>,
+    /// Shortest and longest remaining timer seen, milliseconds (0 when there are none).
+    pub remaining_min_ms: u32,
+    pub remaining_max_ms: u32,
+}
+
+impl TimeWaitSample {
+    /// Builds the bounded view from every TIME_WAIT socket's (remote, remaining ms).
+    pub fn of(socks: impl IntoIterator<Item = (SocketAddr, u32)>) -> Self {
+        let mut ports: BTreeMap<u16, u32> = BTreeMap::new();
+        let mut peers: BTreeMap<IpAddr, u32> = BTreeMap::new();
+        let mut remaining = vec![0u32; TW_BUCKETS];
+        let (mut count, mut min, mut max) = (0u32, u32::MAX, 0u32);
+        for (remote, ms) in socks {
+            count += 1;
+            *ports.entry(remote.port()).or_default() += 1;
+            *peers.entry(remote.ip()).or_default() += 1;
+            let b = ((ms / TW_BUCKET_MS) as usize).min(TW_BUCKETS - 1);
+            // Exactly 60 s still belongs to the last 5-s bucket, not to "more".
+            let b = if ms == 60_000 { TW_BUCKETS - 2 } else { b };
+            remaining[b] += 1;
+            min = min.min(ms);
+            max = max.max(ms);
+        }
+        Self {
+            count,
+            by_remote_port: largest(ports),
+            by_peer: largest(peers),
+            remaining,
+            remaining_min_ms: if count == 0 { 0 } else { min },
+            remaining_max_ms: max,
+        }
+    }
+}
+
+fn largest<K: Ord + Copy>(m: BTreeMap<K, u32>) -> Vec<(K, u32)> {
+    let mut v: Vec<(K, u32)> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(MAX_TW_GROUPS);
+    v
+}
+
+/// One network namespace's socket table and counters at one instant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC nanoseconds, the clock kernel events are stamped with.
+    pub ts_ns: u64,
+    /// The namespace's inode number (`ls -l /proc/PID/ns/net` shows `net:[INODE]`).
+    pub netns: u64,
+    /// How it was found: "host", a `--netns` path, `/run/netns/NAME`, or `pid N`.
+    pub netns_name: String,
+    pub listeners: Vec<ListenerSample>,
+    pub time_wait: TimeWaitSample,
+    /// `None` when the namespace's `/proc/net/netstat` could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netstat: Option<Netstat>,
+}
+
+/// A listener's identity across samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerKey {
+    pub netns: u64,
+    pub local: SocketAddr,
+}
+
+/// One point of a listener's history (for charts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerPoint {
+    pub ts_ns: u64,
+    pub accept_queue: u32,
+    pub backlog: u32,
+    pub syn_recv: u32,
+    /// Overflow drops (kfree_skb) since the previous point.
+    pub drops: u64,
+    /// The namespace's SyncookiesSent increase since the previous sample.
+    pub cookies: u64,
+}
+
+/// What is known of one listener over the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListenerStats {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub netns_name: String,
+    pub backlog: u32,
+    pub accept_now: u32,
+    pub accept_max: u32,
+    pub syn_recv_now: u32,
+    pub syn_recv_max: u32,
+    pub samples: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// SYN-ACKs retransmitted for connections to this listener (tcp:tcp_retransmit_synack).
+    pub synack_retransmits: u64,
+    /// Accept-queue overflow drops (skb:kfree_skb, reason TCP_LISTEN_OVERFLOW).
+    pub overflow_drops: u64,
+    /// Drops since the last point was taken.
+    drops_pending: u64,
+    pub history: Vec<ListenerPoint>,
+}
+
+/// One point of a namespace's TIME_WAIT history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TimeWaitPoint {
+    pub ts_ns: u64,
+    pub count: u32,
+}
+
+/// What is known of one namespace over the run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NsStats {
+    pub name: String,
+    pub first: Option<Netstat>,
+    pub last: Option<Netstat>,
+    pub samples: u64,
+    pub time_wait: TimeWaitSample,
+    pub time_wait_max: u32,
+    /// Remaining-time buckets summed over every sample.
+    pub remaining_total: Vec<u64>,
+    /// TIME_WAIT sockets by remote port and by peer, the largest count seen in any sample.
+    pub by_remote_port_max: BTreeMap<u16, u32>,
+    pub by_peer_max: BTreeMap<IpAddr, u32>,
+    pub history: Vec<TimeWaitPoint>,
+}
+
+/// Per-listener and per-namespace figures from samples and listener events (pure).
+#[derive(Clone, Debug, Default)]
+pub struct Listeners {
+    pub listeners: BTreeMap<ListenerKey, ListenerStats>,
+    pub namespaces: BTreeMap<u64, NsStats>,
+    /// Listeners not kept because [`MAX_LISTENERS`] were already.
+    pub listeners_dropped: u64,
+    /// Retransmits and drops that matched no sampled listener.
+    pub unmatched_synack_retransmits: u64,
+    pub unmatched_overflow_drops: u64,
+    pub samples: u64,
+}
+
+fn push_bounded<T>(v: &mut Vec<T>, x: T) {
+    if v.len() >= MAX_POINTS {
+        v.remove(0);
+    }
+    v.push(x);
+}
+
+/// Whether a listener bound to `listener` takes connections to `local` (same port, and the
+/// same address, a wildcard, or the IPv4-mapped form of one another).
+pub fn serves(listener: &SocketAddr, local: &SocketAddr) -> bool {
+    if listener.port() != local.port() {
+        return false;
+    }
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    listener.ip().is_unspecified() || canon(listener.ip()) == canon(local.ip())
+}
+
+impl Listeners {
+    /// Takes one namespace's sample in.
+    pub fn add_sample(&mut self, s: &Sample) {
+        self.samples += 1;
+        let ns = self.namespaces.entry(s.netns).or_default();
+        ns.name.clone_from(&s.netns_name);
+        ns.samples += 1;
+        let prev_netstat = ns.last;
+        if let Some(n) = s.netstat {
+            if ns.first.is_none() {
+                ns.first = Some(n);
+            }
+            ns.last = Some(n);
+        }
+        let cookies = match (prev_netstat, s.netstat) {
+            (Some(a), Some(b)) => b.since(&a).syncookies_sent,
+            _ => 0,
+        };
+        let tw = &s.time_wait;
+        ns.time_wait_max = ns.time_wait_max.max(tw.count);
+        if ns.remaining_total.len() < tw.remaining.len() {
+            ns.remaining_total.resize(tw.remaining.len(), 0);
+        }
+        for (t, n) in ns.remaining_total.iter_mut().zip(&tw.remaining) {
+            *t += u64::from(*n);
+        }
+        for (p, n) in &tw.by_remote_port {
+            let e = ns.by_remote_port_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        for (p, n) in &tw.by_peer {
+            let e = ns.by_peer_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        bound_map(&mut ns.by_remote_port_max);
+        bound_map(&mut ns.by_peer_max);
+        ns.time_wait = tw.clone();
+        push_bounded(
+            &mut ns.history,
+            TimeWaitPoint {
+                ts_ns: s.ts_ns,
+                count: tw.count,
+            },
+        );
+        for l in &s.listeners {
+            let key = ListenerKey {
+                netns: s.netns,
+                local: l.local,
+            };
+            if !self.listeners.contains_key(&key) && self.listeners.len() >= MAX_LISTENERS {
+                self.listeners_dropped += 1;
+                continue;
+            }
+            let st = self.listeners.entry(key).or_default();
+            if st.samples == 0 {
+                st.first_ns = s.ts_ns;
+            }
+            st.samples += 1;
+            st.last_ns = s.ts_ns;
+            st.netns_name.clone_from(&s.netns_name);
+            if l.pid.is_some() {
+                st.pid = l.pid;
+                st.comm.clone_from(&l.comm);
+            }
+            st.backlog = l.backlog;
+            st.accept_now = l.accept_queue;
+            st.accept_max = st.accept_max.max(l.accept_queue);
+            st.syn_recv_now = l.syn_recv;
+            st.syn_recv_max = st.syn_recv_max.max(l.syn_recv);
+            let drops = std::mem::take(&mut st.drops_pending);
+            push_bounded(
+                &mut st.history,
+                ListenerPoint {
+                    ts_ns: s.ts_ns,
+                    accept_queue: l.accept_queue,
+                    backlog: l.backlog,
+                    syn_recv: l.syn_recv,
+                    drops,
+                    cookies,
+                },
+            );
+        }
+    }
+
+    /// The sampled listener that takes connections to `local`: an exact address before a
+    /// wildcard; among namespaces, the first (events carry no namespace yet).
+    fn find(&mut self, local: &SocketAddr) -> Option<&mut ListenerStats> {
+        let key = self
+            .listeners
+            .keys()
+            .find(|k| k.local == *local)
+            .or_else(|| self.listeners.keys().find(|k| serves(&k.local, local)))
+            .copied()?;
+        self.listeners.get_mut(&key)
+    }
+
+    /// A SYN-ACK was retransmitted for a connection to `local`.
+    pub fn synack_retransmit(&mut self, local: &SocketAddr) {
+        match self.find(local) {
+            Some(l) => l.synack_retransmits += 1,
+            None => self.unmatched_synack_retransmits += 1,
+        }
+    }
+
+    /// A handshake-completing packet to `local` was dropped: the accept queue was full.
+    pub fn overflow_drop(&mut self, local: &SocketAddr) {
+        match self.find(local) {
+            Some(l) => {
+                l.overflow_drops += 1;
+                l.drops_pending += 1;
+            }
+            None => self.unmatched_overflow_drops += 1,
+        }
+    }
+
+    /// The summary view (`listeners` in the summary and its JSON).
+    pub fn summary(&self) -> ListenersSummary {
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|(inode, ns)| {
+                let delta = match (ns.first, ns.last) {
+                    (Some(a), Some(b)) => Some(b.since(&a)),
+                    _ => None,
+                };
+                NsSummary {
+                    netns: *inode,
+                    name: ns.name.clone(),
+                    samples: ns.samples,
+                    counters_delta: delta,
+                    time_wait: TimeWaitSummary {
+                        now: ns.time_wait.count,
+                        max: ns.time_wait_max,
+                        by_remote_port: largest_u(&ns.by_remote_port_max),
+                        by_peer: largest_u(&ns.by_peer_max)
+                            .into_iter()
+                            .map(|(ip, n)| (ip.to_string(), n))
+                            .collect(),
+                        remaining_now: ns.time_wait.remaining.clone(),
+                        remaining_all_samples: ns.remaining_total.clone(),
+                        remaining_min_ms_now: ns.time_wait.remaining_min_ms,
+                        remaining_max_ms_now: ns.time_wait.remaining_max_ms,
+                    },
+                }
+            })
+            .collect();
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|(k, l)| ListenerSummary {
+                netns: k.netns,
+                netns_name: l.netns_name.clone(),
+                address: k.local.ip().to_string(),
+                port: k.local.port(),
+                pid: l.pid,
+                comm: l.comm.clone(),
+                accept_queue_now: l.accept_now,
+                accept_queue_max: l.accept_max,
+                backlog: l.backlog,
+                syn_recv_now: l.syn_recv_now,
+                syn_recv_max: l.syn_recv_max,
+                synack_retransmits: l.synack_retransmits,
+                overflow_drops: l.overflow_drops,
+                samples: l.samples,
+            })
+            .collect();
+        ListenersSummary {
+            samples: self.samples,
+            namespaces,
+            listeners,
+            listeners_not_kept: self.listeners_dropped,
+            unmatched_synack_retransmits: self.unmatched_synack_retransmits,
+            unmatched_overflow_drops: self.unmatched_overflow_drops,
+        }
+    }
+}
+
+/// Keeps the [`MAX_TW_GROUPS`] * 4 largest entries of a per-group maximum map.
+fn bound_map<K: Ord + Copy>(m: &mut BTreeMap<K, u32>) {
+    let cap = MAX_TW_GROUPS * 4;
+    if m.len() > cap {
+        let keep: BTreeMap<K, u32> = largest_u(m).into_iter().take(cap).collect();
+        *m = keep;
+    }
+}
+
+fn largest_u<K: Ord + Copy>(m: &BTreeMap<K, u32>) -> Vec<(K, u32)> {
+    let mut v: Vec<(K, u32)> = m.iter().map(|(k, n)| (*k, *n)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(MAX_TW_GROUPS);
+    v
+}
+
+/// One listener in the summary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ListenerSummary {
+    pub netns: u64,
+    pub netns_name: String,
+    pub address: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub accept_queue_now: u32,
+    pub accept_queue_max: u32,
+    pub backlog: u32,
+    pub syn_recv_now: u32,
+    pub syn_recv_max: u32,
+    pub synack_retransmits: u64,
+    pub overflow_drops: u64,
+    pub samples: u64,
+}
+
+/// TIME_WAIT of one namespace in the summary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimeWaitSummary {
+    /// Sockets in TIME_WAIT at the last sample.
+    pub now: u32,
+    /// The most seen in one sample.
+    pub max: u32,
+    /// Largest groups: the most TIME_WAIT sockets one remote port (peer) had in one sample.
+    pub by_remote_port: Vec<(u16, u32)>,
+    pub by_peer: Vec<(String, u32)>,
+    /// Remaining timer at the last sample, in 5-second buckets (0-5 s first; the 13th is
+    /// "more than 60 s").
+    pub remaining_now: Vec<u32>,
+    /// The same buckets summed over every sample (a socket counts once per sample it was in).
+    pub remaining_all_samples: Vec<u64>,
+    pub remaining_min_ms_now: u32,
+    pub remaining_max_ms_now: u32,
+}
+
+/// One namespace in the summary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NsSummary {
+    pub netns: u64,
+    pub name: String,
+    pub samples: u64,
+    /// Counter increase from the first to the last sample (`None`: netstat unreadable).
+    pub counters_delta: Option<Netstat>,
+    pub time_wait: TimeWaitSummary,
+}
+
+/// The `listeners` section of the summary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ListenersSummary {
+    /// Namespace samples taken (0: the sampler was off, or an old recording).
+    pub samples: u64,
+    pub namespaces: Vec<NsSummary>,
+    pub listeners: Vec<ListenerSummary>,
+    pub listeners_not_kept: u64,
+    pub unmatched_synack_retransmits: u64,
+    pub unmatched_overflow_drops: u64,
+}
+
+impl ListenersSummary {
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0
+    }
+
+    /// The text section of the exit summary.
+    pub fn write_text(&self, w: &mut impl io::Write) -> io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            w,
+            "listeners (socket table sampled {} times; accept queue and SYN_RECV now/max of samples):",
+            self.samples
+        )?;
+        for l in &self.listeners {
+            let owner = match (&l.comm, l.pid) {
+                (Some(c), Some(p)) => format!("{c}/{p}"),
+                _ => "?".to_owned(),
+            };
+            let addr = SocketAddr::new(
+                l.address.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                l.port,
+            );
+            writeln!(
+                w,
+                "  {addr:<26} {owner:<20} netns {:<16} accept {}/{} (max {}) syn_recv {} (max {}) synack_rtx {} overflow_drops {}",
+                l.netns_name,
+                l.accept_queue_now,
+                l.backlog,
+                l.accept_queue_max,
+                l.syn_recv_now,
+                l.syn_recv_max,
+                l.synack_retransmits,
+                l.overflow_drops
+            )?;
+        }
+        if self.listeners_not_kept > 0 {
+            writeln!(w, "  ({} more listeners not kept)", self.listeners_not_kept)?;
+        }
+        for ns in &self.namespaces {
+            match &ns.counters_delta {
+                Some(d) => writeln!(
+                    w,
+                    "  netns {} ({}): ListenOverflows +{} ListenDrops +{} SyncookiesSent +{} SyncookiesRecv +{} SyncookiesFailed +{} TCPReqQFullDoCookies +{} TCPReqQFullDrop +{}",
+                    ns.name,
+                    ns.netns,
+                    d.listen_overflows,
+                    d.listen_drops,
+                    d.syncookies_sent,
+                    d.syncookies_recv,
+                    d.syncookies_failed,
+                    d.req_q_full_do_cookies,
+                    d.req_q_full_drop
+                )?,
+                None => writeln!(w, "  netns {} ({}): counters unreadable", ns.name, ns.netns)?,
+            }
+            let tw = &ns.time_wait;
+            let groups = |v: &[(String, u32)]| {
+                v.iter()
+                    .take(5)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let ports: Vec<(String, u32)> = tw
+                .by_remote_port
+                .iter()
+                .map(|(p, n)| (p.to_string(), *n))
+                .collect();
+            writeln!(
+                w,
+                "    TIME_WAIT now {} max {}; remaining now {:.1}-{:.1} s; by remote port: {}; by peer: {}",
+                tw.now,
+                tw.max,
+                f64::from(tw.remaining_min_ms_now) / 1000.0,
+                f64::from(tw.remaining_max_ms_now) / 1000.0,
+                if ports.is_empty() {
+                    "-".to_owned()
+                } else {
+                    groups(&ports)
+                },
+                if tw.by_peer.is_empty() {
+                    "-".to_owned()
+                } else {
+                    groups(&tw.by_peer)
+                },
+            )?;
+        }
+        if self.unmatched_synack_retransmits + self.unmatched_overflow_drops > 0 {
+            writeln!(
+                w,
+                "  not matched to a sampled listener: {} SYN-ACK retransmits, {} overflow drops",
+                self.unmatched_synack_retransmits, self.unmatched_overflow_drops
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A line the stream prints when a listener comes under pressure.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub ts_ns: u64,
+    /// "listen_overflow" or "syncookies".
+    pub what: &'static str,
+    pub netns: String,
+    pub local: SocketAddr,
+    pub accept_queue: u32,
+    pub backlog: u32,
+    pub syn_recv: u32,
+    /// The namespace's ListenOverflows (or SyncookiesSent) increase since the last sample.
+    pub delta: u64,
+}
+
+/// Least time between two alerts of the same kind for the same listener.
+pub const ALERT_EVERY_NS: u64 = 10_000_000_000;
+
+/// Decides when a sample deserves an alert line: a namespace whose ListenOverflows (or
+/// SyncookiesSent) grew since its previous sample names its fullest listener (or the one with
+/// the most SYN_RECV); the same listener and kind at most once per [`ALERT_EVERY_NS`].
+#[derive(Default)]
+pub struct Alerts {
+    last: BTreeMap<u64, Netstat>,
+    said: BTreeMap<(&'static str, ListenerKey), u64>,
+}
+
+impl Alerts {
+    pub fn check(&mut self, s: &Sample, out: &mut Vec<Alert>) {
+        let Some(now) = s.netstat else { return };
+        let Some(prev) = self.last.insert(s.netns, now) else {
+            return;
+        };
+        let d = now.since(&prev);
+        let fullest = s
+            .listeners
+            .iter()
+            .max_by_key(|l| (u64::from(l.accept_queue) * 1000) / u64::from(l.backlog.max(1)));
+        let busiest = s.listeners.iter().max_by_key(|l| l.syn_recv);
+        for (what, delta, l) in [
+            ("listen_overflow", d.listen_overflows, fullest),
+            ("syncookies", d.syncookies_sent, busiest),
+        ] {
+            let Some(l) = l else { continue };
+            if delta == 0 {
+                continue;
+            }
+            let key = (
+                what,
+                ListenerKey {
+                    netns: s.netns,
+                    local: l.local,
+                },
+            );
+            if let Some(t) = self.said.get(&key)
+                && s.ts_ns.saturating_sub(*t) < ALERT_EVERY_NS
+            {
+                continue;
+            }
+            self.said.insert(key, s.ts_ns);
+            out.push(Alert {
+                ts_ns: s.ts_ns,
+                what,
+                netns: s.netns_name.clone(),
+                local: l.local,
+                accept_queue: l.accept_queue,
+                backlog: l.backlog,
+                syn_recv: l.syn_recv,
+                delta,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn listener(addr: &str, q: u32, backlog: u32, syn_recv: u32) -> ListenerSample {
+        ListenerSample {
+            local: addr.parse().expect("addr"),
+            accept_queue: q,
+            backlog,
+            syn_recv,
+            inode: 7,
+            pid: Some(42),
+            comm: Some("server".to_owned()),
+        }
+    }
+
+    pub(crate) fn sample(ts_s: u64, listeners: Vec<ListenerSample>, n: Netstat) -> Sample {
+        Sample {
+            ts_ns: ts_s * 1_000_000_000,
+            netns: 4026531840,
+            netns_name: "host".to_owned(),
+            listeners,
+            time_wait: TimeWaitSample::of([
+                ("10.0.0.2:80".parse().expect("addr"), 59_000),
+                ("10.0.0.2:80".parse().expect("addr"), 3_000),
+                ("10.0.0.3:443".parse().expect("addr"), 60_000),
+            ]),
+            netstat: Some(n),
+        }
+    }
+
+    #[test]
+    fn netstat_parses_the_tcpext_pair_and_ignores_the_rest() {
+        let text = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed ListenOverflows ListenDrops TCPReqQFullDoCookies TCPReqQFullDrop Other\n\
+                    TcpExt: 5 4 3 10 11 2 1 99\n\
+                    IpExt: InNoRoutes ListenOverflows\n\
+                    IpExt: 1 77\n";
+        let n = Netstat::parse(text).expect("parses");
+        assert_eq!(
+            n,
+            Netstat {
+                listen_overflows: 10,
+                listen_drops: 11,
+                syncookies_sent: 5,
+                syncookies_recv: 4,
+                syncookies_failed: 3,
+                req_q_full_do_cookies: 2,
+                req_q_full_drop: 1,
+            }
+        );
+        assert_eq!(Netstat::parse("IpExt: A\nIpExt: 1\n"), None);
+        assert_eq!(Netstat::parse(""), None);
+        // A counter this kernel lacks reads 0; a garbled value too.
+        let n = Netstat::parse("TcpExt: ListenOverflows SyncookiesSent\nTcpExt: x 3\n")
+            .expect("parses");
+        assert_eq!((n.listen_overflows, n.syncookies_sent), (0, 3));
+    }
+
+    #[test]
+    fn time_wait_buckets_bound_groups_and_keep_extremes() {
+        let tw = TimeWaitSample::of((0..40u16).map(|i| {
+            (
+                SocketAddr::new([10, 0, 0, (i % 20) as u8].into(), 1000 + i),
+                u32::from(i) * 1_600,
+            )
+        }));
+        assert_eq!(tw.count, 40);
+        assert_eq!(tw.by_remote_port.len(), MAX_TW_GROUPS);
+        assert_eq!(tw.by_peer.len(), MAX_TW_GROUPS);
+        assert_eq!(tw.by_peer[0].1, 2);
+        assert_eq!(tw.remaining.iter().sum::<u32>(), 40);
+        assert_eq!((tw.remaining_min_ms, tw.remaining_max_ms), (0, 39 * 1_600));
+        // 39 * 1.6 s = 62.4 s lands in "more than 60 s"; exactly 60 s does not.
+        assert_eq!(tw.remaining[TW_BUCKETS - 1], 2);
+        let sixty = TimeWaitSample::of([("10.0.0.1:1".parse().expect("addr"), 60_000)]);
+        assert_eq!(sixty.remaining[TW_BUCKETS - 2], 1);
+        assert_eq!(TimeWaitSample::of([]).remaining_min_ms, 0);
+    }
+
+    #[test]
+    fn listener_figures_are_now_max_and_counter_deltas() {
+        let mut l = Listeners::default();
+        let n0 = Netstat {
+            listen_overflows: 100,
+            syncookies_sent: 7,
+            ..Netstat::default()
+        };
+        let n1 = Netstat {
+            listen_overflows: 105,
+            syncookies_sent: 9,
+            ..n0
+        };
+        l.add_sample(&sample(1, vec![listener("10.0.0.1:8080", 2, 1, 5)], n0));
+        l.overflow_drop(&"10.0.0.1:8080".parse().expect("addr"));
+        l.synack_retransmit(&"10.0.0.1:8080".parse().expect("addr"));
+        l.synack_retransmit(&"10.9.9.9:1".parse().expect("addr"));
+        l.add_sample(&sample(2, vec![listener("10.0.0.1:8080", 0, 1, 1)], n1));
+        let s = l.summary();
+        assert_eq!(s.samples, 2);
+        let x = &s.listeners[0];
+        assert_eq!(
+            (x.accept_queue_now, x.accept_queue_max, x.backlog),
+            (0, 2, 1)
+        );
+        assert_eq!((x.syn_recv_now, x.syn_recv_max), (1, 5));
+        assert_eq!((x.overflow_drops, x.synack_retransmits), (1, 1));
+        assert_eq!(s.unmatched_synack_retransmits, 1);
+        let d = s.namespaces[0].counters_delta.expect("delta");
+        assert_eq!((d.listen_overflows, d.syncookies_sent), (5, 2));
+        assert_eq!(s.namespaces[0].time_wait.now, 3);
+        // The drop lands in the second point's interval, with the cookies sent in it.
+        let hist = &l.listeners.values().next().expect("listener").history;
+        assert_eq!((hist[1].drops, hist[1].cookies), (1, 2));
+        let mut text = Vec::new();
+        s.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(
+            text.contains("accept 0/1 (max 2) syn_recv 1 (max 5)"),
+            "{text}"
+        );
+        assert!(text.contains("ListenOverflows +5"), "{text}");
+    }
+
+    #[test]
+    fn a_wildcard_listener_serves_its_port_on_every_address() {
+        let any: SocketAddr = "0.0.0.0:80".parse().expect("addr");
+        let any6: SocketAddr = "[::]:80".parse().expect("addr");
+        let one: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:80".parse().expect("addr");
+        assert!(serves(&any, &one));
+        assert!(serves(&any6, &one));
+        assert!(serves(&one, &mapped));
+        assert!(!serves(&one, &"10.0.0.2:80".parse().expect("addr")));
+        assert!(!serves(&any, &"10.0.0.1:81".parse().expect("addr")));
+    }
+
+    #[test]
+    fn alerts_say_overflows_and_cookies_once_per_ten_seconds() {
+        let mut a = Alerts::default();
+        let mut out = Vec::new();
+        let n = |o: u64, c: u64| Netstat {
+            listen_overflows: o,
+            syncookies_sent: c,
+            ..Netstat::default()
+        };
+        let ls = || {
+            vec![
+                listener("10.0.0.1:80", 0, 128, 0),
+                listener("10.0.0.1:81", 2, 1, 9),
+            ]
+        };
+        a.check(&sample(1, ls(), n(5, 0)), &mut out);
+        assert!(
+            out.is_empty(),
+            "the first sample has nothing to compare with"
+        );
+        a.check(&sample(2, ls(), n(5, 0)), &mut out);
+        assert!(out.is_empty(), "no growth, no alert");
+        a.check(&sample(3, ls(), n(8, 4)), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (out[0].what, out[0].local.port(), out[0].delta),
+            ("listen_overflow", 81, 3)
+        );
+        assert_eq!((out[1].what, out[1].delta), ("syncookies", 4));
+        out.clear();
+        a.check(&sample(4, ls(), n(9, 5)), &mut out);
+        assert!(out.is_empty(), "rate-limited");
+        a.check(&sample(13, ls(), n(10, 5)), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].what, "listen_overflow");
+    }
+}
