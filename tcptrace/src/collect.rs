@@ -505,17 +505,20 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/t
 /// 810,000 at load 5-11 on 2 CPUs, none at this value; see the README's Benchmark
 /// section). The tool's steady CPU use is small, so the higher share only matters in a
 /// burst. Needs CAP_SYS_NICE, so it is set before capabilities are dropped; without it the
-/// tool runs at the nice value it was started with.
+/// tool runs at the nice value it was started with. A nice value chosen by whoever started
+/// the tool (`nice -n 10 tcptrace ...`, `Nice=` in a unit) is kept: only the default 0 is
+/// raised.
 const NICE: libc::c_int = -5;
 
-/// Lowers the nice value to [`NICE`] unless it is already lower (a debug message otherwise).
+/// Lowers the nice value from the default 0 to [`NICE`]; any other starting value was chosen
+/// by the caller and is kept (a debug message when the kernel refuses).
 fn raise_priority() {
     // SAFETY: getpriority/setpriority on this process with constant arguments. errno is
     // cleared first because -1 is a valid nice value.
     unsafe {
         *libc::__errno_location() = 0;
         let now = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if now <= NICE && *libc::__errno_location() == 0 {
+        if now != 0 || *libc::__errno_location() != 0 {
             return;
         }
         if libc::setpriority(libc::PRIO_PROCESS, 0, NICE) != 0 {
