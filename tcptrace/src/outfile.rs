@@ -1,8 +1,8 @@
 //! Creating the files and directories tcptrace writes (recordings, `--summary-json`, `--svg`
 //! charts, `export` output), so that they belong to whoever ran `sudo`: under sudo (root,
 //! with SUDO_UID and SUDO_GID set) each file and each directory we create is handed to that
-//! user and group right after it is created, while the tool still holds CAP_CHOWN. Without
-//! sudo nothing changes hands.
+//! user and group right after it is created, while the tool still holds CAP_CHOWN; a file
+//! that already existed is truncated and keeps its owner. Without sudo nothing changes hands.
 //!
 //! Live runs open all of their outputs before they drop their capabilities (see
 //! `privileges`): root without CAP_DAC_OVERRIDE may not create files in a directory it does
@@ -40,9 +40,18 @@ fn invoking_user_from(euid: u32, uid: Option<&str>, gid: Option<&str>) -> Option
 /// Gives `path` to the user who ran sudo, if any. A failure is a warning: the file is
 /// written all the same, owned by root.
 pub fn hand_over(path: &Path) {
-    if let Some((uid, gid)) = invoking_user()
-        && let Err(e) = std::os::unix::fs::chown(path, Some(uid), Some(gid))
-    {
+    if let Some((uid, gid)) = invoking_user() {
+        warn_unless_handed(
+            path,
+            uid,
+            gid,
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)),
+        );
+    }
+}
+
+fn warn_unless_handed(path: &Path, uid: u32, gid: u32, chowned: io::Result<()>) {
+    if let Err(e) = chowned {
         log::warn!(
             "could not give {} to the sudo user {uid}:{gid} ({e}); it stays owned by root",
             path.display()
@@ -50,10 +59,26 @@ pub fn hand_over(path: &Path) {
     }
 }
 
-/// Creates (or truncates) a file for writing, owned by the sudo user if any.
+/// Creates (or truncates) a file for writing. A file this call creates goes to the sudo
+/// user if any; one that already existed keeps its owner (`sudo tcptrace record -o
+/// /var/log/x.tcpt` must not hand an existing file to the caller).
 pub fn create(path: &Path) -> io::Result<File> {
-    let file = File::create(path)?;
-    hand_over(path);
+    let file = match File::options().write(true).create_new(true).open(path) {
+        Ok(file) => {
+            // By descriptor: the file we created, whatever the path names by now.
+            if let Some((uid, gid)) = invoking_user() {
+                warn_unless_handed(
+                    path,
+                    uid,
+                    gid,
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)),
+                );
+            }
+            file
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::create(path)?,
+        Err(e) => return Err(e),
+    };
     Ok(file)
 }
 

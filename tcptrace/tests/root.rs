@@ -735,7 +735,8 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn memory_stays_flat_under_sustained_churn() {
-    // A short soak (the bench's `--soak 600` is the long one): 24 s of loopback churn beside `watch --per none`, RSS sampled every second. After warming up
+    // A short soak (the bench's `--soak 600` is the long one): 24 s of loopback churn beside
+    // `watch --per none`, RSS sampled every second. After warming up
     // (hash tables reach their working size within a second; groups, up to 1,024 per
     // dimension, and their histograms fill for longer: about 0.6 MB over the second half at
     // 10,000 connections/s) the second half must grow less than 2 MiB: some 100,000
@@ -787,7 +788,7 @@ fn memory_stays_flat_under_sustained_churn() {
         .map(|(t, b)| format!("{t:.0}s:{:.1}", b / 1048576.0))
         .collect();
     eprintln!(
-        "soak: {connections} connections in {SECS}s; RSS MiB {}; second half grows {growth:.0}          bytes ({:.0} bytes/min)",
+        "soak: {connections} connections in {SECS}s; RSS MiB {}; second half grows {growth:.0} bytes ({:.0} bytes/min)",
         curve.join(" "),
         slope * 60.0
     );

@@ -8,9 +8,9 @@
 //!
 //! Least privilege: once it says it is tracing, the tracer holds no capability in any set
 //! of any thread (read from /proc/PID/task/*/status), as root and as the unit's user, and
-//! still delivers and counts every event; files it writes under sudo belong to SUDO_UID and
-//! SUDO_GID, and outputs written at exit land even in a directory root does not own
-//! (root without CAP_DAC_OVERRIDE could not create them there).
+//! still delivers and counts every event; files it creates under sudo belong to SUDO_UID and
+//! SUDO_GID (one that existed keeps its owner), and outputs written at exit land even in a
+//! directory root does not own (root without CAP_DAC_OVERRIDE could not create them there).
 
 mod common;
 
@@ -277,6 +277,9 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
             &ps("charts/live"),
         ],
     );
+    // A file that already exists keeps its owner (root's here): only what the tool creates
+    // changes hands.
+    std::fs::write(p("record.json"), "old").expect("pre-create record.json");
     run(
         true,
         &[
@@ -301,7 +304,6 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
         "charts/live/index.html",
         "charts/live/handshake.svg",
         "run.tcpt",
-        "record.json",
         "run.jsonl",
         "report-charts",
         "report-charts/index.html",
@@ -314,5 +316,14 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
             );
         }
     }
+    assert_eq!(
+        owner(&p("record.json")),
+        (0, 0),
+        "an existing file changed hands"
+    );
+    assert!(
+        std::fs::read_to_string(p("record.json")).is_ok_and(|t| t.contains("transitions")),
+        "the existing file was written at exit"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

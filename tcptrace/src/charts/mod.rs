@@ -279,7 +279,6 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     v
 }
 
-/// Renders every chart.
 /// Every chart: file name, title, renderer.
 const CHARTS: [(&str, &str, RenderFn); 5] = [
     ("handshake.svg", "Handshake latency", handshake::render),
@@ -302,6 +301,7 @@ const LISTENERS_CHART: (&str, &str, RenderFn) = (
     listeners::render,
 );
 
+/// Renders every chart (the listeners chart only for a sampled run).
 pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
     let sampled = (input.agg.listeners.samples > 0).then_some(LISTENERS_CHART);
     CHARTS
