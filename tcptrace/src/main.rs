@@ -202,18 +202,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     });
     say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
-    let exit = Exit::of(&done);
-    let summary = summary_out.write(&done)?;
+    let mut exit = Exit::of(&done);
+    let summary = summary_out.write(&done, &mut exit);
     if let (Some(out), Some(t)) = (svg, &timeline) {
         let title = format!("live run on {}", host::host_name());
-        charts::write_dir(
+        let written = charts::write_dir(
             out,
             &summary,
             done.pipeline.aggregate(),
             &t.borrow(),
             &clock,
             &title,
-        )?;
+        );
+        output_failed_at_exit(&mut exit, written);
     }
     say_sink_error(&done, "writing the stream");
     Ok(exit)
@@ -245,18 +246,22 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
     // ends with its end record wherever that can still be written.
     let finished = finish_recording(&mut recorder.borrow_mut(), recorder_failed.get(), &done);
-    summary_out.write(&done)?;
+    summary_out.write(&done, &mut exit);
     say_sink_error(&done, &format!("writing the recording {}", path.display()));
-    if let Err(e) = finished {
-        eprintln!(
-            "tcptrace: error: finishing the recording {} failed: {e:#}",
-            path.display()
-        );
-        if exit != Exit::Internal {
-            exit = Exit::OutputFailed;
-        }
-    }
+    output_failed_at_exit(
+        &mut exit,
+        finished.with_context(|| format!("finishing the recording {} failed", path.display())),
+    );
     Ok(exit)
+}
+
+/// Says an output that failed at exit (the summary file, the charts, finishing the
+/// recording) and makes the exit code say so; the caller goes on with the others.
+pub fn output_failed_at_exit(exit: &mut Exit, result: Result<()>) {
+    if let Err(e) = result {
+        eprintln!("tcptrace: error: {e:#}");
+        *exit = exit.with_output_failed();
+    }
 }
 
 /// Ends the recording with its end record (the kernel's counters), unless the recorder
@@ -298,8 +303,10 @@ impl SummaryOut {
         })
     }
 
-    /// Builds the exit summary of a live run, writes the JSON file and prints the text.
-    pub fn write(self, done: &Finished) -> Result<Summary> {
+    /// Builds the exit summary of a live run, writes the JSON file and prints the text. A
+    /// JSON file that cannot be written is said on stderr and turns `exit` to 74 (see
+    /// [`output_failed_at_exit`]); the text summary is printed all the same.
+    pub fn write(self, done: &Finished, exit: &mut Exit) -> Summary {
         let p = &done.pipeline;
         let summary = Summary::build(
             p.aggregate(),
@@ -309,13 +316,13 @@ impl SummaryOut {
             self.args.top,
         );
         if let Some((path, f)) = self.json {
-            write_json(&path, f, &summary)?;
+            output_failed_at_exit(exit, write_json(&path, f, &summary));
         }
         if !self.args.no_summary {
             let mut err = io::stderr().lock();
             let _ = summary.write_text(&mut err);
         }
-        Ok(summary)
+        summary
     }
 }
 
