@@ -459,6 +459,28 @@ fn assert_nothing_left(case: &str, (progs, maps): &(Vec<u32>, Vec<u32>)) {
     }
 }
 
+/// Runs `args` (at most 20 s) with the test hook making a sink panic on event `after`, makes
+/// 3 connections to `l` to get there, and checks the exit code is 101 and that none of the
+/// BPF objects the run held is left. Returns its stderr.
+fn exits_101_on_a_sink_panic(what: &str, l: &TcpListener, args: &[&str], after: u64) -> String {
+    let after = after.to_string();
+    let mut args = args.to_vec();
+    args.extend(["--duration", "20", "--test-panic-after-events", &after]);
+    let (raw, _stdout) = Raw::start(&args);
+    let objects = bpf_objects(raw.child.id());
+    for _ in 0..3 {
+        connect_and_close(l, CloseOrder::ClientFirst);
+    }
+    let (code, stderr) = raw.wait();
+    assert_eq!(
+        code,
+        Some(101),
+        "{what}: a panicking sink exits 101: {stderr}"
+    );
+    assert_nothing_left(what, &objects);
+    stderr
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_code() {
@@ -495,52 +517,28 @@ fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_cod
 
     // A sink that panics (the hidden test hook) on the 5th event: 101, the panic said, the
     // summary of every event still printed.
-    let (raw, _stdout) = Raw::start(&[
-        "watch",
-        "--port",
-        &port,
-        "--per",
-        "none",
-        "--duration",
-        "20",
-        "--test-panic-after-events",
-        "5",
-    ]);
-    let objects = bpf_objects(raw.child.id());
-    for _ in 0..3 {
-        connect_and_close(&l, CloseOrder::ClientFirst);
-    }
-    let (code, stderr) = raw.wait();
-    assert_eq!(code, Some(101), "a panicking sink exits 101: {stderr}");
+    let stderr = exits_101_on_a_sink_panic(
+        "panicking sink",
+        &l,
+        &["watch", "--port", &port, "--per", "none"],
+        5,
+    );
     assert!(
         stderr.contains("a sink panics as asked") && stderr.contains("internal error"),
         "{stderr}"
     );
     assert!(stderr.contains("tcptrace summary:"), "{stderr}");
-    assert_nothing_left("panicking sink", &objects);
 
     // `record` with a panicking sink: the recording still gets its end record, so `report`
     // reads it without --allow-truncated.
     let rec = std::env::temp_dir().join(format!("tcptrace-panic-{}.tcpt", std::process::id()));
     let rec_s = rec.to_str().expect("utf-8 path");
-    let (raw, _stdout) = Raw::start(&[
-        "record",
-        "-o",
-        rec_s,
-        "--port",
-        &port,
-        "--duration",
-        "20",
-        "--test-panic-after-events",
-        "12",
-    ]);
-    let objects = bpf_objects(raw.child.id());
-    for _ in 0..3 {
-        connect_and_close(&l, CloseOrder::ClientFirst);
-    }
-    let (code, stderr) = raw.wait();
-    assert_eq!(code, Some(101), "record with a panicking sink: {stderr}");
-    assert_nothing_left("record, panicking sink", &objects);
+    exits_101_on_a_sink_panic(
+        "record, panicking sink",
+        &l,
+        &["record", "-o", rec_s, "--port", &port],
+        12,
+    );
     let report = Command::new(BIN)
         .args(["report", rec_s, "--format", "json"])
         .output()
