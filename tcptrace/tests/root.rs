@@ -459,6 +459,24 @@ fn assert_nothing_left(case: &str, (progs, maps): &(Vec<u32>, Vec<u32>)) {
     }
 }
 
+/// `tcptrace report --format json` of the recording at `path` (without --allow-truncated,
+/// so it must be complete), which is then removed; `what` heads the failure message.
+fn report_json_then_remove(path: &std::path::Path, what: &str) -> Value {
+    let report = Command::new(BIN)
+        .arg("report")
+        .arg(path)
+        .args(["--format", "json"])
+        .output()
+        .expect("run tcptrace report");
+    let _ = std::fs::remove_file(path);
+    assert!(
+        report.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    serde_json::from_slice(&report.stdout).expect("report JSON")
+}
+
 /// Runs `args` (at most 20 s) with the test hook making a sink panic on event `after`, makes
 /// 3 connections to `l` to get there, and checks the exit code is 101 and that none of the
 /// BPF objects the run held is left. Returns its stderr.
@@ -539,17 +557,10 @@ fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_cod
         &["record", "-o", rec_s, "--port", &port],
         12,
     );
-    let report = Command::new(BIN)
-        .args(["report", rec_s, "--format", "json"])
-        .output()
-        .expect("report");
-    let _ = std::fs::remove_file(&rec);
-    assert!(
-        report.status.success(),
-        "the recording of a run stopped by a panic must be complete: {}",
-        String::from_utf8_lossy(&report.stderr)
+    let v = report_json_then_remove(
+        &rec,
+        "the recording of a run stopped by a panic must be complete",
     );
-    let v: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
     assert!(
         v["events"].as_u64().is_some_and(|n| n >= 12),
         "the events up to the panic are recorded: {v}"
@@ -740,19 +751,7 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
         10 * burst
     );
     // The recording carries the same loss: its report says what the live summary said.
-    let report = Command::new(BIN)
-        .arg("report")
-        .arg(&path)
-        .args(["--format", "json"])
-        .output()
-        .expect("run tcptrace report");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        report.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    let replay = report_json_then_remove(&path, "report failed");
     assert_eq!(replay["lost"].as_u64(), Some(lost), "{replay}");
     assert_eq!(replay["events"].as_u64(), Some(events), "{replay}");
     eprintln!("record with a 4 KiB ring: {events} delivered, {lost} lost, the same in the report");
