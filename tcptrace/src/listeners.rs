@@ -230,6 +230,9 @@ pub struct ListenerPoint {
     pub syn_recv: u32,
     /// Overflow drops (kfree_skb) since the previous point.
     pub drops: u64,
+    /// The namespace's ListenOverflows increase since the previous sample, when this listener
+    /// was the only one seen full in that interval (see [`attribute`]): inferred, not exact.
+    pub inferred_overflows: u64,
     /// The namespace's SyncookiesSent increase since the previous sample.
     pub cookies: u64,
 }
@@ -254,6 +257,11 @@ pub struct ListenerStats {
     pub overflow_drops: u64,
     /// Drops since the last point was taken.
     drops_pending: u64,
+    /// The namespace's ListenOverflows / ListenDrops increases over the intervals in which
+    /// this listener was the only one of its namespace seen full (see [`attribute`]). Inferred
+    /// from counters, unlike `overflow_drops`, which the kernel reports drop by drop.
+    pub inferred_overflows: u64,
+    pub inferred_listen_drops: u64,
     pub history: Vec<ListenerPoint>,
 }
 
@@ -279,6 +287,10 @@ pub struct NsStats {
     pub by_remote_port_max: BTreeMap<u16, u32>,
     pub by_peer_max: BTreeMap<IpAddr, u32>,
     pub history: Vec<TimeWaitPoint>,
+    /// ListenOverflows / ListenDrops increases no single listener could be given: in their
+    /// interval no listener, or more than one, was seen full (see [`attribute`]).
+    pub unattributed_overflows: u64,
+    pub unattributed_listen_drops: u64,
 }
 
 /// Per-listener and per-namespace figures from samples and listener events (pure).
@@ -314,6 +326,25 @@ pub fn serves(listener: &SocketAddr, local: &SocketAddr) -> bool {
     listener.ip().is_unspecified() || canon(listener.ip()) == canon(local.ip())
 }
 
+/// Whether a listener with this accept queue and limit is full: at or over its limit (the
+/// kernel drops when the queue is over the limit, so a sample at the limit may miss the extra
+/// one); a limit of 0 counts as 1, or an idle listener with `listen(fd, 0)` would look full.
+pub fn is_full(accept_queue: u32, backlog: u32) -> bool {
+    accept_queue >= backlog.max(1)
+}
+
+/// Which listener a namespace's ListenOverflows (and ListenDrops) increase over one sampling
+/// interval belongs to: the one listener seen full in that interval (at either of the two
+/// samples bounding it), if exactly one was; with none or several, nobody (the increase is
+/// the namespace's "unattributed" figure). An inference from samples: a listener that filled
+/// and drained between two samples is not seen, and the increase then goes unattributed.
+pub fn attribute<K: Copy + PartialEq>(full: &[K]) -> Option<K> {
+    match full {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 impl Listeners {
     /// Takes one namespace's sample in.
     pub fn add_sample(&mut self, s: &Sample) {
@@ -328,10 +359,32 @@ impl Listeners {
             }
             ns.last = Some(n);
         }
-        let cookies = match (prev_netstat, s.netstat) {
-            (Some(a), Some(b)) => b.since(&a).syncookies_sent,
-            _ => 0,
+        let delta = match (prev_netstat, s.netstat) {
+            (Some(a), Some(b)) => b.since(&a),
+            _ => Netstat::default(),
         };
+        let cookies = delta.syncookies_sent;
+        // Listeners seen full in the interval this sample closes: now, or at the previous
+        // sample (the one that opened it).
+        let full: Vec<SocketAddr> = s
+            .listeners
+            .iter()
+            .filter(|l| {
+                let prev = self.listeners.get(&ListenerKey {
+                    netns: s.netns,
+                    local: l.local,
+                });
+                is_full(l.accept_queue, l.backlog)
+                    || prev.is_some_and(|p| p.samples > 0 && is_full(p.accept_now, p.backlog))
+            })
+            .map(|l| l.local)
+            .collect();
+        let owner = attribute(&full);
+        let ns = self.namespaces.get_mut(&s.netns).expect("inserted above");
+        if owner.is_none() {
+            ns.unattributed_overflows += delta.listen_overflows;
+            ns.unattributed_listen_drops += delta.listen_drops;
+        }
         let tw = &s.time_wait;
         ns.time_wait_max = ns.time_wait_max.max(tw.count);
         if ns.remaining_total.len() < tw.remaining.len() {
@@ -384,6 +437,13 @@ impl Listeners {
             st.syn_recv_now = l.syn_recv;
             st.syn_recv_max = st.syn_recv_max.max(l.syn_recv);
             let drops = std::mem::take(&mut st.drops_pending);
+            let inferred = if owner == Some(l.local) {
+                st.inferred_overflows += delta.listen_overflows;
+                st.inferred_listen_drops += delta.listen_drops;
+                delta.listen_overflows
+            } else {
+                0
+            };
             push_bounded(
                 &mut st.history,
                 ListenerPoint {
@@ -392,6 +452,7 @@ impl Listeners {
                     backlog: l.backlog,
                     syn_recv: l.syn_recv,
                     drops,
+                    inferred_overflows: inferred,
                     cookies,
                 },
             );
@@ -444,6 +505,8 @@ impl Listeners {
                     name: ns.name.clone(),
                     samples: ns.samples,
                     counters_delta: delta,
+                    unattributed_overflows: ns.unattributed_overflows,
+                    unattributed_listen_drops: ns.unattributed_listen_drops,
                     time_wait: TimeWaitSummary {
                         now: ns.time_wait.count,
                         max: ns.time_wait_max,
@@ -477,6 +540,8 @@ impl Listeners {
                 syn_recv_max: l.syn_recv_max,
                 synack_retransmits: l.synack_retransmits,
                 overflow_drops: l.overflow_drops,
+                inferred_overflows: l.inferred_overflows,
+                inferred_listen_drops: l.inferred_listen_drops,
                 samples: l.samples,
             })
             .collect();
@@ -522,7 +587,13 @@ pub struct ListenerSummary {
     pub syn_recv_now: u32,
     pub syn_recv_max: u32,
     pub synack_retransmits: u64,
+    /// Accept-queue overflow drops the kernel reported one by one (skb:kfree_skb, reason
+    /// TCP_LISTEN_OVERFLOW): exact, but 0 where the kernel does not fire it on this path.
     pub overflow_drops: u64,
+    /// The namespace's ListenOverflows / ListenDrops increases over the intervals in which
+    /// this listener was the only one seen full: inferred from counters (see [`attribute`]).
+    pub inferred_overflows: u64,
+    pub inferred_listen_drops: u64,
     pub samples: u64,
 }
 
@@ -553,6 +624,10 @@ pub struct NsSummary {
     pub samples: u64,
     /// Counter increase from the first to the last sample (`None`: netstat unreadable).
     pub counters_delta: Option<Netstat>,
+    /// The part of the ListenOverflows / ListenDrops increase given to no listener (no
+    /// listener, or several, were seen full in its interval).
+    pub unattributed_overflows: u64,
+    pub unattributed_listen_drops: u64,
     pub time_wait: TimeWaitSummary,
 }
 
@@ -594,7 +669,7 @@ impl ListenersSummary {
             );
             writeln!(
                 w,
-                "  {addr:<26} {owner:<20} netns {:<16} accept {}/{} (max {}) syn_recv {} (max {}) synack_rtx {} overflow_drops {}",
+                "  {addr:<26} {owner:<20} netns {:<16} accept {}/{} (max {}) syn_recv {} (max {}) synack_rtx {} overflow_drops {} overflows_inferred {} listen_drops_inferred {}",
                 l.netns_name,
                 l.accept_queue_now,
                 l.backlog,
@@ -602,7 +677,9 @@ impl ListenersSummary {
                 l.syn_recv_now,
                 l.syn_recv_max,
                 l.synack_retransmits,
-                l.overflow_drops
+                l.overflow_drops,
+                l.inferred_overflows,
+                l.inferred_listen_drops
             )?;
         }
         if self.listeners_not_kept > 0 {
@@ -624,6 +701,13 @@ impl ListenersSummary {
                     d.req_q_full_drop
                 )?,
                 None => writeln!(w, "  netns {} ({}): counters unreadable", ns.name, ns.netns)?,
+            }
+            if ns.unattributed_overflows + ns.unattributed_listen_drops > 0 {
+                writeln!(
+                    w,
+                    "    not inferred to one listener (none or several seen full): ListenOverflows {} ListenDrops {}",
+                    ns.unattributed_overflows, ns.unattributed_listen_drops
+                )?;
             }
             let tw = &ns.time_wait;
             let groups = |v: &[(String, u32)]| {
@@ -679,33 +763,53 @@ pub struct Alert {
     pub accept_queue: u32,
     pub backlog: u32,
     pub syn_recv: u32,
-    /// The namespace's ListenOverflows (or SyncookiesSent) increase since the last sample.
+    /// The namespace's ListenOverflows (or SyncookiesSent) increase since the last sample;
+    /// for "listen_overflow", inferred to this listener (the only one seen full).
     pub delta: u64,
 }
 
 /// Least time between two alerts of the same kind for the same listener.
 pub const ALERT_EVERY_NS: u64 = 10_000_000_000;
 
-/// Decides when a sample deserves an alert line: a namespace whose ListenOverflows (or
-/// SyncookiesSent) grew since its previous sample names its fullest listener (or the one with
-/// the most SYN_RECV); the same listener and kind at most once per [`ALERT_EVERY_NS`].
+/// Decides when a sample deserves an alert line: a namespace whose ListenOverflows grew since
+/// its previous sample names the listener that increase is inferred to belong to (the only
+/// one seen full, by [`attribute`]; none, no line); one whose SyncookiesSent grew names the
+/// listener with the most SYN_RECV; the same listener and kind at most once per
+/// [`ALERT_EVERY_NS`].
 #[derive(Default)]
 pub struct Alerts {
     last: BTreeMap<u64, Netstat>,
+    /// Listeners seen full at each namespace's previous sample.
+    full: BTreeMap<u64, Vec<SocketAddr>>,
     said: BTreeMap<(&'static str, ListenerKey), u64>,
 }
 
 impl Alerts {
     pub fn check(&mut self, s: &Sample, out: &mut Vec<Alert>) {
+        let full_now: Vec<SocketAddr> = s
+            .listeners
+            .iter()
+            .filter(|l| is_full(l.accept_queue, l.backlog))
+            .map(|l| l.local)
+            .collect();
+        let full_before = self
+            .full
+            .insert(s.netns, full_now.clone())
+            .unwrap_or_default();
         let Some(now) = s.netstat else { return };
         let Some(prev) = self.last.insert(s.netns, now) else {
             return;
         };
         let d = now.since(&prev);
-        let fullest = s
+        let mut full: Vec<SocketAddr> = s
             .listeners
             .iter()
-            .max_by_key(|l| (u64::from(l.accept_queue) * 1000) / u64::from(l.backlog.max(1)));
+            .map(|l| l.local)
+            .filter(|a| full_now.contains(a) || full_before.contains(a))
+            .collect();
+        full.dedup();
+        let owner = attribute(&full);
+        let fullest = s.listeners.iter().find(|l| Some(l.local) == owner);
         let busiest = s.listeners.iter().max_by_key(|l| l.syn_recv);
         for (what, delta, l) in [
             ("listen_overflow", d.listen_overflows, fullest),
@@ -863,6 +967,98 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("ListenOverflows +5"), "{text}");
+    }
+
+    #[test]
+    fn overflows_go_to_the_one_listener_seen_full_and_otherwise_to_no_one() {
+        let n = |o: u64, d: u64| Netstat {
+            listen_overflows: o,
+            listen_drops: d,
+            ..Netstat::default()
+        };
+        let mut l = Listeners::default();
+        let a = "10.0.0.1:80";
+        let b = "10.0.0.1:81";
+        // 1 s: nothing to compare with yet; a is full.
+        l.add_sample(&sample(
+            1,
+            vec![listener(a, 2, 1, 0), listener(b, 0, 8, 0)],
+            n(0, 0),
+        ));
+        // 2 s: a full (now and before) is the only one: it gets +5 / +6.
+        l.add_sample(&sample(
+            2,
+            vec![listener(a, 1, 1, 0), listener(b, 0, 8, 0)],
+            n(5, 6),
+        ));
+        // 3 s: a drained, but it was full at the interval's start: still a's (+1 / +1).
+        l.add_sample(&sample(
+            3,
+            vec![listener(a, 0, 1, 0), listener(b, 3, 8, 0)],
+            n(6, 7),
+        ));
+        // 4 s: nobody full at either end: +2 / +4 to no one.
+        l.add_sample(&sample(
+            4,
+            vec![listener(a, 0, 1, 0), listener(b, 3, 8, 0)],
+            n(8, 11),
+        ));
+        // 5 s: both full: +10 / +10 to no one.
+        l.add_sample(&sample(
+            5,
+            vec![listener(a, 1, 1, 0), listener(b, 8, 8, 0)],
+            n(18, 21),
+        ));
+        let s = l.summary();
+        let by_port = |p: u16| s.listeners.iter().find(|x| x.port == p).expect("listener");
+        assert_eq!(
+            (
+                by_port(80).inferred_overflows,
+                by_port(80).inferred_listen_drops
+            ),
+            (6, 7)
+        );
+        assert_eq!(
+            (
+                by_port(81).inferred_overflows,
+                by_port(81).inferred_listen_drops
+            ),
+            (0, 0)
+        );
+        let ns = &s.namespaces[0];
+        assert_eq!(
+            (ns.unattributed_overflows, ns.unattributed_listen_drops),
+            (12, 14)
+        );
+        // Attributed and unattributed together are the namespace's increase, nothing lost.
+        let d = ns.counters_delta.expect("delta");
+        assert_eq!(d.listen_overflows, 6 + 12);
+        assert_eq!(d.listen_drops, 7 + 14);
+        // The exact (kfree_skb) figure stays apart.
+        assert_eq!(by_port(80).overflow_drops, 0);
+        let hist = &l.listeners.values().next().expect("a").history;
+        let per_point: Vec<u64> = hist.iter().map(|p| p.inferred_overflows).collect();
+        assert_eq!(per_point, [0, 5, 1, 0, 0]);
+        let mut text = Vec::new();
+        s.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(
+            text.contains("overflows_inferred 6 listen_drops_inferred 7"),
+            "{text}"
+        );
+        assert!(text.contains("ListenOverflows 12 ListenDrops 14"), "{text}");
+    }
+
+    #[test]
+    fn full_means_at_the_limit_and_a_zero_limit_counts_as_one() {
+        assert!(is_full(1, 1));
+        assert!(is_full(2, 1));
+        assert!(!is_full(0, 1));
+        assert!(!is_full(0, 0), "an idle listen(fd, 0) socket is not full");
+        assert!(is_full(1, 0));
+        assert_eq!(attribute::<u8>(&[]), None);
+        assert_eq!(attribute(&[3u8]), Some(3));
+        assert_eq!(attribute(&[3u8, 4]), None);
     }
 
     #[test]

@@ -668,7 +668,8 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
     let cells: Vec<Row> = rows
         .iter()
         .map(|x| {
-            let full = x.accept_queue_max > x.backlog || x.overflow_drops > 0;
+            let full = crate::listeners::is_full(x.accept_queue_max, x.backlog)
+                || x.overflow_drops + x.inferred_overflows > 0;
             let row = Row::new(vec![
                 format!("{}:{}", x.address, x.port),
                 x.netns_name.clone(),
@@ -681,6 +682,7 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
                 format!("{} ({})", x.syn_recv_now, x.syn_recv_max),
                 x.synack_retransmits.to_string(),
                 x.overflow_drops.to_string(),
+                x.inferred_overflows.to_string(),
             ]);
             if full {
                 row.style(Style::new().fg(WARN))
@@ -699,7 +701,8 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
             Some(6),
             Some(12),
             Some(8),
-            Some(8),
+            Some(10),
+            Some(11),
         ],
     );
     let header = Row::new(vec![
@@ -710,11 +713,13 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
         "MAX",
         "SYN_RECV",
         "SYNACK↻",
-        "DROPS",
+        "DROPS(SKB)",
+        "OVFL(INFER)",
     ])
     .style(Style::new().bold());
     let title = format!(
-        " Listeners: {} (accept queue now/limit, max of {} samples) ",
+        " Listeners: {} (accept queue now/limit, max of {} samples; OVFL(INFER): netns \
+         ListenOverflows while the only one full) ",
         rows.len(),
         l.samples
     );
@@ -727,9 +732,14 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
         let c = ns.counters_delta.unwrap_or_default();
         let pressure = c.listen_overflows + c.syncookies_sent + c.req_q_full_drop > 0;
         let text = format!(
-            "{}: ListenOverflows +{}  ListenDrops +{}  cookies sent +{} recv +{} failed +{}  ReqQFull cookies +{} drops +{}",
+            "{}: ListenOverflows +{}{}  ListenDrops +{}  cookies sent +{} recv +{} failed +{}  ReqQFull cookies +{} drops +{}",
             ns.name,
             c.listen_overflows,
+            if ns.unattributed_overflows > 0 {
+                format!(" ({} to no one listener)", ns.unattributed_overflows)
+            } else {
+                String::new()
+            },
             c.listen_drops,
             c.syncookies_sent,
             c.syncookies_recv,
