@@ -1,7 +1,10 @@
 //! Listeners and TIME_WAIT from the socket table: the [`Sample`] value the sampler
 //! (`sockdiag`) takes once a second per network namespace, and the pure code that turns samples
 //! (plus the SYN-ACK retransmit and listen-overflow drop events the kernel program reports)
-//! into per-listener and per-namespace figures.
+//! into per-listener and per-namespace figures. Where the kernel reports no overflow drop
+//! events (Linux 6.18 frees the overflowing ACK without one), the namespace's ListenOverflows
+//! increase is inferred to the one listener seen full in each interval ([`attribute`]), kept
+//! apart from the exact figure and labelled "inferred" wherever it is shown.
 //!
 //! Samples travel like events: timestamped on the kernel's clock (CLOCK_MONOTONIC), through
 //! the pipeline to the sinks (so recordings carry them and `report` replays them) and into
@@ -291,6 +294,8 @@ pub struct NsStats {
     /// interval no listener, or more than one, was seen full (see [`attribute`]).
     pub unattributed_overflows: u64,
     pub unattributed_listen_drops: u64,
+    /// The time of the namespace's latest sample (0 before the first).
+    last_ts: u64,
 }
 
 /// Per-listener and per-namespace figures from samples and listener events (pure).
@@ -364,26 +369,47 @@ impl Listeners {
             _ => Netstat::default(),
         };
         let cookies = delta.syncookies_sent;
+        let prev_ts = std::mem::replace(&mut ns.last_ts, s.ts_ns);
         // Listeners seen full in the interval this sample closes: now, or at the previous
-        // sample (the one that opened it).
-        let full: Vec<SocketAddr> = s
+        // sample of the namespace (the one that opened it; the listener may be gone now).
+        let first_key = ListenerKey {
+            netns: s.netns,
+            local: SocketAddr::new(IpAddr::from([0u8; 4]), 0),
+        };
+        let mut full: Vec<SocketAddr> = s
             .listeners
             .iter()
-            .filter(|l| {
-                let prev = self.listeners.get(&ListenerKey {
-                    netns: s.netns,
-                    local: l.local,
-                });
-                is_full(l.accept_queue, l.backlog)
-                    || prev.is_some_and(|p| p.samples > 0 && is_full(p.accept_now, p.backlog))
-            })
+            .filter(|l| is_full(l.accept_queue, l.backlog))
             .map(|l| l.local)
+            .chain(
+                self.listeners
+                    .range(first_key..)
+                    .take_while(|(k, _)| k.netns == s.netns)
+                    .filter(|(_, st)| {
+                        prev_ts > 0 && st.last_ns == prev_ts && is_full(st.accept_now, st.backlog)
+                    })
+                    .map(|(k, _)| k.local),
+            )
             .collect();
+        full.sort();
+        full.dedup();
         let owner = attribute(&full);
-        let ns = self.namespaces.get_mut(&s.netns).expect("inserted above");
-        if owner.is_none() {
-            ns.unattributed_overflows += delta.listen_overflows;
-            ns.unattributed_listen_drops += delta.listen_drops;
+        match owner {
+            None => {
+                ns.unattributed_overflows += delta.listen_overflows;
+                ns.unattributed_listen_drops += delta.listen_drops;
+            }
+            // Full at the previous sample and gone now: its figures grow, without a point.
+            Some(o) if !s.listeners.iter().any(|l| l.local == o) => {
+                if let Some(st) = self.listeners.get_mut(&ListenerKey {
+                    netns: s.netns,
+                    local: o,
+                }) {
+                    st.inferred_overflows += delta.listen_overflows;
+                    st.inferred_listen_drops += delta.listen_drops;
+                }
+            }
+            Some(_) => {}
         }
         let tw = &s.time_wait;
         ns.time_wait_max = ns.time_wait_max.max(tw.count);
@@ -780,22 +806,19 @@ pub const ALERT_EVERY_NS: u64 = 10_000_000_000;
 pub struct Alerts {
     last: BTreeMap<u64, Netstat>,
     /// Listeners seen full at each namespace's previous sample.
-    full: BTreeMap<u64, Vec<SocketAddr>>,
+    full: BTreeMap<u64, Vec<ListenerSample>>,
     said: BTreeMap<(&'static str, ListenerKey), u64>,
 }
 
 impl Alerts {
     pub fn check(&mut self, s: &Sample, out: &mut Vec<Alert>) {
-        let full_now: Vec<SocketAddr> = s
+        let full_now: Vec<ListenerSample> = s
             .listeners
             .iter()
             .filter(|l| is_full(l.accept_queue, l.backlog))
-            .map(|l| l.local)
+            .cloned()
             .collect();
-        let full_before = self
-            .full
-            .insert(s.netns, full_now.clone())
-            .unwrap_or_default();
+        let full_before = self.full.insert(s.netns, full_now).unwrap_or_default();
         let Some(now) = s.netstat else { return };
         let Some(prev) = self.last.insert(s.netns, now) else {
             return;
@@ -804,12 +827,19 @@ impl Alerts {
         let mut full: Vec<SocketAddr> = s
             .listeners
             .iter()
+            .filter(|l| is_full(l.accept_queue, l.backlog))
+            .chain(&full_before)
             .map(|l| l.local)
-            .filter(|a| full_now.contains(a) || full_before.contains(a))
             .collect();
+        full.sort();
         full.dedup();
         let owner = attribute(&full);
-        let fullest = s.listeners.iter().find(|l| Some(l.local) == owner);
+        // As it is now, or as it was last seen (full) if it has gone since.
+        let fullest = s
+            .listeners
+            .iter()
+            .chain(&full_before)
+            .find(|l| Some(l.local) == owner);
         let busiest = s.listeners.iter().max_by_key(|l| l.syn_recv);
         for (what, delta, l) in [
             ("listen_overflow", d.listen_overflows, fullest),
@@ -1047,6 +1077,42 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("ListenOverflows 12 ListenDrops 14"), "{text}");
+    }
+
+    #[test]
+    fn a_listener_full_at_the_last_sample_before_it_closed_keeps_its_overflows() {
+        let n = |o: u64| Netstat {
+            listen_overflows: o,
+            listen_drops: o,
+            ..Netstat::default()
+        };
+        let (mut l, mut a, mut out) = (Listeners::default(), Alerts::default(), Vec::new());
+        let s1 = sample(1, vec![listener("10.0.0.1:80", 2, 1, 0)], n(0));
+        let s2 = sample(2, vec![listener("10.0.0.1:81", 0, 4, 0)], n(4));
+        for s in [&s1, &s2] {
+            l.add_sample(s);
+            a.check(s, &mut out);
+        }
+        let s = l.summary();
+        let gone = s.listeners.iter().find(|x| x.port == 80).expect("80");
+        assert_eq!(
+            (gone.inferred_overflows, gone.inferred_listen_drops),
+            (4, 4)
+        );
+        assert_eq!(s.namespaces[0].unattributed_overflows, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].local.port(), out[0].delta), (80, 4));
+        // Two full listeners: the increase is nobody's, and the stream names nobody.
+        let two = || {
+            vec![
+                listener("10.0.0.1:80", 1, 1, 0),
+                listener("10.0.0.1:81", 4, 4, 0),
+            ]
+        };
+        out.clear();
+        a.check(&sample(30, two(), n(4)), &mut out);
+        a.check(&sample(31, two(), n(9)), &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

@@ -114,7 +114,9 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
     let truth = delta(&before, &after, "ListenOverflows");
     let reported = u(&ns["counters_delta"], "listen_overflows");
     println!(
-        "accept-queue overflow: {clients} clients at backlog 1; ListenOverflows injected {truth}, reported {reported} (netstat delta) and {} (kfree_skb drops of the listener); accept queue max {} of limit {}",
+        "accept-queue overflow: {clients} clients at backlog 1; ListenOverflows injected {truth}, reported {reported} (netstat delta), {} inferred to the listener, {} unattributed, {} (kfree_skb drops of the listener); accept queue max {} of limit {}",
+        u(l, "inferred_overflows"),
+        u(ns, "unattributed_overflows"),
         u(l, "overflow_drops"),
         u(l, "accept_queue_max"),
         u(l, "backlog")
@@ -124,6 +126,17 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
         "the lab made no overflow: {before:?} -> {after:?}"
     );
     assert_eq!(reported, truth, "ListenOverflows delta");
+    // The only listener of the namespace sits full: every overflow is inferred to it.
+    assert_eq!(
+        u(l, "inferred_overflows"),
+        truth,
+        "ListenOverflows inferred to the listener: {l}"
+    );
+    assert_eq!(u(ns, "unattributed_overflows"), 0, "{ns}");
+    assert_eq!(
+        u(l, "inferred_listen_drops"),
+        delta(&before, &after, "ListenDrops")
+    );
     // Linux 6.18 frees the overflowing final ACK without a kfree_skb TCP_LISTEN_OVERFLOW
     // event (checked with tracefs: 298 ListenOverflows, no TCP kfree_skb at all), so the
     // per-listener drop count cannot reach the truth here; it must never exceed it.
@@ -140,7 +153,7 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
         u(l, "accept_queue_max") >= u(l, "backlog"),
         "the accept queue shown never reached its limit: {l}"
     );
-    // The stream said so, naming the listener.
+    // The stream said so, naming the listener, with the inferred figure.
     let alert = out
         .lines
         .iter()
