@@ -544,14 +544,19 @@ impl Sampler {
         let mut broken = Vec::new();
         for (i, ns) in self.namespaces.iter_mut().enumerate() {
             let ts_ns = clock::monotonic_now_ns();
+            // The counters first, then the table: an overflow the counters include happened
+            // while its listener was full, before the dump, so a listener that filled and
+            // stays full is seen full in the sample whose interval counts its overflows
+            // (`listeners::attribute`). Read the other way round, overflows between the dump
+            // and the read fell in an interval where no sample showed the listener full.
+            let netstat = ns.netstat.as_mut().and_then(|f| {
+                let mut text = String::new();
+                f.seek(SeekFrom::Start(0)).ok()?;
+                f.read_to_string(&mut text).ok()?;
+                Netstat::parse(&text)
+            });
             match sample_table(&mut ns.diag) {
                 Ok((listeners, time_wait)) => {
-                    let netstat = ns.netstat.as_mut().and_then(|f| {
-                        let mut text = String::new();
-                        f.seek(SeekFrom::Start(0)).ok()?;
-                        f.read_to_string(&mut text).ok()?;
-                        Netstat::parse(&text)
-                    });
                     out.push(Sample {
                         ts_ns,
                         netns: ns.inode,
