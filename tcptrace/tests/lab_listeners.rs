@@ -166,6 +166,43 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
 
 #[test]
 #[ignore = "needs root: network namespaces and the eBPF program"]
+fn lab_a_namespace_that_disappears_is_let_go_and_tracing_goes_on() {
+    require_root();
+    let lab = Lab::new();
+    let ns_path = format!("/run/netns/{}", lab.b);
+    let tracer = Tracer::start(&["--netns", &ns_path, "--sample-interval", "0.2"]);
+    std::thread::sleep(SETTLE);
+    // `ip netns del` unmounts the name: the path no longer names the namespace the sampler
+    // entered (which lives on while tcptrace holds its socket).
+    let del = Command::new("ip")
+        .args(["netns", "del", &lab.b])
+        .status()
+        .expect("run ip netns del");
+    assert!(del.success(), "ip netns del {}", lab.b);
+    std::thread::sleep(Duration::from_millis(1_500));
+    // stop() checks the exit code says a clean shutdown on SIGTERM, not an error.
+    let out = tracer.stop();
+    assert!(
+        out.stderr.contains(&format!("network namespace {ns_path}"))
+            && out.stderr.contains("went away; no longer sampled"),
+        "no warning about the namespace that went away: {}",
+        out.stderr
+    );
+    let gone = u(namespace(&out.summary, &ns_path), "samples");
+    let host = u(namespace(&out.summary, "host"), "samples");
+    println!(
+        "namespace deleted while sampled: {gone} samples of it before, {host} of the host in all"
+    );
+    assert!(gone >= 1, "the namespace was never sampled before it went");
+    // 1.5 s more at 0.2 s: the host's sampling went on well after the namespace's stopped.
+    assert!(
+        host >= gone + 4,
+        "host sampling stopped too: host {host}, gone namespace {gone}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and the eBPF program"]
 fn lab_time_wait_population_and_remaining_timers() {
     require_root();
     let lab = Lab::new();
