@@ -24,7 +24,8 @@ pub enum Exit {
     PipeClosed,
     /// SIGTERM.
     Terminated,
-    /// An output (the stream, the recording) failed while running, other than a closed pipe.
+    /// An output (the stream, the recording) failed while running, other than a closed pipe,
+    /// or one failed at exit (the `--summary-json` file, finishing the recording, the charts).
     OutputFailed,
     /// A bug: a panic (in a sink or elsewhere).
     Internal,
@@ -57,6 +58,16 @@ impl Exit {
             Stop::SinkFailed => done
                 .sink_error()
                 .map_or(Self::Internal, Self::of_sink_error),
+        }
+    }
+
+    /// The code once an output has also failed at exit: a panic stays the worst (101);
+    /// anything else, a signal or a closed pipe included, becomes 74, since something the
+    /// caller asked for is missing.
+    pub fn with_output_failed(self) -> Self {
+        match self {
+            Self::Internal => Self::Internal,
+            _ => Self::OutputFailed,
         }
     }
 
@@ -98,6 +109,14 @@ mod tests {
                     .ok()
             })
             .collect()
+    }
+
+    #[test]
+    fn an_output_failing_at_exit_gives_74_unless_there_was_a_panic() {
+        for e in ALL {
+            let want = if e == Exit::Internal { 101 } else { 74 };
+            assert_eq!(e.with_output_failed().code(), want, "{e:?}");
+        }
     }
 
     #[test]

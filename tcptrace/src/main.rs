@@ -41,7 +41,7 @@ mod top;
 mod track;
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     future::Future,
     io::{self, Write as _},
     path::Path,
@@ -58,7 +58,7 @@ use crate::{
     exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
-    sink::{PanicAfter, Shared},
+    sink::{PanicAfter, Shared, Watched},
     stream::{Stream, Style, Unit},
     summary::Summary,
     timeline::Timeline,
@@ -202,18 +202,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     });
     say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
-    let exit = Exit::of(&done);
-    let summary = summary_out.write(&done)?;
+    let mut exit = Exit::of(&done);
+    let summary = summary_out.write(&done, &mut exit);
     if let (Some(out), Some(t)) = (svg, &timeline) {
         let title = format!("live run on {}", host::host_name());
-        charts::write_dir(
+        let written = charts::write_dir(
             out,
             &summary,
             done.pipeline.aggregate(),
             &t.borrow(),
             &clock,
             &title,
-        )?;
+        );
+        output_failed_at_exit(&mut exit, written);
     }
     say_sink_error(&done, "writing the stream");
     Ok(exit)
@@ -233,28 +234,49 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;
     let recorder = Rc::new(RefCell::new(recorder));
-    live.add_sink(Box::new(Shared(Rc::clone(&recorder))));
+    let recorder_failed = Rc::new(Cell::new(false));
+    live.add_sink(Box::new(Watched::new(
+        Shared(Rc::clone(&recorder)),
+        Rc::clone(&recorder_failed),
+    )));
     let summary_out = SummaryOut::open(&args.summary)?;
     say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
     let mut exit = Exit::of(&done);
     // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
     // ends with its end record wherever that can still be written.
-    let finished = recorder
-        .borrow_mut()
-        .finish(done.counters, done.pipeline.undecodable());
-    summary_out.write(&done)?;
+    let finished = finish_recording(&mut recorder.borrow_mut(), recorder_failed.get(), &done);
+    summary_out.write(&done, &mut exit);
     say_sink_error(&done, &format!("writing the recording {}", path.display()));
-    if let Err(e) = finished {
-        eprintln!(
-            "tcptrace: error: finishing the recording {} failed: {e:#}",
-            path.display()
-        );
-        if exit != Exit::Internal {
-            exit = Exit::OutputFailed;
-        }
-    }
+    output_failed_at_exit(
+        &mut exit,
+        finished.with_context(|| format!("finishing the recording {} failed", path.display())),
+    );
     Ok(exit)
+}
+
+/// Says an output that failed at exit (the summary file, the charts, finishing the
+/// recording) and makes the exit code say so; the caller goes on with the others.
+pub fn output_failed_at_exit(exit: &mut Exit, result: Result<()>) {
+    if let Err(e) = result {
+        eprintln!("tcptrace: error: {e:#}");
+        *exit = exit.with_output_failed();
+    }
+}
+
+/// Ends the recording with its end record (the kernel's counters), unless the recorder
+/// itself failed: a write error or a panic may have left a torn record at the file's end, and
+/// an end record after it would make a corrupt file claim to be complete. The file is then
+/// left as it is, which reads as truncated, and the error says so.
+fn finish_recording(recorder: &mut Recorder, recorder_failed: bool, done: &Finished) -> Result<()> {
+    if recorder_failed {
+        anyhow::bail!(
+            "the recorder failed while writing, so the file has no end record and may end in a \
+             torn record: it reads as truncated (`tcptrace report --allow-truncated` reports on \
+             what was written before)"
+        );
+    }
+    Ok(recorder.finish(done.counters, done.pipeline.undecodable())?)
 }
 
 /// Where a live run's exit summary goes, as `--no-summary` and `--summary-json` say. The
@@ -281,8 +303,10 @@ impl SummaryOut {
         })
     }
 
-    /// Builds the exit summary of a live run, writes the JSON file and prints the text.
-    pub fn write(self, done: &Finished) -> Result<Summary> {
+    /// Builds the exit summary of a live run, writes the JSON file and prints the text. A
+    /// JSON file that cannot be written is said on stderr and turns `exit` to 74 (see
+    /// [`output_failed_at_exit`]); the text summary is printed all the same.
+    pub fn write(self, done: &Finished, exit: &mut Exit) -> Summary {
         let p = &done.pipeline;
         let summary = Summary::build(
             p.aggregate(),
@@ -292,13 +316,13 @@ impl SummaryOut {
             self.args.top,
         );
         if let Some((path, f)) = self.json {
-            write_json(&path, f, &summary)?;
+            output_failed_at_exit(exit, write_json(&path, f, &summary));
         }
         if !self.args.no_summary {
             let mut err = io::stderr().lock();
             let _ = summary.write_text(&mut err);
         }
-        Ok(summary)
+        summary
     }
 }
 
@@ -308,4 +332,46 @@ fn write_json(path: &Path, f: std::fs::File, summary: &Summary) -> Result<()> {
         .write_json(&mut out)
         .and_then(|()| out.flush())
         .with_context(|| format!("writing --summary-json file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_recorder_gets_no_end_record_so_its_file_reads_as_truncated() {
+        let done = Finished {
+            stop: live::Stop::SinkFailed,
+            pipeline: pipeline::Pipeline::new(Vec::new()),
+            counters: counters::Counters::default(),
+        };
+        let header = record::Header::now(
+            clock::Clock {
+                realtime_offset_ns: 5,
+                utc_offset_secs: 0,
+            },
+            &Filter::default(),
+        );
+        for (failed, name) in [(false, "ok.tcpt"), (true, "failed.tcpt")] {
+            let path =
+                std::env::temp_dir().join(format!("tcptrace-main-{}-{name}", std::process::id()));
+            let mut recorder = Recorder::create(&path, &header).expect("create");
+            let finished = finish_recording(&mut recorder, failed, &done);
+            drop(recorder);
+            let strict = record::replay(&path, false, |_| {});
+            let lenient = record::replay(&path, true, |_| {});
+            let _ = std::fs::remove_file(&path);
+            if failed {
+                let e = finished.expect_err("a failed recorder is not finished");
+                assert!(e.to_string().contains("--allow-truncated"), "{e}");
+                let e = strict.expect_err("no end record: truncated");
+                assert!(e.to_string().contains("truncated"), "{e}");
+                let replay = lenient.expect("--allow-truncated reads it");
+                assert!(replay.truncated.is_some());
+            } else {
+                finished.expect("finished");
+                strict.expect("a finished recording reads as complete");
+            }
+        }
+    }
 }

@@ -6,9 +6,15 @@
 //! A panic in a sink is a bug, but it must not take the run down with it before the summary
 //! and the recording are written: [`guarded`] turns it into that sink's error (the pipeline
 //! then skips the sink and the live loop stops, exit code 101). [`PanicAfter`] is the test
-//! hook that proves it (the hidden flag `--test-panic-after-events N`).
+//! hook that proves it (the hidden flag `--test-panic-after-events N`). [`Watched`] tells
+//! a sink's creator that the sink failed (an error, or a panic partway through a call), so
+//! `record` does not put an end record after a record the recorder may have torn.
 
-use std::{cell::RefCell, fmt, io, rc::Rc};
+use std::{
+    cell::{Cell, RefCell},
+    fmt, io,
+    rc::Rc,
+};
 
 use crate::{decode::Event, listeners::Sample, track::Fact};
 
@@ -44,6 +50,43 @@ impl<T: Sink> Sink for Shared<T> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.borrow_mut().flush()
+    }
+}
+
+/// A sink that tells its creator whether it failed: a call returned an error, or panicked
+/// partway (the pipeline's [`guarded`] catches the panic outside this wrapper, so the flag
+/// set before the call stays set). The pipeline calls a failed sink no more.
+pub struct Watched<S> {
+    inner: S,
+    failed: Rc<Cell<bool>>,
+}
+
+impl<S: Sink> Watched<S> {
+    /// Wraps `inner`; `failed` turns true when it fails.
+    pub fn new(inner: S, failed: Rc<Cell<bool>>) -> Self {
+        Self { inner, failed }
+    }
+
+    fn call(&mut self, f: impl FnOnce(&mut S) -> io::Result<()>) -> io::Result<()> {
+        self.failed.set(true);
+        let result = f(&mut self.inner);
+        self.failed.set(result.is_err());
+        result
+    }
+}
+
+impl<S: Sink> Sink for Watched<S> {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self.call(|s| s.event(ev))
+    }
+    fn fact(&mut self, fact: &Fact) -> io::Result<()> {
+        self.call(|s| s.fact(fact))
+    }
+    fn sample(&mut self, sample: &Sample) -> io::Result<()> {
+        self.call(|s| s.sample(sample))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.call(Sink::flush)
     }
 }
 
@@ -136,5 +179,41 @@ mod tests {
         assert_eq!(pipe.kind(), io::ErrorKind::BrokenPipe);
         assert!(!is_panic(&pipe));
         assert!(guarded(|| Ok(())).is_ok());
+    }
+
+    /// A sink that fails its `n`th flush in the way asked.
+    struct FailOn {
+        flushes: u64,
+        panic: bool,
+    }
+
+    impl Sink for FailOn {
+        fn fact(&mut self, _fact: &Fact) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushes -= 1;
+            if self.flushes > 0 {
+                return Ok(());
+            }
+            assert!(!self.panic, "torn partway");
+            Err(io::ErrorKind::StorageFull.into())
+        }
+    }
+
+    #[test]
+    fn watched_says_a_sink_failed_by_error_or_by_panic_and_not_before() {
+        for panic in [false, true] {
+            let failed = Rc::new(Cell::new(false));
+            let mut sink = Watched::new(FailOn { flushes: 2, panic }, Rc::clone(&failed));
+            assert!(guarded(|| sink.flush()).is_ok());
+            assert!(!failed.get(), "a call that went well is no failure");
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let e = guarded(|| sink.flush()).expect_err("the second flush fails");
+            std::panic::set_hook(hook);
+            assert_eq!(is_panic(&e), panic);
+            assert!(failed.get(), "panic {panic}: the failure was not seen");
+        }
     }
 }

@@ -154,6 +154,31 @@ fn top_once_replays_a_recording_without_root() {
 }
 
 #[test]
+fn outputs_failing_at_exit_are_each_said_and_exit_74() {
+    // /dev/full takes the open and fails every write (ENOSPC): the snapshot on stdout and
+    // the --summary-json file both fail at exit; each is said, and the code is 74, not the
+    // 1 an early return would give.
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcptrace"))
+        .args(["top", "--once", "--format", "json", "--interval", "10"])
+        .args(["--speed", "max", "--summary-json", "/dev/full", "--replay"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/loopback.jsonl"
+        ))
+        .stdout(full().expect("open /dev/full"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{stderr}");
+    assert!(stderr.contains("writing the snapshot"), "{stderr}");
+    assert!(
+        stderr.contains("writing --summary-json file /dev/full"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn serve_rejects_bad_group_ports_and_listen_addresses() {
     tcptrace()
         .args(["serve", "--group-ports", "80,,443"])

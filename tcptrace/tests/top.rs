@@ -321,6 +321,18 @@ fn a_panicking_sink_restores_the_terminal_prints_the_summary_and_exits_101() {
         !pane.contains("q quit"),
         "the dashboard is still on screen (terminal not restored):\n{pane}"
     );
+    // The shell (dash) has no line editing of its own, so the line above proves little about
+    // the tty: ask it. Canonical input and echo are back on (raw mode has -icanon -echo).
+    t.run(
+        "echo \"stty=$(stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo)' | tr '\\n' ,)\"",
+    );
+    let pane = t.wait_for("stty -a", Duration::from_secs(10), |s| {
+        s.lines().any(|l| l.starts_with("stty="))
+    });
+    assert!(
+        pane.lines().any(|l| l.trim_end() == "stty=icanon,echo,"),
+        "the terminal is not back in cooked mode with echo:\n{pane}"
+    );
 }
 
 #[test]

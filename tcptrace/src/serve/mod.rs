@@ -80,9 +80,10 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<Exit> {
     let done = live.run(args.duration).await;
     server.abort();
     let done = done?;
-    summary_out.write(&done)?;
+    let mut exit = Exit::of(&done);
+    summary_out.write(&done, &mut exit);
     crate::say_sink_error(&done, "the metrics");
-    Ok(Exit::of(&done))
+    Ok(exit)
 }
 
 /// Binds `--listen`, with errors that say what to do.

@@ -213,9 +213,11 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
         let mut exit = Exit::of(&done);
         match written.and_then(|()| out.flush()) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit = Exit::PipeClosed,
-            other => other.context("writing the snapshot")?,
+            other => {
+                crate::output_failed_at_exit(&mut exit, other.context("writing the snapshot"));
+            }
         }
-        summary_out.write(&done)?;
+        summary_out.write(&done, &mut exit);
         crate::say_sink_error(&done, "the dashboard");
         return Ok(exit);
     }
@@ -304,7 +306,8 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     drop(guard);
     outcome?;
     let done = done?;
-    summary_out.write(&done)?;
+    let mut exit = Exit::of(&done);
+    summary_out.write(&done, &mut exit);
     crate::say_sink_error(&done, "the dashboard");
-    Ok(Exit::of(&done))
+    Ok(exit)
 }

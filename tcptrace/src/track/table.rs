@@ -2,11 +2,14 @@
 //!
 //! A plain `FxHashMap<u64, Sock>` keeps every entry inside the hash table, whose buckets
 //! are at most 7/8 full and double when they fill: with 162,000 open sockets it holds
-//! 262,144 buckets of a ~190-byte entry, all of them touched (about 50 MB). Here the hash
-//! map holds only a 4-byte index per socket and the sockets live densely in a [`Slab`]
-//! (freed slots are reused, and capacity never written to is not resident), so the same
-//! sockets take about 35 MB. [`Table`] offers exactly the map operations the tracker uses;
-//! the tests run random operation sequences against a plain `FxHashMap` twin.
+//! 262,144 buckets of a (u64, `Sock`) entry, at most 8 + 152 bytes (a test keeps `Sock` at
+//! <= 152) plus a control byte, all of them touched (up to 262,144 * 161 = 42 MB). Here the
+//! hash map holds only a 4-byte index per socket (262,144 * (16 + 1) = 4.5 MB, the u64 key
+//! padding the pair to 16) and the sockets live densely in a [`Slab`] (freed slots are
+//! reused, and capacity never written to is not resident): 162,000 slots of at most 168
+//! bytes (160 and the slab's occupied/vacant tag) = 27 MB, so about 32 MB in all.
+//! [`Table`] offers exactly the map operations the tracker uses; the tests run random
+//! operation sequences against a plain `FxHashMap` twin.
 
 use rustc_hash::FxHashMap;
 use slab::Slab;
