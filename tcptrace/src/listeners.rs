@@ -1,5 +1,7 @@
 //! Listeners and TIME_WAIT from the socket table: the [`Sample`] value the sampler
-//! (`sockdiag`) takes once a second per network namespace, and the pure code that turns samples
+//! (`sockdiag`) takes once a second per network namespace (TIME_WAIT in every fifth one by
+//! default: `Sample::time_wait` is `None` in the others, and every TIME_WAIT figure is that of
+//! the last sample that had it, never a 0 for one that did not), and the pure code that turns samples
 //! (plus the SYN-ACK retransmit and listen-overflow drop events the kernel program reports)
 //! into per-listener and per-namespace figures. Where the kernel reports no overflow drop
 //! events (Linux 6.18 frees the overflowing ACK without one), the namespace's ListenOverflows
@@ -211,7 +213,10 @@ pub struct Sample {
     /// How it was found: "host", a `--netns` path, `/run/netns/NAME`, or `pid N`.
     pub netns_name: String,
     pub listeners: Vec<ListenerSample>,
-    pub time_wait: TimeWaitSample,
+    /// `None` when this sample did not dump TIME_WAIT sockets (it does so on its own, slower
+    /// cadence: `--time-wait-interval`); recordings made before that always have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_wait: Option<TimeWaitSample>,
     /// `None` when the namespace's `/proc/net/netstat` could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netstat: Option<Netstat>,
@@ -268,7 +273,7 @@ pub struct ListenerStats {
     pub history: Vec<ListenerPoint>,
 }
 
-/// One point of a namespace's TIME_WAIT history.
+/// One point of a namespace's TIME_WAIT history (one per sample that dumped TIME_WAIT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TimeWaitPoint {
     pub ts_ns: u64,
@@ -282,9 +287,11 @@ pub struct NsStats {
     pub first: Option<Netstat>,
     pub last: Option<Netstat>,
     pub samples: u64,
+    /// The last sample that dumped TIME_WAIT sockets, and how many did.
     pub time_wait: TimeWaitSample,
+    pub time_wait_samples: u64,
     pub time_wait_max: u32,
-    /// Remaining-time buckets summed over every sample.
+    /// Remaining-time buckets summed over every sample that dumped TIME_WAIT.
     pub remaining_total: Vec<u64>,
     /// TIME_WAIT sockets by remote port and by peer, the largest count seen in any sample.
     pub by_remote_port_max: BTreeMap<u16, u32>,
@@ -296,6 +303,38 @@ pub struct NsStats {
     pub unattributed_listen_drops: u64,
     /// The time of the namespace's latest sample (0 before the first).
     last_ts: u64,
+}
+
+impl NsStats {
+    /// Takes in one sample's TIME_WAIT dump (samples without one change nothing).
+    fn add_time_wait(&mut self, ts_ns: u64, tw: &TimeWaitSample) {
+        self.time_wait_max = self.time_wait_max.max(tw.count);
+        if self.remaining_total.len() < tw.remaining.len() {
+            self.remaining_total.resize(tw.remaining.len(), 0);
+        }
+        for (t, n) in self.remaining_total.iter_mut().zip(&tw.remaining) {
+            *t += u64::from(*n);
+        }
+        for (p, n) in &tw.by_remote_port {
+            let e = self.by_remote_port_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        for (p, n) in &tw.by_peer {
+            let e = self.by_peer_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        bound_map(&mut self.by_remote_port_max);
+        bound_map(&mut self.by_peer_max);
+        self.time_wait = tw.clone();
+        self.time_wait_samples += 1;
+        push_bounded(
+            &mut self.history,
+            TimeWaitPoint {
+                ts_ns,
+                count: tw.count,
+            },
+        );
+    }
 }
 
 /// Per-listener and per-namespace figures from samples and listener events (pure).
@@ -411,32 +450,9 @@ impl Listeners {
             }
             Some(_) => {}
         }
-        let tw = &s.time_wait;
-        ns.time_wait_max = ns.time_wait_max.max(tw.count);
-        if ns.remaining_total.len() < tw.remaining.len() {
-            ns.remaining_total.resize(tw.remaining.len(), 0);
+        if let Some(tw) = &s.time_wait {
+            ns.add_time_wait(s.ts_ns, tw);
         }
-        for (t, n) in ns.remaining_total.iter_mut().zip(&tw.remaining) {
-            *t += u64::from(*n);
-        }
-        for (p, n) in &tw.by_remote_port {
-            let e = ns.by_remote_port_max.entry(*p).or_default();
-            *e = (*e).max(*n);
-        }
-        for (p, n) in &tw.by_peer {
-            let e = ns.by_peer_max.entry(*p).or_default();
-            *e = (*e).max(*n);
-        }
-        bound_map(&mut ns.by_remote_port_max);
-        bound_map(&mut ns.by_peer_max);
-        ns.time_wait = tw.clone();
-        push_bounded(
-            &mut ns.history,
-            TimeWaitPoint {
-                ts_ns: s.ts_ns,
-                count: tw.count,
-            },
-        );
         for l in &s.listeners {
             let key = ListenerKey {
                 netns: s.netns,
@@ -534,6 +550,7 @@ impl Listeners {
                     unattributed_overflows: ns.unattributed_overflows,
                     unattributed_listen_drops: ns.unattributed_listen_drops,
                     time_wait: TimeWaitSummary {
+                        samples: ns.time_wait_samples,
                         now: ns.time_wait.count,
                         max: ns.time_wait_max,
                         by_remote_port: largest_u(&ns.by_remote_port_max),
@@ -626,17 +643,21 @@ pub struct ListenerSummary {
 /// TIME_WAIT of one namespace in the summary.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimeWaitSummary {
-    /// Sockets in TIME_WAIT at the last sample.
+    /// Samples that dumped TIME_WAIT sockets (every `--time-wait-interval`); the figures
+    /// below come from them only (0: none did, and the figures say nothing).
+    pub samples: u64,
+    /// Sockets in TIME_WAIT at the last sample that dumped them.
     pub now: u32,
     /// The most seen in one sample.
     pub max: u32,
     /// Largest groups: the most TIME_WAIT sockets one remote port (peer) had in one sample.
     pub by_remote_port: Vec<(u16, u32)>,
     pub by_peer: Vec<(String, u32)>,
-    /// Remaining timer at the last sample, in 5-second buckets (0-5 s first; the 13th is
+    /// Remaining timer at that sample, in 5-second buckets (0-5 s first; the 13th is
     /// "more than 60 s").
     pub remaining_now: Vec<u32>,
-    /// The same buckets summed over every sample (a socket counts once per sample it was in).
+    /// The same buckets summed over every TIME_WAIT sample (a socket counts once per sample
+    /// it was in).
     pub remaining_all_samples: Vec<u64>,
     pub remaining_min_ms_now: u32,
     pub remaining_max_ms_now: u32,
@@ -748,11 +769,16 @@ impl ListenersSummary {
                 .iter()
                 .map(|(p, n)| (p.to_string(), *n))
                 .collect();
+            if tw.samples == 0 {
+                writeln!(w, "    TIME_WAIT not sampled")?;
+                continue;
+            }
             writeln!(
                 w,
-                "    TIME_WAIT now {} max {}; remaining now {:.1}-{:.1} s; by remote port: {}; by peer: {}",
+                "    TIME_WAIT now {} max {} ({} TIME_WAIT samples); remaining now {:.1}-{:.1} s; by remote port: {}; by peer: {}",
                 tw.now,
                 tw.max,
+                tw.samples,
                 f64::from(tw.remaining_min_ms_now) / 1000.0,
                 f64::from(tw.remaining_max_ms_now) / 1000.0,
                 if ports.is_empty() {
@@ -898,13 +924,77 @@ pub(crate) mod tests {
             netns: 4026531840,
             netns_name: "host".to_owned(),
             listeners,
-            time_wait: TimeWaitSample::of([
+            time_wait: Some(TimeWaitSample::of([
                 ("10.0.0.2:80".parse().expect("addr"), 59_000),
                 ("10.0.0.2:80".parse().expect("addr"), 3_000),
                 ("10.0.0.3:443".parse().expect("addr"), 60_000),
-            ]),
+            ])),
             netstat: Some(n),
         }
+    }
+
+    /// A sample as recordings made before `--time-wait-interval` carry it (every sample had
+    /// its TIME_WAIT), in the shape serde wrote it then.
+    pub(crate) const OLD_SAMPLE_JSON: &str = r#"{"ts_ns":2000000000,"netns":4026531840,"netns_name":"host","listeners":[{"local":"10.0.0.1:8080","accept_queue":1,"backlog":4,"syn_recv":0,"inode":7,"pid":42,"comm":"server"}],"time_wait":{"count":2,"by_remote_port":[[80,2]],"by_peer":[["10.0.0.2",2]],"remaining":[1,0,0,0,0,0,0,0,0,0,0,1,0],"remaining_min_ms":3000,"remaining_max_ms":59000},"netstat":{"listen_overflows":1,"listen_drops":1,"syncookies_sent":0,"syncookies_recv":0,"syncookies_failed":0,"req_q_full_do_cookies":0,"req_q_full_drop":0}}"#;
+
+    #[test]
+    fn old_samples_read_with_their_time_wait_and_a_missing_one_is_left_out() {
+        let old: Sample = serde_json::from_str(OLD_SAMPLE_JSON).expect("an old sample reads");
+        let tw = old.time_wait.as_ref().expect("its TIME_WAIT");
+        assert_eq!((tw.count, tw.remaining_min_ms), (2, 3_000));
+        assert_eq!(old.listeners[0].backlog, 4);
+        let mut none = old.clone();
+        none.time_wait = None;
+        let json = serde_json::to_string(&none).expect("json");
+        assert!(!json.contains("time_wait"), "{json}");
+        assert_eq!(serde_json::from_str::<Sample>(&json).expect("reads"), none);
+        let back: Sample =
+            serde_json::from_str(&serde_json::to_string(&old).expect("json")).expect("reads");
+        assert_eq!(back, old);
+    }
+
+    #[test]
+    fn a_sample_without_time_wait_leaves_the_time_wait_figures_as_the_last_one_had_them() {
+        let n = Netstat::default();
+        let mut l = Listeners::default();
+        l.add_sample(&sample(1, vec![listener("10.0.0.1:80", 0, 8, 0)], n));
+        let before = l.summary().namespaces[0].time_wait.clone();
+        assert_eq!((before.samples, before.now, before.max), (1, 3, 3));
+        let mut s = sample(2, vec![listener("10.0.0.1:80", 5, 8, 0)], n);
+        s.time_wait = None;
+        l.add_sample(&s);
+        let sum = l.summary();
+        let ns = &sum.namespaces[0];
+        assert_eq!(ns.samples, 2, "the sample counts for the namespace");
+        assert_eq!(
+            ns.time_wait, before,
+            "not a 0 in TIME_WAIT, not a second sample"
+        );
+        assert_eq!(sum.listeners[0].accept_queue_now, 5, "its listeners count");
+        let stats = &l.namespaces.values().next().expect("ns");
+        assert_eq!(
+            stats.history.len(),
+            1,
+            "no chart point for a sample without it"
+        );
+        // The next sample with TIME_WAIT (here none left) replaces it.
+        let mut s = sample(3, Vec::new(), n);
+        s.time_wait = Some(TimeWaitSample::of([]));
+        l.add_sample(&s);
+        let tw = &l.summary().namespaces[0].time_wait;
+        assert_eq!((tw.samples, tw.now, tw.max), (2, 0, 3));
+        assert_eq!(tw.remaining_all_samples.iter().sum::<u64>(), 3);
+        // A namespace none of whose samples had TIME_WAIT says so.
+        let mut l = Listeners::default();
+        let mut s = sample(1, Vec::new(), n);
+        s.time_wait = None;
+        l.add_sample(&s);
+        let sum = l.summary();
+        assert_eq!(sum.namespaces[0].time_wait.samples, 0);
+        let mut text = Vec::new();
+        sum.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(text.contains("TIME_WAIT not sampled"), "{text}");
     }
 
     #[test]

@@ -207,7 +207,8 @@ fn lab_time_wait_population_and_remaining_timers() {
     require_root();
     let lab = Lab::new();
     let ns_path = format!("/run/netns/{}", lab.a);
-    let interval = Duration::from_millis(500);
+    // TIME_WAIT is dumped every --time-wait-interval, not in every sample.
+    let interval = Duration::from_secs(1);
     let tracer = Tracer::start(&[
         "--per",
         "none",
@@ -215,12 +216,14 @@ fn lab_time_wait_population_and_remaining_timers() {
         &ns_path,
         "--sample-interval",
         "0.5",
+        "--time-wait-interval",
+        "1",
     ]);
     let mut peer = lab.peer(&lab.a);
     let n = 50;
     let r = peer.ok(&format!("time_wait {n}"));
     let port = field(&r, "port") as u16;
-    // One interval (plus the time the last sample takes) after the last close.
+    // One TIME_WAIT interval (plus the time the last sample takes) after the last close.
     std::thread::sleep(interval + Duration::from_millis(200));
     let out = tracer.stop();
     let ns = namespace(&out.summary, &ns_path);
@@ -233,7 +236,17 @@ fn lab_time_wait_population_and_remaining_timers() {
         u(tw, "remaining_max_ms_now"),
         tw["by_remote_port"]
     );
-    assert_eq!(u(tw, "now"), n, "TIME_WAIT population at the last sample");
+    assert_eq!(
+        u(tw, "now"),
+        n,
+        "TIME_WAIT population at the last sample that dumped it"
+    );
+    // Every second sample of the namespace (0.5 s) dumped TIME_WAIT (1 s), the first one too.
+    let (all, with_tw) = (u(ns, "samples"), u(tw, "samples"));
+    assert!(
+        with_tw >= 1 && with_tw == all.div_ceil(2),
+        "{with_tw} of {all} samples dumped TIME_WAIT"
+    );
     let (lo, hi) = (u(tw, "remaining_min_ms_now"), u(tw, "remaining_max_ms_now"));
     assert!(
         lo > 0 && hi <= 60_000 && lo <= hi,

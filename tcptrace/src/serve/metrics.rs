@@ -632,16 +632,18 @@ fn listener_metrics(
     gauges(
         e,
         "time_wait_sockets",
-        "Sockets in TIME_WAIT at the last sample, by namespace.",
+        "Sockets in TIME_WAIT at the last sample that dumped them (every \
+         --time-wait-interval), by namespace.",
         l.namespaces
             .iter()
+            .filter(|ns| ns.time_wait.samples > 0)
             .map(|ns| ([("netns", ns.name.as_str())], f64::from(ns.time_wait.now))),
     )?;
     gauges(
         e,
         "time_wait_remaining_sockets",
-        "TIME_WAIT sockets at the last sample by remaining timer, in 5-second buckets \
-         (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
+        "TIME_WAIT sockets at the last sample that dumped them by remaining timer, in \
+         5-second buckets (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
         l.namespaces.iter().flat_map(|ns| {
             ns.time_wait
                 .remaining_now

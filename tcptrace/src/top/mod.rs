@@ -200,7 +200,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
         }
         None => {
             let mut live = LiveRun::start(&filter, args.ring_kib)?;
-            live.sample(&args.sample);
+            live.sample(&args.sample)?;
             let source = format!("live, {}", describe_filter(&filter));
             let clock = live.clock();
             (live, Meta { source, clock })

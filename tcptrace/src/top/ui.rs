@@ -753,6 +753,10 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
             Line::from(text)
         });
         let tw = &ns.time_wait;
+        if tw.samples == 0 {
+            lines.push(Line::from("  TIME_WAIT not sampled yet"));
+            continue;
+        }
         lines.push(Line::from(format!(
             "  TIME_WAIT {} (max {}), {:.1}-{:.1} s left; by port: {}",
             tw.now,
