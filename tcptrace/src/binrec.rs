@@ -1189,6 +1189,28 @@ mod tests {
     }
 
     #[test]
+    fn sample_blocks_written_before_time_wait_was_optional_still_read() {
+        let old = crate::listeners::tests::OLD_SAMPLE_JSON.as_bytes();
+        let mut w = Writer::new(Vec::new(), b"{}").expect("writer");
+        // The block as the previous writer laid it out: the sample's JSON bytes.
+        w.pending = old.to_vec();
+        w.write_block(TAG_SAMPLE, old.len()).expect("block");
+        w.pending = Vec::new();
+        let bytes = w.finish(Counters::default(), 0, 0).expect("finish");
+        let first_block = 16 + 2;
+        let mut samples = Vec::new();
+        let (_, end) = read_blocks_with(
+            &mut &bytes[first_block..],
+            first_block as u64,
+            &mut |_| {},
+            &mut |s| samples.push(s),
+        );
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].time_wait.as_ref().map(|t| t.count), Some(2));
+    }
+
+    #[test]
     fn hostile_lengths_are_refused_before_allocating() {
         let mut bytes = file(&events());
         let first_block = 16 + 2;

@@ -202,10 +202,16 @@ pub fn parse_group_processes(s: &str) -> Result<usize, String> {
 /// The socket-table sampler (listeners, SYN floods, TIME_WAIT; see `sockdiag`).
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Sample the socket table (LISTEN, SYN_RECV, TIME_WAIT sockets and the netstat
-    /// listener counters) every this many seconds.
+    /// Sample the socket table (LISTEN and SYN_RECV sockets and the netstat listener
+    /// counters) every this many seconds.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_sample_interval)]
     pub sample_interval: Duration,
+    /// Include TIME_WAIT sockets in the sample every this many seconds: a multiple of
+    /// --sample-interval (default 5, or every sample when that is 5 or more). TIME_WAIT lasts
+    /// 60 s, and the kernel builds one message per TIME_WAIT socket, so sampling it less often
+    /// keeps the cost low; TIME_WAIT figures are those of the last sample that had them.
+    #[arg(long, value_name = "SECS", value_parser = parse_sample_interval)]
+    pub time_wait_interval: Option<Duration>,
     /// Do not sample the socket table (no listener or TIME_WAIT figures).
     #[arg(long, conflicts_with_all = ["netns", "all_netns"])]
     pub no_sample: bool,
@@ -223,6 +229,7 @@ impl Default for SampleArgs {
     fn default() -> Self {
         Self {
             sample_interval: Duration::from_secs(1),
+            time_wait_interval: None,
             no_sample: false,
             netns: Vec::new(),
             all_netns: false,
@@ -230,7 +237,33 @@ impl Default for SampleArgs {
     }
 }
 
-/// Parses `--sample-interval`: 0.1 to 3600 seconds.
+/// The default TIME_WAIT sampling interval (`--time-wait-interval`).
+pub const TIME_WAIT_INTERVAL: Duration = Duration::from_secs(5);
+
+impl SampleArgs {
+    /// TIME_WAIT is sampled in one sample of how many: `--time-wait-interval` divided by
+    /// `--sample-interval`, which must divide it (to the millisecond); without the flag, as
+    /// many as fit in 5 s (at least 1).
+    pub fn time_wait_every(&self) -> Result<u32, String> {
+        let si = self.sample_interval.as_secs_f64();
+        let Some(tw) = self.time_wait_interval else {
+            return Ok(((TIME_WAIT_INTERVAL.as_secs_f64() / si + 1e-9).floor() as u32).max(1));
+        };
+        let n = (tw.as_secs_f64() / si).round();
+        if n < 1.0 || (n * si - tw.as_secs_f64()).abs() > 0.001 {
+            return Err(format!(
+                "--time-wait-interval {} is not a multiple of --sample-interval {}: give a \
+                 whole number of sample intervals (e.g. --time-wait-interval {})",
+                tw.as_secs_f64(),
+                si,
+                (n.max(1.0) * si * 1000.0).round() / 1000.0
+            ));
+        }
+        Ok(n as u32)
+    }
+}
+
+/// Parses `--sample-interval` and `--time-wait-interval`: 0.1 to 3600 seconds.
 pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -535,6 +568,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_time_wait_interval_is_a_multiple_of_the_sample_interval() {
+        let args = |si: f64, tw: Option<f64>| SampleArgs {
+            sample_interval: Duration::from_secs_f64(si),
+            time_wait_interval: tw.map(Duration::from_secs_f64),
+            ..SampleArgs::default()
+        };
+        assert_eq!(args(1.0, None).time_wait_every(), Ok(5));
+        assert_eq!(args(0.5, None).time_wait_every(), Ok(10));
+        assert_eq!(
+            args(0.3, None).time_wait_every(),
+            Ok(16),
+            "as many as fit in 5 s"
+        );
+        assert_eq!(args(10.0, None).time_wait_every(), Ok(1));
+        assert_eq!(args(0.5, Some(1.0)).time_wait_every(), Ok(2));
+        assert_eq!(args(0.1, Some(0.3)).time_wait_every(), Ok(3));
+        assert_eq!(args(2.0, Some(2.0)).time_wait_every(), Ok(1));
+        let e = args(1.0, Some(2.5))
+            .time_wait_every()
+            .expect_err("not a multiple");
+        assert!(
+            e.contains("not a multiple") && e.contains("--time-wait-interval 3"),
+            "{e}"
+        );
+        let e = args(2.0, Some(1.0)).time_wait_every().expect_err("shorter");
+        assert!(e.contains("--time-wait-interval 2"), "{e}");
+    }
 
     #[test]
     fn port_lists_and_ranges() {

@@ -1,7 +1,12 @@
 //! Listeners and TIME_WAIT from the socket table: the [`Sample`] value the sampler
-//! (`sockdiag`) takes once a second per network namespace, and the pure code that turns samples
+//! (`sockdiag`) takes once a second per network namespace (TIME_WAIT in every fifth one by
+//! default: `Sample::time_wait` is `None` in the others, and every TIME_WAIT figure is that of
+//! the last sample that had it, never a 0 for one that did not), and the pure code that turns samples
 //! (plus the SYN-ACK retransmit and listen-overflow drop events the kernel program reports)
-//! into per-listener and per-namespace figures.
+//! into per-listener and per-namespace figures. Where the kernel reports no overflow drop
+//! events (Linux 6.18 frees the overflowing ACK without one), the namespace's ListenOverflows
+//! increase is inferred to the one listener seen full in each interval ([`attribute`]), kept
+//! apart from the exact figure and labelled "inferred" wherever it is shown.
 //!
 //! Samples travel like events: timestamped on the kernel's clock (CLOCK_MONOTONIC), through
 //! the pipeline to the sinks (so recordings carry them and `report` replays them) and into
@@ -208,7 +213,10 @@ pub struct Sample {
     /// How it was found: "host", a `--netns` path, `/run/netns/NAME`, or `pid N`.
     pub netns_name: String,
     pub listeners: Vec<ListenerSample>,
-    pub time_wait: TimeWaitSample,
+    /// `None` when this sample did not dump TIME_WAIT sockets (it does so on its own, slower
+    /// cadence: `--time-wait-interval`); recordings made before that always have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_wait: Option<TimeWaitSample>,
     /// `None` when the namespace's `/proc/net/netstat` could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netstat: Option<Netstat>,
@@ -230,6 +238,9 @@ pub struct ListenerPoint {
     pub syn_recv: u32,
     /// Overflow drops (kfree_skb) since the previous point.
     pub drops: u64,
+    /// The namespace's ListenOverflows increase since the previous sample, when this listener
+    /// was the only one seen full in that interval (see [`attribute`]): inferred, not exact.
+    pub inferred_overflows: u64,
     /// The namespace's SyncookiesSent increase since the previous sample.
     pub cookies: u64,
 }
@@ -254,10 +265,15 @@ pub struct ListenerStats {
     pub overflow_drops: u64,
     /// Drops since the last point was taken.
     drops_pending: u64,
+    /// The namespace's ListenOverflows / ListenDrops increases over the intervals in which
+    /// this listener was the only one of its namespace seen full (see [`attribute`]). Inferred
+    /// from counters, unlike `overflow_drops`, which the kernel reports drop by drop.
+    pub inferred_overflows: u64,
+    pub inferred_listen_drops: u64,
     pub history: Vec<ListenerPoint>,
 }
 
-/// One point of a namespace's TIME_WAIT history.
+/// One point of a namespace's TIME_WAIT history (one per sample that dumped TIME_WAIT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct TimeWaitPoint {
     pub ts_ns: u64,
@@ -271,14 +287,54 @@ pub struct NsStats {
     pub first: Option<Netstat>,
     pub last: Option<Netstat>,
     pub samples: u64,
+    /// The last sample that dumped TIME_WAIT sockets, and how many did.
     pub time_wait: TimeWaitSample,
+    pub time_wait_samples: u64,
     pub time_wait_max: u32,
-    /// Remaining-time buckets summed over every sample.
+    /// Remaining-time buckets summed over every sample that dumped TIME_WAIT.
     pub remaining_total: Vec<u64>,
     /// TIME_WAIT sockets by remote port and by peer, the largest count seen in any sample.
     pub by_remote_port_max: BTreeMap<u16, u32>,
     pub by_peer_max: BTreeMap<IpAddr, u32>,
     pub history: Vec<TimeWaitPoint>,
+    /// ListenOverflows / ListenDrops increases no single listener could be given: in their
+    /// interval no listener, or more than one, was seen full (see [`attribute`]).
+    pub unattributed_overflows: u64,
+    pub unattributed_listen_drops: u64,
+    /// The time of the namespace's latest sample (0 before the first).
+    last_ts: u64,
+}
+
+impl NsStats {
+    /// Takes in one sample's TIME_WAIT dump (samples without one change nothing).
+    fn add_time_wait(&mut self, ts_ns: u64, tw: &TimeWaitSample) {
+        self.time_wait_max = self.time_wait_max.max(tw.count);
+        if self.remaining_total.len() < tw.remaining.len() {
+            self.remaining_total.resize(tw.remaining.len(), 0);
+        }
+        for (t, n) in self.remaining_total.iter_mut().zip(&tw.remaining) {
+            *t += u64::from(*n);
+        }
+        for (p, n) in &tw.by_remote_port {
+            let e = self.by_remote_port_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        for (p, n) in &tw.by_peer {
+            let e = self.by_peer_max.entry(*p).or_default();
+            *e = (*e).max(*n);
+        }
+        bound_map(&mut self.by_remote_port_max);
+        bound_map(&mut self.by_peer_max);
+        self.time_wait = tw.clone();
+        self.time_wait_samples += 1;
+        push_bounded(
+            &mut self.history,
+            TimeWaitPoint {
+                ts_ns,
+                count: tw.count,
+            },
+        );
+    }
 }
 
 /// Per-listener and per-namespace figures from samples and listener events (pure).
@@ -314,6 +370,25 @@ pub fn serves(listener: &SocketAddr, local: &SocketAddr) -> bool {
     listener.ip().is_unspecified() || canon(listener.ip()) == canon(local.ip())
 }
 
+/// Whether a listener with this accept queue and limit is full: at or over its limit (the
+/// kernel drops when the queue is over the limit, so a sample at the limit may miss the extra
+/// one); a limit of 0 counts as 1, or an idle listener with `listen(fd, 0)` would look full.
+pub fn is_full(accept_queue: u32, backlog: u32) -> bool {
+    accept_queue >= backlog.max(1)
+}
+
+/// Which listener a namespace's ListenOverflows (and ListenDrops) increase over one sampling
+/// interval belongs to: the one listener seen full in that interval (at either of the two
+/// samples bounding it), if exactly one was; with none or several, nobody (the increase is
+/// the namespace's "unattributed" figure). An inference from samples: a listener that filled
+/// and drained between two samples is not seen, and the increase then goes unattributed.
+pub fn attribute<K: Copy + PartialEq>(full: &[K]) -> Option<K> {
+    match full {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 impl Listeners {
     /// Takes one namespace's sample in.
     pub fn add_sample(&mut self, s: &Sample) {
@@ -328,36 +403,56 @@ impl Listeners {
             }
             ns.last = Some(n);
         }
-        let cookies = match (prev_netstat, s.netstat) {
-            (Some(a), Some(b)) => b.since(&a).syncookies_sent,
-            _ => 0,
+        let delta = match (prev_netstat, s.netstat) {
+            (Some(a), Some(b)) => b.since(&a),
+            _ => Netstat::default(),
         };
-        let tw = &s.time_wait;
-        ns.time_wait_max = ns.time_wait_max.max(tw.count);
-        if ns.remaining_total.len() < tw.remaining.len() {
-            ns.remaining_total.resize(tw.remaining.len(), 0);
+        let cookies = delta.syncookies_sent;
+        let prev_ts = std::mem::replace(&mut ns.last_ts, s.ts_ns);
+        // Listeners seen full in the interval this sample closes: now, or at the previous
+        // sample of the namespace (the one that opened it; the listener may be gone now).
+        let first_key = ListenerKey {
+            netns: s.netns,
+            local: SocketAddr::new(IpAddr::from([0u8; 4]), 0),
+        };
+        let mut full: Vec<SocketAddr> = s
+            .listeners
+            .iter()
+            .filter(|l| is_full(l.accept_queue, l.backlog))
+            .map(|l| l.local)
+            .chain(
+                self.listeners
+                    .range(first_key..)
+                    .take_while(|(k, _)| k.netns == s.netns)
+                    .filter(|(_, st)| {
+                        prev_ts > 0 && st.last_ns == prev_ts && is_full(st.accept_now, st.backlog)
+                    })
+                    .map(|(k, _)| k.local),
+            )
+            .collect();
+        full.sort();
+        full.dedup();
+        let owner = attribute(&full);
+        match owner {
+            None => {
+                ns.unattributed_overflows += delta.listen_overflows;
+                ns.unattributed_listen_drops += delta.listen_drops;
+            }
+            // Full at the previous sample and gone now: its figures grow, without a point.
+            Some(o) if !s.listeners.iter().any(|l| l.local == o) => {
+                if let Some(st) = self.listeners.get_mut(&ListenerKey {
+                    netns: s.netns,
+                    local: o,
+                }) {
+                    st.inferred_overflows += delta.listen_overflows;
+                    st.inferred_listen_drops += delta.listen_drops;
+                }
+            }
+            Some(_) => {}
         }
-        for (t, n) in ns.remaining_total.iter_mut().zip(&tw.remaining) {
-            *t += u64::from(*n);
+        if let Some(tw) = &s.time_wait {
+            ns.add_time_wait(s.ts_ns, tw);
         }
-        for (p, n) in &tw.by_remote_port {
-            let e = ns.by_remote_port_max.entry(*p).or_default();
-            *e = (*e).max(*n);
-        }
-        for (p, n) in &tw.by_peer {
-            let e = ns.by_peer_max.entry(*p).or_default();
-            *e = (*e).max(*n);
-        }
-        bound_map(&mut ns.by_remote_port_max);
-        bound_map(&mut ns.by_peer_max);
-        ns.time_wait = tw.clone();
-        push_bounded(
-            &mut ns.history,
-            TimeWaitPoint {
-                ts_ns: s.ts_ns,
-                count: tw.count,
-            },
-        );
         for l in &s.listeners {
             let key = ListenerKey {
                 netns: s.netns,
@@ -384,6 +479,13 @@ impl Listeners {
             st.syn_recv_now = l.syn_recv;
             st.syn_recv_max = st.syn_recv_max.max(l.syn_recv);
             let drops = std::mem::take(&mut st.drops_pending);
+            let inferred = if owner == Some(l.local) {
+                st.inferred_overflows += delta.listen_overflows;
+                st.inferred_listen_drops += delta.listen_drops;
+                delta.listen_overflows
+            } else {
+                0
+            };
             push_bounded(
                 &mut st.history,
                 ListenerPoint {
@@ -392,6 +494,7 @@ impl Listeners {
                     backlog: l.backlog,
                     syn_recv: l.syn_recv,
                     drops,
+                    inferred_overflows: inferred,
                     cookies,
                 },
             );
@@ -444,7 +547,10 @@ impl Listeners {
                     name: ns.name.clone(),
                     samples: ns.samples,
                     counters_delta: delta,
+                    unattributed_overflows: ns.unattributed_overflows,
+                    unattributed_listen_drops: ns.unattributed_listen_drops,
                     time_wait: TimeWaitSummary {
+                        samples: ns.time_wait_samples,
                         now: ns.time_wait.count,
                         max: ns.time_wait_max,
                         by_remote_port: largest_u(&ns.by_remote_port_max),
@@ -477,6 +583,8 @@ impl Listeners {
                 syn_recv_max: l.syn_recv_max,
                 synack_retransmits: l.synack_retransmits,
                 overflow_drops: l.overflow_drops,
+                inferred_overflows: l.inferred_overflows,
+                inferred_listen_drops: l.inferred_listen_drops,
                 samples: l.samples,
             })
             .collect();
@@ -522,24 +630,34 @@ pub struct ListenerSummary {
     pub syn_recv_now: u32,
     pub syn_recv_max: u32,
     pub synack_retransmits: u64,
+    /// Accept-queue overflow drops the kernel reported one by one (skb:kfree_skb, reason
+    /// TCP_LISTEN_OVERFLOW): exact, but 0 where the kernel does not fire it on this path.
     pub overflow_drops: u64,
+    /// The namespace's ListenOverflows / ListenDrops increases over the intervals in which
+    /// this listener was the only one seen full: inferred from counters (see [`attribute`]).
+    pub inferred_overflows: u64,
+    pub inferred_listen_drops: u64,
     pub samples: u64,
 }
 
 /// TIME_WAIT of one namespace in the summary.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimeWaitSummary {
-    /// Sockets in TIME_WAIT at the last sample.
+    /// Samples that dumped TIME_WAIT sockets (every `--time-wait-interval`); the figures
+    /// below come from them only (0: none did, and the figures say nothing).
+    pub samples: u64,
+    /// Sockets in TIME_WAIT at the last sample that dumped them.
     pub now: u32,
     /// The most seen in one sample.
     pub max: u32,
     /// Largest groups: the most TIME_WAIT sockets one remote port (peer) had in one sample.
     pub by_remote_port: Vec<(u16, u32)>,
     pub by_peer: Vec<(String, u32)>,
-    /// Remaining timer at the last sample, in 5-second buckets (0-5 s first; the 13th is
+    /// Remaining timer at that sample, in 5-second buckets (0-5 s first; the 13th is
     /// "more than 60 s").
     pub remaining_now: Vec<u32>,
-    /// The same buckets summed over every sample (a socket counts once per sample it was in).
+    /// The same buckets summed over every TIME_WAIT sample (a socket counts once per sample
+    /// it was in).
     pub remaining_all_samples: Vec<u64>,
     pub remaining_min_ms_now: u32,
     pub remaining_max_ms_now: u32,
@@ -553,6 +671,10 @@ pub struct NsSummary {
     pub samples: u64,
     /// Counter increase from the first to the last sample (`None`: netstat unreadable).
     pub counters_delta: Option<Netstat>,
+    /// The part of the ListenOverflows / ListenDrops increase given to no listener (no
+    /// listener, or several, were seen full in its interval).
+    pub unattributed_overflows: u64,
+    pub unattributed_listen_drops: u64,
     pub time_wait: TimeWaitSummary,
 }
 
@@ -594,7 +716,7 @@ impl ListenersSummary {
             );
             writeln!(
                 w,
-                "  {addr:<26} {owner:<20} netns {:<16} accept {}/{} (max {}) syn_recv {} (max {}) synack_rtx {} overflow_drops {}",
+                "  {addr:<26} {owner:<20} netns {:<16} accept {}/{} (max {}) syn_recv {} (max {}) synack_rtx {} overflow_drops {} overflows_inferred {} listen_drops_inferred {}",
                 l.netns_name,
                 l.accept_queue_now,
                 l.backlog,
@@ -602,7 +724,9 @@ impl ListenersSummary {
                 l.syn_recv_now,
                 l.syn_recv_max,
                 l.synack_retransmits,
-                l.overflow_drops
+                l.overflow_drops,
+                l.inferred_overflows,
+                l.inferred_listen_drops
             )?;
         }
         if self.listeners_not_kept > 0 {
@@ -625,6 +749,13 @@ impl ListenersSummary {
                 )?,
                 None => writeln!(w, "  netns {} ({}): counters unreadable", ns.name, ns.netns)?,
             }
+            if ns.unattributed_overflows + ns.unattributed_listen_drops > 0 {
+                writeln!(
+                    w,
+                    "    not inferred to one listener (none or several seen full): ListenOverflows {} ListenDrops {}",
+                    ns.unattributed_overflows, ns.unattributed_listen_drops
+                )?;
+            }
             let tw = &ns.time_wait;
             let groups = |v: &[(String, u32)]| {
                 v.iter()
@@ -638,11 +769,16 @@ impl ListenersSummary {
                 .iter()
                 .map(|(p, n)| (p.to_string(), *n))
                 .collect();
+            if tw.samples == 0 {
+                writeln!(w, "    TIME_WAIT not sampled")?;
+                continue;
+            }
             writeln!(
                 w,
-                "    TIME_WAIT now {} max {}; remaining now {:.1}-{:.1} s; by remote port: {}; by peer: {}",
+                "    TIME_WAIT now {} max {} ({} TIME_WAIT samples); remaining now {:.1}-{:.1} s; by remote port: {}; by peer: {}",
                 tw.now,
                 tw.max,
+                tw.samples,
                 f64::from(tw.remaining_min_ms_now) / 1000.0,
                 f64::from(tw.remaining_max_ms_now) / 1000.0,
                 if ports.is_empty() {
@@ -679,33 +815,57 @@ pub struct Alert {
     pub accept_queue: u32,
     pub backlog: u32,
     pub syn_recv: u32,
-    /// The namespace's ListenOverflows (or SyncookiesSent) increase since the last sample.
+    /// The namespace's ListenOverflows (or SyncookiesSent) increase since the last sample;
+    /// for "listen_overflow", inferred to this listener (the only one seen full).
     pub delta: u64,
 }
 
 /// Least time between two alerts of the same kind for the same listener.
 pub const ALERT_EVERY_NS: u64 = 10_000_000_000;
 
-/// Decides when a sample deserves an alert line: a namespace whose ListenOverflows (or
-/// SyncookiesSent) grew since its previous sample names its fullest listener (or the one with
-/// the most SYN_RECV); the same listener and kind at most once per [`ALERT_EVERY_NS`].
+/// Decides when a sample deserves an alert line: a namespace whose ListenOverflows grew since
+/// its previous sample names the listener that increase is inferred to belong to (the only
+/// one seen full, by [`attribute`]; none, no line); one whose SyncookiesSent grew names the
+/// listener with the most SYN_RECV; the same listener and kind at most once per
+/// [`ALERT_EVERY_NS`].
 #[derive(Default)]
 pub struct Alerts {
     last: BTreeMap<u64, Netstat>,
+    /// Listeners seen full at each namespace's previous sample.
+    full: BTreeMap<u64, Vec<ListenerSample>>,
     said: BTreeMap<(&'static str, ListenerKey), u64>,
 }
 
 impl Alerts {
     pub fn check(&mut self, s: &Sample, out: &mut Vec<Alert>) {
+        let full_now: Vec<ListenerSample> = s
+            .listeners
+            .iter()
+            .filter(|l| is_full(l.accept_queue, l.backlog))
+            .cloned()
+            .collect();
+        let full_before = self.full.insert(s.netns, full_now).unwrap_or_default();
         let Some(now) = s.netstat else { return };
         let Some(prev) = self.last.insert(s.netns, now) else {
             return;
         };
         let d = now.since(&prev);
+        let mut full: Vec<SocketAddr> = s
+            .listeners
+            .iter()
+            .filter(|l| is_full(l.accept_queue, l.backlog))
+            .chain(&full_before)
+            .map(|l| l.local)
+            .collect();
+        full.sort();
+        full.dedup();
+        let owner = attribute(&full);
+        // As it is now, or as it was last seen (full) if it has gone since.
         let fullest = s
             .listeners
             .iter()
-            .max_by_key(|l| (u64::from(l.accept_queue) * 1000) / u64::from(l.backlog.max(1)));
+            .chain(&full_before)
+            .find(|l| Some(l.local) == owner);
         let busiest = s.listeners.iter().max_by_key(|l| l.syn_recv);
         for (what, delta, l) in [
             ("listen_overflow", d.listen_overflows, fullest),
@@ -764,13 +924,77 @@ pub(crate) mod tests {
             netns: 4026531840,
             netns_name: "host".to_owned(),
             listeners,
-            time_wait: TimeWaitSample::of([
+            time_wait: Some(TimeWaitSample::of([
                 ("10.0.0.2:80".parse().expect("addr"), 59_000),
                 ("10.0.0.2:80".parse().expect("addr"), 3_000),
                 ("10.0.0.3:443".parse().expect("addr"), 60_000),
-            ]),
+            ])),
             netstat: Some(n),
         }
+    }
+
+    /// A sample as recordings made before `--time-wait-interval` carry it (every sample had
+    /// its TIME_WAIT), in the shape serde wrote it then.
+    pub(crate) const OLD_SAMPLE_JSON: &str = r#"{"ts_ns":2000000000,"netns":4026531840,"netns_name":"host","listeners":[{"local":"10.0.0.1:8080","accept_queue":1,"backlog":4,"syn_recv":0,"inode":7,"pid":42,"comm":"server"}],"time_wait":{"count":2,"by_remote_port":[[80,2]],"by_peer":[["10.0.0.2",2]],"remaining":[1,0,0,0,0,0,0,0,0,0,0,1,0],"remaining_min_ms":3000,"remaining_max_ms":59000},"netstat":{"listen_overflows":1,"listen_drops":1,"syncookies_sent":0,"syncookies_recv":0,"syncookies_failed":0,"req_q_full_do_cookies":0,"req_q_full_drop":0}}"#;
+
+    #[test]
+    fn old_samples_read_with_their_time_wait_and_a_missing_one_is_left_out() {
+        let old: Sample = serde_json::from_str(OLD_SAMPLE_JSON).expect("an old sample reads");
+        let tw = old.time_wait.as_ref().expect("its TIME_WAIT");
+        assert_eq!((tw.count, tw.remaining_min_ms), (2, 3_000));
+        assert_eq!(old.listeners[0].backlog, 4);
+        let mut none = old.clone();
+        none.time_wait = None;
+        let json = serde_json::to_string(&none).expect("json");
+        assert!(!json.contains("time_wait"), "{json}");
+        assert_eq!(serde_json::from_str::<Sample>(&json).expect("reads"), none);
+        let back: Sample =
+            serde_json::from_str(&serde_json::to_string(&old).expect("json")).expect("reads");
+        assert_eq!(back, old);
+    }
+
+    #[test]
+    fn a_sample_without_time_wait_leaves_the_time_wait_figures_as_the_last_one_had_them() {
+        let n = Netstat::default();
+        let mut l = Listeners::default();
+        l.add_sample(&sample(1, vec![listener("10.0.0.1:80", 0, 8, 0)], n));
+        let before = l.summary().namespaces[0].time_wait.clone();
+        assert_eq!((before.samples, before.now, before.max), (1, 3, 3));
+        let mut s = sample(2, vec![listener("10.0.0.1:80", 5, 8, 0)], n);
+        s.time_wait = None;
+        l.add_sample(&s);
+        let sum = l.summary();
+        let ns = &sum.namespaces[0];
+        assert_eq!(ns.samples, 2, "the sample counts for the namespace");
+        assert_eq!(
+            ns.time_wait, before,
+            "not a 0 in TIME_WAIT, not a second sample"
+        );
+        assert_eq!(sum.listeners[0].accept_queue_now, 5, "its listeners count");
+        let stats = &l.namespaces.values().next().expect("ns");
+        assert_eq!(
+            stats.history.len(),
+            1,
+            "no chart point for a sample without it"
+        );
+        // The next sample with TIME_WAIT (here none left) replaces it.
+        let mut s = sample(3, Vec::new(), n);
+        s.time_wait = Some(TimeWaitSample::of([]));
+        l.add_sample(&s);
+        let tw = &l.summary().namespaces[0].time_wait;
+        assert_eq!((tw.samples, tw.now, tw.max), (2, 0, 3));
+        assert_eq!(tw.remaining_all_samples.iter().sum::<u64>(), 3);
+        // A namespace none of whose samples had TIME_WAIT says so.
+        let mut l = Listeners::default();
+        let mut s = sample(1, Vec::new(), n);
+        s.time_wait = None;
+        l.add_sample(&s);
+        let sum = l.summary();
+        assert_eq!(sum.namespaces[0].time_wait.samples, 0);
+        let mut text = Vec::new();
+        sum.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(text.contains("TIME_WAIT not sampled"), "{text}");
     }
 
     #[test]
@@ -863,6 +1087,134 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("ListenOverflows +5"), "{text}");
+    }
+
+    #[test]
+    fn overflows_go_to_the_one_listener_seen_full_and_otherwise_to_no_one() {
+        let n = |o: u64, d: u64| Netstat {
+            listen_overflows: o,
+            listen_drops: d,
+            ..Netstat::default()
+        };
+        let mut l = Listeners::default();
+        let a = "10.0.0.1:80";
+        let b = "10.0.0.1:81";
+        // 1 s: nothing to compare with yet; a is full.
+        l.add_sample(&sample(
+            1,
+            vec![listener(a, 2, 1, 0), listener(b, 0, 8, 0)],
+            n(0, 0),
+        ));
+        // 2 s: a full (now and before) is the only one: it gets +5 / +6.
+        l.add_sample(&sample(
+            2,
+            vec![listener(a, 1, 1, 0), listener(b, 0, 8, 0)],
+            n(5, 6),
+        ));
+        // 3 s: a drained, but it was full at the interval's start: still a's (+1 / +1).
+        l.add_sample(&sample(
+            3,
+            vec![listener(a, 0, 1, 0), listener(b, 3, 8, 0)],
+            n(6, 7),
+        ));
+        // 4 s: nobody full at either end: +2 / +4 to no one.
+        l.add_sample(&sample(
+            4,
+            vec![listener(a, 0, 1, 0), listener(b, 3, 8, 0)],
+            n(8, 11),
+        ));
+        // 5 s: both full: +10 / +10 to no one.
+        l.add_sample(&sample(
+            5,
+            vec![listener(a, 1, 1, 0), listener(b, 8, 8, 0)],
+            n(18, 21),
+        ));
+        let s = l.summary();
+        let by_port = |p: u16| s.listeners.iter().find(|x| x.port == p).expect("listener");
+        assert_eq!(
+            (
+                by_port(80).inferred_overflows,
+                by_port(80).inferred_listen_drops
+            ),
+            (6, 7)
+        );
+        assert_eq!(
+            (
+                by_port(81).inferred_overflows,
+                by_port(81).inferred_listen_drops
+            ),
+            (0, 0)
+        );
+        let ns = &s.namespaces[0];
+        assert_eq!(
+            (ns.unattributed_overflows, ns.unattributed_listen_drops),
+            (12, 14)
+        );
+        // Attributed and unattributed together are the namespace's increase, nothing lost.
+        let d = ns.counters_delta.expect("delta");
+        assert_eq!(d.listen_overflows, 6 + 12);
+        assert_eq!(d.listen_drops, 7 + 14);
+        // The exact (kfree_skb) figure stays apart.
+        assert_eq!(by_port(80).overflow_drops, 0);
+        let hist = &l.listeners.values().next().expect("a").history;
+        let per_point: Vec<u64> = hist.iter().map(|p| p.inferred_overflows).collect();
+        assert_eq!(per_point, [0, 5, 1, 0, 0]);
+        let mut text = Vec::new();
+        s.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(
+            text.contains("overflows_inferred 6 listen_drops_inferred 7"),
+            "{text}"
+        );
+        assert!(text.contains("ListenOverflows 12 ListenDrops 14"), "{text}");
+    }
+
+    #[test]
+    fn a_listener_full_at_the_last_sample_before_it_closed_keeps_its_overflows() {
+        let n = |o: u64| Netstat {
+            listen_overflows: o,
+            listen_drops: o,
+            ..Netstat::default()
+        };
+        let (mut l, mut a, mut out) = (Listeners::default(), Alerts::default(), Vec::new());
+        let s1 = sample(1, vec![listener("10.0.0.1:80", 2, 1, 0)], n(0));
+        let s2 = sample(2, vec![listener("10.0.0.1:81", 0, 4, 0)], n(4));
+        for s in [&s1, &s2] {
+            l.add_sample(s);
+            a.check(s, &mut out);
+        }
+        let s = l.summary();
+        let gone = s.listeners.iter().find(|x| x.port == 80).expect("80");
+        assert_eq!(
+            (gone.inferred_overflows, gone.inferred_listen_drops),
+            (4, 4)
+        );
+        assert_eq!(s.namespaces[0].unattributed_overflows, 0);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].local.port(), out[0].delta), (80, 4));
+        // Two full listeners: the increase is nobody's, and the stream names nobody.
+        let two = || {
+            vec![
+                listener("10.0.0.1:80", 1, 1, 0),
+                listener("10.0.0.1:81", 4, 4, 0),
+            ]
+        };
+        out.clear();
+        a.check(&sample(30, two(), n(4)), &mut out);
+        a.check(&sample(31, two(), n(9)), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn full_means_at_the_limit_and_a_zero_limit_counts_as_one() {
+        assert!(is_full(1, 1));
+        assert!(is_full(2, 1));
+        assert!(!is_full(0, 1));
+        assert!(!is_full(0, 0), "an idle listen(fd, 0) socket is not full");
+        assert!(is_full(1, 0));
+        assert_eq!(attribute::<u8>(&[]), None);
+        assert_eq!(attribute(&[3u8]), Some(3));
+        assert_eq!(attribute(&[3u8, 4]), None);
     }
 
     #[test]

@@ -508,13 +508,15 @@ impl LiveRun {
 
     /// Starts the socket-table sampler as `args` say (nothing with `--no-sample`, and nothing
     /// for a replay, whose recording carries its samples). A sampler that cannot start is a
-    /// warning: the tracing goes on without listener figures.
-    pub fn sample(&mut self, args: &SampleArgs) {
+    /// warning: the tracing goes on without listener figures. `Err`: the intervals given do
+    /// not fit together (`--time-wait-interval` not a multiple of `--sample-interval`).
+    pub fn sample(&mut self, args: &SampleArgs) -> Result<()> {
         if args.no_sample || !matches!(self.source, Source::Kernel(_)) {
-            return;
+            return Ok(());
         }
         let cfg = SamplerConfig {
             interval: args.sample_interval,
+            time_wait_every: args.time_wait_every().map_err(anyhow::Error::msg)?,
             netns: args.netns.clone(),
             all_netns: args.all_netns,
         };
@@ -527,10 +529,11 @@ impl LiveRun {
             }
             Err(e) => {
                 log::warn!("{e}; listener and TIME_WAIT figures are not collected");
-                return;
+                return Ok(());
             }
         };
         self.sampler_opened = Some(sampler);
+        Ok(())
     }
 
     /// Starts the opened sampler's thread. Called after the capabilities are dropped: they

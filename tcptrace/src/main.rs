@@ -170,7 +170,7 @@ fn say_sink_error(done: &Finished, what: &str) {
 /// `watch`: the line stream (if any) and, with `--svg`, the chart timeline.
 async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
-    live.sample(&args.sample);
+    live.sample(&args.sample)?;
     add_test_hooks(&mut live, &args.summary);
     let clock = live.clock();
     let summary_out = SummaryOut::open(&args.summary)?;
@@ -228,7 +228,7 @@ fn run_record(args: RecordArgs) -> Result<Exit> {
 
 async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
-    live.sample(&args.sample);
+    live.sample(&args.sample)?;
     add_test_hooks(&mut live, &args.summary);
     let path = &args.output;
     let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))

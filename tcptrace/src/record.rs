@@ -22,7 +22,8 @@
 //! Events are written in the order the live pipeline's reorder stage released them, i.e. the
 //! exact order the tracker consumed, and `report` feeds them to the tracker in that order
 //! without a second reorder pass. Socket-table samples (`listeners::Sample`) are written
-//! where the pipeline took them in among the events, and replay hands them back there. Replaying the raw arrival order through the reorder stage
+//! where the pipeline took them in among the events, and replay hands them back there (a
+//! sample that did not dump TIME_WAIT has no `time_wait`; older recordings always have it). Replaying the raw arrival order through the reorder stage
 //! would not be equivalent: which events a live run releases before a late one depends on
 //! when the ring buffer went quiet (a flush), which the event times alone do not record.
 //!
@@ -1101,6 +1102,18 @@ mod tests {
     }
 
     #[test]
+    fn sample_lines_written_before_time_wait_was_optional_still_read() {
+        let line = format!(
+            "{{\"sample\":{}}}",
+            crate::listeners::tests::OLD_SAMPLE_JSON
+        );
+        match serde_json::from_str::<Line>(&line).expect("an old sample line reads") {
+            Line::Sample(s) => assert_eq!(s.time_wait.map(|t| t.count), Some(2)),
+            _ => panic!("not read as a sample"),
+        }
+    }
+
+    #[test]
     fn samples_round_trip_in_place_among_events_in_every_format() {
         use crate::listeners::tests::{listener, sample};
         let s1 = sample(
@@ -1115,6 +1128,8 @@ mod tests {
         s2.netns_name = "/run/netns/x".to_owned();
         s2.netstat = None;
         s2.listeners.clear();
+        // A sample outside the TIME_WAIT cadence: none, and it stays none.
+        s2.time_wait = None;
         #[derive(Debug, PartialEq)]
         enum It {
             E(Event),

@@ -777,7 +777,8 @@ impl<W: io::Write> Sink for Stream<W> {
 
     /// A listener-pressure line (text and JSON; the CSV table has fixed columns and gets
     /// none): when a namespace's ListenOverflows or SyncookiesSent grew since its previous
-    /// sample, naming the fullest (or busiest) listener, at most once per 10 s each.
+    /// sample, naming the listener the overflows are inferred to (the only one seen full; no
+    /// line when none or several were) or the busiest one, at most once per 10 s each.
     fn sample(&mut self, sample: &Sample) -> io::Result<()> {
         if self.style == Style::Csv {
             return Ok(());
@@ -796,7 +797,7 @@ impl<W: io::Write> Sink for Stream<W> {
                 Style::Text => {
                     self.clock.write_time_of_day(&mut self.line, a.ts_ns);
                     let what = match a.what {
-                        "listen_overflow" => "ListenOverflows",
+                        "listen_overflow" => "inferred (only listener seen full): ListenOverflows",
                         _ => "SyncookiesSent",
                     };
                     let _ = write!(

@@ -114,7 +114,9 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
     let truth = delta(&before, &after, "ListenOverflows");
     let reported = u(&ns["counters_delta"], "listen_overflows");
     println!(
-        "accept-queue overflow: {clients} clients at backlog 1; ListenOverflows injected {truth}, reported {reported} (netstat delta) and {} (kfree_skb drops of the listener); accept queue max {} of limit {}",
+        "accept-queue overflow: {clients} clients at backlog 1; ListenOverflows injected {truth}, reported {reported} (netstat delta), {} inferred to the listener, {} unattributed, {} (kfree_skb drops of the listener); accept queue max {} of limit {}",
+        u(l, "inferred_overflows"),
+        u(ns, "unattributed_overflows"),
         u(l, "overflow_drops"),
         u(l, "accept_queue_max"),
         u(l, "backlog")
@@ -124,6 +126,17 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
         "the lab made no overflow: {before:?} -> {after:?}"
     );
     assert_eq!(reported, truth, "ListenOverflows delta");
+    // The only listener of the namespace sits full: every overflow is inferred to it.
+    assert_eq!(
+        u(l, "inferred_overflows"),
+        truth,
+        "ListenOverflows inferred to the listener: {l}"
+    );
+    assert_eq!(u(ns, "unattributed_overflows"), 0, "{ns}");
+    assert_eq!(
+        u(l, "inferred_listen_drops"),
+        delta(&before, &after, "ListenDrops")
+    );
     // Linux 6.18 frees the overflowing final ACK without a kfree_skb TCP_LISTEN_OVERFLOW
     // event (checked with tracefs: 298 ListenOverflows, no TCP kfree_skb at all), so the
     // per-listener drop count cannot reach the truth here; it must never exceed it.
@@ -140,7 +153,7 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
         u(l, "accept_queue_max") >= u(l, "backlog"),
         "the accept queue shown never reached its limit: {l}"
     );
-    // The stream said so, naming the listener.
+    // The stream said so, naming the listener, with the inferred figure.
     let alert = out
         .lines
         .iter()
@@ -153,11 +166,49 @@ fn lab_accept_queue_overflow_matches_listen_overflows() {
 
 #[test]
 #[ignore = "needs root: network namespaces and the eBPF program"]
+fn lab_a_namespace_that_disappears_is_let_go_and_tracing_goes_on() {
+    require_root();
+    let lab = Lab::new();
+    let ns_path = format!("/run/netns/{}", lab.b);
+    let tracer = Tracer::start(&["--netns", &ns_path, "--sample-interval", "0.2"]);
+    std::thread::sleep(SETTLE);
+    // `ip netns del` unmounts the name: the path no longer names the namespace the sampler
+    // entered (which lives on while tcptrace holds its socket).
+    let del = Command::new("ip")
+        .args(["netns", "del", &lab.b])
+        .status()
+        .expect("run ip netns del");
+    assert!(del.success(), "ip netns del {}", lab.b);
+    std::thread::sleep(Duration::from_millis(1_500));
+    // stop() checks the exit code says a clean shutdown on SIGTERM, not an error.
+    let out = tracer.stop();
+    assert!(
+        out.stderr.contains(&format!("network namespace {ns_path}"))
+            && out.stderr.contains("went away; no longer sampled"),
+        "no warning about the namespace that went away: {}",
+        out.stderr
+    );
+    let gone = u(namespace(&out.summary, &ns_path), "samples");
+    let host = u(namespace(&out.summary, "host"), "samples");
+    println!(
+        "namespace deleted while sampled: {gone} samples of it before, {host} of the host in all"
+    );
+    assert!(gone >= 1, "the namespace was never sampled before it went");
+    // 1.5 s more at 0.2 s: the host's sampling went on well after the namespace's stopped.
+    assert!(
+        host >= gone + 4,
+        "host sampling stopped too: host {host}, gone namespace {gone}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and the eBPF program"]
 fn lab_time_wait_population_and_remaining_timers() {
     require_root();
     let lab = Lab::new();
     let ns_path = format!("/run/netns/{}", lab.a);
-    let interval = Duration::from_millis(500);
+    // TIME_WAIT is dumped every --time-wait-interval, not in every sample.
+    let interval = Duration::from_secs(1);
     let tracer = Tracer::start(&[
         "--per",
         "none",
@@ -165,12 +216,14 @@ fn lab_time_wait_population_and_remaining_timers() {
         &ns_path,
         "--sample-interval",
         "0.5",
+        "--time-wait-interval",
+        "1",
     ]);
     let mut peer = lab.peer(&lab.a);
     let n = 50;
     let r = peer.ok(&format!("time_wait {n}"));
     let port = field(&r, "port") as u16;
-    // One interval (plus the time the last sample takes) after the last close.
+    // One TIME_WAIT interval (plus the time the last sample takes) after the last close.
     std::thread::sleep(interval + Duration::from_millis(200));
     let out = tracer.stop();
     let ns = namespace(&out.summary, &ns_path);
@@ -183,7 +236,17 @@ fn lab_time_wait_population_and_remaining_timers() {
         u(tw, "remaining_max_ms_now"),
         tw["by_remote_port"]
     );
-    assert_eq!(u(tw, "now"), n, "TIME_WAIT population at the last sample");
+    assert_eq!(
+        u(tw, "now"),
+        n,
+        "TIME_WAIT population at the last sample that dumped it"
+    );
+    // Every second sample of the namespace (0.5 s) dumped TIME_WAIT (1 s), the first one too.
+    let (all, with_tw) = (u(ns, "samples"), u(tw, "samples"));
+    assert!(
+        with_tw >= 1 && with_tw == all.div_ceil(2),
+        "{with_tw} of {all} samples dumped TIME_WAIT"
+    );
     let (lo, hi) = (u(tw, "remaining_min_ms_now"), u(tw, "remaining_max_ms_now"));
     assert!(
         lo > 0 && hi <= 60_000 && lo <= hi,

@@ -290,6 +290,61 @@ fn top_replays_the_fixture_recording_in_tmux() {
 
 #[test]
 #[ignore = "needs tmux; run by `cargo xtask test`"]
+fn top_left_behind_by_a_closed_terminal_exits_instead_of_spinning() {
+    // Seen once: a replay that had ended (the live run no longer handles signals) kept its
+    // dashboard after its tmux was killed, and crossterm's reader spun on end-of-file at
+    // half a CPU for as long as nobody noticed.
+    let t = Tmux::start("hangup", 120, 30);
+    t.run(&format!(
+        "{BIN} top --replay {FIXTURE} --speed max --close-wait 0"
+    ));
+    t.wait_for("the end of the recording", Duration::from_secs(30), |s| {
+        s.contains("END OF RECORDING")
+    });
+    let out = t
+        .cmd()
+        .args(["display-message", "-p", "-t", "top", "#{pane_pid}"])
+        .output()
+        .expect("tmux display-message");
+    let shell: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("the pane's shell pid");
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the shell's children");
+    let top: u32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child of the pane's shell {shell}: {children:?}"));
+    assert!(
+        std::fs::read_to_string(format!("/proc/{top}/cmdline")).is_ok_and(|c| c.contains("top")),
+        "pid {top} is not the dashboard"
+    );
+    // The terminal goes away: the kernel hangs up the pane's pty.
+    let status = t
+        .cmd()
+        .arg("kill-server")
+        .status()
+        .expect("tmux kill-server");
+    assert!(status.success(), "tmux kill-server failed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{top}")).exists() {
+        // A zombie has exited: its parent (the shell, gone too) is not ours to reap.
+        let state = std::fs::read_to_string(format!("/proc/{top}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "top (pid {top}) still runs 10 s after its terminal went away"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore = "needs tmux; run by `cargo xtask test`"]
 fn a_panicking_sink_restores_the_terminal_prints_the_summary_and_exits_101() {
     let t = Tmux::start("panic", 120, 40);
     // The hidden test hook makes a sink panic on the 100th of the fixture's 242 events,

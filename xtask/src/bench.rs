@@ -792,7 +792,9 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
         "\ntargets (medians; reported, not asserted): aggregate-only (none, top, serve) >= \
          {TARGET_AGGREGATE_RATIO} with 0 lost and <= {TARGET_CPU_PER_M} CPU-s/M; record >= \
          {TARGET_RECORD_RATIO}; text >= {TARGET_TEXT_RATIO}; json >= {TARGET_JSON_RATIO}; \
-         kernel <= {TARGET_KERNEL_NS:.0} ns/event"
+         kernel <= {TARGET_KERNEL_NS:.0} ns/event\nns/event: tcptrace's inet_sock_set_state \
+         program alone (named by bpftool; all its programs when bpftool is missing), from the \
+         kernel's run_time_ns/run_cnt; tcpstates: all its programs"
     );
     s
 }

@@ -1,6 +1,7 @@
 //! Listeners over time, from the socket-table samples: for the listeners under most pressure
 //! (up to [`PANELS`]), the accept queue against its limit, the SYN_RECV count, and the
-//! overflow drops and SYN cookies sent in each sample's interval; below them, the TIME_WAIT
+//! overflow drops (exact, from kfree_skb), the ListenOverflows inferred to it (see
+//! `listeners::attribute`) and SYN cookies sent in each sample's interval; below them, the TIME_WAIT
 //! population of each namespace. Drawn only when the run has samples.
 
 use plotters::prelude::*;
@@ -25,7 +26,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
         std::cmp::Reverse((
             u64::from(s.accept_max) * 1000 / u64::from(s.backlog.max(1)),
             s.syn_recv_max,
-            s.overflow_drops,
+            s.overflow_drops + s.inferred_overflows,
         ))
     });
     chosen.truncate(PANELS);
@@ -62,6 +63,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .map(|p| {
                     u64::from(p.accept_queue.max(p.backlog).max(p.syn_recv))
                         .max(p.drops)
+                        .max(p.inferred_overflows)
                         .max(p.cookies)
                 })
                 .max()
@@ -72,9 +74,9 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
             let mut chart = ChartBuilder::on(area)
                 .caption(
                     format!(
-                        "{} (netns {}): accept queue max {} of {}, SYN_RECV max {}, {} overflow drops",
+                        "{} (netns {}): accept queue max {} of {}, SYN_RECV max {}, {} overflow drops (kfree_skb), {} overflows inferred",
                         key.local, s.netns_name, s.accept_max, s.backlog, s.syn_recv_max,
-                        s.overflow_drops
+                        s.overflow_drops, s.inferred_overflows
                     ),
                     font(CAPTION_SIZE * 0.8),
                 )
@@ -93,7 +95,7 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                 .label_style(font(TICK_SIZE))
                 .axis_desc_style(font(LABEL_SIZE * 0.8))
                 .draw()?;
-            let series: [Series; 5] = [
+            let series: [Series; 6] = [
                 (
                     "accept queue",
                     PALETTE[0],
@@ -119,7 +121,15 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
                         .collect(),
                 ),
                 (
-                    "overflow drops",
+                    "ListenOverflows inferred (only listener full)",
+                    PALETTE[5],
+                    s.history
+                        .iter()
+                        .map(|p| (x(p.ts_ns), p.inferred_overflows as f64))
+                        .collect(),
+                ),
+                (
+                    "overflow drops (kfree_skb)",
                     PALETTE[3],
                     s.history
                         .iter()

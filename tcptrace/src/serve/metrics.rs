@@ -491,6 +491,7 @@ fn listener_metrics(
         syn_recv: u64,
         synack: u64,
         drops: u64,
+        inferred: u64,
     }
     let mut total = PortFig::default();
     let mut full = 0u64;
@@ -506,6 +507,7 @@ fn listener_metrics(
             f.syn_recv += u64::from(x.syn_recv_now);
             f.synack += x.synack_retransmits;
             f.drops += x.overflow_drops;
+            f.inferred += x.inferred_overflows;
         };
         add(&mut total);
         full += u64::from(x.accept_queue_now > x.backlog);
@@ -555,6 +557,14 @@ fn listener_metrics(
          sampled listeners (0 on kernels that do not report that reason; see netstat_increase).",
         total.drops,
     )?;
+    counter(
+        e,
+        "listeners_overflows_inferred",
+        "The namespace's ListenOverflows increase over the sampling intervals in which exactly \
+         one of its listeners was seen full (accept queue at its limit), given to that listener: \
+         inferred from counters, not reported drop by drop.",
+        total.inferred,
+    )?;
     if !rows.is_empty() {
         let by_port = |pick: fn(&PortFig) -> u64| {
             rows.iter()
@@ -597,6 +607,14 @@ fn listener_metrics(
             "Accept-queue overflow drops seen by skb:kfree_skb, by --group-ports port.",
             rows.iter().map(|(p, f)| ([("port", p.as_str())], f.drops)),
         )?;
+        counters(
+            e,
+            "listener_overflows_inferred",
+            "ListenOverflows inferred to the listener (the only one seen full in the interval), \
+             by --group-ports port.",
+            rows.iter()
+                .map(|(p, f)| ([("port", p.as_str())], f.inferred)),
+        )?;
     }
     counters(
         e,
@@ -614,16 +632,18 @@ fn listener_metrics(
     gauges(
         e,
         "time_wait_sockets",
-        "Sockets in TIME_WAIT at the last sample, by namespace.",
+        "Sockets in TIME_WAIT at the last sample that dumped them (every \
+         --time-wait-interval), by namespace.",
         l.namespaces
             .iter()
+            .filter(|ns| ns.time_wait.samples > 0)
             .map(|ns| ([("netns", ns.name.as_str())], f64::from(ns.time_wait.now))),
     )?;
     gauges(
         e,
         "time_wait_remaining_sockets",
-        "TIME_WAIT sockets at the last sample by remaining timer, in 5-second buckets \
-         (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
+        "TIME_WAIT sockets at the last sample that dumped them by remaining timer, in \
+         5-second buckets (upto_s=\"5\" is 0-5 s; upto_s=\"inf\" more than 60 s), by namespace.",
         l.namespaces.iter().flat_map(|ns| {
             ns.time_wait
                 .remaining_now

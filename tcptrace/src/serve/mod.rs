@@ -57,7 +57,7 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<Exit> {
         );
     }
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
-    live.sample(&args.sample);
+    live.sample(&args.sample)?;
     crate::add_test_hooks(&mut live, &args.summary);
     let opts = SnapshotOptions {
         top_n: args.summary.top,

@@ -12,6 +12,12 @@
 //! the exit summary is printed after that, as `watch` prints it. Without a terminal on
 //! stdout `top` refuses to start (escape codes never go into a pipe) and names `watch` and
 //! `--once`, which prints one snapshot (text or JSON) and needs no terminal.
+//!
+//! A terminal that goes away (a closed SSH session, a killed tmux) ends `top` like SIGHUP
+//! ends `watch`, also after a replay has ended and the live run no longer listens for
+//! signals: the loop keeps its own SIGHUP/SIGTERM/SIGINT streams for that case, and checks
+//! once a second whether stdin has hung up (crossterm's reader then reads end-of-file in a
+//! loop and never reports it, so a dashboard left behind would spin on a CPU forever).
 
 pub mod app;
 #[cfg(test)]
@@ -36,6 +42,7 @@ use crossterm::{
 };
 use futures_util::StreamExt as _;
 use ratatui::{Terminal, backend::CrosstermBackend};
+use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     app::{Action, App},
@@ -104,6 +111,18 @@ fn restore_terminal() {
             }
         }
     }
+}
+
+/// Whether the terminal on stdin has hung up (POLLHUP: its SSH session or tmux went away).
+fn stdin_hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd with a zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLNVAL) != 0
 }
 
 /// The terminal in dashboard mode; dropping it restores the terminal.
@@ -181,7 +200,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
         }
         None => {
             let mut live = LiveRun::start(&filter, args.ring_kib)?;
-            live.sample(&args.sample);
+            live.sample(&args.sample)?;
             let source = format!("live, {}", describe_filter(&filter));
             let clock = live.clock();
             (live, Meta { source, clock })
@@ -234,6 +253,15 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let run = live.run(args.duration);
     tokio::pin!(run);
     let mut input = EventStream::new();
+    // After a replay has ended the run no longer handles signals: these do (see the top).
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup_check = tokio::time::interval(Duration::from_secs(1));
+    // Only a terminal on stdin can hang up (a closed pipe there is not a lost session).
+    let stdin_is_terminal = io::stdin().is_terminal();
+    // Why the dashboard ended, when that was not the run's own doing.
+    let mut ended_by: Option<Stop> = None;
     let mut finished = None;
     let mut snapshots_open = true;
     let mut dirty = true;
@@ -292,6 +320,24 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
                 Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading the terminal")),
                 None => break Ok(()),
             },
+            _ = sighup.recv(), if finished.is_some() => {
+                ended_by = Some(Stop::Hangup);
+                break Ok(());
+            }
+            _ = sigterm.recv(), if finished.is_some() => {
+                ended_by = Some(Stop::Terminate);
+                break Ok(());
+            }
+            _ = sigint.recv(), if finished.is_some() => {
+                ended_by = Some(Stop::Interrupt);
+                break Ok(());
+            }
+            _ = hangup_check.tick(), if stdin_is_terminal => {
+                if stdin_hung_up() {
+                    ended_by = Some(Stop::Hangup);
+                    break Ok(());
+                }
+            }
         }
     };
     // End the run (its summary is the exit summary), then give the terminal back.
@@ -305,7 +351,10 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     drop(terminal);
     drop(guard);
     outcome?;
-    let done = done?;
+    let mut done = done?;
+    if let Some(stop) = ended_by {
+        done.stop = stop;
+    }
     let mut exit = Exit::of(&done);
     summary_out.write(&done, &mut exit);
     crate::say_sink_error(&done, "the dashboard");

@@ -668,10 +668,11 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
     let cells: Vec<Row> = rows
         .iter()
         .map(|x| {
-            let full = x.accept_queue_max > x.backlog || x.overflow_drops > 0;
+            let full = crate::listeners::is_full(x.accept_queue_max, x.backlog)
+                || x.overflow_drops + x.inferred_overflows > 0;
             let row = Row::new(vec![
                 format!("{}:{}", x.address, x.port),
-                x.netns_name.clone(),
+                short_ns(&x.netns_name).to_owned(),
                 match (&x.comm, x.pid) {
                     (Some(c), Some(p)) => format!("{c}/{p}"),
                     _ => "-".to_owned(),
@@ -681,6 +682,7 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
                 format!("{} ({})", x.syn_recv_now, x.syn_recv_max),
                 x.synack_retransmits.to_string(),
                 x.overflow_drops.to_string(),
+                x.inferred_overflows.to_string(),
             ]);
             if full {
                 row.style(Style::new().fg(WARN))
@@ -699,7 +701,8 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
             Some(6),
             Some(12),
             Some(8),
-            Some(8),
+            Some(10),
+            Some(11),
         ],
     );
     let header = Row::new(vec![
@@ -710,11 +713,13 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
         "MAX",
         "SYN_RECV",
         "SYNACK↻",
-        "DROPS",
+        "DROPS(SKB)",
+        "OVFL(INFER)",
     ])
     .style(Style::new().bold());
     let title = format!(
-        " Listeners: {} (accept queue now/limit, max of {} samples) ",
+        " Listeners: {} (accept queue now/limit, max of {} samples; OVFL(INFER): netns \
+         ListenOverflows while the only one full) ",
         rows.len(),
         l.samples
     );
@@ -727,9 +732,14 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
         let c = ns.counters_delta.unwrap_or_default();
         let pressure = c.listen_overflows + c.syncookies_sent + c.req_q_full_drop > 0;
         let text = format!(
-            "{}: ListenOverflows +{}  ListenDrops +{}  cookies sent +{} recv +{} failed +{}  ReqQFull cookies +{} drops +{}",
-            ns.name,
+            "{}: ListenOverflows +{}{}  ListenDrops +{}  cookies sent/recv/failed +{}/+{}/+{}  ReqQFull cookies/drops +{}/+{}",
+            short_ns(&ns.name),
             c.listen_overflows,
+            if ns.unattributed_overflows > 0 {
+                format!(" ({} to no one listener)", ns.unattributed_overflows)
+            } else {
+                String::new()
+            },
             c.listen_drops,
             c.syncookies_sent,
             c.syncookies_recv,
@@ -743,6 +753,10 @@ fn listeners(f: &mut Frame, area: Rect, snap: &Snapshot) {
             Line::from(text)
         });
         let tw = &ns.time_wait;
+        if tw.samples == 0 {
+            lines.push(Line::from("  TIME_WAIT not sampled yet"));
+            continue;
+        }
         lines.push(Line::from(format!(
             "  TIME_WAIT {} (max {}), {:.1}-{:.1} s left; by port: {}",
             tw.now,
@@ -906,6 +920,14 @@ fn help(f: &mut Frame, area: Rect, app: &App) {
     );
 }
 
+/// A namespace's name as the Listeners tab shows it: `/run/netns/NAME` as NAME (the column is
+/// 16 wide and every named namespace shares that prefix); other names as they are.
+fn short_ns(name: &str) -> &str {
+    name.strip_prefix("/run/netns/")
+        .filter(|n| !n.is_empty())
+        .unwrap_or(name)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::Duration};
@@ -1008,8 +1030,12 @@ mod tests {
         let calm = t.find("10.0.0.1:8080").expect("listener 8080 shown");
         assert!(full < calm, "{t}");
         assert!(t.contains("ListenOverflows +24"), "{t}");
-        assert!(t.contains("cookies sent +983"), "{t}");
+        assert!(t.contains("cookies sent/recv/failed +983/"), "{t}");
         assert!(t.contains("TIME_WAIT 3 (max 3)"), "{t}");
+        // The only listener over its limit has the namespace's 24 overflows, inferred.
+        assert!(t.contains("OVFL(INFER)"), "{t}");
+        assert_eq!(short_ns("/run/netns/lab-b"), "lab-b");
+        assert_eq!(short_ns("/proc/1/ns/net"), "/proc/1/ns/net");
         insta::assert_snapshot!("view_listeners_120x24", t);
         // Without samples the view says why it is empty.
         let mut b = app(fixtures::busy());
