@@ -991,3 +991,102 @@ fn lab_socket_cgroup_netns_and_bytes() {
         );
     }
 }
+
+/// `--cgroup`, `--pid`, `--comm` and `--netns` pass exactly the sockets they name, matched in
+/// the kernel by the socket (its cgroup and namespace, read from it) or by its owner (known
+/// on connect and listen, and a listener's children inherit it), so the transitions that run
+/// in softirq context (SYN_RECV -> ESTABLISHED, -> CLOSE_WAIT, LAST_ACK -> CLOSE, ...) pass
+/// with them. The server runs in a cgroup below a parent the `--cgroup` filter names.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn lab_socket_filters_pass_exactly_their_sockets() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 10;
+    let parent = TestCgroup::new("filt");
+    let srv_cg = TestCgroup(parent.0.join("srv.service"));
+    std::fs::create_dir(&srv_cg.0).expect("creating the server's cgroup");
+    let cli_cg = TestCgroup::new("filtcli");
+    let port = p.to_string();
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    server.ok("name tt-lab-srv");
+    client.ok("name tt-lab-cli");
+    let ns_b = format!("/run/netns/{}", lab.b);
+    let runs: Vec<(&str, Tracer)> = vec![
+        ("all", Tracer::start(&["--port", &port])),
+        (
+            "cgroup",
+            Tracer::start(&["--port", &port, "--cgroup", parent.path()]),
+        ),
+        (
+            "pid-server",
+            Tracer::start(&["--port", &port, "--pid", &server.pid.to_string()]),
+        ),
+        (
+            "pid-client",
+            Tracer::start(&["--port", &port, "--pid", &client.pid.to_string()]),
+        ),
+        (
+            "comm-client",
+            Tracer::start(&["--port", &port, "--comm", "tt-lab-cli"]),
+        ),
+        (
+            "netns-server",
+            Tracer::start(&["--port", &port, "--netns", &ns_b]),
+        ),
+    ];
+    srv_cg.add(server.pid);
+    cli_cg.add(client.pid);
+    server.ok(&format!("listen {}", server_addr(p)));
+    for _ in 0..2 {
+        client.ok(&format!("connect {}", server_addr(p)));
+        server.ok("accept");
+        client.ok("send 1000");
+        server.ok("recv 1000");
+        client.ok("sent");
+        client.ok("close");
+        server.ok("hold_close 0");
+    }
+    server.ok("close_listener");
+    drop((client, server));
+    let rows = |t: Tracer| -> Vec<(u16, String)> {
+        t.stop()
+            .lines
+            .iter()
+            .filter(|l| s(&l["laddr"]).starts_with("10.201."))
+            .map(|l| {
+                let lport = l["lport"].as_u64().expect("lport") as u16;
+                let side = if lport == p { "server" } else { "client" };
+                (lport, format!("{side} {}->{}", s(&l["old"]), s(&l["new"])))
+            })
+            .collect()
+    };
+    let mut by_run = std::collections::BTreeMap::new();
+    for (name, t) in runs {
+        by_run.insert(name, rows(t));
+    }
+    let all = &by_run["all"];
+    let server_rows: Vec<&(u16, String)> = all.iter().filter(|(l, _)| *l == p).collect();
+    let client_rows: Vec<&(u16, String)> = all.iter().filter(|(l, _)| *l != p).collect();
+    // Listener 2 + 2 children x 5; 2 clients x 5.
+    assert!(server_rows.len() >= 12, "{server_rows:?}");
+    assert!(client_rows.len() >= 10, "{client_rows:?}");
+    assert!(
+        server_rows
+            .iter()
+            .any(|(_, t)| t.ends_with("SYN_RECV->ESTABLISHED")),
+        "no softirq transition in {server_rows:?}"
+    );
+    for (name, want) in [
+        ("cgroup", &server_rows),
+        ("pid-server", &server_rows),
+        ("pid-client", &client_rows),
+        ("comm-client", &client_rows),
+        ("netns-server", &server_rows),
+    ] {
+        let got: Vec<&(u16, String)> = by_run[name].iter().collect();
+        println!("{name}: {} rows (unfiltered: {})", got.len(), want.len());
+        assert_eq!(&got, want, "--{name} passed other rows than its sockets'");
+    }
+}
