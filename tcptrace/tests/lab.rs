@@ -1090,3 +1090,61 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
         assert_eq!(&got, want, "--{name} passed other rows than its sockets'");
     }
 }
+
+/// Two namespaces listening on the same port are two servers: each server child starts with
+/// its own listener's owner (the kernel's listener map is keyed by namespace and port; keyed
+/// by port alone, the second listener's owner would name both servers' children), and every
+/// row carries its socket's namespace.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn lab_two_namespaces_on_one_port_keep_their_owners_apart() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 11;
+    let tracer = Tracer::start(&["--port", &p.to_string()]);
+    let mut server_a = lab.peer(&lab.a);
+    let mut server_b = lab.peer(&lab.b);
+    let mut client_a = lab.peer(&lab.a);
+    let mut client_b = lab.peer(&lab.b);
+    server_a.ok(&format!("listen {}:{p}", Lab::A_IP));
+    server_b.ok(&format!("listen {}:{p}", Lab::B_IP));
+    for _ in 0..2 {
+        // Each client reaches the other namespace's server.
+        for (client, server, to) in [
+            (&mut client_a, &mut server_b, Lab::B_IP),
+            (&mut client_b, &mut server_a, Lab::A_IP),
+        ] {
+            client.ok(&format!("connect {to}:{p}"));
+            server.ok("accept");
+            client.ok("close");
+            server.ok("hold_close 0");
+        }
+    }
+    server_a.ok("close_listener");
+    server_b.ok("close_listener");
+    let (pid_a, pid_b) = (server_a.pid, server_b.pid);
+    drop((server_a, server_b, client_a, client_b));
+    let rows = tracer.stop();
+    let (ns_a, ns_b) = (netns_inode(&lab.a), netns_inode(&lab.b));
+    let mut seen = [0; 2];
+    for l in rows.lines.iter().filter(|l| l["lport"] == p) {
+        let (want_pid, want_ns, i) = if s(&l["laddr"]) == Lab::A_IP {
+            (pid_a, ns_a, 0)
+        } else {
+            (pid_b, ns_b, 1)
+        };
+        println!(
+            "  {} {:>11} -> {:<11} pid {} netns {}",
+            s(&l["laddr"]),
+            s(&l["old"]),
+            s(&l["new"]),
+            l["pid"],
+            l["netns"]
+        );
+        assert_eq!(l["pid"], want_pid, "wrong owner: {l}");
+        assert_eq!(l["netns"], want_ns, "wrong namespace: {l}");
+        seen[i] += 1;
+    }
+    // Each server: listener 2 + 2 children x 5.
+    assert!(seen[0] >= 12 && seen[1] >= 12, "rows per server: {seen:?}");
+}
