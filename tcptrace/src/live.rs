@@ -657,6 +657,9 @@ impl LiveRun {
                     }
                     read_since_tick = 0;
                     ticks += 1;
+                    if let Source::Kernel(c) = source {
+                        c.guard_priority();
+                    }
                     // Loss is said when it happens, not only in the summary.
                     if ticks.is_multiple_of(LOSS_WARN_TICKS)
                         && let Ok(c) = counters_of(source)

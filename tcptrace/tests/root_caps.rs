@@ -319,3 +319,63 @@ fn files_written_under_sudo_belong_to_the_invoking_user_even_where_root_may_not_
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// (thread id, policy, real-time priority) of each thread of `pid`, from
+/// /proc/PID/task/*/stat (fields 41 and 40).
+fn scheduling(pid: u32) -> Vec<(u32, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        let rest: Vec<&str> = stat[stat.rfind(')').expect("comm end") + 2..]
+            .split(' ')
+            .collect();
+        let num = |field: usize| rest[field - 3].parse::<u32>().expect("number");
+        let tid = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .expect("thread id");
+        out.push((tid, num(41), num(40)));
+    }
+    out
+}
+
+/// From the default policy and nice value, the thread that reads the rings takes SCHED_RR
+/// at priority 1 (the reader starves in the fair class when the load runs in another
+/// scheduler group) and the threads started after it stay SCHED_OTHER; a nice value chosen
+/// on purpose keeps the whole tracer in the normal class.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_reader_is_real_time_only_when_the_caller_left_the_defaults() {
+    require_root();
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_RR: u32 = 2;
+    let tracer = Tracer::start(&["--port", "9"]);
+    let pid = tracer.pid();
+    let threads = scheduling(pid);
+    println!("default: {threads:?}");
+    assert!(
+        threads.len() > 1,
+        "no thread besides the reader: {threads:?}"
+    );
+    for (tid, policy, priority) in &threads {
+        if *tid == pid {
+            assert_eq!((*policy, *priority), (SCHED_RR, 1), "{threads:?}");
+        } else {
+            assert_eq!(*policy, SCHED_OTHER, "{threads:?}");
+        }
+    }
+    tracer.stop();
+
+    let mut nice = Command::new("nice");
+    nice.args(["-n", "3", BIN]);
+    let tracer = Tracer::start_command(nice, &["--port", "9"]);
+    let threads = scheduling(tracer.pid());
+    println!("nice -n 3: {threads:?}");
+    assert!(
+        threads.iter().all(|(_, policy, _)| *policy == SCHED_OTHER),
+        "{threads:?}"
+    );
+    tracer.stop();
+}
