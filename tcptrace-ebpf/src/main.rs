@@ -21,7 +21,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, generated,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::TracePointContext,
 };
 use core::mem::{MaybeUninit, offset_of};
@@ -29,9 +29,10 @@ use core::mem::{MaybeUninit, offset_of};
 use tcptrace_common::{
     AF_INET, AF_INET6, EVENT_V1_SIZE, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY,
     FILTER_LPORT, FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT,
-    FLAG_OWNER_LISTENER, ListenKey, Listener, MAX_FILTER_PORTS, OFFS_CGROUP, OFFS_CLOSE,
-    OFFS_NETNS, Owner, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES, RINGS, SockOffsets,
-    XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter, tp,
+    FLAG_OWNER_LISTENER, ListenKey, Listener, OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, Owner,
+    PORT_PLANE_EITHER, PORT_PLANE_LOCAL, PORT_PLANE_REMOTE, PORT_PLANES, PORT_WORDS, RING_BYTES,
+    RINGS, SockOffsets, XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter,
+    port_slot, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -49,6 +50,16 @@ const TCP_LISTEN: u32 = 10;
 /// `FILTER_*` bits, set by userspace at load time.
 #[unsafe(no_mangle)]
 static FILTER_FLAGS: u32 = 0;
+
+/// A record whose per-CPU sequence number has none of these bits set wakes the reader
+/// (`BPF_RB_FORCE_WAKEUP`); every other record is submitted without a wake-up. Set by
+/// userspace from the ring size (an eighth of what a ring holds, a power of two, less one),
+/// and the reader also drains the rings on a timer, so records never wait for a wake-up
+/// longer than its period. The kernel's default (wake the reader whenever it has caught up)
+/// costs a self-interrupt (irq_work) on the CPU being traced once per drain per ring: in a
+/// VM an APIC write that traps, several microseconds each.
+#[unsafe(no_mangle)]
+static WAKE_MASK: u64 = 1023;
 
 /// Byte offset of `struct tcp_sock::srtt_us`, found by userspace in the kernel's BTF; 0 when
 /// unknown (then no RTT is read).
@@ -141,9 +152,10 @@ fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// Port -> `PORT_*` bits; read only when a port filter is active.
+/// The port sets as a bitmap, one plane per set ([`port_slot`]); read only when a port
+/// filter is active.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_FILTER_PORTS, 0);
+static PORTS: Array<u64> = Array::with_max_entries(PORT_PLANES * PORT_WORDS, 0);
 
 /// (network namespace, family << 16 | local port) -> the process that put a socket in LISTEN
 /// on that port and the listener's cgroup, so a child socket (created in softirq context at
@@ -163,9 +175,9 @@ fn count(index: u32) {
 }
 
 #[inline(always)]
-fn port_in(port: u16, bit: u8) -> bool {
-    // SAFETY: the value is a plain u8 copied out immediately.
-    unsafe { PORTS.get(&port) }.is_some_and(|v| *v & bit != 0)
+fn port_in(port: u16, plane: u32) -> bool {
+    let (index, bit) = port_slot(plane, port);
+    PORTS.get(index).is_some_and(|w| *w & bit != 0)
 }
 
 /// True when the event passes the load-time filter.
@@ -182,13 +194,16 @@ fn pass(family: u16, sport: u16, dport: u16) -> bool {
     if flags & FILTER_IPV6_ONLY != 0 && family != AF_INET6 {
         return false;
     }
-    if flags & FILTER_LPORT != 0 && !port_in(sport, PORT_LOCAL) {
+    if flags & FILTER_LPORT != 0 && !port_in(sport, PORT_PLANE_LOCAL) {
         return false;
     }
-    if flags & FILTER_RPORT != 0 && !port_in(dport, PORT_REMOTE) {
+    if flags & FILTER_RPORT != 0 && !port_in(dport, PORT_PLANE_REMOTE) {
         return false;
     }
-    if flags & FILTER_PORT != 0 && !port_in(sport, PORT_EITHER) && !port_in(dport, PORT_EITHER) {
+    if flags & FILTER_PORT != 0
+        && !port_in(sport, PORT_PLANE_EITHER)
+        && !port_in(dport, PORT_PLANE_EITHER)
+    {
         return false;
     }
     true
@@ -648,16 +663,35 @@ fn emit(r: &Record, owner: OwnerWords) {
         let base = entry.as_mut_ptr().cast::<u8>();
         emit_head(base, r, owner);
         emit_tail(base, r);
-        entry.submit(0);
+        entry.submit(submit_flags());
     } else {
         let Some(mut entry) = reserve::<ShortEvent>() else {
             count(counter::LOST);
             return;
         };
         emit_head(entry.as_mut_ptr().cast::<u8>(), r, owner);
-        entry.submit(0);
+        entry.submit(submit_flags());
     }
-    count(counter::SUBMITTED);
+}
+
+/// Counts a submitted record and picks its wake-up flag (see [`WAKE_MASK`]).
+#[inline(always)]
+fn submit_flags() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    let Some(c) = COUNTERS.get_ptr_mut(counter::SUBMITTED) else {
+        return 0;
+    };
+    // SAFETY: as in `count`; a plain read of a global the loader may have rewritten.
+    let (n, mask) = unsafe {
+        *c += 1;
+        (*c, core::ptr::read_volatile(&WAKE_MASK))
+    };
+    if n & mask == 0 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 /// Writes an [`Event`]'s first [`EVENT_V1_SIZE`] bytes at `base` (a reserved ring record at

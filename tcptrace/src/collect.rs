@@ -9,12 +9,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use tcptrace_common::{
-    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_EITHER, PORT_LOCAL, PORT_REMOTE, RING_BYTES,
-    RING_NAMES, RINGS, counter,
+    FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_PLANE_EITHER, PORT_PLANE_LOCAL,
+    PORT_PLANE_REMOTE, RING_BYTES, RING_NAMES, RINGS, counter,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -321,6 +321,8 @@ pub struct Collector {
     /// Records of one batch from every ring, merged into time order before they are handed
     /// on (see [`Merge`]).
     merge: Merge,
+    /// The wait before the next drain when no wake-up comes ([`POLL_BUSY`] to [`POLL_IDLE`]).
+    poll: std::time::Duration,
     /// The other merge buffer: records drained from the rings while `merge`'s are handed
     /// on go here (see [`Collector::read_batch`]).
     spare: Merge,
@@ -346,7 +348,7 @@ pub struct Collector {
 ///
 /// Each CPU writes its own ring, so one batch holds one nearly sorted run per ring. The
 /// reorder stage downstream only holds a short window (`reorder::WINDOW_NS`), shorter than a
-/// batch ([`BATCH_DELAY`]), so the runs are merged here by timestamp: a stable sort, which
+/// batch ([`POLL_BUSY`]), so the runs are merged here by timestamp: a stable sort, which
 /// on a few sorted runs is a merge. Records that arrive after a batch was read were
 /// committed after their ring was drained, so they are at most a drain's duration older than
 /// what was handed on: well inside the reorder window.
@@ -423,13 +425,26 @@ fn rings_in_use() -> usize {
     cpus.clamp(1, RINGS as usize)
 }
 
-/// After the ring buffer turns readable, wait this long before draining it, so that one
-/// wake-up handles a large batch. Without it the kernel wakes the reader for almost every
-/// record under load (about 13,000 wake-ups/s at 135,000 transitions/s, and the epoll and
-/// scheduler work cost more CPU than handling the records); with it, at most about 200/s.
-/// A 4 MiB ring holds 30,840 records, some 200 ms at that rate, so this cannot lose events;
-/// it only delays the live stream by a few ms.
-const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often the rings are drained while records keep coming. The program wakes the reader
+/// only once every [`wake_mask`]` + 1` records per CPU (a wake-up is a self-interrupt on the
+/// traced CPU, several microseconds in a VM), so the reader drains on this timer instead:
+/// one drain handles a batch of records (about 1,500 at 150,000 transitions/s), the live
+/// stream is at most this late, and a 4 MiB ring (30,840 records of the largest kind) cannot fill in between at
+/// any rate the timer misses, since a forced wake-up comes at an eighth of it.
+const POLL_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest wait between drains: after drains that found nothing the period doubles up
+/// to this, so an idle tool wakes about 10 times a second; the first record after a quiet
+/// spell is at most this late.
+const POLL_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The program's `WAKE_MASK` for rings of `ring_bytes`: the reader is woken once every
+/// power-of-two number of records per CPU no larger than an eighth of what a ring holds
+/// (records take at most [`tcptrace_common::EVENT_SIZE`] bytes plus an 8-byte header).
+pub fn wake_mask(ring_bytes: u32) -> u64 {
+    let records = u64::from(ring_bytes) / (tcptrace_common::EVENT_SIZE as u64 + 8);
+    let every = (records / 8).max(1);
+    (1u64 << every.ilog2()) - 1
+}
 
 /// Records handed on between two refills of the queue from the rings while a batch is
 /// handed on. At about 1 µs per record in the pipeline this empties the rings every few ms
@@ -495,6 +510,23 @@ fn hand_on(
             return total;
         }
     }
+}
+
+/// The non-zero words of the kernel's `PORTS` bitmap for `filter`'s port sets (see
+/// [`tcptrace_common::port_slot`]).
+fn port_words(filter: &Filter) -> std::collections::BTreeMap<u32, u64> {
+    let mut words = std::collections::BTreeMap::new();
+    for (plane, ports) in [
+        (PORT_PLANE_LOCAL, &filter.lports),
+        (PORT_PLANE_REMOTE, &filter.rports),
+        (PORT_PLANE_EITHER, &filter.ports),
+    ] {
+        for &port in ports {
+            let (index, bit) = tcptrace_common::port_slot(plane, port);
+            *words.entry(index).or_insert(0) |= bit;
+        }
+    }
+    words
 }
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
@@ -642,6 +674,8 @@ impl Collector {
             let bytes = if i < in_use { ring_bytes } else { 4096 };
             loader.map_max_entries(name, bytes);
         }
+        let mask = wake_mask(ring_bytes);
+        loader.override_global("WAKE_MASK", &mask, true);
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
         // off in the program); never guessed.
@@ -686,22 +720,12 @@ impl Collector {
             .context("loading the eBPF object failed")?;
 
         if filter.any_ports() {
-            let mut ports: BpfHashMap<_, u16, u8> =
-                BpfHashMap::try_from(ebpf.map_mut("PORTS").context("the PORTS map is missing")?)?;
-            let mut bits: std::collections::BTreeMap<u16, u8> = Default::default();
-            for p in &filter.lports {
-                *bits.entry(*p).or_default() |= PORT_LOCAL;
-            }
-            for p in &filter.rports {
-                *bits.entry(*p).or_default() |= PORT_REMOTE;
-            }
-            for p in &filter.ports {
-                *bits.entry(*p).or_default() |= PORT_EITHER;
-            }
-            for (port, b) in bits {
+            let mut ports: Array<_, u64> =
+                Array::try_from(ebpf.map_mut("PORTS").context("the PORTS map is missing")?)?;
+            for (index, word) in port_words(filter) {
                 ports
-                    .insert(port, b, 0)
-                    .with_context(|| format!("writing port {port} to the filter map"))?;
+                    .set(index, word, 0)
+                    .with_context(|| format!("writing word {index} of the port filter map"))?;
             }
         }
         debug_assert!(
@@ -751,6 +775,7 @@ impl Collector {
             attached,
             rings,
             merge: Merge::default(),
+            poll: POLL_BUSY,
             spare: Merge::default(),
             counters,
             skipped,
@@ -760,9 +785,14 @@ impl Collector {
         })
     }
 
-    /// Waits until a ring buffer has data (unless records from an earlier call are still
-    /// queued), lets a batch gather ([`BATCH_DELAY`]), then hands every available record of
-    /// every ring to `f`, in time order. Returns the number of records handed on.
+    /// Waits for a wake-up from the program or for the drain timer (unless records from an
+    /// earlier call are still queued), then hands every available record of every ring to
+    /// `f`, in time order. Returns the number of records handed on (0 when the timer found
+    /// the rings empty).
+    ///
+    /// The program wakes the reader only once per [`wake_mask`]` + 1` records per CPU, so
+    /// under load the drains follow the timer ([`POLL_BUSY`]); drains that find nothing
+    /// stretch it to [`POLL_IDLE`].
     ///
     /// While it hands records on it keeps emptying the rings (every
     /// [`REFILL_EVERY`] records, see [`hand_on`]) into a second buffer, handed on next, so a burst the
@@ -771,30 +801,37 @@ impl Collector {
     /// ticks and signals still get their turn.
     pub async fn read_batch(&mut self, f: impl FnMut(&[u8])) -> Result<usize> {
         if self.merge.is_empty() {
-            std::future::poll_fn(|cx| {
+            let woken = std::future::poll_fn(|cx| {
                 for ring in &self.rings {
                     if let std::task::Poll::Ready(ready) = ring.poll_read_ready(cx) {
                         return std::task::Poll::Ready(ready.map(drop));
                     }
                 }
                 std::task::Poll::Pending
-            })
-            .await
-            .context("waiting on the ring buffers")?;
-            tokio::time::sleep(BATCH_DELAY).await;
+            });
+            tokio::select! {
+                woken = woken => woken.context("waiting on the ring buffers")?,
+                () = tokio::time::sleep(self.poll) => {}
+            }
         }
         self.clear_readiness();
         let rings = &mut self.rings;
-        Ok(hand_on(
+        let n = hand_on(
             &mut self.merge,
             &mut self.spare,
             |queue| drain_rings(rings, queue, QUEUE_CAP),
             f,
-        ))
+        );
+        self.poll = if n == 0 {
+            (self.poll * 2).min(POLL_IDLE)
+        } else {
+            POLL_BUSY
+        };
+        Ok(n)
     }
 
-    /// Clears the rings' readiness before they are drained: a record committed after the
-    /// drain wakes the reader again (the kernel wakes it when it has caught up).
+    /// Clears the rings' readiness before they are drained: a forced wake-up for a record
+    /// committed after the drain wakes the reader again.
     fn clear_readiness(&mut self) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for ring in &mut self.rings {
@@ -1072,6 +1109,39 @@ format:
             );
             assert_eq!(seen.len(), all.len(), "rings {rings} cap {cap}");
             assert_eq!(seen, all, "rings {rings} per refill {per_refill} cap {cap}");
+        }
+    }
+
+    #[test]
+    fn port_bitmap_holds_exactly_each_sets_ports() {
+        let filter = Filter {
+            lports: vec![1, 63, 64, 8080],
+            rports: vec![443, 65535],
+            ports: (7001..=7004).chain([22]).collect(),
+            ..Filter::default()
+        };
+        let words = port_words(&filter);
+        let lookup = |plane: u32, port: u16| {
+            let (index, bit) = tcptrace_common::port_slot(plane, port);
+            assert!(index < tcptrace_common::PORT_PLANES * tcptrace_common::PORT_WORDS);
+            words.get(&index).is_some_and(|w| w & bit != 0)
+        };
+        for port in 1..=u16::MAX {
+            assert_eq!(
+                lookup(PORT_PLANE_LOCAL, port),
+                filter.lports.contains(&port),
+                "{port}"
+            );
+            assert_eq!(
+                lookup(PORT_PLANE_REMOTE, port),
+                filter.rports.contains(&port),
+                "{port}"
+            );
+            assert_eq!(
+                lookup(PORT_PLANE_EITHER, port),
+                filter.ports.contains(&port),
+                "{port}"
+            );
         }
     }
 
