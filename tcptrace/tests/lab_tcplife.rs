@@ -23,7 +23,12 @@
 //!   (system calls: connect, close) and otherwise names whatever task is current at CLOSE.
 //!   Where that CLOSE runs in softirq (a server child closed by the client's FIN or RST) it
 //!   names the interrupted task (here the client, whose send delivered the packet over the
-//!   veth, or ksoftirqd), not the socket's owner; tcptrace names the owner.
+//!   veth, or ksoftirqd; any task at all when the client's retransmit timer sent it), not
+//!   the socket's owner; tcptrace names the owner.
+//!
+//! The connections close every way a socket can end with both sides alive: either side
+//! first, a half close with data after the FIN, a simultaneous close (CLOSING), a reset
+//! either way, and a refused connect.
 //!
 //! `#[ignore]`d because it needs root; `cargo xtask test` runs it.
 
@@ -213,6 +218,13 @@ enum End {
     ClientRst,
     /// The server aborts; the client reads the reset and closes.
     ServerRst,
+    /// The client shuts down its side first and the server sends its payload after reading
+    /// the client's FIN (data arriving in FIN_WAIT2), then closes.
+    HalfClose,
+    /// Both shut down at once: the client's first FIN is dropped, so the server's FIN reaches
+    /// it in FIN_WAIT1 (CLOSING); the client's retransmitted FIN closes the server child from
+    /// the client's retransmit timer.
+    Simultaneous,
 }
 
 impl End {
@@ -223,7 +235,9 @@ impl End {
     /// Both FINs are acked and received in a clean close; a reset carries neither.
     fn extra(self) -> (u64, u64, u64, u64) {
         match self {
-            Self::ClientFin | Self::ServerFin => (2, 1, 1, 1),
+            Self::ClientFin | Self::ServerFin | Self::HalfClose | Self::Simultaneous => {
+                (2, 1, 1, 1)
+            }
             Self::ClientRst | Self::ServerRst => (1, 0, 0, 0),
         }
     }
@@ -300,6 +314,8 @@ fn lab_matches_libbpf_tools_tcplife() {
         (End::ClientRst, 100_000, 10_000, 300, false),
         (End::ServerRst, 10_000, 100_000, 400, false),
         (End::ClientFin, 1000, 1000, 100, false),
+        (End::HalfClose, 50_000, 500_000, 0, false),
+        (End::Simultaneous, 5000, 5000, 0, false),
     ]
     .into_iter()
     .enumerate()
@@ -336,6 +352,10 @@ fn lab_matches_libbpf_tools_tcplife() {
         client.ok(&format!("send {}", case.up));
         server.ok(&format!("recv {}", case.up));
         client.ok("sent");
+        if case.end == End::HalfClose {
+            client.ok("shutdown_wr");
+            server.ok("wait_eof");
+        }
         server.ok(&format!("send {}", case.down));
         client.ok(&format!("recv {}", case.down));
         server.ok("sent");
@@ -347,9 +367,28 @@ fn lab_matches_libbpf_tools_tcplife() {
                 client.ok("close");
                 server.ok("hold_close 0");
             }
-            End::ServerFin => {
+            End::ServerFin | End::HalfClose => {
                 server.ok("close");
                 client.ok("hold_close 0");
+            }
+            End::Simultaneous => {
+                lab.iptables(
+                    &lab.b,
+                    &format!(
+                        "-A INPUT -p tcp --dport {p} --tcp-flags FIN FIN -m statistic --mode \
+                         nth --every 1000 --packet 0 -j DROP"
+                    ),
+                );
+                client.ok("shutdown_wr");
+                server.ok("sleep 20");
+                server.ok("shutdown_wr");
+                client.ok("wait_eof");
+                // The client retransmits its FIN after an RTO (>= 200 ms).
+                server.ok("wait_eof");
+                lab.flush(&lab.b);
+                client.ok("sleep 50");
+                client.ok("close");
+                server.ok("close");
             }
             End::ClientRst | End::ServerRst => {
                 let (first, second) = if case.end == End::ClientRst {
@@ -438,7 +477,7 @@ fn lab_matches_libbpf_tools_tcplife() {
     );
 
     let (mut worst_ms, mut skew_ms): (f64, f64) = (0.0, 0.0);
-    let (mut softirq_closes, mut tcplife_named_peer) = (0, 0);
+    let (mut softirq_closes, mut tcplife_named_peer, mut timer_closes) = (0, 0, 0);
     let (mut byte_differences, mut payload_errors) = (Vec::new(), Vec::new());
     for (key, t) in &mine {
         let l = &theirs[key];
@@ -454,6 +493,16 @@ fn lab_matches_libbpf_tools_tcplife() {
             (Some(c), true) => format!("server {:?}", c.end),
             (None, _) => "client refused".to_owned(),
         };
+
+        if let Some(c) = case.filter(|c| c.end == End::Simultaneous && !is_server) {
+            let path = life.transitions();
+            assert!(
+                path.iter().any(|s| s == "FIN_WAIT1->CLOSING")
+                    && path.last().is_some_and(|s| s == "CLOSING->CLOSE"),
+                "{who}: no simultaneous close ({:?}): {path:?}",
+                c.end
+            );
+        }
 
         // 2. Bytes: payload exactly, and tcplife's raw counters by the stated relation.
         let (sent, recv) = (
@@ -569,7 +618,11 @@ fn lab_matches_libbpf_tools_tcplife() {
         // ksoftirqd when the kernel deferred the softirq.
         let close_in_softirq =
             remembered.is_none() && case.is_some_and(|c| c.end != End::ServerRst);
-        if close_in_softirq {
+        if close_in_softirq && case.is_some_and(|c| c.end == End::Simultaneous) {
+            // The client's retransmit timer sent the FIN that closed it: the task that timer
+            // interrupted, any task at all.
+            timer_closes += 1;
+        } else if close_in_softirq {
             softirq_closes += 1;
             assert!(
                 l.pid == u64::from(cpid) || l.comm.starts_with("ksoftirqd/"),
@@ -595,12 +648,14 @@ fn lab_matches_libbpf_tools_tcplife() {
     println!(
         "tcplife differential: {} connections, bytes equal, lifetimes within {worst_ms:.3} \
          ms (tolerance {LIFETIME_TOLERANCE_MS} ms; two tcptrace instances differ by up to \
-         {skew_ms:.3} ms on the same events), process equal but for {softirq_closes} closes in softirq, where tcplife named the \
-         client {tcplife_named_peer} times (ksoftirqd otherwise)",
+         {skew_ms:.3} ms on the same events), process equal but for {softirq_closes} closes \
+         in softirq, where tcplife named the client {tcplife_named_peer} times (ksoftirqd \
+         otherwise), and {timer_closes} close from a timer (not compared)",
         mine.len()
     );
     assert_eq!(
-        softirq_closes, 2,
-        "server children closed by the client's FIN and RST"
+        (softirq_closes, timer_closes),
+        (2, 1),
+        "server children closed by the client's FIN and RST, and by its retransmitted FIN"
     );
 }
