@@ -244,6 +244,52 @@ pub const OFFS_CGROUP: u32 = 1 << 1;
 /// `SockOffsets::groups`: the close statistics are readable (bytes, retransmits, srtt).
 pub const OFFS_CLOSE: u32 = 1 << 2;
 
+/// Most network namespaces one `--netns` filter may name.
+pub const MAX_FILTER_NETNS: usize = 8;
+
+/// The socket filter (`--netns`, `--cgroup`, `--pid`, `--comm`), fixed at load time and read
+/// by the program from the `SOCK_FILTER` global. It matches a socket, not an event: the
+/// program decides on a socket's first event it can judge (its owner is known there, or its
+/// namespace and cgroup are read from it), remembers the verdict per socket, and applies it to
+/// the socket's later events, softirq ones included. Every active criterion must match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockFilter {
+    /// `SF_*` bits: the active criteria (0: no socket filter, nothing is looked up).
+    pub flags: u32,
+    /// Namespaces in `netns` (the first `netns_count` entries).
+    pub netns_count: u32,
+    /// Network namespace inodes a socket may belong to.
+    pub netns: [u32; MAX_FILTER_NETNS],
+    /// The owner's process id (thread group id).
+    pub tgid: u32,
+    /// Depth of the `--cgroup` directory below the cgroup2 root (the root is 0).
+    pub cgroup_level: u32,
+    /// The `--cgroup` directory's cgroup id (its inode).
+    pub cgroup_id: u64,
+    /// The owner's task name, NUL-padded as the kernel keeps it.
+    pub comm: [u8; 16],
+    /// Offset of `cgroup.level` (int).
+    pub cgrp_level: u32,
+    /// Offset of `cgroup.ancestors` (`struct cgroup *[]`, Linux 6.1+) or of
+    /// `cgroup.ancestor_ids` (`u64[]`, before), per `ancestors_are_ids`.
+    pub cgrp_ancestors: u32,
+    /// 1 when `cgrp_ancestors` is `ancestor_ids`.
+    pub ancestors_are_ids: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockFilter>() == 88);
+
+/// `SockFilter::flags`: the socket's network namespace is one of `netns`.
+pub const SF_NETNS: u32 = 1 << 0;
+/// `SockFilter::flags`: the socket's cgroup is `cgroup_id` or below it.
+pub const SF_CGROUP: u32 = 1 << 1;
+/// `SockFilter::flags`: the socket's owner is process `tgid`.
+pub const SF_PID: u32 = 1 << 2;
+/// `SockFilter::flags`: the socket's owner's task name is `comm`.
+pub const SF_COMM: u32 = 1 << 3;
+
 /// Key of the kernel's listener map: a listening port in one network namespace, so two
 /// namespaces listening on the same port keep their owners apart.
 #[repr(C)]
@@ -509,4 +555,6 @@ mod user {
     unsafe impl aya::Pod for super::Listener {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockFilter {}
 }

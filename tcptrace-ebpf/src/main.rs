@@ -29,10 +29,10 @@ use core::mem::{MaybeUninit, offset_of};
 use tcptrace_common::{
     AF_INET, AF_INET6, EVENT_V1_SIZE, Event, EventKind, FILTER_IPV4_ONLY, FILTER_IPV6_ONLY,
     FILTER_LPORT, FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT,
-    FLAG_OWNER_LISTENER, ListenKey, Listener, OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, Owner,
-    PORT_PLANE_EITHER, PORT_PLANE_LOCAL, PORT_PLANE_REMOTE, PORT_PLANES, PORT_WORDS, RING_BYTES,
-    RINGS, SockOffsets, XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter,
-    port_slot, tp,
+    FLAG_OWNER_LISTENER, ListenKey, Listener, MAX_FILTER_NETNS, OFFS_CGROUP, OFFS_CLOSE,
+    OFFS_NETNS, Owner, PORT_PLANE_EITHER, PORT_PLANE_LOCAL, PORT_PLANE_REMOTE, PORT_PLANES,
+    PORT_WORDS, RING_BYTES, RINGS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID, SockFilter, SockOffsets,
+    XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter, port_slot, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -80,6 +80,23 @@ static OFFSETS: SockOffsets = SockOffsets {
     bytes_received: 0,
     total_retrans: 0,
     srtt_us: 0,
+};
+
+/// The socket filter (`--netns`, `--cgroup`, `--pid`, `--comm`), set by userspace at load
+/// time; `flags` 0 (the default) turns it off, and then nothing below is looked up.
+#[unsafe(no_mangle)]
+static SOCK_FILTER: SockFilter = SockFilter {
+    flags: 0,
+    netns_count: 0,
+    netns: [0; MAX_FILTER_NETNS],
+    tgid: 0,
+    cgroup_level: 0,
+    cgroup_id: 0,
+    comm: [0; 16],
+    cgrp_level: 0,
+    cgrp_ancestors: 0,
+    ancestors_are_ids: 0,
+    _pad: 0,
 };
 
 /// The running kernel's number for `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`, found by userspace
@@ -164,6 +181,15 @@ static PORTS: Array<u64> = Array::with_max_entries(PORT_PLANES * PORT_WORDS, 0);
 /// two servers.
 #[map]
 static LISTENERS: LruHashMap<ListenKey, Listener> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket address -> the socket filter's verdict on it ([`PASS`] or [`DROP`]), while a socket
+/// filter is set: decided once per socket, on the first event that can judge it, and
+/// forgotten at its close. A socket that appears only in softirq context before anything
+/// named its owner cannot be judged by `--pid` or `--comm`, and is dropped until it can.
+#[map]
+static SOCK_VERDICT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536, 0);
+const PASS: u32 = 1;
+const DROP: u32 = 2;
 
 #[inline(always)]
 fn count(index: u32) {
@@ -368,6 +394,139 @@ fn ident_of(o: &SockOffsets, sk: u64, netns: Option<u32>) -> Ident {
     id
 }
 
+/// A field of [`SOCK_FILTER`].
+macro_rules! sock_filter {
+    ($field:ident) => {
+        // SAFETY: a plain read of a global the loader may have rewritten before load.
+        unsafe { core::ptr::read_volatile(&raw const SOCK_FILTER.$field) }
+    };
+}
+
+/// Whether the socket filter passes an event of socket `sk`: the socket's remembered verdict,
+/// or a new one when `judge` can decide (remembered unless the socket is closing). The
+/// verdict is forgotten at the socket's close, since the kernel may reuse its address.
+#[inline(always)]
+fn sock_passes(
+    sf: u32,
+    o: &SockOffsets,
+    sk: u64,
+    closing: bool,
+    owner: Option<&OwnerWords>,
+    ident: &Ident,
+) -> bool {
+    let verdict = if let Some(v) = SOCK_VERDICT.get_ptr(&sk) {
+        // SAFETY: a live map value, a plain u32.
+        unsafe { *v }
+    } else {
+        let verdict = match judge(sf, o, sk, owner, ident) {
+            Some(true) => PASS,
+            Some(false) => DROP,
+            None => return false,
+        };
+        if !closing {
+            let _ = SOCK_VERDICT.insert(&sk, &verdict, 0);
+        }
+        verdict
+    };
+    if closing {
+        let _ = SOCK_VERDICT.remove(&sk);
+    }
+    verdict == PASS
+}
+
+/// Judges a socket by every active criterion: `None` when `--pid` or `--comm` is set and the
+/// socket's owner is not known on this event (softirq context, nothing seen before it).
+#[inline(always)]
+fn judge(
+    sf: u32,
+    o: &SockOffsets,
+    sk: u64,
+    owner: Option<&OwnerWords>,
+    ident: &Ident,
+) -> Option<bool> {
+    if sf & (SF_PID | SF_COMM) != 0 {
+        let owner = owner?;
+        if sf & SF_PID != 0 && owner.0[0] as u32 != sock_filter!(tgid) {
+            return Some(false);
+        }
+        if sf & SF_COMM != 0 {
+            // A close or shutdown carries the owner's pid but not its name: ask for it.
+            let words = if owner.0[1] == 0 && owner.0[2] == 0 {
+                StackOwner::current().words()
+            } else {
+                *owner
+            };
+            // SAFETY: `comm` is 16 bytes at an 8-aligned offset of the 8-aligned global.
+            let want = unsafe {
+                let c = (&raw const SOCK_FILTER.comm).cast::<u64>();
+                [
+                    core::ptr::read_volatile(c),
+                    core::ptr::read_volatile(c.add(1)),
+                ]
+            };
+            if words.0[1] != want[0] || words.0[2] != want[1] {
+                return Some(false);
+            }
+        }
+    }
+    if sf & SF_NETNS != 0 {
+        let netns = if ident.xflags & XFLAG_NETNS != 0 {
+            Some(ident.netns)
+        } else {
+            netns_of(o, sk)
+        };
+        let Some(netns) = netns else {
+            return Some(false);
+        };
+        let count = sock_filter!(netns_count);
+        let mut hit = false;
+        for i in 0..MAX_FILTER_NETNS {
+            // SAFETY: as in `sock_filter!`, an element of the global's array.
+            let n = unsafe { core::ptr::read_volatile(&raw const SOCK_FILTER.netns[i]) };
+            hit |= (i as u32) < count && n == netns;
+        }
+        if !hit {
+            return Some(false);
+        }
+    }
+    if sf & SF_CGROUP != 0 && !cgroup_under(o, sk) {
+        return Some(false);
+    }
+    Some(true)
+}
+
+/// Whether the socket's cgroup is the filter's cgroup or below it: the ancestor at the
+/// filter's depth (`cgroup.ancestors[level]`, the cgroup itself at its own depth) has the
+/// filter's id.
+#[inline(always)]
+fn cgroup_under(o: &SockOffsets, sk: u64) -> bool {
+    if o.groups & OFFS_CGROUP == 0 {
+        return false;
+    }
+    let Some(cg) = kget::<u64>(sk + u64::from(o.sk_cgrp)) else {
+        return false;
+    };
+    if cg & 1 != 0 {
+        return false;
+    }
+    let depth = sock_filter!(cgroup_level);
+    let Some(level) = kget::<i32>(cg + u64::from(sock_filter!(cgrp_level))) else {
+        return false;
+    };
+    if level < 0 || (level as u32) < depth {
+        return false;
+    }
+    let slot = cg + u64::from(sock_filter!(cgrp_ancestors)) + 8 * u64::from(depth);
+    let id = if sock_filter!(ancestors_are_ids) != 0 {
+        kget::<u64>(slot)
+    } else {
+        kget::<u64>(slot)
+            .and_then(|a| kget::<u64>(a + u64::from(o.cgrp_kn)))
+            .and_then(|kn| kget::<u64>(kn + u64::from(o.kn_id)))
+    };
+    id == Some(sock_filter!(cgroup_id))
+}
+
 /// What the socket knew at its close: bytes acked and received, segments retransmitted, the
 /// last smoothed RTT. All four or none.
 #[derive(Clone, Copy)]
@@ -501,6 +660,21 @@ fn try_set_state(ctx: &TracePointContext) {
 
     let o = offsets();
     let (owner, mut flags, ident) = owner_for(&o, skaddr, old, new, family, sport);
+    let sf = sock_filter!(flags);
+    if sf != 0 {
+        let known = flags & (FLAG_OWNER_CURRENT | FLAG_OWNER_LISTENER) != 0;
+        if !sock_passes(
+            sf,
+            &o,
+            skaddr,
+            new == TCP_CLOSE,
+            known.then_some(&owner),
+            &ident,
+        ) {
+            count(counter::FILTERED);
+            return;
+        }
+    }
     let close = if new == TCP_CLOSE && old != TCP_LISTEN {
         close_stats(&o, skaddr)
     } else {
@@ -867,7 +1041,8 @@ fn tcp_event(ctx: &TracePointContext, kind: EventKind, skaddr: u64, state: u32, 
 }
 
 /// Emits a non-transition event. These tracepoints run in softirq or timer context, where the
-/// current task means nothing, so the owner is left to userspace's per-socket cache.
+/// current task means nothing, so the owner is left to userspace's per-socket cache (and the
+/// socket filter goes by the socket's remembered verdict, or by what can be read from it).
 #[inline(always)]
 fn emit_without_owner(
     ts_ns: u64,
@@ -877,6 +1052,11 @@ fn emit_without_owner(
     kind: EventKind,
     state: u32,
 ) {
+    let sf = sock_filter!(flags);
+    if sf != 0 && !sock_passes(sf, &offsets(), skaddr, false, None, &NO_IDENT) {
+        count(counter::FILTERED);
+        return;
+    }
     emit(
         &Record {
             ts_ns,

@@ -373,6 +373,29 @@ pub fn identity_offsets(btf: &Btf<'_>) -> (tcptrace_common::SockOffsets, Vec<Str
     (o, missing)
 }
 
+/// Where a cgroup keeps its depth and its ancestors, for `--cgroup` in the kernel:
+/// (`cgroup.level`, `cgroup.ancestors` or `cgroup.ancestor_ids`, whether it is the ids).
+/// Linux 6.1 replaced the `u64 ancestor_ids[]` array with `struct cgroup *ancestors[]`.
+pub fn cgroup_ancestry_offsets(btf: &Btf<'_>) -> Result<(u32, u32, bool), BtfError> {
+    let level = btf.member_offset("cgroup", "level", 4)?;
+    match btf.member_offset_any("cgroup", "ancestors") {
+        Ok(off) => Ok((level, off, false)),
+        Err(_) => Ok((
+            level,
+            btf.member_offset_any("cgroup", "ancestor_ids")?,
+            true,
+        )),
+    }
+}
+
+/// [`cgroup_ancestry_offsets`] of the running kernel ([`VMLINUX`]).
+pub fn kernel_cgroup_ancestry_offsets() -> anyhow::Result<(u32, u32, bool)> {
+    use anyhow::Context as _;
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    Ok(cgroup_ancestry_offsets(&btf)?)
+}
+
 /// [`identity_offsets`] of the running kernel ([`VMLINUX`]).
 pub fn kernel_sock_offsets() -> anyhow::Result<(tcptrace_common::SockOffsets, Vec<String>)> {
     use anyhow::Context as _;

@@ -215,9 +215,11 @@ pub struct SampleArgs {
     /// Do not sample the socket table (no listener or TIME_WAIT figures).
     #[arg(long, conflicts_with_all = ["netns", "all_netns"])]
     pub no_sample: bool,
-    /// Also sample this network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net);
-    /// repeatable. The namespace tcptrace runs in is always sampled.
-    #[arg(long, value_name = "PATH")]
+    /// Only sockets of this network namespace (a path such as /run/netns/NAME or
+    /// /proc/PID/ns/net, or its inode number), matched in the kernel; its socket table is
+    /// sampled too (besides the namespace tcptrace runs in, which always is). Repeatable: a
+    /// socket in any of them passes.
+    #[arg(long, value_name = "PATH|INODE")]
     pub netns: Vec<PathBuf>,
     /// Sample every network namespace found under /proc/*/ns/net and /run/netns (looked for
     /// again at every sample).
@@ -413,6 +415,17 @@ pub struct FilterArgs {
     /// Only sockets with the local or the remote port in this list.
     #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
     pub port: Vec<Vec<u16>>,
+    /// Only sockets of this cgroup v2 directory or below it (e.g.
+    /// /sys/fs/cgroup/system.slice/nginx.service, or relative to the cgroup2 mount), matched
+    /// by the socket's own cgroup, so its softirq transitions pass too.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Only sockets owned by this process (connect, listen, and a listener's children).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only sockets owned by a task of this name (as `ps -o comm` shows it, 15 bytes at most).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
 }
 
 /// Output format of the stream.

@@ -14,7 +14,7 @@ use aya::{
 };
 use tcptrace_common::{
     FILTER_LPORT, FILTER_PORT, FILTER_RPORT, PORT_PLANE_EITHER, PORT_PLANE_LOCAL,
-    PORT_PLANE_REMOTE, RING_BYTES, RING_NAMES, RINGS, counter,
+    PORT_PLANE_REMOTE, RING_BYTES, RING_NAMES, RINGS, SockFilter, counter,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -529,6 +529,53 @@ fn port_words(filter: &Filter) -> std::collections::BTreeMap<u32, u64> {
     words
 }
 
+/// The kernel's socket filter for `filter`'s `--netns`, `--cgroup`, `--pid` and `--comm`.
+/// A criterion this kernel cannot check (its BTF does not show where a socket keeps the
+/// namespace or cgroup) is an error naming it, never a filter that silently passes all.
+fn sock_filter(filter: &Filter, offsets: &tcptrace_common::SockOffsets) -> Result<SockFilter> {
+    use tcptrace_common::{OFFS_CGROUP, OFFS_NETNS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID};
+    let mut f = SockFilter::default();
+    if !filter.netns.is_empty() {
+        if offsets.groups & OFFS_NETNS == 0 {
+            bail!(
+                "--netns cannot be matched on this kernel: its BTF does not show where a \
+             socket keeps its network namespace (see the warning above); drop --netns"
+            );
+        }
+        f.flags |= SF_NETNS;
+        f.netns_count = filter.netns.len() as u32;
+        for (slot, inode) in f.netns.iter_mut().zip(&filter.netns) {
+            *slot = *inode;
+        }
+    }
+    if let Some(c) = &filter.cgroup {
+        if offsets.groups & OFFS_CGROUP == 0 {
+            bail!(
+                "--cgroup cannot be matched on this kernel: its BTF does not show where a \
+             socket keeps its cgroup (see the warning above); drop --cgroup"
+            );
+        }
+        let (level, ancestors, ids) = crate::btf::kernel_cgroup_ancestry_offsets().context(
+            "--cgroup cannot be matched on this kernel: no cgroup.level and \
+             cgroup.ancestors in its BTF; drop --cgroup",
+        )?;
+        f.flags |= SF_CGROUP;
+        (f.cgroup_id, f.cgroup_level) = (c.id, c.level);
+        (f.cgrp_level, f.cgrp_ancestors, f.ancestors_are_ids) = (level, ancestors, u32::from(ids));
+    }
+    if let Some(pid) = filter.pid {
+        f.flags |= SF_PID;
+        f.tgid = pid;
+    }
+    if let Some(comm) = &filter.comm {
+        f.flags |= SF_COMM;
+        for (slot, b) in f.comm.iter_mut().zip(comm.bytes().take(15)) {
+            *slot = b;
+        }
+    }
+    Ok(f)
+}
+
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 /// The nice value the tool runs at: a mass close is many processes exiting at once, and
@@ -708,6 +755,9 @@ impl Collector {
             }
         };
         loader.override_global("OFFSETS", &offsets, true);
+        let sock_filter = sock_filter(filter, &offsets)?;
+        debug_assert_eq!(filter.any_sockets(), sock_filter.flags != 0);
+        loader.override_global("SOCK_FILTER", &sock_filter, true);
         loader.override_global("LISTEN_OVERFLOW_REASON", &overflow.0, true);
         for (name, off) in ["SKC_FAMILY", "SKC_NUM", "SKC_RCV_SADDR", "SKC_V6_RCV_SADDR"]
             .iter()

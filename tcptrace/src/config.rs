@@ -5,7 +5,20 @@ use tcptrace_common::{
     FILTER_IPV4_ONLY, FILTER_IPV6_ONLY, FILTER_LPORT, FILTER_PORT, FILTER_RPORT, MAX_FILTER_PORTS,
 };
 
+use std::path::{Path, PathBuf};
+
+use tcptrace_common::MAX_FILTER_NETNS;
+
 use crate::cli::FilterArgs;
+
+/// `--cgroup`: a cgroup v2 directory, its id (the directory's inode, which is the kernel's
+/// cgroup id) and its depth below the cgroup2 root (the root is 0).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupFilter {
+    pub path: PathBuf,
+    pub id: u64,
+    pub level: u32,
+}
 
 /// The kernel-side filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -15,6 +28,18 @@ pub struct Filter {
     pub lports: Vec<u16>,
     pub rports: Vec<u16>,
     pub ports: Vec<u16>,
+    /// `--netns`: network namespace inodes; a socket in any of them passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netns: Vec<u32>,
+    /// `--cgroup`: sockets of this cgroup or below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupFilter>,
+    /// `--pid`: sockets owned by this process (its thread group id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// `--comm`: sockets owned by a task of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
 }
 
 impl Filter {
@@ -31,6 +56,22 @@ impl Filter {
             lports: flat(&a.lport),
             rports: flat(&a.rport),
             ports: flat(&a.port),
+            netns: Vec::new(),
+            cgroup: match &a.cgroup {
+                Some(p) => Some(cgroup_filter(
+                    p,
+                    &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                )?),
+                None => None,
+            },
+            pid: match a.pid {
+                Some(pid) => Some(thread_group(pid, Path::new("/proc"))?),
+                None => None,
+            },
+            comm: match &a.comm {
+                Some(c) => Some(check_comm(c)?),
+                None => None,
+            },
         };
         let mut all: Vec<u16> = f
             .lports
@@ -48,6 +89,41 @@ impl Filter {
             ));
         }
         Ok(f)
+    }
+
+    /// The filter a live front end runs with: `from_args` plus `--netns` (which the sampler
+    /// options carry, since the namespaces named are also sampled); `sample.netns` becomes
+    /// the namespaces' paths.
+    pub fn from_cli(a: &FilterArgs, sample: &mut crate::cli::SampleArgs) -> Result<Self, String> {
+        let mut f = Self::from_args(a)?;
+        sample.netns = f.in_netns(&sample.netns)?;
+        Ok(f)
+    }
+
+    /// Adds `--netns`: each path (`/run/netns/NAME`, `/proc/PID/ns/net`) or namespace inode
+    /// becomes an inode the kernel matches. Returns the namespaces as paths for the
+    /// socket-table sampler (an inode is looked up under /run/netns and /proc/*/ns/net).
+    pub fn in_netns(&mut self, given: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        if given.len() > MAX_FILTER_NETNS {
+            return Err(format!(
+                "--netns names {} namespaces; at most {MAX_FILTER_NETNS}",
+                given.len()
+            ));
+        }
+        let mut paths = Vec::new();
+        for g in given {
+            let (inode, path) = netns_of(g)?;
+            if !self.netns.contains(&inode) {
+                self.netns.push(inode);
+            }
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    /// Whether a socket filter (`--netns`, `--cgroup`, `--pid`, `--comm`) is set.
+    pub fn any_sockets(&self) -> bool {
+        !self.netns.is_empty() || self.cgroup.is_some() || self.pid.is_some() || self.comm.is_some()
     }
 
     /// The `FILTER_*` bits for the kernel program.
@@ -89,6 +165,132 @@ impl Filter {
     }
 }
 
+/// The mount point of the cgroup2 file system in `mountinfo` (`/proc/self/mountinfo`
+/// text), if any.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Validates `--cgroup`: a directory of the cgroup2 mount (absolute, or relative to the
+/// mount), with its id and depth.
+fn cgroup_filter(given: &Path, mountinfo: &str) -> Result<CgroupFilter, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(mount) = cgroup2_mount(mountinfo) else {
+        return Err(format!(
+            "--cgroup {}: cgroup v2 is not mounted here, so sockets cannot be matched by \
+             cgroup; mount it (`mount -t cgroup2 none /sys/fs/cgroup`) or drop --cgroup",
+            given.display()
+        ));
+    };
+    let path = if given.is_absolute() {
+        given.to_path_buf()
+    } else {
+        mount.join(given)
+    };
+    let example = mount.join("system.slice/NAME.service");
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        format!(
+            "--cgroup {}: {e}; give a cgroup v2 directory, e.g. {}",
+            path.display(),
+            example.display()
+        )
+    })?;
+    let below = path
+        .strip_prefix(&mount)
+        .ok()
+        .filter(|_| meta.is_dir())
+        .ok_or_else(|| {
+            format!(
+                "--cgroup {}: not a directory of the cgroup v2 mount {}; give one, e.g. {}",
+                path.display(),
+                mount.display(),
+                example.display()
+            )
+        })?;
+    Ok(CgroupFilter {
+        id: meta.ino(),
+        level: below.components().count() as u32,
+        path,
+    })
+}
+
+/// Validates `--pid`: a running process (a thread's id stands for its process, as the kernel
+/// records a socket's owner by thread group), looked up under `proc`.
+fn thread_group(pid: u32, proc: &Path) -> Result<u32, String> {
+    let status = std::fs::read_to_string(proc.join(pid.to_string()).join("status"))
+        .map_err(|_| format!("--pid {pid}: no such process (is it running?)"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("--pid {pid}: its status in {} has no Tgid", proc.display()))
+}
+
+/// Validates `--comm`: the kernel keeps a task's name in 15 bytes.
+fn check_comm(comm: &str) -> Result<String, String> {
+    if comm.is_empty() {
+        return Err("--comm needs a task name, e.g. --comm nginx".into());
+    }
+    if comm.len() > 15 {
+        let cut: String = comm
+            .char_indices()
+            .take_while(|(i, c)| i + c.len_utf8() <= 15)
+            .map(|(_, c)| c)
+            .collect();
+        return Err(format!(
+            "--comm {comm:?} is {} bytes, but the kernel keeps only the first 15 of a task's \
+             name: use --comm {cut:?}",
+            comm.len()
+        ));
+    }
+    Ok(comm.to_owned())
+}
+
+/// A `--netns` value as (namespace inode, path to enter it by).
+fn netns_of(given: &Path) -> Result<(u32, PathBuf), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode_of = |p: &Path| std::fs::metadata(p).ok().map(|m| m.ino() as u32);
+    if let Some(inode) = inode_of(given) {
+        return Ok((inode, given.to_path_buf()));
+    }
+    let Some(wanted) = given.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        return Err(format!(
+            "--netns {}: no such file; give a namespace's path (/run/netns/NAME, \
+             /proc/PID/ns/net) or its inode number",
+            given.display()
+        ));
+    };
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let of_processes = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|e| e.path().join("ns/net"));
+    named
+        .chain(of_processes)
+        .find(|p| inode_of(p) == Some(wanted))
+        .map(|p| (wanted, p))
+        .ok_or_else(|| {
+            format!(
+                "--netns {wanted}: no network namespace with that inode under /run/netns or \
+             /proc/*/ns/net; give its path instead"
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +322,82 @@ mod tests {
         assert!(!f.matches(a("127.0.0.1:40000"), a("127.0.0.1:9")));
         assert!(!f.matches(a("[::1]:8080"), a("[::1]:40000")));
         assert!(Filter::default().matches(a("[::1]:1"), a("[::1]:2")));
+    }
+
+    #[test]
+    fn cgroup_filter_takes_a_cgroup2_directory_and_names_the_fix_otherwise() {
+        let root = std::env::temp_dir().join(format!("tcptrace-cg-{}", std::process::id()));
+        let leaf = root.join("system.slice/web.service");
+        std::fs::create_dir_all(&leaf).expect("mkdir");
+        let mountinfo = format!(
+            "25 1 0:23 / /proc rw - proc proc rw\n36 25 0:30 / {} rw,nosuid shared:9 - cgroup2 cgroup2 rw\n",
+            root.display()
+        );
+        use std::os::unix::fs::MetadataExt as _;
+        let f = cgroup_filter(&leaf, &mountinfo).expect("valid");
+        assert_eq!(f.level, 2);
+        assert_eq!(f.id, std::fs::metadata(&leaf).expect("stat").ino());
+        let rel = cgroup_filter(Path::new("system.slice"), &mountinfo).expect("relative");
+        assert_eq!((rel.level, rel.path), (1, root.join("system.slice")));
+        assert_eq!(cgroup_filter(&root, &mountinfo).expect("root").level, 0);
+        let missing =
+            cgroup_filter(&root.join("nope.service"), &mountinfo).expect_err("must be refused");
+        assert!(missing.contains("give a cgroup v2 directory"), "{missing}");
+        let outside = cgroup_filter(Path::new("/tmp"), &mountinfo).expect_err("must be refused");
+        assert!(
+            outside.contains("not a directory of the cgroup v2 mount"),
+            "{outside}"
+        );
+        let none = cgroup_filter(&leaf, "25 1 0:23 / /proc rw - proc proc rw\n")
+            .expect_err("must be refused");
+        assert!(none.contains("cgroup v2 is not mounted"), "{none}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+    }
+
+    #[test]
+    fn pid_and_comm_filters_check_their_values() {
+        let me = std::process::id();
+        assert_eq!(thread_group(me, Path::new("/proc")), Ok(me));
+        let gone = thread_group(u32::MAX - 1, Path::new("/proc")).expect_err("must be refused");
+        assert!(gone.contains("no such process"), "{gone}");
+        assert_eq!(check_comm("nginx"), Ok("nginx".into()));
+        let long = check_comm("a-very-long-process-name").expect_err("must be refused");
+        assert!(long.contains("use --comm \"a-very-long-pro\""), "{long}");
+        assert!(check_comm("").is_err());
+    }
+
+    #[test]
+    fn netns_filter_takes_a_path_or_an_inode() {
+        use std::os::unix::fs::MetadataExt as _;
+        let own = Path::new("/proc/self/ns/net");
+        let inode = std::fs::metadata(own).expect("stat").ino() as u32;
+        let mut f = Filter::default();
+        let paths = f
+            .in_netns(&[own.to_path_buf(), PathBuf::from(inode.to_string())])
+            .expect("valid");
+        assert_eq!(f.netns, vec![inode]);
+        assert_eq!(paths.len(), 2);
+        assert!(f.any_sockets());
+        let bad = Filter::default()
+            .in_netns(&[PathBuf::from("/run/netns/no-such-namespace")])
+            .expect_err("must be refused");
+        assert!(bad.contains("give a namespace's path"), "{bad}");
+        let unknown = Filter::default()
+            .in_netns(&[PathBuf::from("12345")])
+            .expect_err("must be refused");
+        assert!(
+            unknown.contains("no network namespace with that inode"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn old_headers_without_socket_filters_still_read() {
+        let f: Filter = serde_json::from_str(
+            r#"{"ipv4_only":false,"ipv6_only":false,"lports":[],"rports":[],"ports":[80]}"#,
+        )
+        .expect("old filter");
+        assert!(!f.any_sockets());
+        assert!(!serde_json::to_string(&f).expect("ser").contains("netns"));
     }
 }

@@ -129,8 +129,8 @@ fn block_on<F: Future<Output = Result<Exit>>>(f: F) -> Result<Exit> {
         .block_on(f)
 }
 
-fn run_watch(args: WatchArgs) -> Result<Exit> {
-    let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
+fn run_watch(mut args: WatchArgs) -> Result<Exit> {
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
     block_on(watch(args, filter))
 }
 
@@ -221,8 +221,8 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
 }
 
 /// `record`: `watch` without a stream, plus a recording sink.
-fn run_record(args: RecordArgs) -> Result<Exit> {
-    let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
+fn run_record(mut args: RecordArgs) -> Result<Exit> {
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
     block_on(record(args, filter))
 }
 

@@ -283,3 +283,36 @@ fn man_and_completions_print_from_the_binary() {
         .success()
         .stdout(predicate::str::contains("watch record report"));
 }
+
+#[test]
+fn bad_socket_filters_name_the_problem_and_the_fix() {
+    for (args, says) in [
+        (
+            vec!["--pid", "4294967290"],
+            "--pid 4294967290: no such process",
+        ),
+        (
+            vec!["--comm", "a-very-long-process-name"],
+            "use --comm \"a-very-long-pro\"",
+        ),
+        (
+            vec!["--cgroup", "/sys/fs/cgroup/no-such.slice/none.service"],
+            "--cgroup /sys/fs/cgroup/no-such.slice/none.service",
+        ),
+        (
+            vec!["--netns", "/run/netns/tcptrace-no-such-namespace"],
+            "give a namespace's path (/run/netns/NAME, /proc/PID/ns/net) or its inode number",
+        ),
+        (
+            vec!["--netns", "123"],
+            "no network namespace with that inode",
+        ),
+    ] {
+        tcptrace()
+            .arg("watch")
+            .args(&args)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(says));
+    }
+}

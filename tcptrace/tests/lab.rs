@@ -991,3 +991,160 @@ fn lab_socket_cgroup_netns_and_bytes() {
         );
     }
 }
+
+/// `--cgroup`, `--pid`, `--comm` and `--netns` pass exactly the sockets they name, matched in
+/// the kernel by the socket (its cgroup and namespace, read from it) or by its owner (known
+/// on connect and listen, and a listener's children inherit it), so the transitions that run
+/// in softirq context (SYN_RECV -> ESTABLISHED, -> CLOSE_WAIT, LAST_ACK -> CLOSE, ...) pass
+/// with them. The server runs in a cgroup below a parent the `--cgroup` filter names.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn lab_socket_filters_pass_exactly_their_sockets() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 10;
+    let parent = TestCgroup::new("filt");
+    let srv_cg = TestCgroup(parent.0.join("srv.service"));
+    std::fs::create_dir(&srv_cg.0).expect("creating the server's cgroup");
+    let cli_cg = TestCgroup::new("filtcli");
+    let port = p.to_string();
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    server.ok("name tt-lab-srv");
+    client.ok("name tt-lab-cli");
+    let ns_b = format!("/run/netns/{}", lab.b);
+    let runs: Vec<(&str, Tracer)> = vec![
+        ("all", Tracer::start(&["--port", &port])),
+        (
+            "cgroup",
+            Tracer::start(&["--port", &port, "--cgroup", parent.path()]),
+        ),
+        (
+            "pid-server",
+            Tracer::start(&["--port", &port, "--pid", &server.pid.to_string()]),
+        ),
+        (
+            "pid-client",
+            Tracer::start(&["--port", &port, "--pid", &client.pid.to_string()]),
+        ),
+        (
+            "comm-client",
+            Tracer::start(&["--port", &port, "--comm", "tt-lab-cli"]),
+        ),
+        (
+            "netns-server",
+            Tracer::start(&["--port", &port, "--netns", &ns_b]),
+        ),
+    ];
+    srv_cg.add(server.pid);
+    cli_cg.add(client.pid);
+    server.ok(&format!("listen {}", server_addr(p)));
+    for _ in 0..2 {
+        client.ok(&format!("connect {}", server_addr(p)));
+        server.ok("accept");
+        client.ok("send 1000");
+        server.ok("recv 1000");
+        client.ok("sent");
+        client.ok("close");
+        server.ok("hold_close 0");
+    }
+    server.ok("close_listener");
+    drop((client, server));
+    let rows = |t: Tracer| -> Vec<(u16, String)> {
+        t.stop()
+            .lines
+            .iter()
+            .filter(|l| s(&l["laddr"]).starts_with("10.201."))
+            .map(|l| {
+                let lport = l["lport"].as_u64().expect("lport") as u16;
+                let side = if lport == p { "server" } else { "client" };
+                (lport, format!("{side} {}->{}", s(&l["old"]), s(&l["new"])))
+            })
+            .collect()
+    };
+    let mut by_run = std::collections::BTreeMap::new();
+    for (name, t) in runs {
+        by_run.insert(name, rows(t));
+    }
+    let all = &by_run["all"];
+    let server_rows: Vec<&(u16, String)> = all.iter().filter(|(l, _)| *l == p).collect();
+    let client_rows: Vec<&(u16, String)> = all.iter().filter(|(l, _)| *l != p).collect();
+    // Listener 2 + 2 children x 5; 2 clients x 5.
+    assert!(server_rows.len() >= 12, "{server_rows:?}");
+    assert!(client_rows.len() >= 10, "{client_rows:?}");
+    assert!(
+        server_rows
+            .iter()
+            .any(|(_, t)| t.ends_with("SYN_RECV->ESTABLISHED")),
+        "no softirq transition in {server_rows:?}"
+    );
+    for (name, want) in [
+        ("cgroup", &server_rows),
+        ("pid-server", &server_rows),
+        ("pid-client", &client_rows),
+        ("comm-client", &client_rows),
+        ("netns-server", &server_rows),
+    ] {
+        let got: Vec<&(u16, String)> = by_run[name].iter().collect();
+        println!("{name}: {} rows (unfiltered: {})", got.len(), want.len());
+        assert_eq!(&got, want, "--{name} passed other rows than its sockets'");
+    }
+}
+
+/// Two namespaces listening on the same port are two servers: each server child starts with
+/// its own listener's owner (the kernel's listener map is keyed by namespace and port; keyed
+/// by port alone, the second listener's owner would name both servers' children), and every
+/// row carries its socket's namespace.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn lab_two_namespaces_on_one_port_keep_their_owners_apart() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 11;
+    let tracer = Tracer::start(&["--port", &p.to_string()]);
+    let mut server_a = lab.peer(&lab.a);
+    let mut server_b = lab.peer(&lab.b);
+    let mut client_a = lab.peer(&lab.a);
+    let mut client_b = lab.peer(&lab.b);
+    server_a.ok(&format!("listen {}:{p}", Lab::A_IP));
+    server_b.ok(&format!("listen {}:{p}", Lab::B_IP));
+    for _ in 0..2 {
+        // Each client reaches the other namespace's server.
+        for (client, server, to) in [
+            (&mut client_a, &mut server_b, Lab::B_IP),
+            (&mut client_b, &mut server_a, Lab::A_IP),
+        ] {
+            client.ok(&format!("connect {to}:{p}"));
+            server.ok("accept");
+            client.ok("close");
+            server.ok("hold_close 0");
+        }
+    }
+    server_a.ok("close_listener");
+    server_b.ok("close_listener");
+    let (pid_a, pid_b) = (server_a.pid, server_b.pid);
+    drop((server_a, server_b, client_a, client_b));
+    let rows = tracer.stop();
+    let (ns_a, ns_b) = (netns_inode(&lab.a), netns_inode(&lab.b));
+    let mut seen = [0; 2];
+    for l in rows.lines.iter().filter(|l| l["lport"] == p) {
+        let (want_pid, want_ns, i) = if s(&l["laddr"]) == Lab::A_IP {
+            (pid_a, ns_a, 0)
+        } else {
+            (pid_b, ns_b, 1)
+        };
+        println!(
+            "  {} {:>11} -> {:<11} pid {} netns {}",
+            s(&l["laddr"]),
+            s(&l["old"]),
+            s(&l["new"]),
+            l["pid"],
+            l["netns"]
+        );
+        assert_eq!(l["pid"], want_pid, "wrong owner: {l}");
+        assert_eq!(l["netns"], want_ns, "wrong namespace: {l}");
+        seen[i] += 1;
+    }
+    // Each server: listener 2 + 2 children x 5.
+    assert!(seen[0] >= 12 && seen[1] >= 12, "rows per server: {seen:?}");
+}

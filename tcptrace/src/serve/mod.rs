@@ -40,8 +40,8 @@ use metrics::{BuildInfo, Format};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `tcptrace serve`.
-pub fn run(args: ServeArgs) -> Result<Exit> {
-    let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
+pub fn run(mut args: ServeArgs) -> Result<Exit> {
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
     crate::block_on(serve(args, filter))
 }
 

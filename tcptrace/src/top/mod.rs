@@ -57,7 +57,7 @@ use crate::{
 };
 
 /// Runs `tcptrace top`.
-pub fn run(args: TopArgs) -> Result<Exit> {
+pub fn run(mut args: TopArgs) -> Result<Exit> {
     if !args.once && !io::stdout().is_terminal() {
         bail!(
             "tcptrace top draws a full-screen dashboard and needs a terminal on stdout; for a \
@@ -71,7 +71,7 @@ pub fn run(args: TopArgs) -> Result<Exit> {
              --format text or --format json"
         );
     }
-    let filter = Filter::from_args(&args.filter).map_err(anyhow::Error::msg)?;
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
     crate::block_on(top(args, filter))
 }
 
@@ -168,6 +168,19 @@ fn describe_filter(f: &Filter) -> String {
             let more = if ports.len() > 4 { ",..." } else { "" };
             parts.push(format!("{flag} {}{more}", p.join(",")));
         }
+    }
+    if !f.netns.is_empty() {
+        let n: Vec<String> = f.netns.iter().map(u32::to_string).collect();
+        parts.push(format!("--netns {}", n.join(",")));
+    }
+    if let Some(c) = &f.cgroup {
+        parts.push(format!("--cgroup {}", c.path.display()));
+    }
+    if let Some(pid) = f.pid {
+        parts.push(format!("--pid {pid}"));
+    }
+    if let Some(comm) = &f.comm {
+        parts.push(format!("--comm {comm}"));
     }
     if parts.is_empty() {
         "all TCP".to_owned()

@@ -283,6 +283,16 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
     };
     match w.first().copied().unwrap_or("") {
         "pid" => Ok(std::process::id().to_string()),
+        // name NAME: the task name (comm) of the thread that runs the commands.
+        "name" => {
+            let name =
+                std::ffi::CString::new(*w.get(1).ok_or("name NAME")?).map_err(|e| e.to_string())?;
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+            if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+                return Err(errno(&std::io::Error::last_os_error()));
+            }
+            Ok(String::new())
+        }
         "listen" => {
             let a = addr(w.get(1).ok_or("listen ADDR")?)?;
             let s = new_socket(None)?;
