@@ -552,6 +552,182 @@ mod tests {
         );
     }
 
+    /// A BTF holding just the members [`identity_offsets`] reads, at made-up offsets, less
+    /// `omit` ("struct.member"); `old_cgroup` lays `sk_cgrp_data` out as before Linux 5.15
+    /// (a u64 `val`).
+    fn identity_btf(omit: &str, old_cgroup: bool) -> Vec<u8> {
+        fn s(b: &mut Builder, omit: &str, name: &str, size: u32, members: &[(&str, u32, u32)]) {
+            let kept: Vec<_> = members
+                .iter()
+                .copied()
+                .filter(|(m, _, _)| format!("{name}.{m}") != omit)
+                .collect();
+            b.strukt(name, false, size, &kept);
+        }
+        let mut b = Builder::new();
+        b.ty("unsigned int", KIND_INT, false, 0, 4, &[32]); // 1
+        b.ty("long long unsigned int", KIND_INT, false, 0, 8, &[64]); // 2
+        b.ty("", KIND_PTR, false, 0, 6, &[]); // 3: struct net *
+        b.ty("", KIND_PTR, false, 0, 9, &[]); // 4: struct cgroup *
+        b.ty("", KIND_PTR, false, 0, 10, &[]); // 5: struct kernfs_node *
+        s(&mut b, omit, "net", 256, &[("ns", 7, 120 * 8)]); // 6
+        s(&mut b, omit, "ns_common", 24, &[("inum", 1, 16 * 8)]); // 7
+        s(&mut b, omit, "possible_net_t", 8, &[("net", 3, 0)]); // 8
+        s(&mut b, omit, "cgroup", 512, &[("kn", 5, 264 * 8)]); // 9
+        s(&mut b, omit, "kernfs_node", 128, &[("id", 2, 96 * 8)]); // 10
+        s(&mut b, omit, "sock_common", 136, &[("skc_net", 8, 48 * 8)]); // 11
+        let cgrp = if old_cgroup {
+            ("val", 2, 0)
+        } else {
+            ("cgroup", 4, 0)
+        };
+        s(&mut b, omit, "sock_cgroup_data", 8, &[cgrp]); // 12
+        s(
+            &mut b,
+            omit,
+            "sock",
+            760,
+            &[("__sk_common", 11, 0), ("sk_cgrp_data", 12, 672 * 8)],
+        ); // 13
+        s(
+            &mut b,
+            omit,
+            "tcp_sock",
+            2200,
+            &[
+                ("bytes_received", 2, 1700 * 8),
+                ("bytes_acked", 2, 1760 * 8),
+                ("srtt_us", 1, 1800 * 8),
+                ("total_retrans", 1, 1900 * 8),
+            ],
+        ); // 14
+        b.build()
+    }
+
+    /// What [`identity_btf`] places, every group found.
+    fn all_offsets() -> tcptrace_common::SockOffsets {
+        use tcptrace_common::{OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS};
+        tcptrace_common::SockOffsets {
+            groups: OFFS_NETNS | OFFS_CGROUP | OFFS_CLOSE,
+            sk_net: 48,
+            net_inum: 136,
+            sk_cgrp: 672,
+            cgrp_kn: 264,
+            kn_id: 96,
+            bytes_acked: 1760,
+            bytes_received: 1700,
+            total_retrans: 1900,
+            srtt_us: 1800,
+        }
+    }
+
+    #[test]
+    fn identity_offsets_in_both_cgroup_layouts() {
+        for old in [false, true] {
+            let data = identity_btf("", old);
+            let btf = Btf::parse(&data).expect("parse");
+            assert_eq!(identity_offsets(&btf), (all_offsets(), Vec::new()), "{old}");
+        }
+    }
+
+    /// A BTF without a member the program needs turns off that member's group alone: its
+    /// offsets stay 0 and its bit clear (the kernel program then reads nothing and sets no
+    /// `XFLAG_*`, so the fields are unknown, never 0), with one line saying what goes
+    /// unmeasured and which member is missing; the other groups are read as usual.
+    #[test]
+    fn a_missing_member_leaves_its_group_unmeasured_said_once() {
+        use tcptrace_common::{OFFS_CGROUP, OFFS_CLOSE, OFFS_NETNS, SockOffsets};
+        let all = all_offsets();
+        let netns_off = SockOffsets {
+            groups: all.groups & !OFFS_NETNS,
+            sk_net: 0,
+            net_inum: 0,
+            ..all
+        };
+        let cgroup_off = SockOffsets {
+            groups: all.groups & !OFFS_CGROUP,
+            sk_cgrp: 0,
+            cgrp_kn: 0,
+            kn_id: 0,
+            ..all
+        };
+        let close_off = SockOffsets {
+            groups: all.groups & !OFFS_CLOSE,
+            bytes_acked: 0,
+            bytes_received: 0,
+            total_retrans: 0,
+            srtt_us: 0,
+            ..all
+        };
+        let netns = "network namespaces are not measured: ";
+        let cgroup = "socket cgroups are not measured: ";
+        let close = "bytes, retransmits and RTT at close are not measured: ";
+        for (omit, want, says, names) in [
+            (
+                "ns_common.inum",
+                netns_off,
+                netns,
+                "net has no member ns.inum",
+            ),
+            (
+                "possible_net_t.net",
+                netns_off,
+                netns,
+                "sock has no member __sk_common.skc_net.net",
+            ),
+            (
+                "kernfs_node.id",
+                cgroup_off,
+                cgroup,
+                "kernfs_node has no member id",
+            ),
+            ("cgroup.kn", cgroup_off, cgroup, "cgroup has no member kn"),
+            (
+                "sock_cgroup_data.cgroup",
+                cgroup_off,
+                cgroup,
+                "sock has no member sk_cgrp_data.val",
+            ),
+            (
+                "tcp_sock.bytes_received",
+                close_off,
+                close,
+                "tcp_sock has no member bytes_received",
+            ),
+            (
+                "tcp_sock.srtt_us",
+                close_off,
+                close,
+                "tcp_sock has no member srtt_us",
+            ),
+        ] {
+            let data = identity_btf(omit, false);
+            let btf = Btf::parse(&data).expect("parse");
+            let (o, missing) = identity_offsets(&btf);
+            assert_eq!(o, want, "without {omit}");
+            assert_eq!(missing.len(), 1, "without {omit}: {missing:?}");
+            assert!(
+                missing[0].starts_with(says) && missing[0].ends_with(names),
+                "without {omit}: {missing:?}"
+            );
+        }
+        // Without tcp_sock at all, as a BTF from another tree might be.
+        let mut data = identity_btf("", false);
+        let at = data
+            .windows(9)
+            .position(|w| w == b"tcp_sock\0")
+            .expect("the struct's name");
+        data[at + 5] = b'i';
+        let btf = Btf::parse(&data).expect("parse");
+        assert_eq!(
+            identity_offsets(&btf),
+            (
+                close_off,
+                vec![format!("{close}struct tcp_sock is not in the kernel's BTF")]
+            )
+        );
+    }
+
     /// The running kernel's BTF, when there is one (not a root test: the file is world
     /// readable on most distributions).
     #[test]

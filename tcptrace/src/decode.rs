@@ -478,6 +478,29 @@ pub(crate) mod tests {
         assert_eq!(decode_bytes(&bytes), Ok(exact));
     }
 
+    /// A field whose `XFLAG_*` bit is clear (its members missing from the kernel's BTF, or
+    /// unreadable) is unknown whatever the record holds there, never a number.
+    #[test]
+    fn fields_without_their_flag_are_unknown() {
+        let mut raw = raw_state(5, 0xffff_8880_0000_1000, 7, 7);
+        (raw.cgroup_id, raw.netns) = (1234, 4026531840);
+        (raw.bytes_acked, raw.bytes_received) = (1 << 20, 1 << 16);
+        (raw.total_retrans, raw.close_srtt_us) = (3, 50);
+        raw.xflags = 0;
+        let ev = decode(&raw).expect("decodes");
+        assert_eq!((ev.ident, ev.close), (Ident::default(), None));
+        raw.xflags = XFLAG_NETNS;
+        let ev = decode(&raw).expect("decodes");
+        assert_eq!(
+            (ev.ident.cgroup, ev.ident.netns, ev.close),
+            (None, Some(4026531840), None)
+        );
+        raw.xflags = XFLAG_CLOSE_STATS;
+        let ev = decode(&raw).expect("decodes");
+        assert_eq!(ev.ident, Ident::default());
+        assert_eq!(ev.close.map(|c| c.bytes_received), Some(1 << 16));
+    }
+
     #[test]
     fn version_1_records_decode_with_identity_and_close_stats_unknown() {
         let mut raw = raw_state(5, 0xffff_8880_0000_1000, 1, 7);

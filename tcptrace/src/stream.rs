@@ -1091,6 +1091,79 @@ mod tests {
         assert_eq!(v["close"], "fin");
     }
 
+    /// Bytes, retransmits, RTT, cgroup and namespace that were not measured (e.g. members
+    /// missing from the kernel's BTF) print as unknown: `null` in JSON, an empty CSV field,
+    /// `-` in text; measured zeros print as 0.
+    #[test]
+    fn unmeasured_fields_print_as_unknown_never_zero() {
+        let closed_with = |stats: Option<crate::decode::CloseStats>, ident| {
+            Fact::Closed(Connection {
+                conn: Conn { ident, ..conn() },
+                opened_ns: Some(1_000_000),
+                closed_ns: 11_000_000,
+                handshake_ns: Some(50_000),
+                retransmits: 0,
+                phases: [None; 5],
+                close: CloseKind::Fin,
+                time_wait: true,
+                stats,
+            })
+        };
+        let keys = [
+            "cgroup_id",
+            "netns",
+            "bytes_sent",
+            "bytes_received",
+            "retrans_segs",
+            "srtt_us",
+        ];
+        let zeros = crate::decode::CloseStats {
+            bytes_acked: 0,
+            bytes_received: 0,
+            retrans: 0,
+            srtt_us: 0,
+        };
+        let zero_ident = crate::decode::Ident {
+            cgroup: Some(0),
+            netns: Some(0),
+        };
+        for (fact, want_json, want_text, want_csv) in [
+            (
+                closed_with(None, crate::decode::Ident::default()),
+                serde_json::Value::Null,
+                "-",
+                "",
+            ),
+            (
+                closed_with(Some(zeros), zero_ident),
+                serde_json::json!(0),
+                "0",
+                "0",
+            ),
+        ] {
+            let json = render(Style::Json, Unit::Connection, &[fact]);
+            let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+            for k in keys {
+                assert_eq!(v[k], want_json, "{k} in {json}");
+            }
+            let text = render(Style::Text, Unit::Connection, &[fact]);
+            let cols: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(
+                cols[cols.len() - 2..],
+                [want_text; 2],
+                "SENT, RECV in {text}"
+            );
+            let csv = render(Style::Csv, Unit::Connection, &[fact]);
+            let row = csv.lines().last().expect("a row");
+            let fields = parse_csv_record(row);
+            assert_eq!(fields.len(), CONNECTION_COLUMNS.len(), "{row}");
+            for k in keys {
+                let i = CONNECTION_COLUMNS.iter().position(|c| *c == k).expect(k);
+                assert_eq!(fields[i], want_csv, "{k} in {row}");
+            }
+        }
+    }
+
     fn closed(conn: Conn) -> Fact {
         Fact::Closed(Connection {
             conn,

@@ -173,12 +173,13 @@ fn cargo_test_counting(args: &[&str]) -> Result<(u64, u64)> {
 }
 
 /// The integration test binaries whose tests need root (all `#[ignore]`d otherwise).
-const ROOT_TESTS: [&str; 7] = [
+const ROOT_TESTS: [&str; 8] = [
     "root",
     "root_report",
     "root_caps",
     "lab",
     "lab_listeners",
+    "lab_tcplife",
     "serve",
     "top",
 ];

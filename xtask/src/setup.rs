@@ -34,8 +34,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "dpkg-dev", // dpkg-shlibdeps for the .deb's Depends (cargo xtask dist)
     "iproute2",
     "iptables",
-    "libbpf-tools",
-    "man-db", // man -l / man -w in the docs and package checks
+    "libbpf-tools", // tcpstates and tcplife: the differential tests in tcptrace/tests/lab*.rs
+    "man-db",       // man -l / man -w in the docs and package checks
     "procps",
     // promtool checks serve's exposition (a unit test) and the deploy/prometheus rules; the
     // prometheus server scrapes `tcptrace serve` in tcptrace/tests/serve.rs.
