@@ -1201,6 +1201,7 @@ mod tests {
         let mut samples = Vec::new();
         let (_, end) = read_blocks_with(
             &mut &bytes[first_block..],
+            VERSION,
             first_block as u64,
             &mut |_| {},
             &mut |s| samples.push(s),
