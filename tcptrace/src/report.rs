@@ -14,6 +14,7 @@ use crate::{
     charts,
     cli::{Format, ReportArgs},
     counters::Counters,
+    names::Names,
     pipeline::Pipeline,
     record::{self, Header, Replay},
     sink::{Shared, Sink},
@@ -58,13 +59,11 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
         // The kernel's counters are written at the end; a truncated file never got them.
         None => (Counters::default(), 0),
     };
-    let summary = Summary::build(
-        pipeline.aggregate(),
-        &counters,
+    let names = Names::for_recording(&replay.header.host, replay.header.clock.realtime_offset_ns);
+    let summary = Summary {
         undecodable,
-        pipeline.tracker(),
-        top,
-    );
+        ..Summary::of(&pipeline, &counters, top, &names)
+    };
     Ok(Report {
         replay,
         summary,
