@@ -488,6 +488,9 @@ pub struct DetailOptions {
     pub ports: Vec<u16>,
     /// How many process names get their own group; the rest are folded into `other`.
     pub processes: usize,
+    /// How many workloads (named as the summary names them) get their own group, the first
+    /// seen; the rest are folded into `other`.
+    pub workloads: usize,
     /// CLOSE_WAIT sockets older than this are counted in [`CloseWaitAges::over_threshold`].
     pub close_wait_threshold: Duration,
 }
@@ -569,6 +572,9 @@ pub struct Figures {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub time_wait_entries: u64,
+    /// Payload bytes of finished connections whose counters were read at close.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Figures {
@@ -587,6 +593,8 @@ impl Figures {
             resets_sent: s.resets_sent,
             resets_received: s.resets_received,
             time_wait_entries: s.time_wait_entries,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
         }
     }
 
@@ -609,6 +617,8 @@ impl Figures {
         self.resets_sent += o.resets_sent;
         self.resets_received += o.resets_received;
         self.time_wait_entries += o.time_wait_entries;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
     }
 
     /// Connections that reached ESTABLISHED, by side (measured or not).
@@ -632,6 +642,8 @@ pub enum Dimension {
     RemotePort,
     /// By owning process name.
     Process,
+    /// By workload (a socket's cgroup, named).
+    Workload,
 }
 
 /// One chosen group's figures.
@@ -668,6 +680,9 @@ pub struct Detail {
     pub folded_processes: u64,
     /// Connections (opened or closed) counted under `other` rather than their own process.
     pub folded_connections: u64,
+    /// Workloads folded into `other` (beyond the first N), and their connections.
+    pub folded_workloads: u64,
+    pub folded_workload_connections: u64,
     pub close_wait: CloseWaitAges,
 }
 
@@ -678,6 +693,7 @@ impl Detail {
         opts: &DetailOptions,
         now_ns: u64,
         elapsed: Duration,
+        names: &Names,
     ) -> Self {
         let mut edges: Vec<_> = agg
             .edges
@@ -740,6 +756,47 @@ impl Detail {
             });
         }
 
+        let (mut folded_workloads, mut folded_workload_connections) = (0, 0);
+        if opts.workloads > 0 {
+            // The first N names in the order their cgroups first appeared: a stable choice.
+            let mut chosen: Vec<String> = Vec::new();
+            let mut figures: Vec<Figures> = Vec::new();
+            let mut other = Figures::default();
+            let mut folded: Vec<String> = Vec::new();
+            for (k, s) in agg.by_cgroup.iter() {
+                let name = match k {
+                    GroupKey::Cgroup(id) => names.label(*id),
+                    other => other.to_string(),
+                };
+                let f = Figures::of(s);
+                if let Some(i) = chosen.iter().position(|c| *c == name) {
+                    figures[i].merge(&f);
+                } else if chosen.len() < opts.workloads && *k != GroupKey::Other {
+                    chosen.push(name);
+                    figures.push(f);
+                } else {
+                    folded_workload_connections += f.opened().iter().sum::<u64>() + f.connections();
+                    if *k != GroupKey::Other && !folded.contains(&name) {
+                        folded.push(name);
+                    }
+                    other.merge(&f);
+                }
+            }
+            folded_workloads = folded.len() as u64;
+            for (key, figures) in chosen.into_iter().zip(figures) {
+                groups.push(GroupFigures {
+                    dimension: Dimension::Workload,
+                    key,
+                    figures,
+                });
+            }
+            groups.push(GroupFigures {
+                dimension: Dimension::Workload,
+                key: "other".to_owned(),
+                figures: other,
+            });
+        }
+
         let waiting = tracker.sockets_in(TcpState::CloseWait);
         let threshold_ns = u64::try_from(opts.close_wait_threshold.as_nanos()).unwrap_or(u64::MAX);
         let run_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -762,6 +819,8 @@ impl Detail {
             groups,
             folded_processes,
             folded_connections,
+            folded_workloads,
+            folded_workload_connections,
             close_wait,
         }
     }
@@ -829,7 +888,7 @@ impl Snapshot {
             detail: opts
                 .detail
                 .as_ref()
-                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed)),
+                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed, names)),
             dashboard: recent
                 .filter(|_| opts.dashboard)
                 .map(|r| Dashboard::build(p, r, now_ns, names)),
