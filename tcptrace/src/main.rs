@@ -217,6 +217,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
             &t.borrow(),
             &clock,
             &title,
+            &done.names,
         );
         output_failed_at_exit(&mut exit, written);
     }

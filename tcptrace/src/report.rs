@@ -25,6 +25,8 @@ use crate::{
 /// Everything a report is made of.
 pub struct Report {
     pub replay: Replay,
+    /// How cgroups and namespaces were named (see `names`).
+    pub names: Names,
     pub summary: Summary,
     pub pipeline: Pipeline,
     pub timeline: Option<Rc<RefCell<Timeline>>>,
@@ -66,6 +68,7 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     };
     Ok(Report {
         replay,
+        names,
         summary,
         pipeline,
         timeline,
@@ -126,6 +129,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             &t.borrow(),
             &r.replay.header.clock,
             &title,
+            &r.names,
         )?;
     }
     Ok(())
