@@ -847,43 +847,73 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
     })
 }
 
-/// A cgroup v2 directory made for one test, removed when dropped (after its processes left).
-struct TestCgroup(std::path::PathBuf);
+/// A cgroup v2 directory made for one test in the test process's slice, removed when dropped
+/// (after its processes left), the slice with the last of its cgroups.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    slice: std::path::PathBuf,
+}
 
 impl TestCgroup {
-    fn new(name: &str) -> Self {
+    /// `NAME` in this test process's own slice, `tcptrace-lab-PID.slice/NAME` under the
+    /// cgroup2 root: named like systemd units, so the workload shows (e.g. `foo.service`).
+    fn in_slice(name: &str) -> Self {
         let root = cgroup2_root().expect("cgroup v2 is not mounted: the lab needs it");
-        let dir = root.join(format!("tcptrace-lab-{}-{name}", std::process::id()));
+        let slice = root.join(format!("tcptrace-lab-{}.slice", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&slice)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            panic!("creating {}: {e}", slice.display());
+        }
+        let dir = slice.join(name);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self(dir)
+        Self { dir, slice }
+    }
+
+    /// The path tcptrace shows: relative to the cgroup2 root, from `/`.
+    fn cgroup_path(&self) -> String {
+        let root = cgroup2_root().expect("cgroup2 root");
+        format!(
+            "/{}",
+            self.dir
+                .strip_prefix(&root)
+                .expect("under the root")
+                .display()
+        )
     }
 
     fn id(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(&self.0).expect("cgroup dir").ino()
+        std::fs::metadata(&self.dir).expect("cgroup dir").ino()
     }
 
     fn add(&self, pid: u32) {
-        let procs = self.0.join("cgroup.procs");
+        let procs = self.dir.join("cgroup.procs");
         std::fs::write(&procs, pid.to_string())
             .unwrap_or_else(|e| panic!("writing {pid} to {}: {e}", procs.display()));
     }
 
     fn path(&self) -> &str {
-        self.0.to_str().expect("utf-8 path")
+        self.dir.to_str().expect("utf-8 path")
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         // The peers have exited by now; a cgroup empties a moment after its last process.
+        let mut removed = false;
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                removed = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("could not remove {}", self.0.display());
+        if !removed {
+            eprintln!("could not remove {}", self.dir.display());
+        }
+        // Empty once the slice's last cgroup is gone; until then this fails, as it should.
+        let _ = std::fs::remove_dir(&self.slice);
     }
 }
 
@@ -896,16 +926,24 @@ fn netns_inode(name: &str) -> u64 {
 
 /// A server in one cgroup and namespace, a client in others: every row of each side's
 /// sockets (softirq transitions included) carries that side's cgroup id and namespace inode,
-/// and the connection lines carry the bytes each side sent and received, exactly.
+/// and names them: the cgroup's path, the systemd unit its name shows as the workload, the
+/// namespace's /run/netns name. The connection lines carry the bytes each side sent and
+/// received, exactly, and the summary groups both by workload with those bytes. The
+/// client's cgroup is made after the tracers started: they find it by walking the cgroup
+/// tree again on the miss.
 #[test]
 #[ignore = "needs root"]
 fn lab_socket_cgroup_netns_and_bytes() {
     require_root();
     let lab = Lab::new();
     let p = lab.port_base + 9;
-    let (srv_cg, cli_cg) = (TestCgroup::new("srv"), TestCgroup::new("cli"));
+    let srv_cg = TestCgroup::in_slice("tcptrace-lab-srv.service");
     let rows = Tracer::start(&["--port", &p.to_string()]);
     let conns = Tracer::start(&["--port", &p.to_string(), "--per", "connection"]);
+    let cli_cg = TestCgroup::in_slice("tcptrace-lab-cli.service");
+    // A miss walks the tree again at most once a second: one second after the tracers'
+    // first walk, the client's first event finds its new cgroup.
+    std::thread::sleep(Duration::from_millis(1100));
     let mut server = lab.peer(&lab.b);
     let mut client = lab.peer(&lab.a);
     // From here: `ip netns exec` gives the peers a fresh /sys without the cgroup mount.
@@ -932,6 +970,22 @@ fn lab_socket_cgroup_netns_and_bytes() {
             (cli_cg.id(), netns_inode(&lab.a))
         }
     };
+    // The names: cgroup path, workload (the unit), namespace name.
+    let names = |lport: u16| {
+        if lport == p {
+            (
+                srv_cg.cgroup_path(),
+                "tcptrace-lab-srv.service",
+                lab.b.as_str(),
+            )
+        } else {
+            (
+                cli_cg.cgroup_path(),
+                "tcptrace-lab-cli.service",
+                lab.a.as_str(),
+            )
+        }
+    };
     println!(
         "cgroups: server {} = {}, client {} = {}",
         srv_cg.path(),
@@ -948,15 +1002,23 @@ fn lab_socket_cgroup_netns_and_bytes() {
         let lport = l["lport"].as_u64().expect("lport") as u16;
         let (cg, ns) = want(lport);
         println!(
-            "  lport {lport:>5} {:>11} -> {:<11} owner {:<8} cgroup {} netns {}",
+            "  lport {lport:>5} {:>11} -> {:<11} owner {:<8} cgroup {} {} ({}) netns {} {}",
             s(&l["old"]),
             s(&l["new"]),
             l["owner"],
             l["cgroup_id"],
-            l["netns"]
+            l["cgroup"],
+            l["workload"],
+            l["netns"],
+            l["netns_name"]
         );
         assert_eq!(l["cgroup_id"], cg, "wrong cgroup: {l}");
         assert_eq!(l["netns"], ns, "wrong namespace: {l}");
+        let (path, workload, netns_name) = names(lport);
+        assert_eq!(l["cgroup"], path.as_str(), "cgroup path: {l}");
+        assert_eq!(l["workload"], workload, "workload: {l}");
+        assert_eq!(l["container"], Value::Null, "not a container: {l}");
+        assert_eq!(l["netns_name"], netns_name, "namespace name: {l}");
         checked += 1;
     }
     // Listener 2, client 5, server child 5.
@@ -984,10 +1046,42 @@ fn lab_socket_cgroup_netns_and_bytes() {
         );
         assert_eq!(l["bytes_sent"], sent, "{l}");
         assert_eq!(l["bytes_received"], recv, "{l}");
-        let (cg, ns) = want(l["lport"].as_u64().expect("lport") as u16);
+        let lport = l["lport"].as_u64().expect("lport") as u16;
+        let (cg, ns) = want(lport);
         assert_eq!(
             (l["cgroup_id"].clone(), l["netns"].clone()),
             (cg.into(), ns.into())
         );
+        let (path, workload, netns_name) = names(lport);
+        assert_eq!(
+            (&l["cgroup"], &l["workload"], &l["netns_name"]),
+            (
+                &Value::from(path),
+                &Value::from(workload),
+                &Value::from(netns_name)
+            ),
+            "{l}"
+        );
+    }
+    // The summary groups by workload: one connection each, the bytes mirrored.
+    let groups = conns.summary["by_workload"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no by_workload in {}", conns.summary));
+    for (workload, sent, received) in [
+        ("tcptrace-lab-srv.service", 65_536, 1_048_576),
+        ("tcptrace-lab-cli.service", 1_048_576, 65_536),
+    ] {
+        let g = groups
+            .iter()
+            .find(|g| g["key"] == workload)
+            .unwrap_or_else(|| panic!("no {workload} group in {groups:?}"));
+        println!(
+            "  summary group {workload}: connections {}, bytes {}",
+            g["connections"], g["bytes"]
+        );
+        assert_eq!(g["connections"], 1, "{g}");
+        assert_eq!(g["bytes"]["sent"], sent, "{g}");
+        assert_eq!(g["bytes"]["received"], received, "{g}");
+        assert_eq!(g["close_wait_now"], 0, "{g}");
     }
 }
