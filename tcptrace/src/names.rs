@@ -99,6 +99,9 @@ struct Inner {
     netns: NetnsNames,
     /// The last cgroup asked for and its answer (a stream asks for the same few in a row).
     last: Option<(u64, Option<Rc<Cgroup>>)>,
+    /// Why there are no names, said on stderr at the first id asked for (so a recording
+    /// without ids gets no note).
+    note: Option<String>,
 }
 
 /// The shared handle the output layer names ids through (see the module doc).
@@ -111,6 +114,7 @@ impl Names {
             cgroups,
             netns,
             last: None,
+            note: None,
         })))
     }
 
@@ -152,17 +156,23 @@ impl Names {
         if host == crate::host::host_name() && same_boot {
             return Self::system();
         }
-        eprintln!(
-            "tcptrace: note: the recording was made on {host} {}: cgroups and network \
-             namespaces show as ids (names are looked up only on the host and boot that \
-             recorded them)",
+        let names = Self::none();
+        names.0.borrow_mut().note = Some(format!(
+            "the recording was made on {host} {}: its cgroups and network namespaces show as \
+             ids (names are looked up only on the host and boot that recorded them)",
             if host == crate::host::host_name() {
                 "before this host's last boot"
             } else {
                 "(not this host)"
             }
-        );
-        Self::none()
+        ));
+        names
+    }
+
+    fn say_note(inner: &mut Inner) {
+        if let Some(n) = inner.note.take() {
+            eprintln!("tcptrace: note: {n}");
+        }
     }
 
     /// The cgroup of `id`, if it can be named.
@@ -173,6 +183,7 @@ impl Names {
         {
             return c.clone();
         }
+        Self::say_note(&mut inner);
         let c = inner.cgroups.get(id, Instant::now());
         inner.last = Some((id, c.clone()));
         c
@@ -190,7 +201,9 @@ impl Names {
 
     /// The name of network namespace `ino`, if it has one.
     pub fn netns(&self, ino: u32) -> Option<Rc<str>> {
-        self.0.borrow_mut().netns.get(ino, Instant::now())
+        let mut inner = self.0.borrow_mut();
+        Self::say_note(&mut inner);
+        inner.netns.get(ino, Instant::now())
     }
 }
 
