@@ -212,7 +212,7 @@ pub fn parse_group_workloads(s: &str) -> Result<usize, String> {
         Ok(n) if n <= MAX_GROUP_WORKLOADS => Ok(n),
         _ => Err(format!(
             "{s:?} is not a number of workloads from 0 to {MAX_GROUP_WORKLOADS} (each adds about \
-             130 series; the rest are counted under \"other\")"
+             65 series; the rest are counted under \"other\")"
         )),
     }
 }
