@@ -97,8 +97,9 @@ impl NetnsNames {
 struct Inner {
     cgroups: Cgroups,
     netns: NetnsNames,
-    /// The last cgroup asked for and its answer (a stream asks for the same few in a row).
-    last: Option<(u64, Option<Rc<Cgroup>>)>,
+    /// The last cgroup found (a stream asks for the same few in a row). Misses are not
+    /// remembered here: the next ask may find the cgroup by walking the tree again.
+    last: Option<(u64, Rc<Cgroup>)>,
     /// Why there are no names, said on stderr at the first id asked for (so a recording
     /// without ids gets no note).
     note: Option<String>,
@@ -177,16 +178,21 @@ impl Names {
 
     /// The cgroup of `id`, if it can be named.
     pub fn cgroup(&self, id: u64) -> Option<Rc<Cgroup>> {
+        self.cgroup_at(id, Instant::now())
+    }
+
+    /// [`Names::cgroup`] at time `now` (what the walks' rate limit goes by).
+    fn cgroup_at(&self, id: u64, now: Instant) -> Option<Rc<Cgroup>> {
         let mut inner = self.0.borrow_mut();
         if let Some((last, c)) = &inner.last
             && *last == id
         {
-            return c.clone();
+            return Some(Rc::clone(c));
         }
         Self::say_note(&mut inner);
-        let c = inner.cgroups.get(id, Instant::now());
-        inner.last = Some((id, c.clone()));
-        c
+        let c = inner.cgroups.get(id, now)?;
+        inner.last = Some((id, Rc::clone(&c)));
+        Some(c)
     }
 
     /// What groups by workload call a cgroup: its workload's name, else its path, else
@@ -241,6 +247,34 @@ mod tests {
         std::fs::remove_file(dir.join("blue")).expect("rm");
         assert_eq!(n.get(1, t0 + RESCAN_EVERY * 2), None);
         assert_eq!(n.get(blue, t0 + RESCAN_EVERY * 2).as_deref(), Some("blue"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_cgroup_not_found_yet_is_found_once_the_rate_limit_allows_a_walk() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("tcptrace-names-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("a.service")).expect("dir");
+        let t0 = Instant::now();
+        let names = Names::new(
+            Cgroups::at(Some((dir.clone(), "/".to_owned())), t0),
+            NetnsNames::at(PathBuf::new(), None, t0),
+        );
+        let a = std::fs::metadata(dir.join("a.service")).expect("a").ino();
+        assert_eq!(names.cgroup_at(a, t0).expect("a").path, "/a.service");
+        std::fs::create_dir(dir.join("b.service")).expect("b");
+        let b = std::fs::metadata(dir.join("b.service")).expect("b").ino();
+        // Asked for again and again within the second: no walk, no name yet...
+        for ms in [1, 2, 500, 999] {
+            assert!(names.cgroup_at(b, t0 + Duration::from_millis(ms)).is_none());
+        }
+        // ...and the miss was not remembered: after the second, the walk finds it.
+        let got = names
+            .cgroup_at(b, t0 + RESCAN_EVERY)
+            .expect("found by the next walk");
+        assert_eq!(got.path, "/b.service");
+        assert_eq!(names.label(a), "a.service");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
