@@ -847,27 +847,37 @@ fn cgroup2_root() -> Option<std::path::PathBuf> {
     })
 }
 
-/// A cgroup v2 directory made for one test in the test process's slice, removed when dropped
-/// (after its processes left), the slice with the last of its cgroups.
-struct TestCgroup {
-    dir: std::path::PathBuf,
-    slice: std::path::PathBuf,
-}
+/// A cgroup v2 directory made for one test, removed when dropped (after its processes left).
+struct TestCgroup(std::path::PathBuf);
 
 impl TestCgroup {
-    /// `NAME` in this test process's own slice, `tcptrace-lab-PID.slice/NAME` under the
-    /// cgroup2 root: named like systemd units, so the workload shows (e.g. `foo.service`).
-    fn in_slice(name: &str) -> Self {
+    fn new(name: &str) -> Self {
         let root = cgroup2_root().expect("cgroup v2 is not mounted: the lab needs it");
-        let slice = root.join(format!("tcptrace-lab-{}.slice", std::process::id()));
-        if let Err(e) = std::fs::create_dir(&slice)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            panic!("creating {}: {e}", slice.display());
-        }
-        let dir = slice.join(name);
+        let dir = root.join(format!("tcptrace-lab-{}-{name}", std::process::id()));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        Self { dir, slice }
+        Self(dir)
+    }
+
+    /// A cgroup `name` below this one (drop it first: a cgroup with children stays).
+    fn child(&self, name: &str) -> Self {
+        let dir = self.0.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).expect("cgroup dir").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        let procs = self.0.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .unwrap_or_else(|e| panic!("writing {pid} to {}: {e}", procs.display()));
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
     }
 
     /// The path tcptrace shows: relative to the cgroup2 root, from `/`.
@@ -875,45 +885,24 @@ impl TestCgroup {
         let root = cgroup2_root().expect("cgroup2 root");
         format!(
             "/{}",
-            self.dir
+            self.0
                 .strip_prefix(&root)
                 .expect("under the root")
                 .display()
         )
-    }
-
-    fn id(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::metadata(&self.dir).expect("cgroup dir").ino()
-    }
-
-    fn add(&self, pid: u32) {
-        let procs = self.dir.join("cgroup.procs");
-        std::fs::write(&procs, pid.to_string())
-            .unwrap_or_else(|e| panic!("writing {pid} to {}: {e}", procs.display()));
-    }
-
-    fn path(&self) -> &str {
-        self.dir.to_str().expect("utf-8 path")
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         // The peers have exited by now; a cgroup empties a moment after its last process.
-        let mut removed = false;
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                removed = true;
-                break;
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !removed {
-            eprintln!("could not remove {}", self.dir.display());
-        }
-        // Empty once the slice's last cgroup is gone; until then this fails, as it should.
-        let _ = std::fs::remove_dir(&self.slice);
+        eprintln!("could not remove {}", self.0.display());
     }
 }
 
@@ -937,10 +926,12 @@ fn lab_socket_cgroup_netns_and_bytes() {
     require_root();
     let lab = Lab::new();
     let p = lab.port_base + 9;
-    let srv_cg = TestCgroup::in_slice("tcptrace-lab-srv.service");
+    // Named like systemd units in a slice, so the workloads show: the units.
+    let slice = TestCgroup::new("names.slice");
+    let srv_cg = slice.child("tcptrace-lab-srv.service");
     let rows = Tracer::start(&["--port", &p.to_string()]);
     let conns = Tracer::start(&["--port", &p.to_string(), "--per", "connection"]);
-    let cli_cg = TestCgroup::in_slice("tcptrace-lab-cli.service");
+    let cli_cg = slice.child("tcptrace-lab-cli.service");
     // A miss walks the tree again at most once a second: one second after the tracers'
     // first walk, the client's first event finds its new cgroup.
     std::thread::sleep(Duration::from_millis(1100));
@@ -1094,7 +1085,7 @@ fn lab_socket_cgroup_netns_and_bytes() {
 fn lab_without_cgroup_v2_ids_stay_and_names_are_said_to_be_missing() {
     require_root();
     let lab = Lab::new();
-    let p = lab.port_base + 10;
+    let p = lab.port_base + 12;
     let mut unshare = Command::new("unshare");
     unshare.args([
         "--mount",
@@ -1107,7 +1098,7 @@ fn lab_without_cgroup_v2_ids_stay_and_names_are_said_to_be_missing() {
         common::BIN,
     ]);
     let tracer = Tracer::start_command(unshare, &["--port", &p.to_string()]);
-    let srv_cg = TestCgroup::in_slice("tcptrace-lab-nocg.service");
+    let srv_cg = TestCgroup::new("nocg");
     let mut server = lab.peer(&lab.b);
     let mut client = lab.peer(&lab.a);
     srv_cg.add(server.pid);
