@@ -836,6 +836,68 @@ fn lab_matches_libbpf_tools_tcpstates() {
     );
 }
 
+/// Without a cgroup v2 mount (every cgroup2 mount taken away in the tracer's own mount
+/// namespace) tracing goes on: one start-up warning says why cgroups are not named, lines
+/// keep the socket's cgroup id, and the name fields are null.
+#[test]
+#[ignore = "needs root"]
+fn lab_without_cgroup_v2_ids_stay_and_names_are_said_to_be_missing() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 12;
+    let mut unshare = Command::new("unshare");
+    unshare.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "for m in $(findmnt -rn -t cgroup2 -o TARGET); do umount -l \"$m\" || exit 1; done; \
+         exec \"$0\" \"$@\"",
+        common::BIN,
+    ]);
+    let tracer = Tracer::start_command(unshare, &["--port", &p.to_string()]);
+    let srv_cg = TestCgroup::new("nocg");
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    srv_cg.add(server.pid);
+    server.ok(&format!("listen {}", server_addr(p)));
+    client.ok(&format!("connect {}", server_addr(p)));
+    server.ok("accept");
+    client.ok("close");
+    server.ok("hold_close 0");
+    server.ok("close_listener");
+    drop((client, server));
+    let out = tracer.stop();
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("no cgroup v2"))
+        .collect();
+    println!("stderr: {said:?}");
+    assert_eq!(said.len(), 1, "said once: {}", out.stderr);
+    assert!(said[0].contains("the ids are still shown"), "{}", said[0]);
+    let rows: Vec<&Value> = out
+        .lines
+        .iter()
+        .filter(|l| l["lport"] == p && s(&l["laddr"]).starts_with("10.201."))
+        .collect();
+    assert!(rows.len() >= 4, "{rows:?}");
+    for l in rows {
+        assert_eq!(l["cgroup_id"], srv_cg.id(), "{l}");
+        assert_eq!(l["cgroup"], Value::Null, "{l}");
+        assert_eq!(l["workload"], Value::Null, "{l}");
+        // Namespace names come from /run/netns, which is still there.
+        assert_eq!(l["netns_name"], lab.b.as_str(), "{l}");
+    }
+    let groups = out.summary["by_workload"].as_array().expect("by_workload");
+    let key = format!("cgroup {}", srv_cg.id());
+    assert!(
+        groups.iter().any(|g| g["key"] == key.as_str()),
+        "{key} in {groups:?}"
+    );
+}
+
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`), from
 /// /proc/self/mountinfo.
 fn cgroup2_root() -> Option<std::path::PathBuf> {
@@ -1075,66 +1137,4 @@ fn lab_socket_cgroup_netns_and_bytes() {
         assert_eq!(g["bytes"]["received"], received, "{g}");
         assert_eq!(g["close_wait_now"], 0, "{g}");
     }
-}
-
-/// Without a cgroup v2 mount (every cgroup2 mount taken away in the tracer's own mount
-/// namespace) tracing goes on: one start-up warning says why cgroups are not named, lines
-/// keep the socket's cgroup id, and the name fields are null.
-#[test]
-#[ignore = "needs root"]
-fn lab_without_cgroup_v2_ids_stay_and_names_are_said_to_be_missing() {
-    require_root();
-    let lab = Lab::new();
-    let p = lab.port_base + 12;
-    let mut unshare = Command::new("unshare");
-    unshare.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "for m in $(findmnt -rn -t cgroup2 -o TARGET); do umount -l \"$m\" || exit 1; done; \
-         exec \"$0\" \"$@\"",
-        common::BIN,
-    ]);
-    let tracer = Tracer::start_command(unshare, &["--port", &p.to_string()]);
-    let srv_cg = TestCgroup::new("nocg");
-    let mut server = lab.peer(&lab.b);
-    let mut client = lab.peer(&lab.a);
-    srv_cg.add(server.pid);
-    server.ok(&format!("listen {}", server_addr(p)));
-    client.ok(&format!("connect {}", server_addr(p)));
-    server.ok("accept");
-    client.ok("close");
-    server.ok("hold_close 0");
-    server.ok("close_listener");
-    drop((client, server));
-    let out = tracer.stop();
-    let said: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains("no cgroup v2"))
-        .collect();
-    println!("stderr: {said:?}");
-    assert_eq!(said.len(), 1, "said once: {}", out.stderr);
-    assert!(said[0].contains("the ids are still shown"), "{}", said[0]);
-    let rows: Vec<&Value> = out
-        .lines
-        .iter()
-        .filter(|l| l["lport"] == p && s(&l["laddr"]).starts_with("10.201."))
-        .collect();
-    assert!(rows.len() >= 4, "{rows:?}");
-    for l in rows {
-        assert_eq!(l["cgroup_id"], srv_cg.id(), "{l}");
-        assert_eq!(l["cgroup"], Value::Null, "{l}");
-        assert_eq!(l["workload"], Value::Null, "{l}");
-        // Namespace names come from /run/netns, which is still there.
-        assert_eq!(l["netns_name"], lab.b.as_str(), "{l}");
-    }
-    let groups = out.summary["by_workload"].as_array().expect("by_workload");
-    let key = format!("cgroup {}", srv_cg.id());
-    assert!(
-        groups.iter().any(|g| g["key"] == key.as_str()),
-        "{key} in {groups:?}"
-    );
 }
