@@ -294,8 +294,9 @@ impl Cgroups {
         Self::at(mount, now)
     }
 
-    /// The cgroups under `mount` (a cgroup2 mount or a test's fake tree), whose root is the
-    /// cgroup `root_path`.
+    /// The cgroups under `mount`: a mount point (a cgroup2 mount, or a test's fake tree) and
+    /// the path of the cgroup it shows as its root (mountinfo's root field: `/`, or a
+    /// sub-cgroup in a container), which prefixes every path.
     pub fn at(mount: Option<(PathBuf, String)>, now: Instant) -> Self {
         let mut c = Self {
             mount,
