@@ -3,6 +3,9 @@
 //! Values are recorded in microseconds. The overall histograms keep 3 significant digits; the
 //! per-group ones keep 2 (1% resolution) so that hundreds of groups stay within a few MiB.
 //! Groups are capped per dimension; what does not fit is counted under "other".
+//!
+//! One dimension is the socket's cgroup id, unnamed: naming cgroups (and merging those of one
+//! workload) is the summary's business, so the aggregates stay a pure function of the events.
 
 use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
@@ -132,6 +135,11 @@ pub struct Stats {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub time_wait_entries: u64,
+    /// Payload bytes sent and received by the finished connections whose counters the
+    /// kernel read at close, and how many those were.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_measured: u64,
 }
 
 impl Stats {
@@ -148,7 +156,44 @@ impl Stats {
             resets_sent: 0,
             resets_received: 0,
             time_wait_entries: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            bytes_measured: 0,
         }
+    }
+
+    /// An empty group keeping `sigfig` significant digits (for merged groups).
+    pub fn empty(sigfig: u8) -> Self {
+        Self::new(sigfig)
+    }
+
+    /// Adds another group's figures (one workload's cgroups into one group).
+    pub fn merge(&mut self, o: &Stats) {
+        for (a, b) in self.handshake.iter_mut().zip(&o.handshake) {
+            a.merge(b);
+        }
+        for (a, b) in self.phases.iter_mut().zip(&o.phases) {
+            a.merge(b);
+        }
+        self.lifetime.merge(&o.lifetime);
+        for (a, b) in self
+            .handshake_unmeasured
+            .iter_mut()
+            .zip(o.handshake_unmeasured)
+        {
+            *a += b;
+        }
+        for (a, b) in self.closes.iter_mut().zip(o.closes) {
+            *a += b;
+        }
+        self.syn_retransmits += o.syn_retransmits;
+        self.synack_retransmits += o.synack_retransmits;
+        self.resets_sent += o.resets_sent;
+        self.resets_received += o.resets_received;
+        self.time_wait_entries += o.time_wait_entries;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.bytes_measured += o.bytes_measured;
     }
 
     pub fn connections(&self) -> u64 {
@@ -177,6 +222,11 @@ impl Stats {
                 self.closes[close_index(c.close)] += 1;
                 if let Some(l) = c.lifetime_ns() {
                     self.lifetime.record_ns(l);
+                }
+                if let Some(st) = c.stats {
+                    self.bytes_sent += st.bytes_acked;
+                    self.bytes_received += st.bytes_received;
+                    self.bytes_measured += 1;
                 }
             }
             Fact::TimeWait { .. } => self.time_wait_entries += 1,
@@ -207,6 +257,8 @@ pub enum GroupKey {
     Process(Comm),
     /// A peer's address (the dashboard's fourth dimension).
     Addr(std::net::IpAddr),
+    /// A socket's cgroup id (0: unknown), named by the summary.
+    Cgroup(u64),
     /// Everything beyond [`MAX_GROUPS`].
     Other,
 }
@@ -218,6 +270,8 @@ impl std::fmt::Display for GroupKey {
             Self::Process(p) if p.0[0] == 0 => f.write_str("?"),
             Self::Process(p) => f.write_str(&p.as_str()),
             Self::Addr(a) => write!(f, "{a}"),
+            Self::Cgroup(0) => f.write_str("?"),
+            Self::Cgroup(id) => write!(f, "cgroup {id}"),
             Self::Other => f.write_str("(other)"),
         }
     }
@@ -225,10 +279,10 @@ impl std::fmt::Display for GroupKey {
 
 /// One grouping dimension with its cap.
 ///
-/// Looked up for every fact (twice: a port dimension and the process), so the hot path does
-/// not hash: a port key finds its group through a 64 Ki-entry index, and a process key
-/// through the last process seen (a churning host's facts mostly come from a few
-/// processes); other keys, and misses, go through the hash index. The test
+/// Looked up for every fact (three times: a port dimension, the process and the cgroup), so
+/// the hot path does not hash: a port key finds its group through a 64 Ki-entry index, and a
+/// process or cgroup key through the last one seen (a churning host's facts mostly come from
+/// a few processes); other keys, and misses, go through the hash index. The test
 /// `groups_match_a_plain_hash_map` holds this to the plain `HashMap<GroupKey, Stats>` it
 /// replaces.
 #[derive(Clone, Debug, Default)]
@@ -244,6 +298,8 @@ pub struct Groups {
     by_port: Vec<u32>,
     /// The last process looked up, and its group's index.
     last_process: Option<(Comm, u32)>,
+    /// The last cgroup looked up, and its group's index.
+    last_cgroup: Option<(u64, u32)>,
 }
 
 impl Groups {
@@ -269,6 +325,17 @@ impl Groups {
                     let i = self.slow_index(key);
                     if self.order[i as usize] == GroupKey::Process(c) {
                         self.last_process = Some((c, i));
+                    }
+                    i
+                }
+            },
+            GroupKey::Cgroup(c) => match self.last_cgroup {
+                Some((last, i)) if last == *c => i,
+                _ => {
+                    let c = *c;
+                    let i = self.slow_index(key);
+                    if self.order[i as usize] == GroupKey::Cgroup(c) {
+                        self.last_cgroup = Some((c, i));
                     }
                     i
                 }
@@ -342,6 +409,9 @@ pub struct Aggregate {
     pub by_local_port: Groups,
     /// By owning process name (an empty name, shown as "?", when the owner is unknown).
     pub by_process: Groups,
+    /// By the socket's cgroup id (0 when unknown); the summary names and merges them into
+    /// workloads.
+    pub by_cgroup: Groups,
     pub transitions: u64,
     pub edges: FxHashMap<(TcpState, TcpState), Edge>,
     /// Listeners and TIME_WAIT from socket-table samples, with the SYN-ACK retransmits and
@@ -356,6 +426,7 @@ impl Default for Aggregate {
             by_remote_port: Groups::default(),
             by_local_port: Groups::default(),
             by_process: Groups::default(),
+            by_cgroup: Groups::default(),
             transitions: 0,
             edges: FxHashMap::default(),
             listeners: Listeners::default(),
@@ -403,6 +474,16 @@ impl Aggregate {
         }
         let process = conn.owner.map_or(Comm::default(), |o| o.comm);
         self.by_process.get(GroupKey::Process(process)).add(fact);
+        let cgroup = conn.ident.cgroup.unwrap_or(0);
+        self.by_cgroup.get(GroupKey::Cgroup(cgroup)).add(fact);
+    }
+
+    /// Whether any fact came with its socket's cgroup (else there are no workloads to show).
+    pub fn has_cgroups(&self) -> bool {
+        self.by_cgroup
+            .order
+            .iter()
+            .any(|k| !matches!(k, GroupKey::Cgroup(0)))
     }
 }
 
@@ -469,11 +550,13 @@ mod tests {
         let (mut fast, mut plain) = (Groups::default(), PlainGroups::default());
         for i in 0..20_000u64 {
             let r = next();
-            let key = match r % 10 {
+            let key = match r % 12 {
                 0..=2 => GroupKey::Port((r >> 8) as u16 % 4 + 8080),
                 3 => GroupKey::Port((r >> 8) as u16),
                 4..=6 => GroupKey::Process(comm(r >> 8)),
                 7 => GroupKey::Process(comm(i / 1000)),
+                10 => GroupKey::Cgroup((r >> 8) % 5),
+                11 => GroupKey::Cgroup(i / 500 + (r >> 60)),
                 8 => GroupKey::Addr(std::net::IpAddr::from([
                     10,
                     0,

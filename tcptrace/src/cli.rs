@@ -119,6 +119,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:10089";
 /// together they bound the number of series (see `serve::metrics`).
 pub const MAX_GROUP_PORTS: usize = 32;
 pub const MAX_GROUP_PROCESSES: usize = 20;
+/// Most workloads `--group-workloads` may keep (each adds as many series as a process).
+pub const MAX_GROUP_WORKLOADS: usize = 20;
 
 /// `tcptrace serve`.
 #[derive(Args, Debug, Clone)]
@@ -140,6 +142,11 @@ pub struct ServeArgs {
     /// counted under process="other".
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_group_processes)]
     pub group_processes: usize,
+    /// Give the first N workloads seen (a socket's cgroup named: container, Kubernetes pod,
+    /// systemd unit, else the cgroup path) series of their own (at most 20); the rest are
+    /// counted under workload="other".
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_group_workloads)]
+    pub group_workloads: usize,
     /// CLOSE_WAIT sockets older than this many seconds count as stuck
     /// (tcptrace_close_wait_stuck_sockets).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_duration)]
@@ -195,6 +202,17 @@ pub fn parse_group_processes(s: &str) -> Result<usize, String> {
         _ => Err(format!(
             "{s:?} is not a number of processes from 0 to {MAX_GROUP_PROCESSES} (each adds about \
              190 series; the rest are counted under \"other\")"
+        )),
+    }
+}
+
+/// Parses `--group-workloads`: 0 to [`MAX_GROUP_WORKLOADS`].
+pub fn parse_group_workloads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_GROUP_WORKLOADS => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of workloads from 0 to {MAX_GROUP_WORKLOADS} (each adds about \
+             65 series; the rest are counted under \"other\")"
         )),
     }
 }
@@ -651,6 +669,12 @@ mod tests {
                 .contains("not a port")
         );
         assert_eq!(parse_group_processes("5"), Ok(5));
+        assert_eq!(parse_group_workloads("20"), Ok(20));
+        assert!(
+            parse_group_workloads("21")
+                .expect_err("too many")
+                .contains("from 0 to 20")
+        );
         assert!(parse_group_processes("21").is_err());
         assert!(parse_group_processes("many").is_err());
         assert!(parse_listen("127.0.0.1:10089").is_ok());

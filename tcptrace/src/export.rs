@@ -4,7 +4,8 @@
 //! JSON Lines recordings can be made compact. The output's format follows its name, as for
 //! `record`; the input's is told by its content. A `.csv` output is not a recording but the
 //! CSV line stream `watch --format csv` would have printed, made by replaying the recording
-//! through the same pipeline and stream sink.
+//! through the same pipeline and stream sink (naming cgroups and namespaces only on the host
+//! and boot that recorded it).
 
 use std::io;
 
@@ -12,6 +13,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::{ExportArgs, Per},
+    names::Names,
     pipeline::Pipeline,
     record::{self, Recorder},
     sink::Sink as _,
@@ -33,7 +35,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
     {
-        return csv(args, header.clock);
+        return csv(args, &header);
     }
     let rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
@@ -80,7 +82,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 }
 
 /// Replays the recording through the pipeline into a CSV stream sink.
-fn csv(args: &ExportArgs, clock: crate::clock::Clock) -> Result<()> {
+/// Cgroups and namespaces are named as on the recording host when this is it, in the same
+/// boot (see `names`), else left as ids.
+fn csv(args: &ExportArgs, header: &record::Header) -> Result<()> {
     let out = &args.output;
     let unit = match args.per {
         Per::Transition => Unit::Transition,
@@ -89,7 +93,8 @@ fn csv(args: &ExportArgs, clock: crate::clock::Clock) -> Result<()> {
     };
     let file =
         crate::outfile::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let stream = Stream::new(io::BufWriter::new(file), clock, Style::Csv, unit);
+    let names = Names::for_recording(&header.host, header.clock.realtime_offset_ns);
+    let stream = Stream::new(io::BufWriter::new(file), header.clock, Style::Csv, unit).names(names);
     let mut pipeline = Pipeline::new(vec![Box::new(stream)]);
     let replay = record::replay(&args.file, args.allow_truncated, |ev| {
         pipeline.push_ordered(ev);

@@ -44,6 +44,7 @@ use crate::{
     counters::{Counters, LOSS_EXPLAINED},
     decode::{self, Event, TcpState},
     listeners::Sample,
+    names::Names,
     pipeline::Pipeline,
     recent::Recent,
     record::{self, Replay},
@@ -378,6 +379,9 @@ pub struct LiveRun {
     /// The socket-table sampler's thread and its samples, when started.
     sampler: Option<SamplerRun>,
     privileges_dropped: bool,
+    /// Names of cgroups and network namespaces for the snapshots and the sinks (this host's
+    /// for a live run; a replay's only on the host and boot that recorded it).
+    names: Names,
 }
 
 /// A running socket-table sampler (`sockdiag`).
@@ -417,6 +421,8 @@ pub struct Finished {
     pub pipeline: Pipeline,
     /// The kernel's counters at the end.
     pub counters: Counters,
+    /// The names the run's snapshots used, for its exit summary.
+    pub names: Names,
 }
 
 impl Finished {
@@ -451,7 +457,12 @@ impl LiveRun {
                 Some((p.local, p.remote, state, p.holder.as_ref().map(owner)))
             })
             .collect();
-        Self::with_source(Source::Kernel(Box::new(collector)), prior, clock)
+        Self::with_source(
+            Source::Kernel(Box::new(collector)),
+            prior,
+            clock,
+            Names::system(),
+        )
     }
 
     /// Plays a recording through the same loop at `speed` (no root needed). Returns the run
@@ -463,11 +474,22 @@ impl LiveRun {
     ) -> Result<(Self, record::Header)> {
         let header = record::read_header(path)?;
         let replayer = Replayer::start(path, speed, control)?;
-        let run = Self::with_source(Source::Replay(Box::new(replayer)), Vec::new(), header.clock)?;
+        let names = Names::for_recording(&header.host, header.clock.realtime_offset_ns);
+        let run = Self::with_source(
+            Source::Replay(Box::new(replayer)),
+            Vec::new(),
+            header.clock,
+            names,
+        )?;
         Ok((run, header))
     }
 
-    fn with_source(source: Source, prior: Vec<PriorSocket>, clock: Clock) -> Result<Self> {
+    fn with_source(
+        source: Source,
+        prior: Vec<PriorSocket>,
+        clock: Clock,
+        names: Names,
+    ) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -485,6 +507,7 @@ impl LiveRun {
             sampler_opened: None,
             sampler: None,
             privileges_dropped: false,
+            names,
         })
     }
 
@@ -499,6 +522,11 @@ impl LiveRun {
         if let Err(e) = crate::privileges::drop_all(|| counters_of(source).is_ok()) {
             log::warn!("could not drop capabilities after start-up: {e:#}");
         }
+    }
+
+    /// The names of cgroups and network namespaces, for a front end's sinks.
+    pub fn names(&self) -> Names {
+        self.names.clone()
     }
 
     /// Converts the events' monotonic timestamps to wall-clock time.
@@ -683,7 +711,7 @@ impl LiveRun {
                     {
                         next_publish = now + p.every;
                         let counters = counters_of(source).unwrap_or_default();
-                        publish(p, &pipeline, &counters, now - started, now_ns(source));
+                        publish(p, &pipeline, &counters, now - started, now_ns(source), &self.names);
                     }
                 }
                 Some(s) = next_sample(&mut self.sampler) => pipeline.push_sample(&s),
@@ -711,12 +739,20 @@ impl LiveRun {
         pipeline.finish();
         let counters = counters_of(source)?;
         if let Some(p) = &self.publish {
-            publish(p, &pipeline, &counters, started.elapsed(), now_ns(source));
+            publish(
+                p,
+                &pipeline,
+                &counters,
+                started.elapsed(),
+                now_ns(source),
+                &self.names,
+            );
         }
         Ok(Finished {
             stop,
             pipeline,
             counters,
+            names: self.names,
         })
     }
 }
@@ -753,10 +789,25 @@ fn now_ns(source: &Source) -> u64 {
     }
 }
 
-fn publish(p: &Publish, pipeline: &Pipeline, counters: &Counters, elapsed: Duration, now: u64) {
+fn publish(
+    p: &Publish,
+    pipeline: &Pipeline,
+    counters: &Counters,
+    elapsed: Duration,
+    now: u64,
+    names: &Names,
+) {
     let built = std::time::Instant::now();
     let recent = p.recent.as_ref().map(|r| r.borrow());
-    let snap = Snapshot::build_with(pipeline, counters, &p.opts, elapsed, now, recent.as_deref());
+    let snap = Snapshot::build_with(
+        pipeline,
+        counters,
+        &p.opts,
+        elapsed,
+        now,
+        recent.as_deref(),
+        names,
+    );
     p.tx.send_replace(Arc::new(snap));
     log::debug!("snapshot built in {} us", built.elapsed().as_micros());
 }

@@ -7,6 +7,7 @@
 mod aggregate;
 mod binrec;
 mod btf;
+mod cgroups;
 mod charts;
 mod cli;
 mod clock;
@@ -22,6 +23,7 @@ mod host;
 mod intern;
 mod listeners;
 mod live;
+mod names;
 mod outfile;
 mod owners;
 mod pipeline;
@@ -192,7 +194,9 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     if let Some(unit) = unit {
         let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
         live.add_sink(Box::new(
-            Stream::new(out, clock, style, unit).wide(args.wide),
+            Stream::new(out, clock, style, unit)
+                .wide(args.wide)
+                .names(live.names()),
         ));
     }
     let timeline = svg.as_ref().map(|_| {
@@ -213,6 +217,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
             &t.borrow(),
             &clock,
             &title,
+            &done.names,
         );
         output_failed_at_exit(&mut exit, written);
     }
@@ -308,13 +313,7 @@ impl SummaryOut {
     /// [`output_failed_at_exit`]); the text summary is printed all the same.
     pub fn write(self, done: &Finished, exit: &mut Exit) -> Summary {
         let p = &done.pipeline;
-        let summary = Summary::build(
-            p.aggregate(),
-            &done.counters,
-            p.undecodable(),
-            p.tracker(),
-            self.args.top,
-        );
+        let summary = Summary::of(p, &done.counters, self.args.top, &done.names);
         if let Some((path, f)) = self.json {
             output_failed_at_exit(exit, write_json(&path, f, &summary));
         }
@@ -344,6 +343,7 @@ mod tests {
             stop: live::Stop::SinkFailed,
             pipeline: pipeline::Pipeline::new(Vec::new()),
             counters: counters::Counters::default(),
+            names: names::Names::none(),
         };
         let header = record::Header::now(
             clock::Clock {

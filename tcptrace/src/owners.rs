@@ -91,6 +91,13 @@ impl Owners {
         }
     }
 
+    /// The identity remembered for a socket (unknown once it closed or if never read).
+    pub fn ident(&self, sock: u64) -> Ident {
+        self.by_sock
+            .get(&sock)
+            .map_or_else(Ident::default, Entry::ident)
+    }
+
     /// Installs the last resort for names the kernel did not send (see the module doc).
     pub fn set_resolver(&mut self, r: CommResolver) {
         self.resolver = Some(r);

@@ -191,6 +191,12 @@ impl Pipeline {
         self.prior_sockets.iter()
     }
 
+    /// The identity (cgroup, network namespace) the owner cache holds for a socket that has
+    /// not closed: what per-workload counts of open sockets go by (the tracker keeps none).
+    pub fn ident_of(&self, sock: u64) -> crate::decode::Ident {
+        self.core.owners.ident(sock)
+    }
+
     /// Feeds one decoded event in.
     pub fn push(&mut self, ev: Event) {
         if !self.prior_sockets.is_empty() {

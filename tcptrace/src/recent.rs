@@ -170,11 +170,21 @@ pub struct ClosedConn {
 }
 
 /// The dimensions of the dashboard's group table, in the order [`group_keys`] returns them.
-pub const DIMENSIONS: [&str; 4] = ["remote port", "local port", "process", "peer address"];
+pub const DIMENSIONS: [&str; 5] = [
+    "remote port",
+    "local port",
+    "process",
+    "peer address",
+    "workload",
+];
+
+/// Index of the workload dimension in [`DIMENSIONS`]: its keys are cgroup ids (0 unknown),
+/// which the snapshot names and merges into workloads.
+pub const WORKLOAD_DIMENSION: usize = 4;
 
 /// The group keys of a connection in each of [`DIMENSIONS`] (`None` where it has none: a
 /// server connection has no remote-port group, a listener no peer).
-pub fn group_keys(conn: &Conn) -> [Option<GroupKey>; 4] {
+pub fn group_keys(conn: &Conn) -> [Option<GroupKey>; 5] {
     let peer = conn.remote.ip();
     [
         (conn.side == Some(Side::Client)).then_some(GroupKey::Port(conn.remote.port())),
@@ -183,6 +193,7 @@ pub fn group_keys(conn: &Conn) -> [Option<GroupKey>; 4] {
             conn.owner.map_or(Comm::default(), |o| o.comm),
         )),
         (!peer.is_unspecified()).then_some(GroupKey::Addr(peer)),
+        Some(GroupKey::Cgroup(conn.ident.cgroup.unwrap_or(0))),
     ]
 }
 
@@ -209,9 +220,9 @@ impl Default for PeerStats {
 
 /// Per-group connection windows of the dashboard's group table, looked up for every closed
 /// connection in each of [`DIMENSIONS`] without hashing on the hot path: a port finds its
-/// window through a 64 Ki-entry index per port dimension, a process or peer address through
-/// the last key seen in its dimension; misses go through the hash index. Up to
-/// `4 * MAX_GROUPS` windows; later keys are not counted (as with the plain map this
+/// window through a 64 Ki-entry index per port dimension, a process, peer address or cgroup
+/// through the last key seen in its dimension; misses go through the hash index. Up to
+/// `5 * MAX_GROUPS` windows; later keys are not counted (as with the plain map this
 /// replaces, which the test `windows_match_a_plain_hash_map` holds it to).
 #[derive(Debug, Default)]
 struct Windows {
@@ -220,8 +231,8 @@ struct Windows {
     /// Dimensions 0 and 1 (ports): per port 1 + the slot, 0 for none yet (allocated at the
     /// first port).
     by_port: [Vec<u32>; 2],
-    /// Dimensions 2 and 3: the last key found and its slot.
-    last: [Option<(GroupKey, u32)>; 2],
+    /// Dimensions 2, 3 and 4: the last key found and its slot.
+    last: [Option<(GroupKey, u32)>; 3],
 }
 
 impl Windows {
@@ -242,7 +253,7 @@ impl Windows {
                     }
                 }
             }
-            (2 | 3, _) => match &self.last[dim - 2] {
+            (2..=4, _) => match &self.last[dim - 2] {
                 Some((k, i)) if *k == key => *i,
                 _ => {
                     let i = self.slow_index(dim, key.clone())?;
@@ -262,7 +273,7 @@ impl Windows {
         if let Some(&i) = self.index.get(&k) {
             return Some(i);
         }
-        if self.slots.len() >= 4 * MAX_GROUPS {
+        if self.slots.len() >= DIMENSIONS.len() * MAX_GROUPS {
             return None;
         }
         let i = u32::try_from(self.slots.len()).ok()?;
@@ -592,12 +603,14 @@ mod tests {
         let mut keys = Vec::new();
         for i in 0..60_000u64 {
             let r = next();
-            let dim = (r % 4) as usize;
+            let dim = (r % 5) as usize;
             let key = match (dim, (r >> 8) % 4) {
                 (0 | 1, 0..=2) => GroupKey::Port((r >> 16) as u16 % 4 + 8080),
                 (0 | 1, _) => GroupKey::Port((r >> 16) as u16),
                 (2, 0..=2) => GroupKey::Process(Comm::from_str_lossy(&format!("p{}", r % 5))),
                 (2, _) => GroupKey::Process(Comm::from_str_lossy(&format!("q{}", r >> 40))),
+                (4, 0..=2) => GroupKey::Cgroup((r >> 16) % 3),
+                (4, _) => GroupKey::Cgroup(r >> 20),
                 (_, 0..=2) => GroupKey::Addr(IpAddr::from([10, 0, 0, (r >> 16) as u8 % 3])),
                 _ => GroupKey::Addr(IpAddr::from([10, 1, (r >> 16) as u8, (r >> 24) as u8])),
             };
@@ -606,7 +619,7 @@ mod tests {
                 let k = (dim as u8, key.clone());
                 if let Some(w) = plain.get_mut(&k) {
                     w.bump(sec);
-                } else if plain.len() < 4 * MAX_GROUPS {
+                } else if plain.len() < 5 * MAX_GROUPS {
                     plain.entry(k).or_default().bump(sec);
                 }
                 if let Some(w) = fast.get_mut(dim, key.clone()) {
@@ -615,7 +628,7 @@ mod tests {
             }
             keys.push((dim, key));
         }
-        assert_eq!(plain.len(), 4 * MAX_GROUPS, "the cap was not reached");
+        assert_eq!(plain.len(), 5 * MAX_GROUPS, "the cap was not reached");
         assert_eq!(fast.slots.len(), plain.len());
         for (dim, key) in &keys {
             let p = plain.get(&(*dim as u8, key.clone()));

@@ -14,6 +14,7 @@ use crate::{
     charts,
     cli::{Format, ReportArgs},
     counters::Counters,
+    names::Names,
     pipeline::Pipeline,
     record::{self, Header, Replay},
     sink::{Shared, Sink},
@@ -24,6 +25,8 @@ use crate::{
 /// Everything a report is made of.
 pub struct Report {
     pub replay: Replay,
+    /// How cgroups and namespaces were named (see `names`).
+    pub names: Names,
     pub summary: Summary,
     pub pipeline: Pipeline,
     pub timeline: Option<Rc<RefCell<Timeline>>>,
@@ -58,15 +61,14 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
         // The kernel's counters are written at the end; a truncated file never got them.
         None => (Counters::default(), 0),
     };
-    let summary = Summary::build(
-        pipeline.aggregate(),
-        &counters,
+    let names = Names::for_recording(&replay.header.host, replay.header.clock.realtime_offset_ns);
+    let summary = Summary {
         undecodable,
-        pipeline.tracker(),
-        top,
-    );
+        ..Summary::of(&pipeline, &counters, top, &names)
+    };
     Ok(Report {
         replay,
+        names,
         summary,
         pipeline,
         timeline,
@@ -127,6 +129,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
             &t.borrow(),
             &r.replay.header.clock,
             &title,
+            &r.names,
         )?;
     }
     Ok(())

@@ -7,17 +7,25 @@
 //! where JSON has `null`, and `\n` line ends (as the other styles; RFC 4180 readers accept
 //! them). Like text, a CSV line is built without `core::fmt` and without allocating.
 //!
+//! Names: with [`Stream::names`], lines carry the socket's cgroup path, its workload's name
+//! and container id, and its network namespace's name (`cgroup`, `workload`, `container`,
+//! `netns_name`, after every other column; text connection lines end with the workload, or
+//! the cgroup path where no workload shows) next to the ids, which stay. Without names, or
+//! for an id that cannot be named, they are `null` (empty in CSV, `-` in text).
+//!
 //! Socket-table samples add a line when a listener comes under pressure (accept-queue
 //! overflows or SYN cookies in its namespace; see `listeners::Alerts`), in text and JSON.
 
-use std::{fmt::Write as _, io, net::SocketAddr};
+use std::{fmt::Write as _, io, net::SocketAddr, rc::Rc};
 
 use serde::Serialize;
 
 use crate::{
+    cgroups::Cgroup,
     clock::Clock,
-    decode::{Comm, Family, Owner, OwnerSource},
+    decode::{Comm, Family, Ident, Owner, OwnerSource},
     listeners::{Alert, Alerts, Sample},
+    names::Names,
     sink::Sink,
     track::{Conn, Connection, Fact, PHASES},
 };
@@ -54,6 +62,59 @@ pub struct Stream<W: io::Write> {
     /// Decides when a socket-table sample deserves a listener-pressure line.
     alerts: Alerts,
     alert_buf: Vec<Alert>,
+    /// Names for the socket's cgroup and namespace, if asked for.
+    names: Option<Names>,
+}
+
+/// The names of one line's socket.
+#[derive(Default)]
+struct Named {
+    cgroup: Option<Rc<Cgroup>>,
+    netns: Option<Rc<str>>,
+}
+
+impl Named {
+    fn of(names: Option<&Names>, ident: Ident) -> Self {
+        let Some(n) = names else {
+            return Self::default();
+        };
+        Self {
+            cgroup: ident.cgroup.and_then(|id| n.cgroup(id)),
+            netns: ident.netns.and_then(|ino| n.netns(ino)),
+        }
+    }
+    fn path(&self) -> Option<&str> {
+        self.cgroup.as_deref().map(|c| c.path.as_str())
+    }
+    fn workload(&self) -> Option<&str> {
+        self.cgroup
+            .as_deref()
+            .and_then(|c| c.workload.as_ref())
+            .map(|w| w.name.as_str())
+    }
+    fn container(&self) -> Option<&str> {
+        self.cgroup
+            .as_deref()
+            .and_then(|c| c.workload.as_ref())
+            .and_then(|w| w.container.as_deref())
+    }
+    fn netns_name(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+    /// The CSV columns `cgroup,workload,container,netns_name`, each after a comma.
+    fn push_csv(&self, line: &mut String) {
+        for v in [
+            self.path(),
+            self.workload(),
+            self.container(),
+            self.netns_name(),
+        ] {
+            line.push(',');
+            if let Some(v) = v {
+                push_csv_str(line, v);
+            }
+        }
+    }
 }
 
 /// Text address column width: fits any IPv4 `addr:port` (21 characters) with room.
@@ -62,7 +123,7 @@ pub const ADDR_WIDTH: usize = 26;
 pub const WIDE_ADDR_WIDTH: usize = 47;
 
 /// The CSV columns of a transition line: the JSON keys, in the JSON order.
-pub const TRANSITION_COLUMNS: [&str; 17] = [
+pub const TRANSITION_COLUMNS: [&str; 21] = [
     "time",
     "ts_ns",
     "pid",
@@ -80,10 +141,14 @@ pub const TRANSITION_COLUMNS: [&str; 17] = [
     "sock",
     "cgroup_id",
     "netns",
+    "cgroup",
+    "workload",
+    "container",
+    "netns_name",
 ];
 
 /// The CSV columns of a connection line: the JSON keys, in the JSON order.
-pub const CONNECTION_COLUMNS: [&str; 26] = [
+pub const CONNECTION_COLUMNS: [&str; 30] = [
     "time",
     "ts_ns",
     "pid",
@@ -110,6 +175,10 @@ pub const CONNECTION_COLUMNS: [&str; 26] = [
     "bytes_received",
     "retrans_segs",
     "srtt_us",
+    "cgroup",
+    "workload",
+    "container",
+    "netns_name",
 ];
 
 fn ms(ns: u64) -> f64 {
@@ -457,6 +526,10 @@ struct TransitionJson<'a> {
     sock: Shown<Hex>,
     cgroup_id: Option<u64>,
     netns: Option<u32>,
+    cgroup: Option<&'a str>,
+    workload: Option<&'a str>,
+    container: Option<&'a str>,
+    netns_name: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -487,6 +560,10 @@ struct ConnectionJson<'a> {
     bytes_received: Option<u64>,
     retrans_segs: Option<u32>,
     srtt_us: Option<u32>,
+    cgroup: Option<&'a str>,
+    workload: Option<&'a str>,
+    container: Option<&'a str>,
+    netns_name: Option<&'a str>,
 }
 
 impl<W: io::Write> Stream<W> {
@@ -504,7 +581,14 @@ impl<W: io::Write> Stream<W> {
             addr_width: ADDR_WIDTH,
             alerts: Alerts::default(),
             alert_buf: Vec::new(),
+            names: None,
         }
+    }
+
+    /// Names sockets' cgroups and namespaces through `names` (see the module doc).
+    pub fn names(mut self, names: Names) -> Self {
+        self.names = Some(names);
+        self
     }
 
     /// `-w`: address columns wide enough for IPv6 (text only; JSON and CSV have no columns
@@ -522,7 +606,7 @@ impl<W: io::Write> Stream<W> {
                 "TIME", "PID", "COMM", "LADDR:LPORT", "RADDR:RPORT", "OLD", "NEW", "MS"
             ),
             Unit::Connection => format!(
-                "{:<15} {:>7} {:<15} {:<6} {:<aw$} {:<aw$} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10} {:>12} {:>12}",
+                "{:<15} {:>7} {:<15} {:<6} {:<aw$} {:<aw$} {:>9} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:<15} {:>10} {:>12} {:>12} {}",
                 "TIME",
                 "PID",
                 "COMM",
@@ -539,7 +623,8 @@ impl<W: io::Write> Stream<W> {
                 "CLOSE",
                 "LIFE_MS",
                 "SENT",
-                "RECV"
+                "RECV",
+                "WORKLOAD"
             ),
         }
     }
@@ -552,6 +637,10 @@ impl<W: io::Write> Stream<W> {
         new: &'static str,
         dwell: Option<u64>,
     ) {
+        let named = match self.style {
+            Style::Text => Named::default(),
+            _ => Named::of(self.names.as_ref(), conn.ident),
+        };
         let line = &mut self.line;
         match self.style {
             Style::Text => {
@@ -592,6 +681,10 @@ impl<W: io::Write> Stream<W> {
                     sock: Shown(Hex(conn.sock)),
                     cgroup_id: conn.ident.cgroup,
                     netns: conn.ident.netns,
+                    cgroup: named.path(),
+                    workload: named.workload(),
+                    container: named.container(),
+                    netns_name: named.netns_name(),
                 }
                 .serialize_to_string();
                 line.push_str(&j);
@@ -621,13 +714,15 @@ impl<W: io::Write> Stream<W> {
                 push_hex(line, conn.sock);
                 push_csv_u64(line, conn.ident.cgroup);
                 push_csv_u64(line, conn.ident.netns.map(u64::from));
+                named.push_csv(line);
             }
         }
     }
 
     fn connection_line(&mut self, c: &Connection) {
-        let line = &mut self.line;
         let conn = &c.conn;
+        let named = Named::of(self.names.as_ref(), conn.ident);
+        let line = &mut self.line;
         match self.style {
             Style::Text => {
                 self.clock.write_time_of_day(line, c.closed_ns);
@@ -664,6 +759,18 @@ impl<W: io::Write> Stream<W> {
                         None => push_right(line, "-", 12),
                     }
                 }
+                line.push(' ');
+                let label = named.cgroup.as_deref().map_or("-", |c| c.label());
+                // One line per connection even for a path with a newline in it.
+                if label.bytes().any(|b| b.is_ascii_control()) {
+                    line.extend(
+                        label
+                            .chars()
+                            .map(|c| if c.is_ascii_control() { '?' } else { c }),
+                    );
+                } else {
+                    line.push_str(label);
+                }
             }
             Style::Json => {
                 let time = &mut self.time;
@@ -698,6 +805,10 @@ impl<W: io::Write> Stream<W> {
                     bytes_received: c.stats.map(|s| s.bytes_received),
                     retrans_segs: c.stats.map(|s| s.retrans),
                     srtt_us: c.stats.map(|s| s.srtt_us),
+                    cgroup: named.path(),
+                    workload: named.workload(),
+                    container: named.container(),
+                    netns_name: named.netns_name(),
                 }
                 .serialize_to_string();
                 line.push_str(&j);
@@ -736,6 +847,7 @@ impl<W: io::Write> Stream<W> {
                 push_csv_u64(line, c.stats.map(|s| s.bytes_received));
                 push_csv_u64(line, c.stats.map(|s| u64::from(s.retrans)));
                 push_csv_u64(line, c.stats.map(|s| u64::from(s.srtt_us)));
+                named.push_csv(line);
             }
         }
     }
@@ -891,8 +1003,23 @@ mod tests {
         utc_offset_secs: 0,
     };
 
+    /// Names for the tests' cgroup ids 11-13 and namespace 7 (11 and 13 need CSV quoting).
+    fn names() -> Names {
+        Names::fixed(
+            &[
+                (11, "/system.slice/a,b.service"),
+                (
+                    12,
+                    "/system.slice/docker-4f2c9a0b7e1d3c5a6b8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b.scope",
+                ),
+                (13, "/odd \"dir\"\nname"),
+            ],
+            &[(7, "blue")],
+        )
+    }
+
     fn render(style: Style, unit: Unit, facts: &[Fact]) -> String {
-        let mut s = Stream::new(Vec::new(), CLOCK, style, unit);
+        let mut s = Stream::new(Vec::new(), CLOCK, style, unit).names(names());
         for f in facts {
             s.fact(f).expect("write");
         }
@@ -1091,6 +1218,7 @@ mod tests {
         assert_eq!(v["close"], "fin");
     }
 
+<<<<<<< HEAD
     /// Bytes, retransmits, RTT, cgroup and namespace that were not measured (e.g. members
     /// missing from the kernel's BTF) print as unknown: `null` in JSON, an empty CSV field,
     /// `-` in text; measured zeros print as 0.
@@ -1162,6 +1290,63 @@ mod tests {
                 assert_eq!(fields[i], want_csv, "{k} in {row}");
             }
         }
+=======
+    fn with_ident(mut f: Fact, cgroup: Option<u64>, netns: Option<u32>) -> Fact {
+        let ident = Ident { cgroup, netns };
+        match &mut f {
+            Fact::Transition { conn, .. } => conn.ident = ident,
+            Fact::Closed(c) => c.conn.ident = ident,
+            _ => {}
+        }
+        f
+    }
+
+    #[test]
+    fn lines_name_the_cgroup_workload_and_namespace_next_to_the_ids() {
+        let docker = "/system.slice/docker-4f2c9a0b7e1d3c5a6b8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b.scope";
+        for (unit, fact) in [
+            (Unit::Connection, closed(conn())),
+            (Unit::Transition, transition(Some(1))),
+        ] {
+            let json = render(Style::Json, unit, &[with_ident(fact, Some(12), Some(7))]);
+            let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+            assert_eq!(v["cgroup_id"], 12);
+            assert_eq!(v["netns"], 7);
+            assert_eq!(v["cgroup"], docker);
+            assert_eq!(v["workload"], "docker/4f2c9a0b7e1d");
+            assert_eq!(v["container"], &docker[21..85]);
+            assert_eq!(v["netns_name"], "blue");
+            // An id names cannot name: ids stay, names are null.
+            let json = render(Style::Json, unit, &[with_ident(fact, Some(99), Some(8))]);
+            let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+            assert_eq!(v["cgroup_id"], 99);
+            for k in ["cgroup", "workload", "container", "netns_name"] {
+                assert_eq!(v[k], serde_json::Value::Null, "{k} in {v}");
+            }
+        }
+        // Text connection lines end with the workload, else the path, else "-".
+        let text = render(
+            Style::Text,
+            Unit::Connection,
+            &[
+                with_ident(closed(conn()), Some(11), None),
+                with_ident(closed(conn()), Some(12), None),
+                with_ident(closed(conn()), Some(13), None),
+                with_ident(closed(conn()), Some(99), None),
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            5,
+            "one line each, a newline in a path included: {text}"
+        );
+        assert!(lines[0].ends_with(" WORKLOAD"), "{text}");
+        assert!(lines[1].ends_with(" a,b.service"), "{text}");
+        assert!(lines[2].ends_with(" docker/4f2c9a0b7e1d"), "{text}");
+        assert!(lines[3].ends_with(" /odd \"dir\"?name"), "{text}");
+        assert!(lines[4].ends_with(" -"), "{text}");
+>>>>>>> names11
     }
 
     fn closed(conn: Conn) -> Fact {
@@ -1224,7 +1409,7 @@ mod tests {
     }
 
     /// A CSV line built with `format!` and `to_string`, field by field in column order.
-    fn csv_plain(fact: &Fact) -> String {
+    fn csv_plain(fact: &Fact, names: &Names) -> String {
         let (ts, conn) = match fact {
             Fact::Transition { ts_ns, conn, .. } => (*ts_ns, conn),
             Fact::Closed(c) => (c.closed_ns, &c.conn),
@@ -1286,6 +1471,27 @@ mod tests {
             }
             _ => Vec::new(),
         };
+        let cg = conn.ident.cgroup.and_then(|id| names.cgroup(id));
+        let wl = cg.as_ref().and_then(|c| c.workload.clone());
+        let mut fields = fields;
+        fields.push(cg.map(|c| csv_field_plain(&c.path)).unwrap_or_default());
+        fields.push(
+            wl.as_ref()
+                .map(|w| csv_field_plain(&w.name))
+                .unwrap_or_default(),
+        );
+        fields.push(
+            wl.and_then(|w| w.container)
+                .map(|c| csv_field_plain(&c))
+                .unwrap_or_default(),
+        );
+        fields.push(
+            conn.ident
+                .netns
+                .and_then(|ino| names.netns(ino))
+                .map(|n| csv_field_plain(&n))
+                .unwrap_or_default(),
+        );
         fields.join(",")
     }
 
@@ -1325,10 +1531,10 @@ mod tests {
             Style::Csv,
             Unit::Transition,
             &[
-                transition(Some(1_234_567)),
+                with_ident(transition(Some(1_234_567)), Some(12), Some(7)),
                 transition(None),
-                dwell_v6,
-                quoted,
+                with_ident(dwell_v6, Some(13), Some(8)),
+                with_ident(quoted, Some(11), None),
             ],
         );
         insta::assert_snapshot!("csv_transitions", transitions);
@@ -1342,7 +1548,11 @@ mod tests {
         let connections = render(
             Style::Csv,
             Unit::Connection,
-            &[closed(conn()), v6, transition(None)],
+            &[
+                with_ident(closed(conn()), Some(12), Some(7)),
+                with_ident(v6, Some(11), None),
+                transition(None),
+            ],
         );
         insta::assert_snapshot!("csv_connections", connections);
     }
@@ -1467,8 +1677,11 @@ mod tests {
                 owner,
                 side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
                 ident: crate::decode::Ident {
-                    cgroup: (v % 3 != 1).then(|| rand() >> (v % 64)),
-                    netns: (v % 5 != 2).then_some((v >> 7) as u32),
+                    cgroup: (v % 3 != 1).then(|| match v % 4 {
+                        0..=2 => 11 + v % 4,
+                        _ => rand() >> (v % 64),
+                    }),
+                    netns: (v % 5 != 2).then_some(if v % 2 == 0 { 7 } else { (v >> 7) as u32 }),
                 },
             };
             let ns = |r: u64| -> Option<u64> {
@@ -1513,7 +1726,7 @@ mod tests {
             };
             let out = render(Style::Csv, unit, &[fact]);
             let record = out.split_once('\n').map(|(_, r)| r).expect("header");
-            assert_eq!(record, format!("{}\n", csv_plain(&fact)));
+            assert_eq!(record, format!("{}\n", csv_plain(&fact, &names())));
         }
     }
 

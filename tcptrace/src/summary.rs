@@ -8,6 +8,11 @@
 //! ([`SnapshotOptions::dashboard`]: rates, last-10-s handshakes, every CLOSE_WAIT socket with
 //! its age, groups, recent closes); live front ends (`top`, `serve`) draw and export
 //! snapshots and compute no figures of their own.
+//!
+//! Groups by workload are the aggregates' cgroup groups named through [`Names`] (a workload
+//! name, else the cgroup path, else `cgroup ID`) and merged by name, so a pod's containers
+//! or a service's sub-cgroups make one group. The names are the only part of a summary that
+//! depends on the host it is built on (see `names`); the figures never do.
 
 use std::{collections::BTreeMap, io, net::SocketAddr, time::Duration};
 
@@ -17,10 +22,11 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregate, GroupKey, Groups, Hist, Quantiles, Stats, row_names, rows},
     counters::{Counters, LOSS_EXPLAINED},
-    decode::TcpState,
+    decode::{Ident, TcpState},
     listeners::ListenersSummary,
+    names::Names,
     pipeline::Pipeline,
-    recent::{ClosedConn, DIMENSIONS, RateFigures, Recent, group_keys},
+    recent::{ClosedConn, DIMENSIONS, RateFigures, Recent, WORKLOAD_DIMENSION, group_keys},
     track::{CloseKind, TrackStats, Tracker},
 };
 
@@ -57,6 +63,22 @@ pub struct GroupSummary {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub time_wait_entries: u64,
+    /// Payload bytes of the finished connections whose counters were read at close (absent
+    /// when none were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Bytes>,
+    /// Sockets of this group in CLOSE_WAIT at the end (workload groups only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_wait_now: Option<u64>,
+}
+
+/// Bytes carried by a group's finished connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Bytes {
+    /// Connections whose counters the kernel read at close (the rest are not in the sums).
+    pub connections: u64,
+    pub sent: u64,
+    pub received: u64,
 }
 
 impl GroupSummary {
@@ -87,6 +109,12 @@ impl GroupSummary {
             resets_sent: s.resets_sent,
             resets_received: s.resets_received,
             time_wait_entries: s.time_wait_entries,
+            bytes: (s.bytes_measured > 0).then_some(Bytes {
+                connections: s.bytes_measured,
+                sent: s.bytes_sent,
+                received: s.bytes_received,
+            }),
+            close_wait_now: None,
         }
     }
 
@@ -114,6 +142,10 @@ pub struct Summary {
     pub by_remote_port: Vec<GroupSummary>,
     pub by_local_port: Vec<GroupSummary>,
     pub by_process: Vec<GroupSummary>,
+    /// By workload (see the module doc), with CLOSE_WAIT sockets per group; absent when no
+    /// socket's cgroup was known (an older kernel or recording).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_workload: Vec<GroupSummary>,
     /// Sockets in CLOSE_WAIT at the end of the run (count and the oldest few).
     pub close_wait_now: u64,
     pub close_wait_oldest: Vec<Stuck>,
@@ -133,13 +165,83 @@ fn top(groups: &Groups, n: usize) -> Vec<GroupSummary> {
         .collect()
 }
 
+/// The aggregates' cgroup groups named through `names` and merged by name: (name, figures),
+/// sorted as [`Groups::sorted`] sorts (most connections and handshakes first, then name).
+pub fn workload_groups(agg: &Aggregate, names: &Names) -> Vec<(String, Stats)> {
+    let mut merged: BTreeMap<String, Stats> = BTreeMap::new();
+    for (k, s) in agg.by_cgroup.iter() {
+        let name = match k {
+            GroupKey::Cgroup(id) => names.label(*id),
+            other => other.to_string(),
+        };
+        merged
+            .entry(name)
+            .or_insert_with(|| Stats::empty(2))
+            .merge(s);
+    }
+    let weight = |s: &Stats| s.connections() + s.handshake[0].count() + s.handshake[1].count();
+    let mut v: Vec<(String, Stats)> = merged.into_iter().collect();
+    v.sort_by(|a, b| weight(&b.1).cmp(&weight(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// Sockets in CLOSE_WAIT now per workload name, their cgroups found through `ident_of`
+/// (the owner cache: the tracker keeps no identities).
+fn close_wait_by_workload(
+    tracker: &Tracker,
+    names: &Names,
+    ident_of: &dyn Fn(u64) -> Ident,
+) -> FxHashMap<String, u64> {
+    let mut out = FxHashMap::default();
+    for (_, c) in tracker.sockets_in(TcpState::CloseWait) {
+        let id = ident_of(c.sock).cgroup.unwrap_or(0);
+        *out.entry(names.label(id)).or_default() += 1;
+    }
+    out
+}
+
 impl Summary {
+    /// The summary of a pipeline, its workloads named through `names`.
+    pub fn of(p: &Pipeline, counters: &Counters, top_n: usize, names: &Names) -> Self {
+        Self::build_named(
+            p.aggregate(),
+            counters,
+            p.undecodable(),
+            p.tracker(),
+            top_n,
+            names,
+            &|sock| p.ident_of(sock),
+        )
+    }
+
+    /// The summary of bare aggregates (tests): workloads, if any, show as cgroup ids.
+    #[cfg(test)]
     pub fn build(
         agg: &Aggregate,
         counters: &Counters,
         undecodable: u64,
         tracker: &Tracker,
         top_n: usize,
+    ) -> Self {
+        Self::build_named(
+            agg,
+            counters,
+            undecodable,
+            tracker,
+            top_n,
+            &Names::none(),
+            &|_| Ident::default(),
+        )
+    }
+
+    fn build_named(
+        agg: &Aggregate,
+        counters: &Counters,
+        undecodable: u64,
+        tracker: &Tracker,
+        top_n: usize,
+        names: &Names,
+        ident_of: &dyn Fn(u64) -> Ident,
     ) -> Self {
         let track: TrackStats = tracker.stats();
         let waiting = tracker.sockets_in(TcpState::CloseWait);
@@ -166,6 +268,21 @@ impl Summary {
             by_remote_port: top(&agg.by_remote_port, top_n),
             by_local_port: top(&agg.by_local_port, top_n),
             by_process: top(&agg.by_process, top_n),
+            by_workload: if agg.has_cgroups() {
+                let cw = close_wait_by_workload(tracker, names, ident_of);
+                workload_groups(agg, names)
+                    .into_iter()
+                    .map(|(k, s)| {
+                        let mut g = GroupSummary::of(k, &s);
+                        g.close_wait_now = Some(cw.get(&g.key).copied().unwrap_or(0));
+                        g
+                    })
+                    .filter(|g| !g.is_empty() || g.close_wait_now > Some(0))
+                    .take(top_n)
+                    .collect()
+            } else {
+                Vec::new()
+            },
             close_wait_now: waiting.len() as u64,
             close_wait_oldest,
             listeners: agg.listeners.summary(),
@@ -224,6 +341,7 @@ impl Summary {
             ("by remote port (client side)", &self.by_remote_port),
             ("by local port (server side)", &self.by_local_port),
             ("by process", &self.by_process),
+            ("by workload (cgroup)", &self.by_workload),
         ] {
             if groups.is_empty() {
                 continue;
@@ -370,6 +488,9 @@ pub struct DetailOptions {
     pub ports: Vec<u16>,
     /// How many process names get their own group; the rest are folded into `other`.
     pub processes: usize,
+    /// How many workloads (named as the summary names them) get their own group, the first
+    /// seen; the rest are folded into `other`.
+    pub workloads: usize,
     /// CLOSE_WAIT sockets older than this are counted in [`CloseWaitAges::over_threshold`].
     pub close_wait_threshold: Duration,
 }
@@ -451,6 +572,9 @@ pub struct Figures {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub time_wait_entries: u64,
+    /// Payload bytes of finished connections whose counters were read at close.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 impl Figures {
@@ -469,6 +593,8 @@ impl Figures {
             resets_sent: s.resets_sent,
             resets_received: s.resets_received,
             time_wait_entries: s.time_wait_entries,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
         }
     }
 
@@ -491,6 +617,8 @@ impl Figures {
         self.resets_sent += o.resets_sent;
         self.resets_received += o.resets_received;
         self.time_wait_entries += o.time_wait_entries;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
     }
 
     /// Connections that reached ESTABLISHED, by side (measured or not).
@@ -514,6 +642,8 @@ pub enum Dimension {
     RemotePort,
     /// By owning process name.
     Process,
+    /// By workload (a socket's cgroup, named).
+    Workload,
 }
 
 /// One chosen group's figures.
@@ -550,6 +680,9 @@ pub struct Detail {
     pub folded_processes: u64,
     /// Connections (opened or closed) counted under `other` rather than their own process.
     pub folded_connections: u64,
+    /// Workloads folded into `other` (beyond the first N), and their connections.
+    pub folded_workloads: u64,
+    pub folded_workload_connections: u64,
     pub close_wait: CloseWaitAges,
 }
 
@@ -560,6 +693,7 @@ impl Detail {
         opts: &DetailOptions,
         now_ns: u64,
         elapsed: Duration,
+        names: &Names,
     ) -> Self {
         let mut edges: Vec<_> = agg
             .edges
@@ -622,6 +756,47 @@ impl Detail {
             });
         }
 
+        let (mut folded_workloads, mut folded_workload_connections) = (0, 0);
+        if opts.workloads > 0 {
+            // The first N names in the order their cgroups first appeared: a stable choice.
+            let mut chosen: Vec<String> = Vec::new();
+            let mut figures: Vec<Figures> = Vec::new();
+            let mut other = Figures::default();
+            let mut folded: Vec<String> = Vec::new();
+            for (k, s) in agg.by_cgroup.iter() {
+                let name = match k {
+                    GroupKey::Cgroup(id) => names.label(*id),
+                    other => other.to_string(),
+                };
+                let f = Figures::of(s);
+                if let Some(i) = chosen.iter().position(|c| *c == name) {
+                    figures[i].merge(&f);
+                } else if chosen.len() < opts.workloads && *k != GroupKey::Other {
+                    chosen.push(name);
+                    figures.push(f);
+                } else {
+                    folded_workload_connections += f.opened().iter().sum::<u64>() + f.connections();
+                    if *k != GroupKey::Other && !folded.contains(&name) {
+                        folded.push(name);
+                    }
+                    other.merge(&f);
+                }
+            }
+            folded_workloads = folded.len() as u64;
+            for (key, figures) in chosen.into_iter().zip(figures) {
+                groups.push(GroupFigures {
+                    dimension: Dimension::Workload,
+                    key,
+                    figures,
+                });
+            }
+            groups.push(GroupFigures {
+                dimension: Dimension::Workload,
+                key: "other".to_owned(),
+                figures: other,
+            });
+        }
+
         let waiting = tracker.sockets_in(TcpState::CloseWait);
         let threshold_ns = u64::try_from(opts.close_wait_threshold.as_nanos()).unwrap_or(u64::MAX);
         let run_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
@@ -644,6 +819,8 @@ impl Detail {
             groups,
             folded_processes,
             folded_connections,
+            folded_workloads,
+            folded_workload_connections,
             close_wait,
         }
     }
@@ -665,6 +842,7 @@ impl Snapshot {
             Duration::ZERO,
             0,
             recent.as_ref(),
+            &Names::none(),
         )
     }
 
@@ -679,12 +857,12 @@ impl Snapshot {
         elapsed: Duration,
         now_ns: u64,
     ) -> Self {
-        Self::build_with(p, counters, opts, elapsed, now_ns, None)
+        Self::build_with(p, counters, opts, elapsed, now_ns, None, &Names::none())
     }
 
     /// A snapshot at monotonic time `now_ns` with the dashboard's sink: `recent` is required for
     /// [`Dashboard`] figures (`opts.dashboard`); `now_ns` is the replay position when
-    /// replaying.
+    /// replaying. Workloads are named through `names`.
     pub fn build_with(
         p: &Pipeline,
         counters: &Counters,
@@ -692,6 +870,7 @@ impl Snapshot {
         elapsed: Duration,
         now_ns: u64,
         recent: Option<&Recent>,
+        names: &Names,
     ) -> Self {
         let top_n = opts.top_n;
         let tracker = p.tracker();
@@ -704,15 +883,15 @@ impl Snapshot {
         Self {
             elapsed_s: elapsed.as_secs_f64(),
             newest_ns: tracker.newest_ns(),
-            summary: Summary::build(p.aggregate(), counters, p.undecodable(), tracker, top_n),
+            summary: Summary::of(p, counters, top_n, names),
             states,
             detail: opts
                 .detail
                 .as_ref()
-                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed)),
+                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed, names)),
             dashboard: recent
                 .filter(|_| opts.dashboard)
-                .map(|r| Dashboard::build(p, r, now_ns)),
+                .map(|r| Dashboard::build(p, r, now_ns, names)),
         }
     }
 
@@ -777,7 +956,7 @@ impl Snapshot {
 }
 
 impl Dashboard {
-    fn build(p: &Pipeline, recent: &Recent, now_ns: u64) -> Self {
+    fn build(p: &Pipeline, recent: &Recent, now_ns: u64, names: &Names) -> Self {
         let tracker = p.tracker();
         let (reset_at_ns, agg) = match recent.since_reset() {
             Some((t, a)) => (Some(t), a),
@@ -827,12 +1006,18 @@ impl Dashboard {
         close_wait.sort_by_key(|l| (l.local, l.remote));
         let waiting = tracker.sockets_in(TcpState::CloseWait);
         let mut cw_groups: FxHashMap<(usize, GroupKey), u64> = FxHashMap::default();
+        let mut cw_workloads: FxHashMap<String, u64> = FxHashMap::default();
         for (since, c) in &waiting {
             for (dim, key) in group_keys(c).into_iter().enumerate() {
-                if let Some(k) = key {
+                if let Some(k) = key
+                    && dim != WORKLOAD_DIMENSION
+                {
                     *cw_groups.entry((dim, k)).or_default() += 1;
                 }
             }
+            // The tracker keeps no identities: the owner cache has the socket's cgroup.
+            let id = p.ident_of(c.sock).cgroup.unwrap_or(0);
+            *cw_workloads.entry(names.label(id)).or_default() += 1;
             if close_wait.len() < MAX_ROWS {
                 close_wait.push(Leak {
                     pid: c.owner.map(|o| o.tgid),
@@ -903,6 +1088,42 @@ impl Dashboard {
                 })
                 .collect(),
         });
+        let mut cgroups_of: FxHashMap<String, Vec<&GroupKey>> = FxHashMap::default();
+        for (k, _) in agg.by_cgroup.iter() {
+            let name = match k {
+                GroupKey::Cgroup(id) => names.label(*id),
+                other => other.to_string(),
+            };
+            cgroups_of.entry(name).or_default().push(k);
+        }
+        groups.push(GroupTable {
+            dimension: DIMENSIONS[WORKLOAD_DIMENSION],
+            rows: workload_groups(agg, names)
+                .into_iter()
+                .take(MAX_ROWS)
+                .map(|(name, s)| {
+                    let hs = if s.handshake[0].count() > 0 {
+                        &s.handshake[0]
+                    } else {
+                        &s.handshake[1]
+                    };
+                    let q = hs.quantiles();
+                    GroupRow {
+                        conns_per_s: cgroups_of.get(&name).map_or(0.0, |ks| {
+                            ks.iter()
+                                .map(|k| recent.group_rate(WORKLOAD_DIMENSION, k, now_ns))
+                                .sum()
+                        }),
+                        connections: s.connections(),
+                        handshake_p50_us: q.map(|q| q.p50_us),
+                        handshake_p99_us: q.map(|q| q.p99_us),
+                        resets: s.resets_sent + s.resets_received,
+                        close_wait: cw_workloads.get(&name).copied().unwrap_or(0),
+                        key: name,
+                    }
+                })
+                .collect(),
+        });
 
         Self {
             now_ns,
@@ -941,6 +1162,19 @@ fn write_group(w: &mut impl io::Write, g: &GroupSummary, all_rows: bool) -> io::
         g.synack_retransmits,
         g.time_wait_entries
     )?;
+    if g.bytes.is_some() || g.close_wait_now.is_some() {
+        let mut parts = Vec::new();
+        if let Some(b) = g.bytes {
+            parts.push(format!(
+                "bytes sent {} received {} ({} connections measured)",
+                b.sent, b.received, b.connections
+            ));
+        }
+        if let Some(n) = g.close_wait_now {
+            parts.push(format!("in CLOSE_WAIT now {n}"));
+        }
+        writeln!(w, "  {}", parts.join("; "))?;
+    }
     writeln!(
         w,
         "  {:<18} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -978,4 +1212,80 @@ fn write_group(w: &mut impl io::Write, g: &GroupSummary, all_rows: bool) -> io::
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::top::fixtures::{self, workload_names, workloads};
+
+    #[test]
+    fn workloads_group_a_pods_containers_with_bytes_and_close_wait() {
+        let names = workload_names();
+        let (p, snap) = workloads(&names);
+        let s = Summary::of(&p, &Counters::default(), 5, &names);
+        assert_eq!(
+            s, snap.summary,
+            "the snapshot's summary is the exit summary"
+        );
+        let g: Vec<(&str, u64, Option<Bytes>, Option<u64>)> = s
+            .by_workload
+            .iter()
+            .map(|g| (g.key.as_str(), g.connections, g.bytes, g.close_wait_now))
+            .collect();
+        let pod = "k8s/burstable/9a8b7c6d-1234-4e5f-8a9b-0c1d2e3f4a5b";
+        let bytes = |n| {
+            Some(Bytes {
+                connections: n,
+                sent: 1000 * n,
+                received: 200 * n,
+            })
+        };
+        assert_eq!(
+            g,
+            vec![
+                (pod, 5, bytes(5), Some(0)),
+                ("docker/4f2c9a0b7e1d", 1, bytes(1), Some(0)),
+                ("nginx.service", 0, None, Some(2)),
+            ]
+        );
+        assert_eq!(s.by_workload[0].rows["handshake client"].count, 5);
+        // Without names the same figures group by cgroup id, one group per cgroup.
+        let bare = Summary::of(&p, &Counters::default(), 5, &Names::none());
+        let keys: Vec<&str> = bare.by_workload.iter().map(|g| g.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["cgroup 101", "cgroup 102", "cgroup 103", "cgroup 104"]
+        );
+        let mut text = Vec::new();
+        s.write_text(&mut text).expect("text");
+        insta::assert_snapshot!(String::from_utf8(text).expect("utf8"));
+    }
+
+    #[test]
+    fn the_dashboard_groups_by_workload_with_rates_and_close_wait() {
+        let names = workload_names();
+        let (_, snap) = workloads(&names);
+        let d = snap.dashboard.expect("dashboard");
+        let t = &d.groups[WORKLOAD_DIMENSION];
+        assert_eq!(t.dimension, "workload");
+        let rows: Vec<(&str, u64, u64)> = t
+            .rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.connections, r.close_wait))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("k8s/burstable/9a8b7c6d-1234-4e5f-8a9b-0c1d2e3f4a5b", 5, 0),
+                ("docker/4f2c9a0b7e1d", 1, 0),
+                ("nginx.service", 0, 2),
+            ]
+        );
+        assert!(t.rows[0].conns_per_s > 0.0, "{:?}", t.rows[0]);
+        // The median of 0.5, 0.5, 1, 1 and 1.5 ms, as a 2-digit HDR bucket holds it.
+        assert_eq!(t.rows[0].handshake_p50_us, Some(1003));
+        // A summary of fixtures without identities has no workload section.
+        assert!(fixtures::busy().summary.by_workload.is_empty());
+    }
 }

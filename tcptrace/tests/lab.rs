@@ -836,6 +836,68 @@ fn lab_matches_libbpf_tools_tcpstates() {
     );
 }
 
+/// Without a cgroup v2 mount (every cgroup2 mount taken away in the tracer's own mount
+/// namespace) tracing goes on: one start-up warning says why cgroups are not named, lines
+/// keep the socket's cgroup id, and the name fields are null.
+#[test]
+#[ignore = "needs root"]
+fn lab_without_cgroup_v2_ids_stay_and_names_are_said_to_be_missing() {
+    require_root();
+    let lab = Lab::new();
+    let p = lab.port_base + 12;
+    let mut unshare = Command::new("unshare");
+    unshare.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "for m in $(findmnt -rn -t cgroup2 -o TARGET); do umount -l \"$m\" || exit 1; done; \
+         exec \"$0\" \"$@\"",
+        common::BIN,
+    ]);
+    let tracer = Tracer::start_command(unshare, &["--port", &p.to_string()]);
+    let srv_cg = TestCgroup::new("nocg");
+    let mut server = lab.peer(&lab.b);
+    let mut client = lab.peer(&lab.a);
+    srv_cg.add(server.pid);
+    server.ok(&format!("listen {}", server_addr(p)));
+    client.ok(&format!("connect {}", server_addr(p)));
+    server.ok("accept");
+    client.ok("close");
+    server.ok("hold_close 0");
+    server.ok("close_listener");
+    drop((client, server));
+    let out = tracer.stop();
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("no cgroup v2"))
+        .collect();
+    println!("stderr: {said:?}");
+    assert_eq!(said.len(), 1, "said once: {}", out.stderr);
+    assert!(said[0].contains("the ids are still shown"), "{}", said[0]);
+    let rows: Vec<&Value> = out
+        .lines
+        .iter()
+        .filter(|l| l["lport"] == p && s(&l["laddr"]).starts_with("10.201."))
+        .collect();
+    assert!(rows.len() >= 4, "{rows:?}");
+    for l in rows {
+        assert_eq!(l["cgroup_id"], srv_cg.id(), "{l}");
+        assert_eq!(l["cgroup"], Value::Null, "{l}");
+        assert_eq!(l["workload"], Value::Null, "{l}");
+        // Namespace names come from /run/netns, which is still there.
+        assert_eq!(l["netns_name"], lab.b.as_str(), "{l}");
+    }
+    let groups = out.summary["by_workload"].as_array().expect("by_workload");
+    let key = format!("cgroup {}", srv_cg.id());
+    assert!(
+        groups.iter().any(|g| g["key"] == key.as_str()),
+        "{key} in {groups:?}"
+    );
+}
+
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`), from
 /// /proc/self/mountinfo.
 fn cgroup2_root() -> Option<std::path::PathBuf> {
@@ -858,6 +920,13 @@ impl TestCgroup {
         Self(dir)
     }
 
+    /// A cgroup `name` below this one (drop it first: a cgroup with children stays).
+    fn child(&self, name: &str) -> Self {
+        let dir = self.0.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        Self(dir)
+    }
+
     fn id(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
         std::fs::metadata(&self.0).expect("cgroup dir").ino()
@@ -871,6 +940,18 @@ impl TestCgroup {
 
     fn path(&self) -> &str {
         self.0.to_str().expect("utf-8 path")
+    }
+
+    /// The path tcptrace shows: relative to the cgroup2 root, from `/`.
+    fn cgroup_path(&self) -> String {
+        let root = cgroup2_root().expect("cgroup2 root");
+        format!(
+            "/{}",
+            self.0
+                .strip_prefix(&root)
+                .expect("under the root")
+                .display()
+        )
     }
 }
 
@@ -896,16 +977,26 @@ fn netns_inode(name: &str) -> u64 {
 
 /// A server in one cgroup and namespace, a client in others: every row of each side's
 /// sockets (softirq transitions included) carries that side's cgroup id and namespace inode,
-/// and the connection lines carry the bytes each side sent and received, exactly.
+/// and names them: the cgroup's path, the systemd unit its name shows as the workload, the
+/// namespace's /run/netns name. The connection lines carry the bytes each side sent and
+/// received, exactly, and the summary groups both by workload with those bytes. The
+/// client's cgroup is made after the tracers started: they find it by walking the cgroup
+/// tree again on the miss.
 #[test]
 #[ignore = "needs root"]
 fn lab_socket_cgroup_netns_and_bytes() {
     require_root();
     let lab = Lab::new();
     let p = lab.port_base + 9;
-    let (srv_cg, cli_cg) = (TestCgroup::new("srv"), TestCgroup::new("cli"));
+    // Named like systemd units in a slice, so the workloads show: the units.
+    let slice = TestCgroup::new("names.slice");
+    let srv_cg = slice.child("tcptrace-lab-srv.service");
     let rows = Tracer::start(&["--port", &p.to_string()]);
     let conns = Tracer::start(&["--port", &p.to_string(), "--per", "connection"]);
+    let cli_cg = slice.child("tcptrace-lab-cli.service");
+    // A miss walks the tree again at most once a second: one second after the tracers'
+    // first walk, the client's first event finds its new cgroup.
+    std::thread::sleep(Duration::from_millis(1100));
     let mut server = lab.peer(&lab.b);
     let mut client = lab.peer(&lab.a);
     // From here: `ip netns exec` gives the peers a fresh /sys without the cgroup mount.
@@ -932,6 +1023,22 @@ fn lab_socket_cgroup_netns_and_bytes() {
             (cli_cg.id(), netns_inode(&lab.a))
         }
     };
+    // The names: cgroup path, workload (the unit), namespace name.
+    let names = |lport: u16| {
+        if lport == p {
+            (
+                srv_cg.cgroup_path(),
+                "tcptrace-lab-srv.service",
+                lab.b.as_str(),
+            )
+        } else {
+            (
+                cli_cg.cgroup_path(),
+                "tcptrace-lab-cli.service",
+                lab.a.as_str(),
+            )
+        }
+    };
     println!(
         "cgroups: server {} = {}, client {} = {}",
         srv_cg.path(),
@@ -948,15 +1055,23 @@ fn lab_socket_cgroup_netns_and_bytes() {
         let lport = l["lport"].as_u64().expect("lport") as u16;
         let (cg, ns) = want(lport);
         println!(
-            "  lport {lport:>5} {:>11} -> {:<11} owner {:<8} cgroup {} netns {}",
+            "  lport {lport:>5} {:>11} -> {:<11} owner {:<8} cgroup {} {} ({}) netns {} {}",
             s(&l["old"]),
             s(&l["new"]),
             l["owner"],
             l["cgroup_id"],
-            l["netns"]
+            l["cgroup"],
+            l["workload"],
+            l["netns"],
+            l["netns_name"]
         );
         assert_eq!(l["cgroup_id"], cg, "wrong cgroup: {l}");
         assert_eq!(l["netns"], ns, "wrong namespace: {l}");
+        let (path, workload, netns_name) = names(lport);
+        assert_eq!(l["cgroup"], path.as_str(), "cgroup path: {l}");
+        assert_eq!(l["workload"], workload, "workload: {l}");
+        assert_eq!(l["container"], Value::Null, "not a container: {l}");
+        assert_eq!(l["netns_name"], netns_name, "namespace name: {l}");
         checked += 1;
     }
     // Listener 2, client 5, server child 5.
@@ -984,11 +1099,43 @@ fn lab_socket_cgroup_netns_and_bytes() {
         );
         assert_eq!(l["bytes_sent"], sent, "{l}");
         assert_eq!(l["bytes_received"], recv, "{l}");
-        let (cg, ns) = want(l["lport"].as_u64().expect("lport") as u16);
+        let lport = l["lport"].as_u64().expect("lport") as u16;
+        let (cg, ns) = want(lport);
         assert_eq!(
             (l["cgroup_id"].clone(), l["netns"].clone()),
             (cg.into(), ns.into())
         );
+        let (path, workload, netns_name) = names(lport);
+        assert_eq!(
+            (&l["cgroup"], &l["workload"], &l["netns_name"]),
+            (
+                &Value::from(path),
+                &Value::from(workload),
+                &Value::from(netns_name)
+            ),
+            "{l}"
+        );
+    }
+    // The summary groups by workload: one connection each, the bytes mirrored.
+    let groups = conns.summary["by_workload"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no by_workload in {}", conns.summary));
+    for (workload, sent, received) in [
+        ("tcptrace-lab-srv.service", 65_536, 1_048_576),
+        ("tcptrace-lab-cli.service", 1_048_576, 65_536),
+    ] {
+        let g = groups
+            .iter()
+            .find(|g| g["key"] == workload)
+            .unwrap_or_else(|| panic!("no {workload} group in {groups:?}"));
+        println!(
+            "  summary group {workload}: connections {}, bytes {}",
+            g["connections"], g["bytes"]
+        );
+        assert_eq!(g["connections"], 1, "{g}");
+        assert_eq!(g["bytes"]["sent"], sent, "{g}");
+        assert_eq!(g["bytes"]["received"], received, "{g}");
+        assert_eq!(g["close_wait_now"], 0, "{g}");
     }
 }
 

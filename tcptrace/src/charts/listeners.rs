@@ -250,6 +250,7 @@ mod tests {
             timeline: &Timeline::default(),
             clock: &clock,
             subtitle: "test",
+            workloads: &[],
         };
         let svg = render(&input).expect("renders");
         assert!(svg.starts_with("<svg"), "{}", &svg[..40]);

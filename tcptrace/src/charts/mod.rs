@@ -1,7 +1,7 @@
 //! SVG charts of a run (plotters' SVG backend, rendered into a `String`) and an `index.html`
 //! that shows the summary table and every chart (the listeners chart only when the run has
-//! socket-table samples). One module per chart; sizes, fonts and
-//! colours live here.
+//! socket-table samples, the slowest-workloads chart only when sockets' cgroups were known).
+//! One module per chart; sizes, fonts and colours live here.
 //!
 //! Files: [`OutDir::create`] creates the directory and every file before a live run drops
 //! its capabilities (see `outfile`), and [`write_dir`] writes them at exit through the
@@ -36,7 +36,13 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use crate::{aggregate::Aggregate, clock::Clock, summary::Summary, timeline::Timeline};
+use crate::{
+    aggregate::{Aggregate, Stats},
+    clock::Clock,
+    names::Names,
+    summary::{Summary, workload_groups},
+    timeline::Timeline,
+};
 
 /// Every chart is this size, in pixels.
 pub const WIDTH: u32 = 1200;
@@ -102,6 +108,9 @@ pub struct Input<'a> {
     pub clock: &'a Clock,
     /// What was traced (file, host, time), shown under each chart's title.
     pub subtitle: &'a str,
+    /// The cgroup groups named and merged into workloads (see `summary::workload_groups`);
+    /// empty when no socket's cgroup was known.
+    pub workloads: &'a [(String, Stats)],
 }
 
 /// One rendered chart.
@@ -301,12 +310,23 @@ const LISTENERS_CHART: (&str, &str, RenderFn) = (
     listeners::render,
 );
 
-/// Renders every chart (the listeners chart only for a sampled run).
+/// The slowest-workloads chart: in the index only when sockets' cgroups were known (created
+/// always, as the listeners chart is).
+const WORKLOADS_CHART: (&str, &str, RenderFn) = (
+    "workloads.svg",
+    "Slowest workloads",
+    slowest::render_workloads,
+);
+
+/// Renders every chart (the listeners chart only for a sampled run, the workloads chart only
+/// when cgroups were known).
 pub fn render_all(input: &Input<'_>) -> Result<Vec<Chart>> {
     let sampled = (input.agg.listeners.samples > 0).then_some(LISTENERS_CHART);
+    let workloads = input.agg.has_cgroups().then_some(WORKLOADS_CHART);
     CHARTS
         .into_iter()
         .chain(sampled)
+        .chain(workloads)
         .map(|(file, title, f)| {
             let svg = f(input).map_err(|e| anyhow!("drawing {file}: {e}"))?;
             Ok(Chart { file, title, svg })
@@ -329,7 +349,7 @@ impl OutDir {
         let files = CHARTS
             .iter()
             .map(|c| c.0)
-            .chain([LISTENERS_CHART.0, INDEX])
+            .chain([LISTENERS_CHART.0, WORKLOADS_CHART.0, INDEX])
             .map(|name| {
                 let path = dir.join(name);
                 crate::outfile::create(&path)
@@ -356,7 +376,8 @@ impl OutDir {
     }
 }
 
-/// Writes every chart and `index.html` into the directory [`OutDir::create`] prepared.
+/// Writes every chart and `index.html` into the directory [`OutDir::create`] prepared;
+/// workloads are named through `names`.
 pub fn write_dir(
     mut out: OutDir,
     summary: &Summary,
@@ -364,13 +385,20 @@ pub fn write_dir(
     timeline: &Timeline,
     clock: &Clock,
     subtitle: &str,
+    names: &Names,
 ) -> Result<()> {
+    let workloads = if agg.has_cgroups() {
+        workload_groups(agg, names)
+    } else {
+        Vec::new()
+    };
     let input = Input {
         summary,
         agg,
         timeline,
         clock,
         subtitle,
+        workloads: &workloads,
     };
     let charts = render_all(&input)?;
     for c in &charts {
@@ -381,6 +409,11 @@ pub fn write_dir(
         let svg = (LISTENERS_CHART.2)(&input)
             .map_err(|e| anyhow!("drawing {}: {e}", LISTENERS_CHART.0))?;
         out.write(LISTENERS_CHART.0, svg.as_bytes())?;
+    }
+    if !charts.iter().any(|c| c.file == WORKLOADS_CHART.0) {
+        let svg = (WORKLOADS_CHART.2)(&input)
+            .map_err(|e| anyhow!("drawing {}: {e}", WORKLOADS_CHART.0))?;
+        out.write(WORKLOADS_CHART.0, svg.as_bytes())?;
     }
     out.write(INDEX, index::html(&input, &charts).as_bytes())?;
     eprintln!(

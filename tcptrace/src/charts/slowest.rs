@@ -1,4 +1,6 @@
-//! The slowest remote ports and peers by p99 handshake latency (bars: p99; tick: p50).
+//! The slowest remote ports and peers by p99 handshake latency (bars: p99; tick: p50), and
+//! the same for workloads (a socket's cgroup named: container, pod, systemd unit, path), by
+//! side, in a chart of their own.
 
 use plotters::{
     prelude::*,
@@ -94,6 +96,54 @@ pub fn render(input: &Input<'_>) -> DrawResult<String> {
     )
 }
 
+/// Most characters of a workload label (a pod's name is 50): longer ones keep their end,
+/// which tells pods and containers apart.
+const LABEL_CHARS: usize = 32;
+
+fn short_label(s: &str) -> String {
+    let n = s.chars().count();
+    if n <= LABEL_CHARS {
+        return s.to_owned();
+    }
+    let tail: String = s.chars().skip(n - (LABEL_CHARS - 1)).collect();
+    format!("…{tail}")
+}
+
+/// The slowest workloads by p99 handshake latency: client side (the workload connects) and
+/// server side (clients connect to it).
+pub fn render_workloads(input: &Input<'_>) -> DrawResult<String> {
+    let side = |i: usize, color| {
+        slowest(
+            input
+                .workloads
+                .iter()
+                .filter_map(|(name, s)| row(short_label(name), &s.handshake[i], color))
+                .collect(),
+        )
+    };
+    let (client, server) = (side(0, CLIENT), side(1, SERVER));
+    frame(
+        "Slowest workloads by p99 handshake",
+        input.subtitle,
+        |body: &Area<'_>| {
+            let (left, right) = body.split_horizontally(body.dim_in_pixel().0 / 2);
+            panel(
+                &left,
+                "Workloads connecting (client side)",
+                &client,
+                "no client handshakes of sockets with a known cgroup",
+            )?;
+            panel(
+                &right,
+                "Workloads connected to (server side)",
+                &server,
+                "no server handshakes of sockets with a known cgroup",
+            )?;
+            Ok(())
+        },
+    )
+}
+
 fn panel(area: &Area<'_>, caption: &str, rows: &[Row], why: &str) -> DrawResult {
     if rows.is_empty() {
         return no_data(area, caption, why);
@@ -166,4 +216,65 @@ fn panel(area: &Area<'_>, caption: &str, rows: &[Row], why: &str) -> DrawResult 
         .legend(|(x, y)| Rectangle::new([(x + 6, y - 7), (x + 8, y + 7)], P50.filled()));
     legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Clock,
+        summary::{Summary, workload_groups},
+        timeline::Timeline,
+        top::fixtures::{workload_names, workloads},
+    };
+
+    #[test]
+    fn the_workloads_chart_names_the_slowest_by_side() {
+        let names = workload_names();
+        let (p, _) = workloads(&names);
+        let summary = Summary::of(&p, &Default::default(), 5, &names);
+        let groups = workload_groups(p.aggregate(), &names);
+        let clock = Clock {
+            realtime_offset_ns: 0,
+            utc_offset_secs: 0,
+        };
+        let input = Input {
+            summary: &summary,
+            agg: p.aggregate(),
+            timeline: &Timeline::default(),
+            clock: &clock,
+            subtitle: "test",
+            workloads: &groups,
+        };
+        let svg = render_workloads(&input).expect("renders");
+        insta::assert_snapshot!("workloads.svg", svg);
+        for text in [
+            "Slowest workloads by p99 handshake",
+            // The pod's 50-character name keeps its end.
+            "…c6d-1234-4e5f-8a9b-0c1d2e3f4a5b",
+            "docker/4f2c9a0b7e1d",
+            "nginx.service",
+            "Workloads connected to (server side)",
+        ] {
+            assert!(svg.contains(text), "no {text:?} in the SVG");
+        }
+        // The pod (p99 1.5 ms) is slower than the docker container (0.5 ms): drawn first.
+        assert!(svg.find("…c6d-1234").expect("pod") < svg.find("docker/").expect("docker"));
+        // Without cgroups: the "no data" panels.
+        let none = Input {
+            workloads: &[],
+            ..input
+        };
+        let svg = render_workloads(&none).expect("renders");
+        assert!(svg.contains("no client handshakes of sockets with a known cgroup"));
+    }
+
+    #[test]
+    fn long_labels_keep_their_end() {
+        assert_eq!(short_label("nginx.service"), "nginx.service");
+        let pod = "k8s/burstable/9a8b7c6d-1234-4e5f-8a9b-0c1d2e3f4a5b";
+        let s = short_label(pod);
+        assert_eq!(s.chars().count(), LABEL_CHARS);
+        assert!(s.starts_with('…') && pod.ends_with(&s[3..]), "{s}");
+    }
 }

@@ -11,7 +11,8 @@
 //! formats; nothing here formats exposition text by hand.
 //!
 //! Cardinality is bounded by design: labels are states, sides, close kinds and the groups
-//! the user named (ports) or capped (processes), never addresses or per-connection values.
+//! the user named (ports) or capped (processes, workloads), never addresses or
+//! per-connection values.
 
 use std::{fmt, sync::Arc};
 
@@ -349,7 +350,7 @@ impl Collector for SnapshotCollector {
         let ports: Vec<_> = d
             .groups
             .iter()
-            .filter(|g| g.dimension != Dimension::Process)
+            .filter(|g| matches!(g.dimension, Dimension::LocalPort | Dimension::RemotePort))
             .map(|g| {
                 let side = if g.dimension == Dimension::LocalPort {
                     Side::Server
@@ -467,6 +468,85 @@ impl Collector for SnapshotCollector {
                 None,
                 "Process names folded into process=\"other\" (beyond --group-processes).",
                 d.folded_processes as f64,
+            )?;
+        }
+        let workloads: Vec<(&str, &Figures)> = d
+            .groups
+            .iter()
+            .filter(|g| g.dimension == Dimension::Workload)
+            .map(|g| (g.key.as_str(), &g.figures))
+            .collect();
+        if !workloads.is_empty() {
+            histograms(
+                e,
+                "workload_handshake_duration",
+                "Handshake latency by workload (the socket's cgroup named: container, pod, systemd \
+                 unit or cgroup path; the first --group-workloads seen, the rest under \
+                 workload=\"other\").",
+                &LATENCY_BUCKETS,
+                workloads.iter().flat_map(|(w, f)| {
+                    SIDES.map(|s| {
+                        (
+                            [("workload", *w), ("side", s.name())],
+                            &f.handshake[side_index(s)],
+                        )
+                    })
+                }),
+            )?;
+            counters(
+                e,
+                "workload_connections_opened",
+                "Connections that completed their handshake, by workload and side.",
+                workloads.iter().flat_map(|(w, f)| {
+                    SIDES.map(|s| {
+                        (
+                            [("workload", *w), ("side", s.name())],
+                            f.opened()[side_index(s)],
+                        )
+                    })
+                }),
+            )?;
+            counters(
+                e,
+                "workload_connections_closed",
+                "Finished connections by workload and how they ended.",
+                workloads.iter().flat_map(|(w, f)| {
+                    CloseKind::ALL
+                        .iter()
+                        .zip(f.closes)
+                        .map(move |(k, n)| ([("workload", *w), ("kind", k.name())], n))
+                }),
+            )?;
+            counters(
+                e,
+                "workload_sent_bytes",
+                "Payload bytes sent (acknowledged by the peer) by finished connections, by \
+                 workload (connections whose counters were read at close).",
+                workloads
+                    .iter()
+                    .map(|(w, f)| ([("workload", *w)], f.bytes_sent)),
+            )?;
+            counters(
+                e,
+                "workload_received_bytes",
+                "Payload bytes received by finished connections, by workload.",
+                workloads
+                    .iter()
+                    .map(|(w, f)| ([("workload", *w)], f.bytes_received)),
+            )?;
+            counter(
+                e,
+                "grouping_folded_workload_connections",
+                "Connection events (opened plus closed) counted under workload=\"other\" because \
+                 their workload was beyond --group-workloads.",
+                d.folded_workload_connections,
+            )?;
+            gauge(
+                e,
+                "grouping_folded_workloads",
+                None,
+                "Workloads folded into workload=\"other\" (beyond --group-workloads).",
+                d.folded_workloads as f64,
             )?;
         }
         Ok(())
@@ -850,6 +930,7 @@ mod tests {
             detail: Some(DetailOptions {
                 ports: vec![45177],
                 processes: 1,
+                workloads: 0,
                 close_wait_threshold: Duration::from_secs(60),
             }),
             dashboard: false,
@@ -876,10 +957,68 @@ mod tests {
         insta::assert_snapshot!("loopback-metrics.txt", text(fixture()));
     }
 
+    /// The workloads fixture as `serve --group-workloads 2` publishes it: the pod's two
+    /// containers make one workload, the docker container the second, the service is folded.
+    fn workloads_fixture() -> Arc<Snapshot> {
+        use crate::top::fixtures::{NOW, workload_names, workloads};
+        let names = workload_names();
+        let (p, _) = workloads(&names);
+        let opts = SnapshotOptions {
+            top_n: 5,
+            detail: Some(DetailOptions {
+                workloads: 2,
+                close_wait_threshold: Duration::from_secs(60),
+                ..DetailOptions::default()
+            }),
+            dashboard: false,
+        };
+        Arc::new(Snapshot::build_with(
+            &p,
+            &Counters::default(),
+            &opts,
+            Duration::from_secs(42),
+            NOW,
+            None,
+            &names,
+        ))
+    }
+
+    #[test]
+    fn workloads_get_capped_series_of_their_own() {
+        let t = text(workloads_fixture());
+        let pod = "k8s/burstable/9a8b7c6d-1234-4e5f-8a9b-0c1d2e3f4a5b";
+        for line in [
+            format!("tcptrace_workload_connections_closed_total{{workload=\"{pod}\",kind=\"fin\"}} 5"),
+            "tcptrace_workload_connections_closed_total{workload=\"docker/4f2c9a0b7e1d\",kind=\"fin\"} 1".to_owned(),
+            format!("tcptrace_workload_sent_bytes_total{{workload=\"{pod}\"}} 5000"),
+            format!("tcptrace_workload_received_bytes_total{{workload=\"{pod}\"}} 1000"),
+            "tcptrace_workload_connections_opened_total{workload=\"other\",side=\"server\"} 2".to_owned(),
+            "tcptrace_grouping_folded_workloads 1.0".to_owned(),
+            "tcptrace_grouping_folded_workload_connections_total 2".to_owned(),
+        ] {
+            assert!(t.lines().any(|l| l == line), "no {line:?} in\n{t}");
+        }
+        assert!(!t.contains("nginx.service"), "folded into other");
+        let workloads: std::collections::BTreeSet<&str> = t
+            .lines()
+            .filter_map(|l| l.split("workload=\"").nth(1))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert_eq!(workloads.len(), 3, "two chosen and other: {workloads:?}");
+        // Without the flag, no workload series at all.
+        assert!(!text(fixture()).contains("workload"));
+    }
+
     /// promtool (Debian package `prometheus`) parses and lints the exposition: names, units,
     /// `_total` suffixes, HELP on each family.
     #[test]
     fn promtool_accepts_the_exposition() {
+        for snap in [fixture(), workloads_fixture()] {
+            promtool_accepts(&text(snap));
+        }
+    }
+
+    fn promtool_accepts(exposition: &str) {
         let mut child = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(std::process::Stdio::piped())
@@ -896,7 +1035,7 @@ mod tests {
             .stdin
             .take()
             .expect("stdin")
-            .write_all(text(fixture()).as_bytes())
+            .write_all(exposition.as_bytes())
             .expect("writing to promtool");
         let out = child.wait_with_output().expect("promtool runs");
         let said = format!(
@@ -927,6 +1066,7 @@ mod tests {
             detail: Some(DetailOptions {
                 ports,
                 processes: 0,
+                workloads: 0,
                 close_wait_threshold: Duration::from_secs(60),
             }),
             dashboard: false,
@@ -1112,6 +1252,13 @@ mod tests {
                 ..template.clone()
             });
         }
+        for w in 0..=crate::cli::MAX_GROUP_WORKLOADS {
+            detail.groups.push(crate::summary::GroupFigures {
+                dimension: Dimension::Workload,
+                key: format!("workload{w}.service"),
+                ..template.clone()
+            });
+        }
         // Every edge of the state machine seen.
         detail.edges = TcpState::ALL
             .iter()
@@ -1119,6 +1266,7 @@ mod tests {
             .collect();
         let s = text(Arc::new(snap));
         let n = s.lines().filter(|l| !l.starts_with('#')).count();
+        println!("{n} series at the flag limits");
         assert!(n < 10_000, "{n} series");
     }
 }

@@ -64,6 +64,7 @@ async fn serve(args: ServeArgs, filter: Filter) -> Result<Exit> {
         detail: Some(DetailOptions {
             ports: args.group_ports.clone().map(|p| p.0).unwrap_or_default(),
             processes: args.group_processes,
+            workloads: args.group_workloads,
             close_wait_threshold: args.close_wait_threshold,
         }),
         dashboard: false,

@@ -555,6 +555,10 @@ mod tests {
         // By peer address: the nine client connections went to 10.0.0.9.
         assert_eq!(rows(&a)[0], ("10.0.0.9".to_owned(), 9, 0));
         a.on_key(key(KeyCode::Char('g')));
+        // By workload: these sockets' cgroups are unknown, so one "?" group has them all.
+        assert_eq!(a.dimension, 4);
+        assert_eq!(rows(&a), vec![("?".to_owned(), 9, 3)]);
+        a.on_key(key(KeyCode::Char('g')));
         assert_eq!(a.dimension, 0);
     }
 

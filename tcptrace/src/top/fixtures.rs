@@ -8,7 +8,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyEventState, KeyModifi
 
 use crate::{
     counters::Counters,
-    decode::{Comm, Event, Family, Kind, Owner, OwnerSource, TcpState},
+    decode::{CloseStats, Comm, Event, Family, Ident, Kind, Owner, OwnerSource, TcpState},
+    names::Names,
     pipeline::Pipeline,
     recent::Recent,
     sink::Shared,
@@ -60,6 +61,8 @@ fn owner(pid: u32, comm: &str) -> Option<Owner> {
 struct Gen {
     p: Pipeline,
     sock: u64,
+    /// The identity the kernel reads on a socket's first event (owners carries it on).
+    ident: Ident,
 }
 
 impl Gen {
@@ -80,8 +83,19 @@ impl Gen {
             owner: o,
             kind: Kind::State { old: t.0, new: t.1 },
             srtt_us: (t == (TcpState::SynRecv, TcpState::Established)).then_some(250),
-            ident: Default::default(),
-            close: None,
+            ident: if matches!(t.0, TcpState::Close | TcpState::Listen) {
+                self.ident
+            } else {
+                Ident::default()
+            },
+            // Counters only where the fixture gives identities (the older fixtures predate
+            // both): SYN and FIN count one each in sequence space.
+            close: (t.1 == TcpState::Close && self.ident.cgroup.is_some()).then_some(CloseStats {
+                bytes_acked: 1 + 1000 + 1,
+                bytes_received: 200 + 1,
+                retrans: 0,
+                srtt_us: 100,
+            }),
         });
     }
 
@@ -122,6 +136,7 @@ fn busy_with(counters: Counters) -> Snapshot {
     let mut g = Gen {
         p: Pipeline::new(vec![Box::new(Shared(Rc::clone(&recent)))]),
         sock: 0xffff_8880_0000_0000,
+        ident: Ident::default(),
     };
     g.p.set_prior_sockets([
         (
@@ -170,7 +185,89 @@ fn busy_with(counters: Counters) -> Snapshot {
         Duration::from_secs(42),
         NOW,
         Some(&r),
+        &crate::names::Names::none(),
     )
+}
+
+/// The cgroup ids of [`workloads`] and the paths [`workload_names`] gives them: two
+/// containers of one pod, a systemd service, and a docker container.
+pub const POD_A: u64 = 101;
+pub const POD_B: u64 = 102;
+pub const SERVICE: u64 = 103;
+pub const DOCKER: u64 = 104;
+
+/// Names for [`workloads`]' cgroups, as `Names` would find them on the host.
+pub fn workload_names() -> Names {
+    Names::fixed(
+        &[
+            (
+                POD_A,
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod9a8b7c6d_1234_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.scope",
+            ),
+            (
+                POD_B,
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod9a8b7c6d_1234_4e5f_8a9b_0c1d2e3f4a5b.slice/cri-containerd-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.scope",
+            ),
+            (SERVICE, "/system.slice/nginx.service"),
+            (
+                DOCKER,
+                "/system.slice/docker-4f2c9a0b7e1d3c5a6b8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b.scope",
+            ),
+        ],
+        &[],
+    )
+}
+
+/// Connections of four cgroups (see [`POD_A`]): the pod's two containers call out (3 and 2
+/// connections), the docker container once, and the service has two sockets in CLOSE_WAIT;
+/// each closed connection sent 1000 and received 200 payload bytes.
+pub fn workloads(names: &Names) -> (Pipeline, Snapshot) {
+    let recent = Rc::new(RefCell::new(Recent::default()));
+    let mut g = Gen {
+        p: Pipeline::new(vec![Box::new(Shared(Rc::clone(&recent)))]),
+        sock: 0xffff_8880_0000_0000,
+        ident: Ident::default(),
+    };
+    let mut lport = 41_000;
+    for (cgroup, n, port, comm) in [
+        (POD_A, 3, 443, "app"),
+        (POD_B, 2, 5432, "sidecar"),
+        (DOCKER, 1, 80, "redis"),
+    ] {
+        g.ident = Ident {
+            cgroup: Some(cgroup),
+            netns: Some(4_026_532_000),
+        };
+        for k in 0..n {
+            lport += 1;
+            g.client(
+                NOW - (8 - k) * S,
+                lport,
+                &format!("10.0.0.9:{port}"),
+                500 * (k + 1),
+                owner(100 + cgroup as u32, comm),
+            );
+        }
+    }
+    g.ident = Ident {
+        cgroup: Some(SERVICE),
+        netns: None,
+    };
+    g.leak(NOW - 9 * S, "10.0.0.7:52000", owner(200, "nginx"));
+    g.leak(NOW - 2 * S, "10.0.0.6:53000", owner(200, "nginx"));
+    let snap = {
+        let r = recent.borrow();
+        Snapshot::build_with(
+            &g.p,
+            &Counters::default(),
+            &opts(),
+            Duration::from_secs(42),
+            NOW,
+            Some(&r),
+            names,
+        )
+    };
+    (g.p, snap)
 }
 
 /// A busy host without loss.

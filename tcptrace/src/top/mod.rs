@@ -21,7 +21,7 @@
 
 pub mod app;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod ui;
 
 use std::{

@@ -990,6 +990,27 @@ mod tests {
     }
 
     #[test]
+    fn the_groups_view_by_workload_names_pods_containers_and_units() {
+        let names = fixtures::workload_names();
+        let (_, snap) = fixtures::workloads(&names);
+        let mut a = app(snap);
+        a.view = crate::top::app::View::Groups;
+        for _ in 0..crate::recent::WORKLOAD_DIMENSION {
+            a.on_key(key(KeyCode::Char('g')));
+        }
+        let (t, _) = render(&a, 120, 20);
+        for want in [
+            "Groups by workload",
+            "k8s/burstable/9a8b7c6d-1234-4e5f-8a9b-0c1d2e3f4a5b",
+            "docker/4f2c9a0b7e1d",
+            "nginx.service",
+        ] {
+            assert!(t.contains(want), "no {want:?} in\n{t}");
+        }
+        insta::assert_snapshot!("groups_by_workload_120x20", t);
+    }
+
+    #[test]
     fn the_listeners_view_shows_queues_counters_and_time_wait() {
         use crate::listeners::{
             Listeners, Netstat,
