@@ -327,15 +327,20 @@ pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
     } else {
         None
     };
+    // A current owner whose name the program did not read (`XFLAG_NO_COMM`): `owners` fills
+    // it in. Until then it is empty, as an unknown name is, whatever the record's bytes say
+    // (the program leaves them zero; a corrupt record may not).
+    let comm = if raw.xflags & XFLAG_NO_COMM != 0 {
+        [0; 16]
+    } else {
+        raw.comm
+    };
     let owner = source.map(|source| Owner {
         tgid: raw.tgid,
         pid: raw.pid,
-        comm: Comm(raw.comm),
+        comm: Comm(comm),
         source,
     });
-    // A current owner whose name the program did not read: `owners` fills it in. Until then
-    // it is empty, as an unknown name is.
-    debug_assert!(raw.xflags & XFLAG_NO_COMM == 0 || raw.comm == [0; 16]);
     let ident = Ident {
         cgroup: (raw.xflags & XFLAG_CGROUP != 0).then_some(raw.cgroup_id),
         netns: (raw.xflags & XFLAG_NETNS != 0).then_some(raw.netns),
@@ -455,6 +460,18 @@ pub(crate) mod tests {
         // EVENT_SIZE bytes are initialised.
         unsafe { std::slice::from_raw_parts((raw as *const RawEvent).cast::<u8>(), EVENT_SIZE) }
             .to_vec()
+    }
+
+    /// Found by the fuzzer: a record saying its owner's name was not read, yet holding
+    /// bytes there, decodes (with no name) instead of tripping an assertion.
+    #[test]
+    fn a_name_the_record_says_was_not_read_is_empty_whatever_its_bytes() {
+        let mut raw = raw_state(5, 0xffff_8880_0000_1000, 4, 5);
+        raw.flags = tcptrace_common::FLAG_OWNER_CURRENT;
+        raw.xflags = XFLAG_NO_COMM;
+        raw.comm = *b"DDDD\0\0\0\0\0\0\0\0\0\0\0\0";
+        let ev = decode_bytes(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.owner.expect("owner").comm, Comm([0; 16]));
     }
 
     #[test]
