@@ -5,12 +5,21 @@
 //! rest is filled in by userspace), and write one fixed-size record to this CPU's ring
 //! buffer. A failed reserve is counted (per CPU), so loss is never silent.
 //!
+//! State changes come from one of two programs on `sock:inet_sock_set_state`, whichever
+//! userspace loads: the BTF-typed raw tracepoint (`inet_sock_set_state_btf`), which reads
+//! the socket's own fields with plain loads the verifier checks against the kernel's BTF,
+//! and costs less both in the program and around it (the kernel builds no trace record for
+//! it); or, where that cannot load, the classic tracepoint (`inet_sock_set_state`), which
+//! reads the record the kernel filled in and the socket's members with helper reads. Both
+//! end in the same code ([`set_state`]).
+//!
 //! `skb:kfree_skb` fires for every dropped packet of every protocol: its program compares the
 //! drop reason with the one number it reports (accept-queue overflow) before anything else.
 //!
-//! Field offsets come from `tcptrace_common::tp`, written from the tracepoint format files
-//! (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace checks at start-up that the
-//! running kernel's formats match those same tables before it loads this program.
+//! Classic tracepoint field offsets come from `tcptrace_common::tp`, written from the
+//! tracepoint format files (`/sys/kernel/tracing/events/{sock,tcp}/*/format`); userspace
+//! checks at start-up that the running kernel's formats match those same tables before it
+//! loads this program. Socket member offsets come from the kernel's BTF.
 #![no_std]
 #![no_main]
 
@@ -322,6 +331,18 @@ fn addr16(ctx: &TracePointContext, offset: usize) -> Addr {
     Addr([field(ctx, offset), field(ctx, offset + 8)])
 }
 
+/// Reads a kernel value at `addr` of a pointer the BTF tracepoint's verifier typed: a plain
+/// load (a fault reads 0, never crashes). With `BTF` false, a helper read ([`kget`]).
+#[inline(always)]
+fn kload<const BTF: bool, T>(addr: u64) -> Option<T> {
+    if !BTF {
+        return kget(addr);
+    }
+    // SAFETY: `addr` is a BTF-typed kernel pointer plus the offset of one of its members
+    // (from the kernel's BTF); the verifier checks the member and makes the load fault-safe.
+    Some(unsafe { core::ptr::read_volatile(addr as *const T) })
+}
+
 /// Reads a kernel value at `addr` (0 or a fault: `None`).
 #[inline(always)]
 fn kget<T>(addr: u64) -> Option<T> {
@@ -355,39 +376,41 @@ const NO_IDENT: Ident = Ident {
 
 /// `sk->__sk_common.skc_net.net->ns.inum`.
 #[inline(always)]
-fn netns_of(o: &SockOffsets, sk: u64) -> Option<u32> {
+fn netns_of<const BTF: bool>(o: &SockOffsets, sk: u64) -> Option<u32> {
     if o.groups & OFFS_NETNS == 0 {
         return None;
     }
-    let net: u64 = kget(sk + u64::from(o.sk_net))?;
-    kget(net + u64::from(o.net_inum))
+    let net: u64 = kload::<BTF, _>(sk + u64::from(o.sk_net))?;
+    kload::<BTF, _>(net + u64::from(o.net_inum))
 }
 
 /// `sk->sk_cgrp_data.cgroup->kn->id`. Before Linux 5.15 the member is a u64 that holds the
 /// pointer when its low bit is clear (set: cgroup v1 data, no cgroup v2 pointer); a pointer's
 /// low bit is always clear, so one test serves both layouts.
 #[inline(always)]
-fn cgroup_of(o: &SockOffsets, sk: u64) -> Option<u64> {
+fn cgroup_of<const BTF: bool>(o: &SockOffsets, sk: u64) -> Option<u64> {
     if o.groups & OFFS_CGROUP == 0 {
         return None;
     }
-    let cg: u64 = kget(sk + u64::from(o.sk_cgrp))?;
-    if cg & 1 != 0 {
+    let cg: u64 = kload::<BTF, _>(sk + u64::from(o.sk_cgrp))?;
+    // (The BTF tracepoint is used only with the pointer layout, and a typed pointer admits
+    // no bit test.)
+    if !BTF && cg & 1 != 0 {
         return None;
     }
-    let kn: u64 = kget(cg + u64::from(o.cgrp_kn))?;
-    kget(kn + u64::from(o.kn_id))
+    let kn: u64 = kload::<BTF, _>(cg + u64::from(o.cgrp_kn))?;
+    kload::<BTF, _>(kn + u64::from(o.kn_id))
 }
 
 /// Both halves of the identity, read from the socket.
 #[inline(always)]
-fn ident_of(o: &SockOffsets, sk: u64, netns: Option<u32>) -> Ident {
+fn ident_of<const BTF: bool>(o: &SockOffsets, sk: u64, netns: Option<u32>) -> Ident {
     let mut id = NO_IDENT;
     if let Some(n) = netns {
         id.netns = n;
         id.xflags |= XFLAG_NETNS;
     }
-    if let Some(c) = cgroup_of(o, sk) {
+    if let Some(c) = cgroup_of::<BTF>(o, sk) {
         id.cgroup_id = c;
         id.xflags |= XFLAG_CGROUP;
     }
@@ -473,7 +496,7 @@ fn judge(
         let netns = if ident.xflags & XFLAG_NETNS != 0 {
             Some(ident.netns)
         } else {
-            netns_of(o, sk)
+            netns_of::<false>(o, sk)
         };
         let Some(netns) = netns else {
             return Some(false);
@@ -546,9 +569,19 @@ const CLOSE_WINDOW: usize = 160;
 struct Window([u8; CLOSE_WINDOW]);
 
 #[inline(always)]
-fn close_stats(o: &SockOffsets, sk: u64) -> Option<CloseStats> {
+fn close_stats<const BTF: bool>(o: &SockOffsets, sk: u64) -> Option<CloseStats> {
     if o.groups & OFFS_CLOSE == 0 {
         return None;
+    }
+    if BTF {
+        // `sk` is typed as a `tcp_sock` (see `inet_sock_set_state_btf`).
+        let tp = sk;
+        return Some(CloseStats {
+            acked: kload::<true, _>(tp + u64::from(o.bytes_acked))?,
+            received: kload::<true, _>(tp + u64::from(o.bytes_received))?,
+            retrans: kload::<true, _>(tp + u64::from(o.total_retrans))?,
+            srtt_us: kload::<true, u32>(tp + u64::from(o.srtt_us))? >> 3,
+        });
     }
     let retrans: u32 = kget(sk + u64::from(o.total_retrans))?;
     // The offsets are load-time constants (read-only data), so the verifier knows which
@@ -597,6 +630,15 @@ fn close_stats(o: &SockOffsets, sk: u64) -> Option<CloseStats> {
         retrans,
         srtt_us: srtt >> 3,
     })
+}
+
+/// The BTF tracepoint's socket as a `struct tcp_sock` (whose members lie beyond the
+/// `struct sock` the verifier typed it as), or `None` for a socket of another kind.
+#[inline(always)]
+fn tcp_sock_of(sk: u64) -> Option<u64> {
+    // SAFETY: a helper that checks the socket's kind and returns a typed pointer or NULL.
+    let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut core::ffi::c_void) } as u64;
+    (tp != 0).then_some(tp)
 }
 
 /// Everything a record says besides the owner.
@@ -657,9 +699,96 @@ fn try_set_state(ctx: &TracePointContext) {
     } else {
         (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
+    set_state::<false>(
+        ts_ns,
+        skaddr,
+        old,
+        new,
+        (saddr, daddr),
+        (sport, dport, family),
+    );
+}
 
+/// Offsets of the socket members the BTF tracepoint reads (what the classic tracepoint's
+/// TP_fast_assign copies), from the kernel's BTF (`btf::sk_fields` in userspace, which
+/// lists them in this order).
+#[unsafe(no_mangle)]
+static SK_FIELDS: [u32; 8] = [0; 8];
+
+#[inline(always)]
+fn sk_field(i: usize) -> usize {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    unsafe { core::ptr::read_volatile(&raw const SK_FIELDS[i]) as usize }
+}
+
+/// The same transition, from the BTF-typed raw tracepoint: the socket's fields are plain
+/// loads from the socket (no record is built for us, no helper reads them).
+#[aya_ebpf::macros::btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    // SAFETY: loads at BTF member offsets of a live socket the verifier types (a fault in a
+    // BTF load reads 0, never crashes).
+    unsafe {
+        let protocol = core::ptr::read_volatile(sk.add(sk_field(0)).cast::<u16>());
+        if protocol != IPPROTO_TCP {
+            return 0;
+        }
+        // The socket as a `tcp_sock`, so that the verifier admits loads of its inet_sock
+        // and tcp_sock members (it types the argument as a `struct sock`).
+        let Some(tp) = tcp_sock_of(sk as u64) else {
+            return 0;
+        };
+        let sk = tp as *const u8;
+        let family = core::ptr::read_volatile(sk.add(sk_field(1)).cast::<u16>());
+        let sport = u16::from_be(core::ptr::read_volatile(sk.add(sk_field(2)).cast::<u16>()));
+        let dport = u16::from_be(core::ptr::read_volatile(sk.add(sk_field(3)).cast::<u16>()));
+        if !pass(family, sport, dport) {
+            count(counter::FILTERED);
+            return 0;
+        }
+        let ts_ns = bpf_ktime_get_ns();
+        let (saddr, daddr) = if family == AF_INET {
+            (
+                Addr::from_v4(core::ptr::read_volatile(sk.add(sk_field(4)).cast::<u32>())),
+                Addr::from_v4(core::ptr::read_volatile(sk.add(sk_field(5)).cast::<u32>())),
+            )
+        } else {
+            let s6 = sk.add(sk_field(6)).cast::<u32>();
+            let d6 = sk.add(sk_field(7)).cast::<u32>();
+            let w = |p: *const u32, i: usize| {
+                let lo = core::ptr::read_volatile(p.add(i)) as u64;
+                let hi = core::ptr::read_volatile(p.add(i + 1)) as u64;
+                u64::from_ne_bytes(((hi << 32) | lo).to_ne_bytes())
+            };
+            (Addr([w(s6, 0), w(s6, 2)]), Addr([w(d6, 0), w(d6, 2)]))
+        };
+        set_state::<true>(
+            ts_ns,
+            sk as u64,
+            old as u32,
+            new as u32,
+            (saddr, daddr),
+            (sport, dport, family),
+        );
+    }
+    0
+}
+
+/// What both tracepoints share once the socket's fields are read; `BTF`: `skaddr` is the BTF
+/// tracepoint's typed socket pointer, read with plain loads.
+#[inline(always)]
+fn set_state<const BTF: bool>(
+    ts_ns: u64,
+    skaddr: u64,
+    old: u32,
+    new: u32,
+    (saddr, daddr): (Addr, Addr),
+    (sport, dport, family): (u16, u16, u16),
+) {
     let o = offsets();
-    let (owner, mut flags, ident) = owner_for(&o, skaddr, old, new, family, sport);
+    let (owner, mut flags, ident) = owner_for::<BTF>(&o, skaddr, old, new, family, sport);
     let sf = sock_filter!(flags);
     if sf != 0 {
         let known = flags & (FLAG_OWNER_CURRENT | FLAG_OWNER_LISTENER) != 0;
@@ -676,14 +805,14 @@ fn try_set_state(ctx: &TracePointContext) {
         }
     }
     let close = if new == TCP_CLOSE && old != TCP_LISTEN {
-        close_stats(&o, skaddr)
+        close_stats::<BTF>(&o, skaddr)
     } else {
         None
     };
     let mut aux = 0;
     if old == TCP_SYN_RECV
         && new == TCP_ESTABLISHED
-        && let Some(rtt) = synack_rtt_us(skaddr)
+        && let Some(rtt) = synack_rtt_us::<BTF>(skaddr)
     {
         aux = rtt;
         flags |= FLAG_AUX_SRTT;
@@ -717,15 +846,18 @@ fn try_set_state(ctx: &TracePointContext) {
 /// takes the sample from the timestamp echo, or leaves srtt 0 when timestamps are off: 0 is
 /// reported as unknown.
 #[inline(always)]
-fn synack_rtt_us(skaddr: u64) -> Option<u32> {
+fn synack_rtt_us<const BTF: bool>(skaddr: u64) -> Option<u32> {
     // SAFETY: a plain read of a global the loader may have rewritten before load.
     let off = unsafe { core::ptr::read_volatile(&SRTT_OFFSET) };
     if off == 0 || skaddr == 0 {
         return None;
     }
-    // SAFETY: the helper checks the address; a fault returns an error, never a crash.
-    let srtt: u32 =
-        unsafe { bpf_probe_read_kernel((skaddr + u64::from(off)) as *const u32) }.ok()?;
+    let srtt: u32 = if BTF {
+        kload::<true, _>(skaddr + u64::from(off))?
+    } else {
+        // SAFETY: the helper checks the address; a fault returns an error, never a crash.
+        unsafe { bpf_probe_read_kernel((skaddr + u64::from(off)) as *const u32) }.ok()?
+    };
     (srtt >> 3 > 0).then_some(srtt >> 3)
 }
 
@@ -741,7 +873,7 @@ fn synack_rtt_us(skaddr: u64) -> Option<u32> {
 /// first event (connect, listen, a server child's creation), and userspace carries it to the
 /// socket's later events: reading it costs five dependent kernel reads.
 #[inline(always)]
-fn owner_for(
+fn owner_for<const BTF: bool>(
     o: &SockOffsets,
     sk: u64,
     old: u32,
@@ -768,7 +900,7 @@ fn owner_for(
         }
         // connect or listen: the socket's first event.
         let owner = StackOwner::current();
-        let ident = ident_of(o, sk, netns_of(o, sk));
+        let ident = ident_of::<BTF>(o, sk, netns_of::<BTF>(o, sk));
         if new == TCP_LISTEN {
             let key = ListenKey {
                 netns: ident.netns,
@@ -785,7 +917,7 @@ fn owner_for(
         return (owner.words(), FLAG_OWNER_CURRENT, ident);
     }
     if old == TCP_LISTEN && new == TCP_SYN_RECV {
-        let netns = netns_of(o, sk);
+        let netns = netns_of::<BTF>(o, sk);
         let key = ListenKey {
             netns: netns.unwrap_or(0),
             family_port,
@@ -802,7 +934,7 @@ fn owner_for(
                 ident.xflags |= XFLAG_NETNS;
             }
             if ident.xflags & XFLAG_CGROUP == 0 {
-                ident = ident_of(o, sk, netns);
+                ident = ident_of::<BTF>(o, sk, netns);
             }
             return (
                 OwnerWords::load(l.cast::<Owner>()),
@@ -810,7 +942,7 @@ fn owner_for(
                 ident,
             );
         }
-        return (NO_OWNER, 0, ident_of(o, sk, netns));
+        return (NO_OWNER, 0, ident_of::<BTF>(o, sk, netns));
     }
     (NO_OWNER, 0, NO_IDENT)
 }

@@ -396,6 +396,36 @@ pub fn kernel_cgroup_ancestry_offsets() -> anyhow::Result<(u32, u32, bool)> {
     Ok(cgroup_ancestry_offsets(&btf)?)
 }
 
+/// Offsets, from the start of the socket, of what the BTF tracepoint program reads (as the
+/// classic tracepoint's TP_fast_assign does): `sock.sk_protocol`, `skc_family`,
+/// `inet_sock.inet_sport`, `skc_dport`, `inet_sock.inet_saddr`, `skc_daddr`,
+/// `skc_v6_rcv_saddr`, `skc_v6_daddr`. An error where a member is missing or the socket's
+/// cgroup is not a plain pointer (before Linux 5.15: the program's typed loads cannot test
+/// the old layout's bit), and then the classic tracepoint is used.
+pub fn sk_fields(btf: &Btf<'_>) -> Result<[u32; 8], BtfError> {
+    let common =
+        |m: &str, size: u32| btf.path_offset("sock", &["__sk_common", m], Shape::Int(size));
+    btf.path_offset("sock", &["sk_cgrp_data", "cgroup"], Shape::Ptr)?;
+    Ok([
+        btf.member_offset("sock", "sk_protocol", 2)?,
+        common("skc_family", 2)?,
+        btf.member_offset("inet_sock", "inet_sport", 2)?,
+        common("skc_dport", 2)?,
+        btf.member_offset("inet_sock", "inet_saddr", 4)?,
+        common("skc_daddr", 4)?,
+        btf.member_offset_any("sock_common", "skc_v6_rcv_saddr")?,
+        btf.member_offset_any("sock_common", "skc_v6_daddr")?,
+    ])
+}
+
+/// [`sk_fields`] of the running kernel ([`VMLINUX`]).
+pub fn kernel_sk_fields() -> anyhow::Result<[u32; 8]> {
+    use anyhow::Context as _;
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    Ok(sk_fields(&btf)?)
+}
+
 /// [`identity_offsets`] of the running kernel ([`VMLINUX`]).
 pub fn kernel_sock_offsets() -> anyhow::Result<(tcptrace_common::SockOffsets, Vec<String>)> {
     use anyhow::Context as _;

@@ -578,6 +578,28 @@ fn sock_filter(filter: &Filter, offsets: &tcptrace_common::SockOffsets) -> Resul
     Ok(f)
 }
 
+/// The program that reads state changes from the BTF-typed raw tracepoint
+/// `inet_sock_set_state` (Linux 5.5+, with kernel BTF): it reads the socket's fields with
+/// plain loads instead of getting the record the classic tracepoint fills in, so each event
+/// costs less in the program and much less around it (no trace record is built for it).
+/// Where it cannot load, the classic tracepoint program (`inet_sock_set_state`) runs
+/// instead; `TCPTRACE_TRACEPOINT=classic` forces that (the tests run both).
+const BTF_STATE_PROGRAM: &str = "inet_sock_set_state_btf";
+
+/// Loads and attaches [`BTF_STATE_PROGRAM`].
+fn attach_btf_state(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let prog: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(BTF_STATE_PROGRAM)
+        .with_context(|| format!("program {BTF_STATE_PROGRAM} missing from the object"))?
+        .try_into()?;
+    prog.load("inet_sock_set_state", &btf)
+        .with_context(|| format!("the kernel verifier rejected {BTF_STATE_PROGRAM}"))?;
+    prog.attach()?;
+    log::debug!("state changes from the BTF tracepoint");
+    Ok(())
+}
+
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcptrace"));
 
 /// The real-time priority (SCHED_RR, the lowest: 1) of the thread that reads the rings and
@@ -828,6 +850,20 @@ impl Collector {
             }
         };
         loader.override_global("OFFSETS", &offsets, true);
+        // The state changes come from the BTF tracepoint where this kernel has one and its
+        // BTF names every member read (see `BTF_STATE_PROGRAM`), else the classic one.
+        let sk_fields = match std::env::var("TCPTRACE_TRACEPOINT").as_deref() {
+            Ok("classic") => None,
+            _ => match crate::btf::kernel_sk_fields() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::info!("using the classic tracepoint: {e:#}");
+                    None
+                }
+            },
+        };
+        let sk_field_offsets = sk_fields.unwrap_or_default();
+        loader.override_global("SK_FIELDS", &sk_field_offsets, true);
         let sock_filter = sock_filter(filter, &offsets)?;
         debug_assert_eq!(filter.any_sockets(), sock_filter.flags != 0);
         loader.override_global("SOCK_FILTER", &sock_filter, true);
@@ -859,6 +895,17 @@ impl Collector {
 
         let mut attached = Vec::new();
         for probe in usable {
+            if probe.name == "inet_sock_set_state" && sk_fields.is_some() {
+                match attach_btf_state(&mut ebpf) {
+                    Ok(()) => {
+                        attached.push(BTF_STATE_PROGRAM);
+                        continue;
+                    }
+                    Err(e) => log::info!(
+                        "the BTF tracepoint did not attach ({e:#}); using the classic one"
+                    ),
+                }
+            }
             attached.push(probe.name);
             let prog: &mut TracePoint = ebpf
                 .program_mut(probe.name)

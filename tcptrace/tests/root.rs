@@ -83,10 +83,35 @@ fn check_life(life: &Life, expected: &[&str], pid: u32, laddr: &str, raddr: &str
     }
 }
 
-fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize) {
+/// Whether process `pid` holds a BPF_PROG_TYPE_TRACING program (the BTF tracepoint), from
+/// its fds' /proc fdinfo.
+fn holds_tracing_program(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["prog_type:", "26"])
+        })
+}
+
+/// `classic`: with the classic tracepoint program (the fallback where the BTF tracepoint
+/// cannot load) instead of the BTF one this kernel runs by default.
+fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, classic: bool) {
     require_root();
     let (sock, port) = bound(ip);
-    let tracer = Tracer::start(&["--port", &port.to_string()]);
+    let mut cmd = std::process::Command::new(common::BIN);
+    if classic {
+        cmd.env("TCPTRACE_TRACEPOINT", "classic");
+    }
+    let tracer = Tracer::start_command(cmd, &["--port", &port.to_string()]);
+    assert_eq!(
+        holds_tracing_program(tracer.pid()),
+        !classic,
+        "the BTF tracepoint program (BPF_PROG_TYPE_TRACING) is {}",
+        if classic { "loaded" } else { "not loaded" }
+    );
     let l = listen(sock);
     let mut conns = Vec::new();
     for i in 0..per_order * 2 {
@@ -154,13 +179,22 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn ipv4_loopback_connections_report_exact_transitions() {
-    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25);
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, false);
 }
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn ipv6_loopback_connections_report_exact_transitions() {
-    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, false);
+}
+
+/// The same through the classic tracepoint program, the fallback on kernels where the BTF
+/// tracepoint cannot load.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn classic_tracepoint_reports_the_same_exact_transitions() {
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 5, true);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, true);
 }
 
 #[test]
