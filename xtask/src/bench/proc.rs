@@ -341,8 +341,9 @@ pub fn prog_stats(pid: u32) -> Vec<ProgStat> {
     out
 }
 
-/// The ids of the loaded programs named `inet_sock_set_state` (the state-change program the
-/// ns/event target is about), from `bpftool prog show --json`; `None` without bpftool
+/// The ids of the loaded state-change programs (the ones the ns/event target is about:
+/// tcptrace's `inet_sock_set_state` or `inet_sock_set_state_btf`, whose names the kernel may
+/// keep to 15 characters), from `bpftool prog show --json`; `None` without bpftool
 /// (`cargo xtask setup --test-packages` installs it), and then every program of the tracer
 /// counts. The other programs must not be averaged in: `kfree_skb` runs on every dropped
 /// packet of the host and rejects almost all of them at about 60 ns, which would flatter
@@ -361,7 +362,11 @@ pub fn state_change_prog_ids() -> Option<Vec<u64>> {
         progs
             .as_array()?
             .iter()
-            .filter(|p| p["name"] == "inet_sock_set_state")
+            .filter(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("inet_sock_set_s"))
+            })
             .filter_map(|p| p["id"].as_u64())
             .collect(),
     )
