@@ -325,6 +325,11 @@ pub struct Collector {
     merge: Merge,
     /// The wait before the next drain when no wake-up comes ([`POLL_BUSY`] to [`POLL_IDLE`]).
     poll: std::time::Duration,
+    /// When the next drain is due without a wake-up. Kept here, not in the waiting future,
+    /// because the live loop drops that future whenever another event wins its `select!`
+    /// (a tick, a scrape, a key): a timer started afresh each time would never expire
+    /// under frequent other events, and the rings would not be drained.
+    drain_at: tokio::time::Instant,
     /// The other merge buffer: records drained from the rings while `merge`'s are handed
     /// on go here (see [`Collector::read_batch`]).
     spare: Merge,
@@ -947,6 +952,7 @@ impl Collector {
             merge: Merge::default(),
             realtime,
             poll: POLL_BUSY,
+            drain_at: tokio::time::Instant::now() + POLL_BUSY,
             spare: Merge::default(),
             counters,
             skipped,
@@ -982,7 +988,7 @@ impl Collector {
             });
             tokio::select! {
                 woken = woken => woken.context("waiting on the ring buffers")?,
-                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep_until(self.drain_at) => {}
             }
         }
         self.clear_readiness();
@@ -998,6 +1004,7 @@ impl Collector {
         } else {
             POLL_BUSY
         };
+        self.drain_at = tokio::time::Instant::now() + self.poll;
         Ok(n)
     }
 
