@@ -518,6 +518,11 @@ impl Tracker {
         if !consistent {
             stats.gaps += 1;
         }
+        // The kernel reports some transitions to the state a socket is already in (closing a
+        // socket after shutdown(SHUT_WR) gives FIN_WAIT1 -> FIN_WAIT1). Such a repeat is
+        // passed on as the kernel sent it, but it does not end the socket's time in that
+        // state: the phase is timed once, from entering the state to leaving it.
+        let repeat = consistent && old == new;
         let dwell = match s.since_ns.get() {
             Some(since) if ts >= since => Some(ts - since),
             Some(_) => {
@@ -536,6 +541,7 @@ impl Tracker {
         });
 
         if consistent
+            && !repeat
             && let Some(d) = dwell
             && let Some(i) = phase_index(old)
         {
@@ -574,7 +580,9 @@ impl Tracker {
         }
 
         s.state = new;
-        s.since_ns = OptNs::new(Some(ts));
+        if !repeat {
+            s.since_ns = OptNs::new(Some(ts));
+        }
 
         if new == TcpState::Close {
             let s = *s;

@@ -308,6 +308,25 @@ fn a_missed_transition_is_a_gap_not_a_wrong_dwell() {
     );
 }
 
+/// Closing a socket after shutdown(SHUT_WR) makes the kernel report FIN_WAIT1 -> FIN_WAIT1:
+/// the socket spent one stretch in FIN_WAIT1, counted once with its whole length.
+#[test]
+fn a_repeated_state_is_one_phase_not_two() {
+    let mut events = client_open(1, 1);
+    events.push(st(10, 1, S::Established, S::FinWait1));
+    events.push(st(14, 1, S::FinWait1, S::FinWait1));
+    events.push(st(20, 1, S::FinWait1, S::FinWait2));
+    events.push(st(25, 1, S::FinWait2, S::Close));
+    let (t, facts) = run(&events);
+    assert_eq!(t.stats().gaps, 0);
+    assert_eq!(phases(&facts), vec![(S::FinWait1, 10), (S::FinWait2, 5)]);
+    let transitions = facts
+        .iter()
+        .filter(|f| matches!(f, Fact::Transition { .. }))
+        .count();
+    assert_eq!(transitions, 6, "the repeat is still reported");
+}
+
 #[test]
 fn out_of_order_records_never_give_negative_dwell() {
     let mut events = client_open(1, 10);
