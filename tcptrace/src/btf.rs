@@ -293,10 +293,7 @@ impl Btf<'_> {
 
 /// Offsets in `struct sock_common` of `skc_family`, `skc_num` (the local port, host order),
 /// `skc_rcv_saddr` and `skc_v6_rcv_saddr`: how the kfree_skb program names a listener.
-pub fn sock_offsets() -> anyhow::Result<[u32; 4]> {
-    use anyhow::Context as _;
-    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+pub fn sock_offsets(btf: &Btf<'_>) -> Result<[u32; 4], BtfError> {
     Ok([
         btf.member_offset("sock_common", "skc_family", 2)?,
         btf.member_offset("sock_common", "skc_num", 2)?,
@@ -305,12 +302,16 @@ pub fn sock_offsets() -> anyhow::Result<[u32; 4]> {
     ])
 }
 
-/// Offset of `struct tcp_sock::srtt_us` in the running kernel, read from [`VMLINUX`].
-pub fn tcp_sock_srtt_offset() -> anyhow::Result<u32> {
+/// Offset of `struct tcp_sock::srtt_us`.
+pub fn tcp_sock_srtt_offset(btf: &Btf<'_>) -> Result<u32, BtfError> {
+    btf.member_offset("tcp_sock", "srtt_us", 4)
+}
+
+/// The running kernel's BTF ([`VMLINUX`]), read once at start-up: every offset the program
+/// needs comes from this one blob, parsed once (it is several MiB).
+pub fn read_vmlinux() -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
-    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
-    Ok(btf.member_offset("tcp_sock", "srtt_us", 4)?)
+    std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))
 }
 
 /// The offsets of the socket members the kernel program reads for identity (network
@@ -388,14 +389,6 @@ pub fn cgroup_ancestry_offsets(btf: &Btf<'_>) -> Result<(u32, u32, bool), BtfErr
     }
 }
 
-/// [`cgroup_ancestry_offsets`] of the running kernel ([`VMLINUX`]).
-pub fn kernel_cgroup_ancestry_offsets() -> anyhow::Result<(u32, u32, bool)> {
-    use anyhow::Context as _;
-    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
-    Ok(cgroup_ancestry_offsets(&btf)?)
-}
-
 /// Offsets, from the start of the socket, of what the BTF tracepoint program reads (as the
 /// classic tracepoint's TP_fast_assign does): `sock.sk_protocol`, `skc_family`,
 /// `inet_sock.inet_sport`, `skc_dport`, `inet_sock.inet_saddr`, `skc_daddr`,
@@ -416,22 +409,6 @@ pub fn sk_fields(btf: &Btf<'_>) -> Result<[u32; 8], BtfError> {
         btf.member_offset_any("sock_common", "skc_v6_rcv_saddr")?,
         btf.member_offset_any("sock_common", "skc_v6_daddr")?,
     ])
-}
-
-/// [`sk_fields`] of the running kernel ([`VMLINUX`]).
-pub fn kernel_sk_fields() -> anyhow::Result<[u32; 8]> {
-    use anyhow::Context as _;
-    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
-    Ok(sk_fields(&btf)?)
-}
-
-/// [`identity_offsets`] of the running kernel ([`VMLINUX`]).
-pub fn kernel_sock_offsets() -> anyhow::Result<(tcptrace_common::SockOffsets, Vec<String>)> {
-    use anyhow::Context as _;
-    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
-    Ok(identity_offsets(&btf))
 }
 
 #[cfg(test)]
@@ -766,10 +743,12 @@ mod tests {
             eprintln!("SKIP: {VMLINUX} is absent on this machine");
             return;
         }
-        let off = tcp_sock_srtt_offset().expect("srtt_us offset");
+        let data = read_vmlinux().expect("reading the kernel's BTF");
+        let btf = Btf::parse(&data).expect("parsing the kernel's BTF");
+        let off = tcp_sock_srtt_offset(&btf).expect("srtt_us offset");
         // struct tcp_sock starts with struct inet_connection_sock (well over 1 KiB).
         assert!(off > 1000 && off.is_multiple_of(4), "offset {off}");
-        let (o, missing) = kernel_sock_offsets().expect("BTF");
+        let (o, missing) = identity_offsets(&btf);
         eprintln!("{o:?}");
         assert_eq!(missing, Vec::<String>::new());
         assert_eq!(o.srtt_us, off);
@@ -779,5 +758,12 @@ mod tests {
             "{o:?}"
         );
         assert!(o.sk_cgrp > o.sk_net && o.bytes_acked > 1000, "{o:?}");
+        // The BTF tracepoint's fields: sock_common's within its first 136 bytes, inet_sock's
+        // after struct sock.
+        let f = sk_fields(&btf).expect("the BTF tracepoint's fields");
+        for i in [1, 3, 5, 6, 7] {
+            assert!(f[i] < 136, "{f:?}");
+        }
+        assert!(f[0] > 136 && f[2] > f[0] && f[4] > f[0], "{f:?}");
     }
 }

@@ -220,15 +220,20 @@ pub fn drop_reason(format: &str, name: &str) -> Option<u32> {
 type OverflowSetup = (u32, [u32; 4]);
 
 /// What the kfree_skb program needs from this kernel; `Err` says why the probe is skipped.
-fn listen_overflow_setup(tracefs: &Tracefs) -> std::result::Result<OverflowSetup, String> {
+fn listen_overflow_setup(
+    tracefs: &Tracefs,
+    btf: std::result::Result<&crate::btf::Btf<'_>, &str>,
+) -> std::result::Result<OverflowSetup, String> {
     let path = tracefs.0.join("events/skb/kfree_skb/format");
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let reason = drop_reason(&text, "TCP_LISTEN_OVERFLOW").ok_or_else(|| {
         "skb:kfree_skb has no TCP_LISTEN_OVERFLOW drop reason on this kernel (Linux 6.x adds it)"
             .to_owned()
     })?;
-    let offsets = crate::btf::sock_offsets()
-        .map_err(|e| format!("no struct sock_common offsets in the kernel's BTF ({e:#})"))?;
+    let offsets = btf
+        .map_err(str::to_owned)
+        .and_then(|b| crate::btf::sock_offsets(b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("no struct sock_common offsets in the kernel's BTF ({e})"))?;
     Ok((reason, offsets))
 }
 
@@ -539,7 +544,11 @@ fn port_words(filter: &Filter) -> std::collections::BTreeMap<u32, u64> {
 /// The kernel's socket filter for `filter`'s `--netns`, `--cgroup`, `--pid` and `--comm`.
 /// A criterion this kernel cannot check (its BTF does not show where a socket keeps the
 /// namespace or cgroup) is an error naming it, never a filter that silently passes all.
-fn sock_filter(filter: &Filter, offsets: &tcptrace_common::SockOffsets) -> Result<SockFilter> {
+fn sock_filter(
+    filter: &Filter,
+    offsets: &tcptrace_common::SockOffsets,
+    btf: std::result::Result<&crate::btf::Btf<'_>, &str>,
+) -> Result<SockFilter> {
     use tcptrace_common::{OFFS_CGROUP, OFFS_NETNS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID};
     let mut f = SockFilter::default();
     if !filter.netns.is_empty() {
@@ -562,10 +571,13 @@ fn sock_filter(filter: &Filter, offsets: &tcptrace_common::SockOffsets) -> Resul
              socket keeps its cgroup (see the warning above); drop --cgroup"
             );
         }
-        let (level, ancestors, ids) = crate::btf::kernel_cgroup_ancestry_offsets().context(
-            "--cgroup cannot be matched on this kernel: no cgroup.level and \
+        let (level, ancestors, ids) = btf
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|b| Ok(crate::btf::cgroup_ancestry_offsets(b)?))
+            .context(
+                "--cgroup cannot be matched on this kernel: no cgroup.level and \
              cgroup.ancestors in its BTF; drop --cgroup",
-        )?;
+            )?;
         f.flags |= SF_CGROUP;
         (f.cgroup_id, f.cgroup_level) = (c.id, c.level);
         (f.cgrp_level, f.cgrp_ancestors, f.ancestors_are_ids) = (level, ancestors, u32::from(ids));
@@ -591,9 +603,11 @@ fn sock_filter(filter: &Filter, offsets: &tcptrace_common::SockOffsets) -> Resul
 /// instead; `TCPTRACE_TRACEPOINT=classic` forces that (the tests run both).
 const BTF_STATE_PROGRAM: &str = "inet_sock_set_state_btf";
 
-/// Loads and attaches [`BTF_STATE_PROGRAM`].
-fn attach_btf_state(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+/// Loads and attaches [`BTF_STATE_PROGRAM`]; `vmlinux` is the kernel's BTF as read at
+/// start-up.
+fn attach_btf_state(ebpf: &mut Ebpf, vmlinux: &[u8]) -> Result<()> {
+    let btf =
+        aya::Btf::parse(vmlinux, aya::Endianness::default()).context("parsing the kernel's BTF")?;
     let prog: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(BTF_STATE_PROGRAM)
         .with_context(|| format!("program {BTF_STATE_PROGRAM} missing from the object"))?
@@ -793,11 +807,20 @@ impl Collector {
                 Some(reason) => skipped.push(reason),
             }
         }
+        // Every member offset the programs read comes from the kernel's BTF, read and parsed
+        // once here; a consumer that cannot have it says so and does without.
+        let vmlinux = crate::btf::read_vmlinux();
+        let parsed = match &vmlinux {
+            Ok(data) => crate::btf::Btf::parse(data)
+                .map_err(|e| format!("parsing {}: {e}", crate::btf::VMLINUX)),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let btf = parsed.as_ref().map_err(String::as_str);
         // Accept-queue overflow drops per listener need the reason's number and the
         // listener's address offsets; without them the probe is skipped, never guessed.
         let mut overflow: OverflowSetup = (0, [0; 4]);
         if usable.iter().any(|p| p.name == "kfree_skb") {
-            match listen_overflow_setup(&tracefs) {
+            match listen_overflow_setup(&tracefs, btf) {
                 Ok(found) => overflow = found,
                 Err(reason) => {
                     usable.retain(|p| p.name != "kfree_skb");
@@ -826,7 +849,10 @@ impl Collector {
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
         // off in the program); never guessed.
-        let srtt_offset = match crate::btf::tcp_sock_srtt_offset() {
+        let srtt_offset = match btf
+            .map_err(str::to_owned)
+            .and_then(|b| crate::btf::tcp_sock_srtt_offset(b).map_err(|e| e.to_string()))
+        {
             Ok(off) => off,
             Err(e) => {
                 log::warn!(
@@ -839,7 +865,7 @@ impl Collector {
         loader.override_global("SRTT_OFFSET", &srtt_offset, true);
         // The socket's identity (network namespace, cgroup) and its counters at close, read at
         // offsets from the BTF; a group the BTF cannot place stays unmeasured, said once here.
-        let offsets = match crate::btf::kernel_sock_offsets() {
+        let offsets = match btf.map(crate::btf::identity_offsets) {
             Ok((offsets, missing)) => {
                 for m in missing {
                     log::warn!("{m}");
@@ -859,17 +885,21 @@ impl Collector {
         // BTF names every member read (see `BTF_STATE_PROGRAM`), else the classic one.
         let sk_fields = match std::env::var("TCPTRACE_TRACEPOINT").as_deref() {
             Ok("classic") => None,
-            _ => match crate::btf::kernel_sk_fields() {
-                Ok(f) => Some(f),
+            _ => match btf.map(crate::btf::sk_fields) {
+                Ok(Ok(f)) => Some(f),
+                Ok(Err(e)) => {
+                    log::info!("using the classic tracepoint: {e}");
+                    None
+                }
                 Err(e) => {
-                    log::info!("using the classic tracepoint: {e:#}");
+                    log::info!("using the classic tracepoint: {e}");
                     None
                 }
             },
         };
         let sk_field_offsets = sk_fields.unwrap_or_default();
         loader.override_global("SK_FIELDS", &sk_field_offsets, true);
-        let sock_filter = sock_filter(filter, &offsets)?;
+        let sock_filter = sock_filter(filter, &offsets, btf)?;
         debug_assert_eq!(filter.any_sockets(), sock_filter.flags != 0);
         loader.override_global("SOCK_FILTER", &sock_filter, true);
         loader.override_global("LISTEN_OVERFLOW_REASON", &overflow.0, true);
@@ -900,8 +930,11 @@ impl Collector {
 
         let mut attached = Vec::new();
         for probe in usable {
-            if probe.name == "inet_sock_set_state" && sk_fields.is_some() {
-                match attach_btf_state(&mut ebpf) {
+            if probe.name == "inet_sock_set_state"
+                && sk_fields.is_some()
+                && let Ok(data) = &vmlinux
+            {
+                match attach_btf_state(&mut ebpf, data) {
                     Ok(()) => {
                         attached.push(BTF_STATE_PROGRAM);
                         continue;
