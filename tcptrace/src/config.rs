@@ -165,21 +165,12 @@ impl Filter {
     }
 }
 
-/// The mount point of the cgroup2 file system in `mountinfo` (`/proc/self/mountinfo`
-/// text), if any.
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        (after.split_whitespace().next()? == "cgroup2")
-            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
-    })
-}
-
 /// Validates `--cgroup`: a directory of the cgroup2 mount (absolute, or relative to the
-/// mount), with its id and depth.
+/// mount), with its id and its depth in the kernel's hierarchy (the depth of the cgroup the
+/// mount shows as its root, non-zero inside a cgroup namespace, plus the path's below it).
 fn cgroup_filter(given: &Path, mountinfo: &str) -> Result<CgroupFilter, String> {
     use std::os::unix::fs::MetadataExt as _;
-    let Some(mount) = cgroup2_mount(mountinfo) else {
+    let Some((mount, root)) = crate::cgroups::cgroup2_mount(mountinfo) else {
         return Err(format!(
             "--cgroup {}: cgroup v2 is not mounted here, so sockets cannot be matched by \
              cgroup; mount it (`mount -t cgroup2 none /sys/fs/cgroup`) or drop --cgroup",
@@ -211,9 +202,10 @@ fn cgroup_filter(given: &Path, mountinfo: &str) -> Result<CgroupFilter, String> 
                 example.display()
             )
         })?;
+    let root_depth = Path::new(&root).components().count().saturating_sub(1);
     Ok(CgroupFilter {
         id: meta.ino(),
-        level: below.components().count() as u32,
+        level: (root_depth + below.components().count()) as u32,
         path,
     })
 }
@@ -340,6 +332,13 @@ mod tests {
         let rel = cgroup_filter(Path::new("system.slice"), &mountinfo).expect("relative");
         assert_eq!((rel.level, rel.path), (1, root.join("system.slice")));
         assert_eq!(cgroup_filter(&root, &mountinfo).expect("root").level, 0);
+        // Inside a cgroup namespace the mount's root is a cgroup deeper in the hierarchy,
+        // and the kernel's levels count from the real root.
+        let namespaced = mountinfo.replace(" 0:30 / ", " 0:30 /kubepods/pod1 ");
+        assert_eq!(
+            cgroup_filter(&leaf, &namespaced).expect("namespaced").level,
+            4
+        );
         let missing =
             cgroup_filter(&root.join("nope.service"), &mountinfo).expect_err("must be refused");
         assert!(missing.contains("give a cgroup v2 directory"), "{missing}");
