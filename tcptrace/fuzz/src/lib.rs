@@ -6,6 +6,8 @@
 
 #[path = "../../src/binrec.rs"]
 pub mod binrec;
+#[path = "../../src/cgroups.rs"]
+pub mod cgroups;
 #[path = "../../src/cli.rs"]
 pub mod cli;
 #[path = "../../src/clock.rs"]
