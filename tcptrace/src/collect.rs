@@ -215,6 +215,19 @@ pub fn drop_reason(format: &str, name: &str) -> Option<u32> {
     num.parse().ok().filter(|n| *n != 0)
 }
 
+/// The kernel's BTF as parsed once at start-up, or why it could not be.
+type KernelBtf<'a, 'b> = std::result::Result<&'a crate::btf::Btf<'b>, &'a str>;
+
+/// What `find` finds in the kernel's BTF; an unreadable BTF or a missing member, as one
+/// message.
+fn from_btf<T>(
+    btf: KernelBtf<'_, '_>,
+    find: impl FnOnce(&crate::btf::Btf<'_>) -> std::result::Result<T, crate::btf::BtfError>,
+) -> std::result::Result<T, String> {
+    btf.map_err(str::to_owned)
+        .and_then(|b| find(b).map_err(|e| e.to_string()))
+}
+
 /// What the kfree_skb program needs: the reason number of `TCP_LISTEN_OVERFLOW` and the
 /// offsets of [`crate::btf::sock_offsets`].
 type OverflowSetup = (u32, [u32; 4]);
@@ -222,7 +235,7 @@ type OverflowSetup = (u32, [u32; 4]);
 /// What the kfree_skb program needs from this kernel; `Err` says why the probe is skipped.
 fn listen_overflow_setup(
     tracefs: &Tracefs,
-    btf: std::result::Result<&crate::btf::Btf<'_>, &str>,
+    btf: KernelBtf<'_, '_>,
 ) -> std::result::Result<OverflowSetup, String> {
     let path = tracefs.0.join("events/skb/kfree_skb/format");
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -230,9 +243,7 @@ fn listen_overflow_setup(
         "skb:kfree_skb has no TCP_LISTEN_OVERFLOW drop reason on this kernel (Linux 6.x adds it)"
             .to_owned()
     })?;
-    let offsets = btf
-        .map_err(str::to_owned)
-        .and_then(|b| crate::btf::sock_offsets(b).map_err(|e| e.to_string()))
+    let offsets = from_btf(btf, crate::btf::sock_offsets)
         .map_err(|e| format!("no struct sock_common offsets in the kernel's BTF ({e})"))?;
     Ok((reason, offsets))
 }
@@ -547,7 +558,7 @@ fn port_words(filter: &Filter) -> std::collections::BTreeMap<u32, u64> {
 fn sock_filter(
     filter: &Filter,
     offsets: &tcptrace_common::SockOffsets,
-    btf: std::result::Result<&crate::btf::Btf<'_>, &str>,
+    btf: KernelBtf<'_, '_>,
 ) -> Result<SockFilter> {
     use tcptrace_common::{OFFS_CGROUP, OFFS_NETNS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID};
     let mut f = SockFilter::default();
@@ -571,9 +582,8 @@ fn sock_filter(
              socket keeps its cgroup (see the warning above); drop --cgroup"
             );
         }
-        let (level, ancestors, ids) = btf
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|b| Ok(crate::btf::cgroup_ancestry_offsets(b)?))
+        let (level, ancestors, ids) = from_btf(btf, crate::btf::cgroup_ancestry_offsets)
+            .map_err(anyhow::Error::msg)
             .context(
                 "--cgroup cannot be matched on this kernel: no cgroup.level and \
              cgroup.ancestors in its BTF; drop --cgroup",
@@ -849,10 +859,7 @@ impl Collector {
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
         // off in the program); never guessed.
-        let srtt_offset = match btf
-            .map_err(str::to_owned)
-            .and_then(|b| crate::btf::tcp_sock_srtt_offset(b).map_err(|e| e.to_string()))
-        {
+        let srtt_offset = match from_btf(btf, crate::btf::tcp_sock_srtt_offset) {
             Ok(off) => off,
             Err(e) => {
                 log::warn!(
@@ -885,12 +892,8 @@ impl Collector {
         // BTF names every member read (see `BTF_STATE_PROGRAM`), else the classic one.
         let sk_fields = match std::env::var("TCPTRACE_TRACEPOINT").as_deref() {
             Ok("classic") => None,
-            _ => match btf.map(crate::btf::sk_fields) {
-                Ok(Ok(f)) => Some(f),
-                Ok(Err(e)) => {
-                    log::info!("using the classic tracepoint: {e}");
-                    None
-                }
+            _ => match from_btf(btf, crate::btf::sk_fields) {
+                Ok(f) => Some(f),
                 Err(e) => {
                     log::info!("using the classic tracepoint: {e}");
                     None
