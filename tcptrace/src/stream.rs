@@ -1003,7 +1003,8 @@ mod tests {
         utc_offset_secs: 0,
     };
 
-    /// Names for the tests' cgroup ids 11-13 and namespace 7 (11 and 13 need CSV quoting).
+    /// Names for the tests' cgroup ids 11-15 and namespaces 7 and 9 (11 and 13 need CSV
+    /// quoting; 13, 14 and 9 JSON escapes).
     fn names() -> Names {
         Names::fixed(
             &[
@@ -1013,8 +1014,13 @@ mod tests {
                     "/system.slice/docker-4f2c9a0b7e1d3c5a6b8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b.scope",
                 ),
                 (13, "/odd \"dir\"\nname"),
+                (14, "/back\\slash/\u{1}ctl\t\u{7f}/p\u{e4}iv\u{e4}/\u{fffd}"),
+                (
+                    15,
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-4f2c9a0b7e1d3c5a6b8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6f7e8d9c0b.scope",
+                ),
             ],
-            &[(7, "blue")],
+            &[(7, "blue"), (9, "odd\"ns\\\n\u{1f}")],
         )
     }
 
@@ -1622,24 +1628,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fast_csv_lines_match_plain_formatting() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move || {
+    /// A xorshift generator: the same varied lines on every run.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             x
-        };
-        let comms = [
-            "client",
-            "a,b",
-            "q\"uote",
-            "nl\nx",
-            "päivä",
-            "",
-            "x,\"y\"\r\n",
-        ];
+        }
+    }
+
+    /// Process names as the kernel hands them over: 16 bytes, NUL-padded or not, any byte
+    /// (quotes, backslashes, control characters, commas, non-UTF-8, a UTF-8 character cut at
+    /// the end).
+    const COMMS: [&[u8]; 12] = [
+        b"client",
+        b"a,b",
+        b"q\"uote",
+        b"nl\nx",
+        "p\u{e4}iv\u{e4}".as_bytes(),
+        b"",
+        b"x,\"y\"\r\n",
+        b"back\\slash\\",
+        b"\x01\x08\x09\x0b\x0c\x1f\x7f<>&",
+        b"bad\xff\xfeutf8\xc3",
+        b"sixteen_bytes_xx",
+        "cut\u{1f600}\u{1f600}\u{1f600}".as_bytes(),
+    ];
+
+    fn comm_of(bytes: &[u8]) -> Comm {
+        let mut b = [0u8; 16];
+        let n = bytes.len().min(16);
+        b[..n].copy_from_slice(&bytes[..n]);
+        Comm(b)
+    }
+
+    /// Dwell times in ns: unknown, tiny, exact rounding midpoints, and anything up to 2^64.
+    fn varied_ns(r: u64) -> Option<u64> {
+        (!r.is_multiple_of(6)).then(|| match r % 5 {
+            0 => r >> (r % 64),
+            1 => (r % 10_000_000) / 1000 * 1000 + 500,
+            2 => r % 5_000_000,
+            3 => (r >> 8) % 20,
+            _ => [
+                0,
+                10,
+                999_999,
+                1_000_000,
+                1 << 50,
+                999_999_999_999_999,
+                1_000_000_000_000_000,
+                u64::MAX,
+            ][(r >> 8) as usize % 8],
+        })
+    }
+
+    /// One generated line's fact: a transition for even `i`, a finished connection for odd,
+    /// over IPv4 and IPv6, with and without an owner, odd process names, named and unnamed
+    /// cgroups and namespaces, huge and unknown timings.
+    fn varied_fact(rand: &mut impl FnMut() -> u64, i: u64) -> Fact {
         let sources = [
             OwnerSource::Current,
             OwnerSource::Cached,
@@ -1650,84 +1698,236 @@ mod tests {
             TcpState::SynSent,
             TcpState::Established,
             TcpState::CloseWait,
+            TcpState::FinWait1,
+            TcpState::Close,
         ];
-        for i in 0..20_000u64 {
-            let v = rand();
-            let (local, remote): (SocketAddr, SocketAddr) = if v % 4 == 0 {
+        let v = rand();
+        let (local, remote): (SocketAddr, SocketAddr) = match v % 8 {
+            0 => {
                 let a = std::net::Ipv6Addr::from(u128::from(rand()) << 64 | u128::from(v));
                 (
                     SocketAddr::from((a, (v >> 8) as u16)),
                     SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, (v >> 24) as u16)),
                 )
+            }
+            4 => (
+                SocketAddr::V6(std::net::SocketAddrV6::new(
+                    std::net::Ipv4Addr::from(v as u32).to_ipv6_mapped(),
+                    (v >> 32) as u16,
+                    0,
+                    (v >> 50) as u32 % 3,
+                )),
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            ),
+            _ => (
+                SocketAddr::from(((v as u32).to_be_bytes(), (v >> 32) as u16)),
+                SocketAddr::from((((v >> 16) as u32).to_be_bytes(), (v >> 48) as u16)),
+            ),
+        };
+        let owner = (!v.is_multiple_of(5)).then(|| Owner {
+            tgid: if v.is_multiple_of(11) {
+                u32::MAX
             } else {
-                (
-                    SocketAddr::from(((v as u32).to_be_bytes(), (v >> 32) as u16)),
-                    SocketAddr::from((((v >> 16) as u32).to_be_bytes(), (v >> 48) as u16)),
-                )
-            };
-            let owner = (v % 5 != 0).then(|| Owner {
-                tgid: (v >> 3) as u32,
-                pid: (v >> 5) as u32,
-                comm: Comm::from_str_lossy(comms[(v % 7) as usize]),
-                source: sources[(v % 4) as usize],
-            });
-            let conn = Conn {
-                sock: rand() >> (v % 64),
-                local,
-                remote,
-                owner,
-                side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
-                ident: crate::decode::Ident {
-                    cgroup: (v % 3 != 1).then(|| match v % 4 {
-                        0..=2 => 11 + v % 4,
-                        _ => rand() >> (v % 64),
-                    }),
-                    netns: (v % 5 != 2).then_some(if v % 2 == 0 { 7 } else { (v >> 7) as u32 }),
+                (v >> 3) as u32
+            },
+            pid: (v >> 5) as u32,
+            comm: comm_of(COMMS[(v >> 12) as usize % COMMS.len()]),
+            source: sources[(v % 4) as usize],
+        });
+        let conn = Conn {
+            sock: rand() >> (v % 64),
+            local,
+            remote,
+            owner,
+            side: [None, Some(Side::Client), Some(Side::Server)][(v % 3) as usize],
+            ident: crate::decode::Ident {
+                cgroup: (v % 3 != 1).then(|| match v % 7 {
+                    0..=4 => 11 + v % 7,
+                    5 => u64::MAX,
+                    _ => rand() >> (v % 64),
+                }),
+                netns: (v % 5 != 2).then_some(match v % 4 {
+                    0 => 7,
+                    1 => 9,
+                    2 => u32::MAX,
+                    _ => (v >> 7) as u32,
+                }),
+            },
+        };
+        let ts = rand() % (1 << 62);
+        if i.is_multiple_of(2) {
+            Fact::Transition {
+                ts_ns: ts,
+                conn,
+                old: states[(v % 5) as usize],
+                new: states[(v / 5 % 5) as usize],
+                dwell_ns: varied_ns(rand()),
+            }
+        } else {
+            let opened = ts.checked_sub(rand() % (1 << 40));
+            Fact::Closed(Connection {
+                conn,
+                opened_ns: opened.filter(|_| !v.is_multiple_of(7)),
+                closed_ns: ts,
+                handshake_ns: varied_ns(rand()),
+                retransmits: if v.is_multiple_of(13) {
+                    u32::MAX
+                } else {
+                    (v % 4) as u32
                 },
-            };
-            let ns = |r: u64| -> Option<u64> {
-                (!r.is_multiple_of(6)).then(|| match r % 3 {
-                    0 => r >> (r % 64),
-                    1 => (r % 10_000_000) / 1000 * 1000 + 500,
-                    _ => r % 5_000_000,
-                })
-            };
-            let ts = rand() % (1 << 62);
-            let fact = if i % 2 == 0 {
-                Fact::Transition {
-                    ts_ns: ts,
-                    conn,
-                    old: states[(v % 3) as usize],
-                    new: states[(v / 3 % 3) as usize],
-                    dwell_ns: ns(rand()),
-                }
-            } else {
-                let opened = ts.checked_sub(rand() % (1 << 40));
-                Fact::Closed(Connection {
-                    conn,
-                    opened_ns: opened.filter(|_| v % 7 != 0),
-                    closed_ns: ts,
-                    handshake_ns: ns(rand()),
-                    retransmits: (v % 4) as u32,
-                    phases: [ns(rand()), ns(rand()), ns(rand()), ns(rand()), ns(rand())],
-                    close: CloseKind::ALL[(v % 7) as usize],
-                    time_wait: v % 2 == 0,
-                    stats: (v % 4 != 3).then(|| crate::decode::CloseStats {
-                        bytes_acked: rand() >> (v % 64),
-                        bytes_received: v >> 9,
-                        retrans: (v >> 40) as u32 % 1000,
-                        srtt_us: (v >> 20) as u32,
-                    }),
-                })
-            };
-            let unit = if i % 2 == 0 {
-                Unit::Transition
-            } else {
-                Unit::Connection
-            };
-            let out = render(Style::Csv, unit, &[fact]);
+                phases: [
+                    varied_ns(rand()),
+                    varied_ns(rand()),
+                    varied_ns(rand()),
+                    varied_ns(rand()),
+                    varied_ns(rand()),
+                ],
+                close: CloseKind::ALL[(v % 7) as usize],
+                time_wait: v.is_multiple_of(2),
+                stats: (v % 4 != 3).then(|| crate::decode::CloseStats {
+                    bytes_acked: if v.is_multiple_of(17) {
+                        u64::MAX
+                    } else {
+                        rand() >> (v % 64)
+                    },
+                    bytes_received: v >> 9,
+                    retrans: (v >> 40) as u32 % 1000,
+                    srtt_us: (v >> 20) as u32,
+                }),
+            })
+        }
+    }
+
+    fn unit_of(fact: &Fact) -> Unit {
+        match fact {
+            Fact::Closed(_) => Unit::Connection,
+            _ => Unit::Transition,
+        }
+    }
+
+    #[test]
+    fn fast_csv_lines_match_plain_formatting() {
+        let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
+        for i in 0..20_000u64 {
+            let fact = varied_fact(&mut rand, i);
+            let out = render(Style::Csv, unit_of(&fact), &[fact]);
             let record = out.split_once('\n').map(|(_, r)| r).expect("header");
             assert_eq!(record, format!("{}\n", csv_plain(&fact, &names())));
+        }
+    }
+
+    /// The line a bench run writes most: an IPv4 loopback transition of a named process in
+    /// a named cgroup and namespace, or its connection.
+    fn typical_fact(rand: &mut impl FnMut() -> u64, i: u64) -> Fact {
+        let v = rand();
+        let conn = Conn {
+            sock: 0xffff_8880_0000_0000 | (v & 0xff_ffff_fff8),
+            local: SocketAddr::from(([127, 0, 0, 1], 40_000 + (v % 20_000) as u16)),
+            remote: SocketAddr::from(([127, 0, 0, 1], 8080 + (v >> 20) as u16 % 4)),
+            owner: (!v.is_multiple_of(4)).then(|| Owner {
+                tgid: 4242,
+                pid: 4243 + (v >> 30) as u32 % 4,
+                comm: Comm::from_str_lossy("churn"),
+                source: OwnerSource::Cached,
+            }),
+            side: Some(if v.is_multiple_of(2) {
+                Side::Client
+            } else {
+                Side::Server
+            }),
+            ident: Ident {
+                cgroup: Some(12),
+                netns: Some(7),
+            },
+        };
+        let ts = 3_600_000_000_000 + i * 4_000;
+        if i % 8 != 7 {
+            Fact::Transition {
+                ts_ns: ts,
+                conn,
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+                dwell_ns: (!v.is_multiple_of(3)).then_some(v % 300_000),
+            }
+        } else {
+            Fact::Closed(Connection {
+                conn,
+                opened_ns: Some(ts - 80_000),
+                closed_ns: ts,
+                handshake_ns: Some(v % 60_000),
+                retransmits: 0,
+                phases: [Some(v % 9_000), Some(v % 7_000), None, None, None],
+                close: CloseKind::Fin,
+                time_wait: true,
+                stats: Some(crate::decode::CloseStats {
+                    bytes_acked: 100,
+                    bytes_received: 200,
+                    retrans: 0,
+                    srtt_us: 20,
+                }),
+            })
+        }
+    }
+
+    /// User+system CPU time of this thread, in ns.
+    fn thread_cpu_ns() -> u64 {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+        let ru = unsafe {
+            libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+            ru.assume_init()
+        };
+        let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
+    /// CPU ns per line of `f` over `facts` (the best of three passes).
+    fn ns_per_line(facts: &[Fact], mut f: impl FnMut(&Fact)) -> f64 {
+        (0..3)
+            .map(|_| {
+                let t0 = thread_cpu_ns();
+                for fact in facts {
+                    f(fact);
+                }
+                (thread_cpu_ns() - t0) as f64 / facts.len() as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Timing harness, not a check: CPU ns per line for each style and unit, on typical
+    /// and on varied lines. Run it with
+    /// `cargo test -p tcptrace --release --lib stream::tests::line_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing harness; prints figures, asserts nothing"]
+    fn line_cost() {
+        const N: u64 = 1_000_000;
+        for (what, gen_fact) in [
+            ("typical", typical_fact as fn(&mut _, u64) -> Fact),
+            ("varied", varied_fact),
+        ] {
+            let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
+            let facts: Vec<Fact> = (0..N).map(|i| gen_fact(&mut rand, i)).collect();
+            for unit in [Unit::Transition, Unit::Connection] {
+                let facts: Vec<Fact> = facts
+                    .iter()
+                    .copied()
+                    .filter(|f| unit_of(f) == unit)
+                    .collect();
+                for style in [Style::Text, Style::Json, Style::Csv] {
+                    let mut s =
+                        Stream::new(Vec::with_capacity(1 << 20), CLOCK, style, unit).names(names());
+                    let ns = ns_per_line(&facts, |f| {
+                        s.fact(f).expect("write");
+                        if s.out.len() > 1 << 19 {
+                            s.out.clear();
+                        }
+                    });
+                    println!(
+                        "{what:8} {unit:?} {style:?}: {ns:.0} ns/line ({} lines)",
+                        facts.len()
+                    );
+                }
+            }
         }
     }
 
