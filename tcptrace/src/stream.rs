@@ -5,7 +5,13 @@
 //! [`CONNECTION_COLUMNS`]), a header row, RFC 4180 quoting (a field holding a comma, a quote,
 //! CR or LF is quoted, quotes doubled: a process name can hold any of them), an empty field
 //! where JSON has `null`, and `\n` line ends (as the other styles; RFC 4180 readers accept
-//! them). Like text, a CSV line is built without `core::fmt` and without allocating.
+//! them).
+//!
+//! Every style builds its lines by hand into one reused buffer, without `core::fmt` (but for
+//! IPv6 addresses) and without allocating: JSON lines are byte-identical to what serde_json
+//! wrote for them (same escapes, same float digits, `null` for unknowns), and tests compare
+//! the fast lines with that slow version (and text and CSV with `format!`) over many
+//! generated lines.
 //!
 //! Names: with [`Stream::names`], lines carry the socket's cgroup path, its workload's name
 //! and container id, and its network namespace's name (`cgroup`, `workload`, `container`,
@@ -23,7 +29,7 @@ use serde::Serialize;
 use crate::{
     cgroups::Cgroup,
     clock::Clock,
-    decode::{Comm, Family, Ident, Owner, OwnerSource},
+    decode::{Family, Ident, Owner, OwnerSource},
     listeners::{Alert, Alerts, Sample},
     names::Names,
     sink::Sink,
@@ -100,6 +106,17 @@ impl Named {
     }
     fn netns_name(&self) -> Option<&str> {
         self.netns.as_deref()
+    }
+    /// The JSON members `cgroup`, `workload`, `container`, `netns_name`, each after a comma.
+    fn push_json(&self, line: &mut String) {
+        line.push_str(",\"cgroup\":");
+        push_json_opt_str(line, self.path());
+        line.push_str(",\"workload\":");
+        push_json_opt_str(line, self.workload());
+        line.push_str(",\"container\":");
+        push_json_opt_str(line, self.container());
+        line.push_str(",\"netns_name\":");
+        push_json_opt_str(line, self.netns_name());
     }
     /// The CSV columns `cgroup,workload,container,netns_name`, each after a comma.
     fn push_csv(&self, line: &mut String) {
@@ -397,6 +414,111 @@ fn push_csv_u64(line: &mut String, v: Option<u64>) {
     }
 }
 
+/// `s` as a JSON string, escaped as serde_json escapes it: `"` and `\\` by a backslash,
+/// control characters as `\\b \\t \\n \\f \\r` or `\\u00xx`, everything else (DEL and
+/// non-ASCII included) as is. A test checks it against serde_json.
+fn push_json_str(line: &mut String, s: &str) {
+    line.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'\n' => 'n',
+            b'\r' => 'r',
+            b'\t' => 't',
+            0x08 => 'b',
+            0x0c => 'f',
+            0..=0x1f => 'u',
+            _ => continue,
+        };
+        // `b` is ASCII, so `i` is a character boundary.
+        line.push_str(&s[start..i]);
+        start = i + 1;
+        line.push('\\');
+        line.push(short);
+        if short == 'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            line.push_str("00");
+            line.push(char::from(HEX[usize::from(b >> 4)]));
+            line.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    line.push_str(&s[start..]);
+    line.push('"');
+}
+
+/// A JSON string or `null`.
+fn push_json_opt_str(line: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(line, s),
+        None => line.push_str("null"),
+    }
+}
+
+/// A JSON integer or `null`.
+fn push_json_u64(line: &mut String, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            push_u64(line, v, 0);
+        }
+        None => line.push_str("null"),
+    }
+}
+
+/// `ns as f64 / 1e6` as serde_json writes an f64 (shortest round-trip digits, `.0` on whole
+/// numbers, an exponent below 1e-5 and from 1e16), or `null`. From 10 ns to 10^15 ns the
+/// shortest digits are the exact decimal (as in [`push_ms_csv`]) and no exponent is written,
+/// so those are built by hand; the rest (under 10 ns, over 11 days) go through serde_json
+/// itself. A test compares both over many values.
+fn push_json_ms(line: &mut String, ns: Option<u64>) {
+    let Some(ns) = ns else {
+        line.push_str("null");
+        return;
+    };
+    if (1..10).contains(&ns) || ns >= 1_000_000_000_000_000 {
+        let mut buf = [0u8; 40];
+        let mut w = &mut buf[..];
+        if serde_json::to_writer(&mut w, &ms(ns)).is_ok() {
+            let n = 40 - w.len();
+            if let Ok(s) = std::str::from_utf8(&buf[..n]) {
+                line.push_str(s);
+                return;
+            }
+        }
+        let _ = write!(line, "{}", ms(ns));
+        return;
+    }
+    push_u64(line, ns / 1_000_000, 0);
+    let mut frac = ns % 1_000_000;
+    line.push('.');
+    if frac == 0 {
+        line.push('0');
+        return;
+    }
+    let mut div = 100_000;
+    while frac > 0 {
+        line.push(char::from(b'0' + (frac / div) as u8));
+        frac %= div;
+        div /= 10;
+    }
+}
+
+/// The `"family":...,"laddr":...,"lport":...,"raddr":...,"rport":...` members (the same in
+/// transition and connection lines), each after a comma.
+fn push_json_endpoints(line: &mut String, conn: &Conn) {
+    line.push_str(",\"family\":\"");
+    line.push_str(family(conn).name());
+    line.push_str("\",\"laddr\":\"");
+    push_ip(line, conn.local.ip());
+    line.push_str("\",\"lport\":");
+    push_u64(line, u64::from(conn.local.port()), 0);
+    line.push_str(",\"raddr\":\"");
+    push_ip(line, conn.remote.ip());
+    line.push_str("\",\"rport\":");
+    push_u64(line, u64::from(conn.remote.port()), 0);
+}
+
 /// The owner source as JSON spells it.
 fn owner_source_name(s: OwnerSource) -> &'static str {
     match s {
@@ -481,89 +603,12 @@ impl Rfc3339 {
     }
 }
 
-/// Serialises any `Display` as a JSON string without allocating it first.
-struct Shown<T>(T);
-
-impl<T: std::fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// A socket address as `0x...` (as `{:#x}`).
-struct Hex(u64);
-
-impl std::fmt::Display for Hex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
-
 fn family(conn: &Conn) -> Family {
     if conn.local.is_ipv4() {
         Family::V4
     } else {
         Family::V6
     }
-}
-
-#[derive(Serialize)]
-struct TransitionJson<'a> {
-    time: &'a str,
-    ts_ns: u64,
-    pid: Option<u32>,
-    tid: Option<u32>,
-    comm: Option<Comm>,
-    owner: Option<crate::decode::OwnerSource>,
-    family: &'static str,
-    laddr: Shown<std::net::IpAddr>,
-    lport: u16,
-    raddr: Shown<std::net::IpAddr>,
-    rport: u16,
-    old: &'static str,
-    new: &'static str,
-    ms: Option<f64>,
-    sock: Shown<Hex>,
-    cgroup_id: Option<u64>,
-    netns: Option<u32>,
-    cgroup: Option<&'a str>,
-    workload: Option<&'a str>,
-    container: Option<&'a str>,
-    netns_name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct ConnectionJson<'a> {
-    time: &'a str,
-    ts_ns: u64,
-    pid: Option<u32>,
-    comm: Option<Comm>,
-    side: Option<&'static str>,
-    family: &'static str,
-    laddr: Shown<std::net::IpAddr>,
-    lport: u16,
-    raddr: Shown<std::net::IpAddr>,
-    rport: u16,
-    handshake_ms: Option<f64>,
-    retransmits: u32,
-    fin_wait1_ms: Option<f64>,
-    fin_wait2_ms: Option<f64>,
-    closing_ms: Option<f64>,
-    close_wait_ms: Option<f64>,
-    last_ack_ms: Option<f64>,
-    time_wait: bool,
-    close: &'static str,
-    lifetime_ms: Option<f64>,
-    cgroup_id: Option<u64>,
-    netns: Option<u32>,
-    bytes_sent: Option<u64>,
-    bytes_received: Option<u64>,
-    retrans_segs: Option<u32>,
-    srtt_us: Option<u32>,
-    cgroup: Option<&'a str>,
-    workload: Option<&'a str>,
-    container: Option<&'a str>,
-    netns_name: Option<&'a str>,
 }
 
 impl<W: io::Write> Stream<W> {
@@ -663,31 +708,37 @@ impl<W: io::Write> Stream<W> {
                 let time = &mut self.time;
                 time.clear();
                 self.rfc3339.push(time, &self.clock, ts_ns);
-                let j = TransitionJson {
-                    time,
-                    ts_ns,
-                    pid: conn.owner.map(|o| o.tgid),
-                    tid: conn.owner.map(|o| o.pid),
-                    comm: conn.owner.map(|o| o.comm),
-                    owner: conn.owner.map(|o| o.source),
-                    family: family(conn).name(),
-                    laddr: Shown(conn.local.ip()),
-                    lport: conn.local.port(),
-                    raddr: Shown(conn.remote.ip()),
-                    rport: conn.remote.port(),
-                    old,
-                    new,
-                    ms: dwell.map(ms),
-                    sock: Shown(Hex(conn.sock)),
-                    cgroup_id: conn.ident.cgroup,
-                    netns: conn.ident.netns,
-                    cgroup: named.path(),
-                    workload: named.workload(),
-                    container: named.container(),
-                    netns_name: named.netns_name(),
+                line.push_str("{\"time\":");
+                push_json_str(line, time);
+                line.push_str(",\"ts_ns\":");
+                push_u64(line, ts_ns, 0);
+                let o = conn.owner;
+                line.push_str(",\"pid\":");
+                push_json_u64(line, o.map(|o| u64::from(o.tgid)));
+                line.push_str(",\"tid\":");
+                push_json_u64(line, o.map(|o| u64::from(o.pid)));
+                line.push_str(",\"comm\":");
+                match &o {
+                    Some(o) => push_json_str(line, &o.comm.as_str()),
+                    None => line.push_str("null"),
                 }
-                .serialize_to_string();
-                line.push_str(&j);
+                line.push_str(",\"owner\":");
+                push_json_opt_str(line, o.map(|o| owner_source_name(o.source)));
+                push_json_endpoints(line, conn);
+                line.push_str(",\"old\":");
+                push_json_str(line, old);
+                line.push_str(",\"new\":");
+                push_json_str(line, new);
+                line.push_str(",\"ms\":");
+                push_json_ms(line, dwell);
+                line.push_str(",\"sock\":\"");
+                push_hex(line, conn.sock);
+                line.push_str("\",\"cgroup_id\":");
+                push_json_u64(line, conn.ident.cgroup);
+                line.push_str(",\"netns\":");
+                push_json_u64(line, conn.ident.netns.map(u64::from));
+                named.push_json(line);
+                line.push('}');
             }
             Style::Csv => {
                 self.rfc3339.push(line, &self.clock, ts_ns);
@@ -776,42 +827,59 @@ impl<W: io::Write> Stream<W> {
                 let time = &mut self.time;
                 time.clear();
                 self.rfc3339.push(time, &self.clock, c.closed_ns);
-                let p = c.phases.map(|p| p.map(ms));
-                debug_assert_eq!(PHASES.len(), 5);
-                let j = ConnectionJson {
-                    time,
-                    ts_ns: c.closed_ns,
-                    pid: conn.owner.map(|o| o.tgid),
-                    comm: conn.owner.map(|o| o.comm),
-                    side: conn.side.map(|s| s.name()),
-                    family: family(conn).name(),
-                    laddr: Shown(conn.local.ip()),
-                    lport: conn.local.port(),
-                    raddr: Shown(conn.remote.ip()),
-                    rport: conn.remote.port(),
-                    handshake_ms: c.handshake_ns.map(ms),
-                    retransmits: c.retransmits,
-                    fin_wait1_ms: p[0],
-                    fin_wait2_ms: p[1],
-                    closing_ms: p[2],
-                    close_wait_ms: p[3],
-                    last_ack_ms: p[4],
-                    time_wait: c.time_wait,
-                    close: c.close.name(),
-                    lifetime_ms: c.lifetime_ns().map(ms),
-                    cgroup_id: conn.ident.cgroup,
-                    netns: conn.ident.netns,
-                    bytes_sent: c.stats.map(|s| s.bytes_acked),
-                    bytes_received: c.stats.map(|s| s.bytes_received),
-                    retrans_segs: c.stats.map(|s| s.retrans),
-                    srtt_us: c.stats.map(|s| s.srtt_us),
-                    cgroup: named.path(),
-                    workload: named.workload(),
-                    container: named.container(),
-                    netns_name: named.netns_name(),
+                line.push_str("{\"time\":");
+                push_json_str(line, time);
+                line.push_str(",\"ts_ns\":");
+                push_u64(line, c.closed_ns, 0);
+                let o = conn.owner;
+                line.push_str(",\"pid\":");
+                push_json_u64(line, o.map(|o| u64::from(o.tgid)));
+                line.push_str(",\"comm\":");
+                match &o {
+                    Some(o) => push_json_str(line, &o.comm.as_str()),
+                    None => line.push_str("null"),
                 }
-                .serialize_to_string();
-                line.push_str(&j);
+                line.push_str(",\"side\":");
+                push_json_opt_str(line, conn.side.map(|s| s.name()));
+                push_json_endpoints(line, conn);
+                line.push_str(",\"handshake_ms\":");
+                push_json_ms(line, c.handshake_ns);
+                line.push_str(",\"retransmits\":");
+                push_u64(line, u64::from(c.retransmits), 0);
+                debug_assert_eq!(PHASES.len(), 5);
+                for (key, p) in [
+                    ",\"fin_wait1_ms\":",
+                    ",\"fin_wait2_ms\":",
+                    ",\"closing_ms\":",
+                    ",\"close_wait_ms\":",
+                    ",\"last_ack_ms\":",
+                ]
+                .into_iter()
+                .zip(c.phases)
+                {
+                    line.push_str(key);
+                    push_json_ms(line, p);
+                }
+                line.push_str(",\"time_wait\":");
+                line.push_str(if c.time_wait { "true" } else { "false" });
+                line.push_str(",\"close\":");
+                push_json_str(line, c.close.name());
+                line.push_str(",\"lifetime_ms\":");
+                push_json_ms(line, c.lifetime_ns());
+                line.push_str(",\"cgroup_id\":");
+                push_json_u64(line, conn.ident.cgroup);
+                line.push_str(",\"netns\":");
+                push_json_u64(line, conn.ident.netns.map(u64::from));
+                line.push_str(",\"bytes_sent\":");
+                push_json_u64(line, c.stats.map(|s| s.bytes_acked));
+                line.push_str(",\"bytes_received\":");
+                push_json_u64(line, c.stats.map(|s| s.bytes_received));
+                line.push_str(",\"retrans_segs\":");
+                push_json_u64(line, c.stats.map(|s| u64::from(s.retrans)));
+                line.push_str(",\"srtt_us\":");
+                push_json_u64(line, c.stats.map(|s| u64::from(s.srtt_us)));
+                named.push_json(line);
+                line.push('}');
             }
             Style::Csv => {
                 self.rfc3339.push(line, &self.clock, c.closed_ns);
@@ -850,16 +918,6 @@ impl<W: io::Write> Stream<W> {
                 named.push_csv(line);
             }
         }
-    }
-}
-
-trait ToJsonString {
-    fn serialize_to_string(&self) -> String;
-}
-
-impl<T: Serialize> ToJsonString for T {
-    fn serialize_to_string(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
 
@@ -978,7 +1036,7 @@ impl<W: io::Write> Stream<W> {
 mod tests {
     use super::*;
     use crate::{
-        decode::{OwnerSource, TcpState},
+        decode::{Comm, OwnerSource, TcpState},
         track::{CloseKind, Side},
     };
 
@@ -1896,11 +1954,18 @@ mod tests {
 
     /// Timing harness, not a check: CPU ns per line for each style and unit, on typical
     /// and on varied lines. Run it with
-    /// `cargo test -p tcptrace --release --lib stream::tests::line_cost -- --ignored --nocapture`.
+    /// `cargo test -p tcptrace --release --bin tcptrace stream::tests::line_cost -- --ignored
+    /// --nocapture` (`LINE_COST="typical Json"` for only some of them, e.g. under `perf`).
     #[test]
     #[ignore = "a timing harness; prints figures, asserts nothing"]
     fn line_cost() {
         const N: u64 = 1_000_000;
+        // LINE_COST="typical Json" times only the lines whose label has all those words.
+        let only: Vec<String> = std::env::var("LINE_COST")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
         for (what, gen_fact) in [
             ("typical", typical_fact as fn(&mut _, u64) -> Fact),
             ("varied", varied_fact),
@@ -1914,6 +1979,10 @@ mod tests {
                     .filter(|f| unit_of(f) == unit)
                     .collect();
                 for style in [Style::Text, Style::Json, Style::Csv] {
+                    let label = format!("{what:8} {unit:?} {style:?}");
+                    if !only.iter().all(|w| label.contains(w.as_str())) {
+                        continue;
+                    }
                     let mut s =
                         Stream::new(Vec::with_capacity(1 << 20), CLOCK, style, unit).names(names());
                     let ns = ns_per_line(&facts, |f| {
@@ -1922,13 +1991,310 @@ mod tests {
                             s.out.clear();
                         }
                     });
-                    println!(
-                        "{what:8} {unit:?} {style:?}: {ns:.0} ns/line ({} lines)",
-                        facts.len()
-                    );
+                    println!("{label}: {ns:.0} ns/line ({} lines)", facts.len());
+                    if style == Style::Json {
+                        // The serde_json line the stream wrote before, for comparison.
+                        let names = names();
+                        let mut rfc3339 = Rfc3339::default();
+                        let mut time = String::new();
+                        let mut out: Vec<u8> = Vec::with_capacity(1 << 20);
+                        let ns = ns_per_line(&facts, |f| {
+                            time.clear();
+                            rfc3339.push(&mut time, &CLOCK, fact_ts(f));
+                            let mut line = json_plain(f, &names, &time);
+                            line.push('\n');
+                            out.extend_from_slice(line.as_bytes());
+                            if out.len() > 1 << 19 {
+                                out.clear();
+                            }
+                        });
+                        println!("{label} (serde_json, before): {ns:.0} ns/line");
+                    }
                 }
             }
         }
+    }
+
+    // The slow reference for the JSON lines: serde_json over structs with `Display`-wrapping
+    // fields, as the stream built them before they were built by hand.
+
+    /// Serialises any `Display` as a JSON string without allocating it first.
+    struct Shown<T>(T);
+
+    impl<T: std::fmt::Display> Serialize for Shown<T> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&self.0)
+        }
+    }
+
+    /// A socket address as `0x...` (as `{:#x}`).
+    struct Hex(u64);
+
+    impl std::fmt::Display for Hex {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:#x}", self.0)
+        }
+    }
+
+    #[derive(Serialize)]
+    struct TransitionJson<'a> {
+        time: &'a str,
+        ts_ns: u64,
+        pid: Option<u32>,
+        tid: Option<u32>,
+        comm: Option<Comm>,
+        owner: Option<crate::decode::OwnerSource>,
+        family: &'static str,
+        laddr: Shown<std::net::IpAddr>,
+        lport: u16,
+        raddr: Shown<std::net::IpAddr>,
+        rport: u16,
+        old: &'static str,
+        new: &'static str,
+        ms: Option<f64>,
+        sock: Shown<Hex>,
+        cgroup_id: Option<u64>,
+        netns: Option<u32>,
+        cgroup: Option<&'a str>,
+        workload: Option<&'a str>,
+        container: Option<&'a str>,
+        netns_name: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    struct ConnectionJson<'a> {
+        time: &'a str,
+        ts_ns: u64,
+        pid: Option<u32>,
+        comm: Option<Comm>,
+        side: Option<&'static str>,
+        family: &'static str,
+        laddr: Shown<std::net::IpAddr>,
+        lport: u16,
+        raddr: Shown<std::net::IpAddr>,
+        rport: u16,
+        handshake_ms: Option<f64>,
+        retransmits: u32,
+        fin_wait1_ms: Option<f64>,
+        fin_wait2_ms: Option<f64>,
+        closing_ms: Option<f64>,
+        close_wait_ms: Option<f64>,
+        last_ack_ms: Option<f64>,
+        time_wait: bool,
+        close: &'static str,
+        lifetime_ms: Option<f64>,
+        cgroup_id: Option<u64>,
+        netns: Option<u32>,
+        bytes_sent: Option<u64>,
+        bytes_received: Option<u64>,
+        retrans_segs: Option<u32>,
+        srtt_us: Option<u32>,
+        cgroup: Option<&'a str>,
+        workload: Option<&'a str>,
+        container: Option<&'a str>,
+        netns_name: Option<&'a str>,
+    }
+
+    /// A JSON line (without its newline) built by serde_json, with `time` as its time.
+    fn json_plain(fact: &Fact, names: &Names, time: &str) -> String {
+        fn ser<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("serialisable")
+        }
+        match fact {
+            Fact::Transition {
+                ts_ns,
+                conn,
+                old,
+                new,
+                dwell_ns,
+            } => {
+                let named = Named::of(Some(names), conn.ident);
+                ser(&TransitionJson {
+                    time,
+                    ts_ns: *ts_ns,
+                    pid: conn.owner.map(|o| o.tgid),
+                    tid: conn.owner.map(|o| o.pid),
+                    comm: conn.owner.map(|o| o.comm),
+                    owner: conn.owner.map(|o| o.source),
+                    family: family(conn).name(),
+                    laddr: Shown(conn.local.ip()),
+                    lport: conn.local.port(),
+                    raddr: Shown(conn.remote.ip()),
+                    rport: conn.remote.port(),
+                    old: old.name(),
+                    new: new.name(),
+                    ms: dwell_ns.map(ms),
+                    sock: Shown(Hex(conn.sock)),
+                    cgroup_id: conn.ident.cgroup,
+                    netns: conn.ident.netns,
+                    cgroup: named.path(),
+                    workload: named.workload(),
+                    container: named.container(),
+                    netns_name: named.netns_name(),
+                })
+            }
+            Fact::Closed(c) => {
+                let conn = &c.conn;
+                let named = Named::of(Some(names), conn.ident);
+                let p = c.phases.map(|p| p.map(ms));
+                ser(&ConnectionJson {
+                    time,
+                    ts_ns: c.closed_ns,
+                    pid: conn.owner.map(|o| o.tgid),
+                    comm: conn.owner.map(|o| o.comm),
+                    side: conn.side.map(|s| s.name()),
+                    family: family(conn).name(),
+                    laddr: Shown(conn.local.ip()),
+                    lport: conn.local.port(),
+                    raddr: Shown(conn.remote.ip()),
+                    rport: conn.remote.port(),
+                    handshake_ms: c.handshake_ns.map(ms),
+                    retransmits: c.retransmits,
+                    fin_wait1_ms: p[0],
+                    fin_wait2_ms: p[1],
+                    closing_ms: p[2],
+                    close_wait_ms: p[3],
+                    last_ack_ms: p[4],
+                    time_wait: c.time_wait,
+                    close: c.close.name(),
+                    lifetime_ms: c.lifetime_ns().map(ms),
+                    cgroup_id: conn.ident.cgroup,
+                    netns: conn.ident.netns,
+                    bytes_sent: c.stats.map(|s| s.bytes_acked),
+                    bytes_received: c.stats.map(|s| s.bytes_received),
+                    retrans_segs: c.stats.map(|s| s.retrans),
+                    srtt_us: c.stats.map(|s| s.srtt_us),
+                    cgroup: named.path(),
+                    workload: named.workload(),
+                    container: named.container(),
+                    netns_name: named.netns_name(),
+                })
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The time a fact's line shows.
+    fn fact_ts(fact: &Fact) -> u64 {
+        match fact {
+            Fact::Transition { ts_ns, .. } => *ts_ns,
+            Fact::Closed(c) => c.closed_ns,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn fast_json_lines_match_serde() {
+        let names = names();
+        let mut rand = xorshift(0x1234_5678_9abc_def1);
+        let mut time = String::new();
+        let mut check = |fact: Fact| {
+            let out = render(Style::Json, unit_of(&fact), &[fact]);
+            time.clear();
+            CLOCK.write_rfc3339(&mut time, fact_ts(&fact));
+            assert_eq!(out, format!("{}\n", json_plain(&fact, &names, &time)));
+            let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+            assert!(v.is_object());
+        };
+        for i in 0..30_000u64 {
+            check(varied_fact(&mut rand, i));
+        }
+        for i in 0..2_000u64 {
+            check(typical_fact(&mut rand, i));
+        }
+        // Every named cgroup and namespace, with and without ids and owners.
+        for cgroup in [
+            None,
+            Some(0),
+            Some(11),
+            Some(12),
+            Some(13),
+            Some(14),
+            Some(15),
+            Some(99),
+        ] {
+            for netns in [None, Some(0), Some(7), Some(8), Some(9)] {
+                check(with_ident(transition(Some(1)), cgroup, netns));
+                check(with_ident(closed(v6_unowned()), cgroup, netns));
+            }
+        }
+    }
+
+    #[test]
+    fn fast_json_strings_and_numbers_match_serde() {
+        let mut rand = xorshift(0x0dd_ba11_cafe_f00d);
+        let mut strings: Vec<String> = (0u32..0x100)
+            .filter_map(char::from_u32)
+            .map(|c| format!("a{c}b"))
+            .collect();
+        strings.extend(
+            [
+                "",
+                "\"",
+                "\\",
+                "\\\"",
+                "\u{2028}\u{2029}",
+                "\u{fffd}",
+                "p\u{e4}iv\u{e4}",
+            ]
+            .map(String::from),
+        );
+        for _ in 0..5_000 {
+            let bytes: Vec<u8> = (0..rand() % 24).map(|_| rand() as u8 % 0x90).collect();
+            strings.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        for s in &strings {
+            let mut fast = String::new();
+            push_json_str(&mut fast, s);
+            assert_eq!(fast, serde_json::to_string(s).expect("json"), "{s:?}");
+        }
+        for bytes in COMMS {
+            let comm = comm_of(bytes);
+            let mut fast = String::new();
+            push_json_str(&mut fast, &comm.as_str());
+            assert_eq!(
+                fast,
+                serde_json::to_string(&comm).expect("json"),
+                "{bytes:?}"
+            );
+        }
+        let mut values: Vec<u64> = (0..2_000).collect();
+        values.extend([
+            999_999,
+            1_000_000,
+            1_000_001,
+            1 << 50,
+            (1 << 53) + 1,
+            999_999_999_999_999,
+            1_000_000_000_000_000,
+            1_000_000_000_000_001,
+            9_999_999_999_999_999,
+            10_000_000_000_000_000,
+            u64::MAX,
+        ]);
+        for _ in 0..50_000 {
+            let v = rand();
+            values.push(v >> (v % 64));
+            values.push((v % 10_000_000) / 1000 * 1000 + 500);
+            values.push(v % 100 * 10u64.pow((v >> 8) as u32 % 18));
+        }
+        for &ns in &values {
+            let mut fast = String::new();
+            push_json_ms(&mut fast, Some(ns));
+            assert_eq!(
+                fast,
+                serde_json::to_string(&ms(ns)).expect("json"),
+                "ns {ns}"
+            );
+            fast.clear();
+            push_json_u64(&mut fast, Some(ns));
+            assert_eq!(fast, serde_json::to_string(&ns).expect("json"));
+        }
+        let mut null = String::new();
+        push_json_ms(&mut null, None);
+        push_json_u64(&mut null, None);
+        push_json_opt_str(&mut null, None);
+        assert_eq!(null, "nullnullnull");
     }
 
     #[test]
