@@ -238,29 +238,13 @@ fn push_right(line: &mut String, s: &str, width: usize) {
     line.push_str(s);
 }
 
-/// Decimal digits of `v` at the end of `buf`; returns where they start.
-fn digits(buf: &mut [u8; 20], mut v: u64) -> usize {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return i;
-        }
-    }
-}
-
 /// `{v}`, optionally right-aligned in `width`; returns the number of digits.
 fn push_u64(line: &mut String, v: u64, width: usize) -> usize {
-    let mut buf = [0u8; 20];
-    let i = digits(&mut buf, v);
-    let n = buf.len() - i;
-    push_spaces(line, width.saturating_sub(n));
-    for &b in &buf[i..] {
-        line.push(char::from(b));
-    }
-    n
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v);
+    push_spaces(line, width.saturating_sub(digits.len()));
+    line.push_str(digits);
+    digits.len()
 }
 
 /// `{v:>width$}`.
@@ -304,9 +288,7 @@ fn push_ms(line: &mut String, ns: Option<u64>, width: usize) {
     let us = ns / 1000 + u64::from(rem > 500);
     let int = us / 1000;
     let frac = us % 1000;
-    let mut buf = [0u8; 20];
-    let int_digits = buf.len() - digits(&mut buf, int);
-    push_u64(line, int, width.saturating_sub(4).max(int_digits));
+    push_u64(line, int, width.saturating_sub(4));
     line.push('.');
     line.push(char::from(b'0' + (frac / 100) as u8));
     line.push(char::from(b'0' + (frac / 10 % 10) as u8));
@@ -419,6 +401,11 @@ fn push_csv_u64(line: &mut String, v: Option<u64>) {
 /// non-ASCII included) as is. A test checks it against serde_json.
 fn push_json_str(line: &mut String, s: &str) {
     line.push('"');
+    if !needs_json_escape(s.as_bytes()) {
+        line.push_str(s);
+        line.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let short = match b {
@@ -446,6 +433,19 @@ fn push_json_str(line: &mut String, s: &str) {
     }
     line.push_str(&s[start..]);
     line.push('"');
+}
+
+/// Whether `s` holds a byte JSON escapes: checked 16 bytes at a time without branching
+/// inside a block, so the compiler can vectorise it (cgroup paths are long and clean).
+fn needs_json_escape(s: &[u8]) -> bool {
+    let bad = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let mut blocks = s.chunks_exact(16);
+    for block in &mut blocks {
+        if block.iter().fold(false, |any, &b| any | bad(b)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| bad(b))
 }
 
 /// A JSON string or `null`.
@@ -1955,7 +1955,9 @@ mod tests {
     /// Timing harness, not a check: CPU ns per line for each style and unit, on typical
     /// and on varied lines. Run it with
     /// `cargo test -p tcptrace --release --bin tcptrace stream::tests::line_cost -- --ignored
-    /// --nocapture` (`LINE_COST="typical Json"` for only some of them, e.g. under `perf`).
+    /// --nocapture` (`LINE_COST="typical Json"` for only some of them, and
+    /// `LINE_COST_NO_BEFORE=1` without the serde_json lines, e.g. under `perf`). "unnamed" is
+    /// the typical lines without [`Stream::names`].
     #[test]
     #[ignore = "a timing harness; prints figures, asserts nothing"]
     fn line_cost() {
@@ -1966,10 +1968,12 @@ mod tests {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-        for (what, gen_fact) in [
-            ("typical", typical_fact as fn(&mut _, u64) -> Fact),
-            ("varied", varied_fact),
+        for (what, gen_fact, named) in [
+            ("typical", typical_fact as fn(&mut _, u64) -> Fact, true),
+            ("unnamed", typical_fact, false),
+            ("varied", varied_fact, true),
         ] {
+            let names = || if named { names() } else { Names::none() };
             let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
             let facts: Vec<Fact> = (0..N).map(|i| gen_fact(&mut rand, i)).collect();
             for unit in [Unit::Transition, Unit::Connection] {
@@ -1992,7 +1996,7 @@ mod tests {
                         }
                     });
                     println!("{label}: {ns:.0} ns/line ({} lines)", facts.len());
-                    if style == Style::Json {
+                    if style == Style::Json && std::env::var_os("LINE_COST_NO_BEFORE").is_none() {
                         // The serde_json line the stream wrote before, for comparison.
                         let names = names();
                         let mut rfc3339 = Rfc3339::default();
