@@ -776,19 +776,20 @@ impl<W: io::Write> Stream<W> {
         let line = &mut self.line;
         match self.style {
             Style::Text => {
-                self.clock.write_time_of_day(line, c.closed_ns);
+                self.time_of_day.push(line, &self.clock, c.closed_ns);
                 line.push(' ');
                 owner_cols(line, conn.owner);
-                let aw = self.addr_width;
-                let _ = write!(
-                    line,
-                    " {:<6} {:<aw$} {:<aw$} ",
-                    conn.side.map_or("?", |s| s.name()),
-                    conn.local,
-                    conn.remote
-                );
+                // " {side:<6} {local:<aw$} {remote:<aw$} "
+                line.push(' ');
+                push_left(line, conn.side.map_or("?", |s| s.name()), 6);
+                line.push(' ');
+                push_addr_left(line, &conn.local, self.addr_width);
+                line.push(' ');
+                push_addr_left(line, &conn.remote, self.addr_width);
+                line.push(' ');
                 push_ms(line, c.handshake_ns, 9);
-                let _ = write!(line, " {:>4}", c.retransmits);
+                line.push(' ');
+                push_u64_right(line, u64::from(c.retransmits), 4);
                 for p in c.phases {
                     line.push(' ');
                     push_ms(line, p, 9);
@@ -798,7 +799,9 @@ impl<W: io::Write> Stream<W> {
                 } else {
                     c.close.name()
                 };
-                let _ = write!(line, " {close:<15} ");
+                line.push(' ');
+                push_left(line, close, 15);
+                line.push(' ');
                 push_ms(line, c.lifetime_ns(), 10);
                 for v in [
                     c.stats.map(|s| s.bytes_acked),
@@ -2015,6 +2018,93 @@ mod tests {
                         println!("{label} (serde_json, before): {ns:.0} ns/line");
                     }
                 }
+            }
+        }
+    }
+
+    /// `{ns:>width$.3}` of the milliseconds, or `-` right-aligned.
+    fn ms_text_plain(ns: Option<u64>, width: usize) -> String {
+        ns.map_or_else(
+            || format!("{:>width$}", "-"),
+            |ns| format!("{:>width$.3}", ms(ns)),
+        )
+    }
+
+    /// A text line (without its newline) built with `format!`, addresses `aw` wide.
+    fn text_plain(fact: &Fact, names: &Names, aw: usize) -> String {
+        let (ts, conn) = match fact {
+            Fact::Transition { ts_ns, conn, .. } => (*ts_ns, conn),
+            Fact::Closed(c) => (c.closed_ns, &c.conn),
+            _ => return String::new(),
+        };
+        let mut time = String::new();
+        CLOCK.write_time_of_day(&mut time, ts);
+        let owner = match conn.owner {
+            Some(o) => format!("{:>7} {:<15}", o.tgid, o.comm.as_str()),
+            None => format!("{:>7} {:<15}", "-", "-"),
+        };
+        let (local, remote) = (conn.local, conn.remote);
+        match fact {
+            Fact::Transition {
+                old, new, dwell_ns, ..
+            } => format!(
+                "{time} {owner} {local:<aw$} {remote:<aw$} {:>11} -> {:<11} {}",
+                old.name(),
+                new.name(),
+                ms_text_plain(*dwell_ns, 10)
+            ),
+            Fact::Closed(c) => {
+                let side = conn.side.map_or("?", |s| s.name());
+                let phases: Vec<String> = c.phases.iter().map(|p| ms_text_plain(*p, 9)).collect();
+                let close = if c.time_wait {
+                    "fin+time_wait"
+                } else {
+                    c.close.name()
+                };
+                let bytes = |v: Option<u64>| {
+                    v.map_or_else(|| format!("{:>12}", "-"), |v| format!("{v:>12}"))
+                };
+                let label: String = Named::of(Some(names), conn.ident)
+                    .cgroup
+                    .as_deref()
+                    .map_or("-", |c| c.label())
+                    .chars()
+                    .map(|c| if c.is_ascii_control() { '?' } else { c })
+                    .collect();
+                format!(
+                    "{time} {owner} {side:<6} {local:<aw$} {remote:<aw$} {} {:>4} {} {close:<15} {} {} {} {label}",
+                    ms_text_plain(c.handshake_ns, 9),
+                    c.retransmits,
+                    phases.join(" "),
+                    ms_text_plain(c.lifetime_ns(), 10),
+                    bytes(c.stats.map(|s| s.bytes_acked)),
+                    bytes(c.stats.map(|s| s.bytes_received)),
+                )
+            }
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn fast_text_lines_match_format() {
+        let names = names();
+        let mut rand = xorshift(0x5851_f42d_4c95_7f2d);
+        for i in 0..20_000u64 {
+            let fact = if i % 4 == 3 {
+                typical_fact(&mut rand, i)
+            } else {
+                varied_fact(&mut rand, i)
+            };
+            for wide in [false, true] {
+                let unit = unit_of(&fact);
+                let mut s = Stream::new(Vec::new(), CLOCK, Style::Text, unit)
+                    .names(names.clone())
+                    .wide(wide);
+                s.fact(&fact).expect("write");
+                let out = String::from_utf8(s.out).expect("utf8");
+                let row = out.split_once('\n').map(|(_, r)| r).expect("header");
+                let aw = if wide { WIDE_ADDR_WIDTH } else { ADDR_WIDTH };
+                assert_eq!(row, format!("{}\n", text_plain(&fact, &names, aw)));
             }
         }
     }
