@@ -252,22 +252,69 @@ fn push_u64_right(line: &mut String, v: u64, width: usize) {
     push_u64(line, v, width);
 }
 
+/// The decimal digits of each octet value (then NULs) and how many there are.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0u8; 3], 0u8); 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, t, o) = ((v / 100) as u8, (v / 10 % 10) as u8, (v % 10) as u8);
+        table[v] = if v >= 100 {
+            ([b'0' + h, b'0' + t, b'0' + o], 3)
+        } else if v >= 10 {
+            ([b'0' + t, b'0' + o, 0], 2)
+        } else {
+            ([b'0' + o, 0, 0], 1)
+        };
+        v += 1;
+    }
+    table
+};
+
+/// `{ip}` or, with a port, `{ip}:{port}` of an IPv4 address (at most 21 bytes), built in a
+/// stack buffer and pushed at once: the stream writes two per line.
+fn push_v4(line: &mut String, ip: std::net::Ipv4Addr, port: Option<u16>) -> usize {
+    let mut buf = [0u8; 21];
+    let mut n = 0;
+    for (k, octet) in ip.octets().into_iter().enumerate() {
+        if k > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        let (digits, len) = OCTETS[usize::from(octet)];
+        buf[n..n + 3].copy_from_slice(&digits);
+        n += usize::from(len);
+    }
+    if let Some(port) = port {
+        buf[n] = b':';
+        n += 1;
+        let len = match port {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1000..=9999 => 4,
+            _ => 5,
+        };
+        let mut p = port;
+        for at in (n..n + len).rev() {
+            buf[at] = b'0' + (p % 10) as u8;
+            p /= 10;
+        }
+        n += len;
+    }
+    // Only ASCII digits, dots and a colon were written.
+    if let Ok(s) = std::str::from_utf8(&buf[..n]) {
+        line.push_str(s);
+    }
+    n
+}
+
 /// `{addr:<width$}`; IPv4 by hand, IPv6 (rare, and with scopes) through `fmt`.
 fn push_addr_left(line: &mut String, addr: &SocketAddr, width: usize) {
     let SocketAddr::V4(a) = addr else {
         let _ = write!(line, "{addr:<width$}");
         return;
     };
-    let mut n = 0;
-    for (k, octet) in a.ip().octets().into_iter().enumerate() {
-        if k > 0 {
-            line.push('.');
-            n += 1;
-        }
-        n += push_u64(line, u64::from(octet), 0);
-    }
-    line.push(':');
-    n += 1 + push_u64(line, u64::from(a.port()), 0);
+    let n = push_v4(line, *a.ip(), Some(a.port()));
     push_spaces(line, width.saturating_sub(n));
 }
 
@@ -330,15 +377,13 @@ fn push_csv_str(line: &mut String, s: &str) {
 
 /// `{ip}`; IPv4 by hand, IPv6 through `fmt`.
 fn push_ip(line: &mut String, ip: std::net::IpAddr) {
-    let std::net::IpAddr::V4(a) = ip else {
-        let _ = write!(line, "{ip}");
-        return;
-    };
-    for (k, octet) in a.octets().into_iter().enumerate() {
-        if k > 0 {
-            line.push('.');
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            push_v4(line, a, None);
         }
-        push_u64(line, u64::from(octet), 0);
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(line, "{ip}");
+        }
     }
 }
 
@@ -445,7 +490,27 @@ fn needs_json_escape(s: &[u8]) -> bool {
             return true;
         }
     }
-    blocks.remainder().iter().any(|&b| bad(b))
+    blocks
+        .remainder()
+        .iter()
+        .fold(false, |any, &b| any | bad(b))
+}
+
+/// One of the tool's own names (a state, side, close kind or owner source) as a JSON string:
+/// they hold nothing to escape (a test checks every one), so they are not scanned.
+fn push_json_name(line: &mut String, name: &'static str) {
+    debug_assert!(!needs_json_escape(name.as_bytes()), "{name}");
+    line.push('"');
+    line.push_str(name);
+    line.push('"');
+}
+
+/// [`push_json_name`] or `null`.
+fn push_json_opt_name(line: &mut String, name: Option<&'static str>) {
+    match name {
+        Some(name) => push_json_name(line, name),
+        None => line.push_str("null"),
+    }
 }
 
 /// A JSON string or `null`.
@@ -723,12 +788,12 @@ impl<W: io::Write> Stream<W> {
                     None => line.push_str("null"),
                 }
                 line.push_str(",\"owner\":");
-                push_json_opt_str(line, o.map(|o| owner_source_name(o.source)));
+                push_json_opt_name(line, o.map(|o| owner_source_name(o.source)));
                 push_json_endpoints(line, conn);
                 line.push_str(",\"old\":");
-                push_json_str(line, old);
+                push_json_name(line, old);
                 line.push_str(",\"new\":");
-                push_json_str(line, new);
+                push_json_name(line, new);
                 line.push_str(",\"ms\":");
                 push_json_ms(line, dwell);
                 line.push_str(",\"sock\":\"");
@@ -843,7 +908,7 @@ impl<W: io::Write> Stream<W> {
                     None => line.push_str("null"),
                 }
                 line.push_str(",\"side\":");
-                push_json_opt_str(line, conn.side.map(|s| s.name()));
+                push_json_opt_name(line, conn.side.map(|s| s.name()));
                 push_json_endpoints(line, conn);
                 line.push_str(",\"handshake_ms\":");
                 push_json_ms(line, c.handshake_ns);
@@ -866,7 +931,7 @@ impl<W: io::Write> Stream<W> {
                 line.push_str(",\"time_wait\":");
                 line.push_str(if c.time_wait { "true" } else { "false" });
                 line.push_str(",\"close\":");
-                push_json_str(line, c.close.name());
+                push_json_name(line, c.close.name());
                 line.push_str(",\"lifetime_ms\":");
                 push_json_ms(line, c.lifetime_ns());
                 line.push_str(",\"cgroup_id\":");
@@ -1168,7 +1233,20 @@ mod tests {
                 (v >> 32) as u16,
             )));
         }
+        for v in 0..=255u8 {
+            for (k, port) in [0u16, 9, 10, 99, 100, 999, 1000, 9999, 10_000, 65_535]
+                .into_iter()
+                .enumerate()
+            {
+                let mut octets = [1, 22, 133, 244];
+                octets[k % 4] = v;
+                addrs.push(SocketAddr::from((octets, port)));
+            }
+        }
         for a in &addrs {
+            let mut fast = String::new();
+            push_ip(&mut fast, a.ip());
+            assert_eq!(fast, a.ip().to_string());
             for width in [0, 26] {
                 let mut fast = String::new();
                 push_addr_left(&mut fast, a, width);
@@ -2383,6 +2461,27 @@ mod tests {
             fast.clear();
             push_json_u64(&mut fast, Some(ns));
             assert_eq!(fast, serde_json::to_string(&ns).expect("json"));
+        }
+        // The names pushed without a scan need none.
+        let names = TcpState::ALL
+            .map(TcpState::name)
+            .into_iter()
+            .chain(CloseKind::ALL.map(CloseKind::name))
+            .chain([Side::Client, Side::Server].map(Side::name))
+            .chain([Family::V4, Family::V6].map(Family::name))
+            .chain(
+                [
+                    OwnerSource::Current,
+                    OwnerSource::Cached,
+                    OwnerSource::Listener,
+                    OwnerSource::Proc,
+                ]
+                .map(owner_source_name),
+            );
+        for name in names {
+            let mut fast = String::new();
+            push_json_name(&mut fast, name);
+            assert_eq!(fast, serde_json::to_string(name).expect("json"));
         }
         let mut null = String::new();
         push_json_ms(&mut null, None);
