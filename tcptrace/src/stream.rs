@@ -8,10 +8,10 @@
 //! them).
 //!
 //! Every style builds its lines by hand into one reused buffer, without `core::fmt` (but for
-//! IPv6 addresses) and without allocating: JSON lines are byte-identical to what serde_json
-//! wrote for them (same escapes, same float digits, `null` for unknowns), and tests compare
-//! the fast lines with that slow version (and text and CSV with `format!`) over many
-//! generated lines.
+//! timings of over 11 days, and the rare ones `fmt` must round) and without allocating: JSON
+//! lines are byte-identical to what serde_json wrote for them (same escapes, same float
+//! digits, `null` for unknowns), and tests compare the fast lines with that slow version (and
+//! text and CSV with `format!`) over many generated lines.
 //!
 //! Names: with [`Stream::names`], lines carry the socket's cgroup path, its workload's name
 //! and container id, and its network namespace's name (`cgroup`, `workload`, `container`,
@@ -310,13 +310,65 @@ fn push_v4(line: &mut String, ip: std::net::Ipv4Addr, port: Option<u16>) -> usiz
     n
 }
 
-/// `{addr:<width$}`; IPv4 by hand, IPv6 (rare, and with scopes) through `fmt`.
-fn push_addr_left(line: &mut String, addr: &SocketAddr, width: usize) {
-    let SocketAddr::V4(a) = addr else {
-        let _ = write!(line, "{addr:<width$}");
-        return;
+/// `{ip}` of an IPv6 address as std writes it (RFC 5952: lower-case hex without leading
+/// zeros, the first longest run of two or more zero groups as `::`, an IPv4-mapped address
+/// as `::ffff:a.b.c.d`); returns its length. A test compares it with `Display`.
+fn push_v6(line: &mut String, ip: std::net::Ipv6Addr) -> usize {
+    let start = line.len();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        line.push_str("::ffff:");
+        push_v4(line, v4, None);
+        return line.len() - start;
+    }
+    let groups = ip.segments();
+    let (mut run_at, mut run_len) = (0, 0);
+    let mut at = 0;
+    while at < 8 {
+        let len = groups[at..].iter().take_while(|&&g| g == 0).count();
+        if len > run_len {
+            (run_at, run_len) = (at, len);
+        }
+        at += len.max(1);
+    }
+    let push_groups = |line: &mut String, groups: &[u16]| {
+        for (k, &g) in groups.iter().enumerate() {
+            if k > 0 {
+                line.push(':');
+            }
+            let nibbles = (16 - g.leading_zeros()).div_ceil(4).max(1);
+            for n in (0..nibbles).rev() {
+                let d = ((g >> (n * 4)) & 0xf) as u8;
+                line.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+            }
+        }
     };
-    let n = push_v4(line, *a.ip(), Some(a.port()));
+    if run_len > 1 {
+        push_groups(line, &groups[..run_at]);
+        line.push_str("::");
+        push_groups(line, &groups[run_at + run_len..]);
+    } else {
+        push_groups(line, &groups);
+    }
+    line.len() - start
+}
+
+/// `{addr:<width$}`: `a.b.c.d:port`, or `[ipv6]:port` / `[ipv6%scope]:port`.
+fn push_addr_left(line: &mut String, addr: &SocketAddr, width: usize) {
+    let n = match addr {
+        SocketAddr::V4(a) => push_v4(line, *a.ip(), Some(a.port())),
+        SocketAddr::V6(a) => {
+            let start = line.len();
+            line.push('[');
+            push_v6(line, *a.ip());
+            if a.scope_id() != 0 {
+                line.push('%');
+                push_u64(line, u64::from(a.scope_id()), 0);
+            }
+            line.push_str("]:");
+            push_u64(line, u64::from(a.port()), 0);
+            line.len() - start
+        }
+    };
     push_spaces(line, width.saturating_sub(n));
 }
 
@@ -377,16 +429,12 @@ fn push_csv_str(line: &mut String, s: &str) {
     line.push('"');
 }
 
-/// `{ip}`; IPv4 by hand, IPv6 through `fmt`.
+/// `{ip}`.
 fn push_ip(line: &mut String, ip: std::net::IpAddr) {
     match ip {
-        std::net::IpAddr::V4(a) => {
-            push_v4(line, a, None);
-        }
-        std::net::IpAddr::V6(_) => {
-            let _ = write!(line, "{ip}");
-        }
-    }
+        std::net::IpAddr::V4(a) => push_v4(line, a, None),
+        std::net::IpAddr::V6(a) => push_v6(line, a),
+    };
 }
 
 /// `{}` of `ns as f64 / 1e6` (the JSON's value, shortest form, no exponent), or nothing for
@@ -1245,11 +1293,41 @@ mod tests {
                 addrs.push(SocketAddr::from((octets, port)));
             }
         }
+        // IPv6 with every pattern of zero groups (runs of each length at each place, ties),
+        // IPv4-mapped and -compatible addresses, scopes.
+        for pattern in 0..256u32 {
+            let v = rand();
+            let groups: [u16; 8] = std::array::from_fn(|k| {
+                if pattern & (1 << k) == 0 {
+                    0
+                } else {
+                    (v >> (k * 8)) as u16 >> (v % 16)
+                }
+            });
+            let ip = std::net::Ipv6Addr::from(groups);
+            let scope = if v % 3 == 0 {
+                0
+            } else {
+                (v >> 40) as u32 % 70_000
+            };
+            addrs.push(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                (v >> 20) as u16,
+                0,
+                scope,
+            )));
+        }
+        for v4 in ["0.0.0.0", "1.2.3.4", "255.255.255.255"] {
+            let v4: std::net::Ipv4Addr = v4.parse().expect("ip");
+            for ip in [v4.to_ipv6_mapped(), v4.to_ipv6_compatible()] {
+                addrs.push(SocketAddr::from((ip, 80)));
+            }
+        }
         for a in &addrs {
             let mut fast = String::new();
             push_ip(&mut fast, a.ip());
             assert_eq!(fast, a.ip().to_string());
-            for width in [0, 26] {
+            for width in [0, 26, 47] {
                 let mut fast = String::new();
                 push_addr_left(&mut fast, a, width);
                 assert_eq!(fast, format!("{a:<width$}"));
