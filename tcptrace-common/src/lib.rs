@@ -326,8 +326,18 @@ pub mod counter {
     pub const SUBMITTED: u32 = 1;
     /// Events dropped by the kernel-side filter (never reach userspace, by design).
     pub const FILTERED: u32 = 2;
+    /// Counters per program: the nested-event program (`set_state_nested`) counts into its
+    /// own copy at `NESTED + i`, so that its increments, which run while the main program is
+    /// interrupted between the load and the store of its own, never tear them.
+    pub const PER_PROGRAM: u32 = 3;
+    /// Where the nested-event program's copy of the counters starts.
+    pub const NESTED: u32 = PER_PROGRAM;
+    /// State changes the nested-event program saw while the main program was running on that
+    /// CPU: the ones the kernel skipped the main program for (its `recursion_misses`), now
+    /// handled (submitted, filtered or lost, and counted as such).
+    pub const NESTED_SEEN: u32 = 2 * PER_PROGRAM;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 2 * PER_PROGRAM + 1;
 }
 
 /// Field layouts of the tracepoints the kernel program reads, as their format files
