@@ -730,6 +730,7 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
         let mut lost = Some(0u64);
         let mut per_m = Vec::new();
         let mut ns = Vec::new();
+        let mut nested_ns = Vec::new();
         let mut rss = None::<u64>;
         for (r, _) in &rs {
             let Some(t) = &r.tracer else { continue };
@@ -738,6 +739,11 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
             lost = lost.zip(t.lost).map(|(a, b)| a + b);
             if r.stats {
                 ns.extend(kernel_ns(t));
+                nested_ns.extend(
+                    t.kernel
+                        .zip(t.kernel_nested_ns)
+                        .map(|((_, cnt), n)| n as f64 / cnt as f64),
+                );
                 continue;
             }
             if let Some((n, _)) = n.filter(|&(n, _)| n > 0) {
@@ -797,6 +803,10 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
                 .collect();
             format!("MISSED: {}", missed.join(", "))
         };
+        let mut ns_shown = fmt_spread(ns, 0);
+        if let Some(n) = spread(&nested_ns) {
+            let _ = write!(ns_shown, " incl. {:.0} nested", n.0);
+        }
         let _ = writeln!(
             s,
             "  {:<22} {:>21} {:>11} {:>8} {:>21} {:>7} {:>15}  {}",
@@ -806,7 +816,7 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
             lost.map_or("?".to_owned(), |l| l.to_string()),
             fmt_spread(per_m, 3),
             rss.map_or("?".to_owned(), mib),
-            fmt_spread(ns, 0),
+            ns_shown,
             verdict
         );
     }

@@ -167,6 +167,8 @@ pub struct TracerStats {
     /// The kernel's run-time statistics of the tracer's BPF programs while the churn ran
     /// (all its programs together: nanoseconds, runs).
     pub kernel: Option<(u64, u64)>,
+    /// Of `kernel`'s nanoseconds, the nested-event program's.
+    pub kernel_nested_ns: Option<u64>,
     pub note: Option<String>,
 }
 
@@ -250,7 +252,8 @@ impl Tracer {
             };
             prog_delta(&pick(&self.progs_at_ready), &pick(&after))
         });
-        let kernel = kernel.map(|(ns, cnt)| (ns + nested.map_or(0, |(n, _)| n), cnt));
+        let kernel_nested_ns = nested.map(|(n, _)| n);
+        let kernel = kernel.map(|(ns, cnt)| (ns + kernel_nested_ns.unwrap_or(0), cnt));
         // SAFETY: kill on our own, not yet reaped child.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
         let exit = wait_rusage(&self.child, STOP_TIMEOUT)?;
@@ -263,6 +266,7 @@ impl Tracer {
                 total_cpu_secs: exit.cpu_secs,
                 peak_rss_bytes,
                 kernel,
+                kernel_nested_ns,
                 ..TracerStats::default()
             },
             stderr,
