@@ -452,8 +452,9 @@ fn rings_in_use() -> usize {
 /// only once every [`wake_mask`]` + 1` records per CPU (a wake-up is a self-interrupt on the
 /// traced CPU, several microseconds in a VM), so the reader drains on this timer instead:
 /// one drain handles a batch of records (about 1,500 at 150,000 transitions/s), the live
-/// stream is at most this late, and a 4 MiB ring (30,840 records of the largest kind) cannot fill in between at
-/// any rate the timer misses, since a forced wake-up comes at an eighth of it.
+/// stream is at most this late, and a ring (2 MiB by default: 15,420 records of the largest
+/// kind) cannot fill in between at any rate the timer misses, since a forced wake-up comes at
+/// an eighth of it.
 const POLL_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
 /// The longest wait between drains: after drains that found nothing the period doubles up
 /// to this, so an idle tool wakes about 10 times a second; the first record after a quiet
