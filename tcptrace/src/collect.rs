@@ -452,8 +452,9 @@ fn rings_in_use() -> usize {
 /// only once every [`wake_mask`]` + 1` records per CPU (a wake-up is a self-interrupt on the
 /// traced CPU, several microseconds in a VM), so the reader drains on this timer instead:
 /// one drain handles a batch of records (about 1,500 at 150,000 transitions/s), the live
-/// stream is at most this late, and a 4 MiB ring (30,840 records of the largest kind) cannot fill in between at
-/// any rate the timer misses, since a forced wake-up comes at an eighth of it.
+/// stream is at most this late, and a ring (2 MiB by default: 15,420 records of the largest
+/// kind) cannot fill in between at any rate the timer misses, since a forced wake-up comes at
+/// a quarter of it.
 const POLL_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
 /// The longest wait between drains: after drains that found nothing the period doubles up
 /// to this, so an idle tool wakes about 10 times a second; the first record after a quiet
@@ -461,11 +462,14 @@ const POLL_BUSY: std::time::Duration = std::time::Duration::from_millis(10);
 const POLL_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The program's `WAKE_MASK` for rings of `ring_bytes`: the reader is woken once every
-/// power-of-two number of records per CPU no larger than an eighth of what a ring holds
-/// (records take at most [`tcptrace_common::EVENT_SIZE`] bytes plus an 8-byte header).
+/// power-of-two number of records per CPU no larger than a quarter of what a ring holds
+/// (records take at most [`tcptrace_common::EVENT_SIZE`] bytes plus an 8-byte header): 2,048
+/// for the default 2 MiB ring, about 14 ms of the bench's churn per CPU, so under load the
+/// [`POLL_BUSY`] timer does the draining and a forced wake-up (a self-interrupt on the traced
+/// CPU, then a context switch) is the exception, with three quarters of the ring to spare.
 pub fn wake_mask(ring_bytes: u32) -> u64 {
     let records = u64::from(ring_bytes) / (tcptrace_common::EVENT_SIZE as u64 + 8);
-    let every = (records / 8).max(1);
+    let every = (records / 4).max(1);
     (1u64 << every.ilog2()) - 1
 }
 
@@ -1142,6 +1146,26 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_is_woken_at_a_power_of_two_within_a_quarter_of_the_ring() {
+        assert_eq!(wake_mask(tcptrace_common::RING_BYTES), 2047);
+        let record = tcptrace_common::EVENT_SIZE as u64 + 8;
+        for kib in [4u32, 64, 1024, 2048, 4096, 1 << 20] {
+            let m = wake_mask(kib * 1024);
+            assert!((m + 1).is_power_of_two(), "{kib} KiB: {m}");
+            let ring_records = u64::from(kib) * 1024 / record;
+            assert!(
+                m < (ring_records / 4).max(1),
+                "{kib} KiB: wake every {} of {ring_records}",
+                m + 1
+            );
+            assert!(
+                2 * (m + 1) > ring_records / 4,
+                "{kib} KiB: {m} is not the largest"
+            );
+        }
+    }
 
     #[test]
     fn drop_reasons_are_read_from_the_print_fmt_table() {
