@@ -331,6 +331,11 @@ impl Cgroups {
 
     /// The cgroup of `id`, walking the tree again on a miss unless it was walked less than
     /// [`RESCAN_EVERY`] before `now`.
+    /// The cgroup of `id` if already known (no walk, no clock).
+    pub fn known(&self, id: u64) -> Option<Rc<Cgroup>> {
+        self.by_id.get(&id).cloned()
+    }
+
     pub fn get(&mut self, id: u64, now: Instant) -> Option<Rc<Cgroup>> {
         if let Some(c) = self.by_id.get(&id) {
             return Some(Rc::clone(c));

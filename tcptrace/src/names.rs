@@ -31,8 +31,8 @@ pub const RUN_NETNS: &str = "/run/netns";
 /// Network namespace inode -> name.
 pub struct NetnsNames {
     dir: PathBuf,
-    /// The namespace tcptrace runs in, shown as `host`.
-    host: Option<u32>,
+    /// The namespace tcptrace runs in, shown as `host` (the name shared, not built per ask).
+    host: Option<(u32, Rc<str>)>,
     by_inode: FxHashMap<u32, Rc<str>>,
     last_scan: Option<Instant>,
     /// Directory reads made, for tests.
@@ -45,7 +45,7 @@ impl NetnsNames {
     pub fn at(dir: PathBuf, host: Option<u32>, now: Instant) -> Self {
         let mut n = Self {
             dir,
-            host,
+            host: host.map(|ino| (ino, Rc::from("host"))),
             by_inode: FxHashMap::default(),
             last_scan: None,
             scans: 0,
@@ -75,13 +75,21 @@ impl NetnsNames {
         }
     }
 
-    /// The name of namespace `ino`: `host`, its `/run/netns` name, or `None`.
-    pub fn get(&mut self, ino: u32, now: Instant) -> Option<Rc<str>> {
+    /// The name of namespace `ino` if already known (no directory read, no clock).
+    fn known(&self, ino: u32) -> Option<Rc<str>> {
         if let Some(n) = self.by_inode.get(&ino) {
             return Some(Rc::clone(n));
         }
-        if self.host == Some(ino) {
-            return Some("host".into());
+        match &self.host {
+            Some((host, name)) if *host == ino => Some(Rc::clone(name)),
+            _ => None,
+        }
+    }
+
+    /// The name of namespace `ino`: `host`, its `/run/netns` name, or `None`.
+    pub fn get(&mut self, ino: u32, now: Instant) -> Option<Rc<str>> {
+        if let Some(n) = self.known(ino) {
+            return Some(n);
         }
         if self
             .last_scan
@@ -176,13 +184,19 @@ impl Names {
         }
     }
 
-    /// The cgroup of `id`, if it can be named.
+    /// The cgroup of `id`, if it can be named. Asked for on every line a stream writes, so the
+    /// clock is read only when the cgroup is not known yet (a walk may be due).
     pub fn cgroup(&self, id: u64) -> Option<Rc<Cgroup>> {
-        self.cgroup_at(id, Instant::now())
+        self.cgroup_with(id, Instant::now)
     }
 
     /// [`Names::cgroup`] at time `now` (what the walks' rate limit goes by).
+    #[cfg(test)]
     fn cgroup_at(&self, id: u64, now: Instant) -> Option<Rc<Cgroup>> {
+        self.cgroup_with(id, || now)
+    }
+
+    fn cgroup_with(&self, id: u64, now: impl FnOnce() -> Instant) -> Option<Rc<Cgroup>> {
         let mut inner = self.0.borrow_mut();
         if let Some((last, c)) = &inner.last
             && *last == id
@@ -190,7 +204,10 @@ impl Names {
             return Some(Rc::clone(c));
         }
         Self::say_note(&mut inner);
-        let c = inner.cgroups.get(id, now)?;
+        let c = match inner.cgroups.known(id) {
+            Some(c) => c,
+            None => inner.cgroups.get(id, now())?,
+        };
         inner.last = Some((id, Rc::clone(&c)));
         Some(c)
     }
@@ -209,6 +226,9 @@ impl Names {
     pub fn netns(&self, ino: u32) -> Option<Rc<str>> {
         let mut inner = self.0.borrow_mut();
         Self::say_note(&mut inner);
+        if let Some(n) = inner.netns.known(ino) {
+            return Some(n);
+        }
         inner.netns.get(ino, Instant::now())
     }
 }
