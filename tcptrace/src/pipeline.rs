@@ -95,8 +95,10 @@ struct Core {
 }
 
 impl Core {
-    fn process(&mut self, mut ev: Event) {
-        self.owners.fill(&mut ev);
+    /// Takes one event through owners, tracker, aggregate and sinks; `ev` is the caller's
+    /// own copy (the reorder stage's), filled in where it is.
+    fn process(&mut self, ev: &mut Event) {
+        self.owners.fill(ev);
         if self.prior_owners.may_hold(&ev.local, &ev.remote) {
             let key = (ev.local, ev.remote);
             if ev.owner.is_none() {
@@ -112,7 +114,7 @@ impl Core {
         }
         for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
             if err.is_none()
-                && let Err(e) = guarded(|| s.event(&ev))
+                && let Err(e) = guarded(|| s.event(ev))
             {
                 *err = Some(e);
             }
@@ -121,7 +123,7 @@ impl Core {
             self.agg.listeners.overflow_drop(&ev.local);
         }
         self.facts.clear();
-        self.tracker.process(&ev, &mut self.facts);
+        self.tracker.process(ev, &mut self.facts);
         self.dispatch();
         if ev.ts_ns.saturating_sub(self.last_sweep_ns) > SWEEP_EVERY_NS {
             self.last_sweep_ns = ev.ts_ns;
@@ -262,8 +264,8 @@ impl Pipeline {
 
     /// Feeds an event that is already in the order the tracker must see it, bypassing the
     /// reorder window: a recording holds the order the live run's reorder stage released.
-    pub fn push_ordered(&mut self, ev: Event) {
-        self.core.process(ev);
+    pub fn push_ordered(&mut self, mut ev: Event) {
+        self.core.process(&mut ev);
     }
 
     /// Feeds one socket-table sample in. Samples skip the reorder window (they are taken once
