@@ -515,6 +515,80 @@ pub struct Edge {
     pub dwell: Hist,
 }
 
+/// Transitions per (old, new) edge, read as a map of the edges seen. Every transition looks
+/// its edge up, so by the two state numbers in a 13 x 13 table rather than by hashing.
+#[derive(Clone, Debug)]
+pub struct Edges {
+    /// The edges seen, in the order first seen.
+    seen: Vec<((TcpState, TcpState), Edge)>,
+    /// Per (old, new): 1 + the edge's index in `seen`, 0 for not seen.
+    slot: [u8; STATES * STATES],
+}
+
+/// The kernel's TCP states ([`TcpState::ALL`]).
+const STATES: usize = TcpState::ALL.len();
+
+impl Default for Edges {
+    fn default() -> Self {
+        Self {
+            seen: Vec::new(),
+            slot: [0; STATES * STATES],
+        }
+    }
+}
+
+impl Edges {
+    fn index(old: TcpState, new: TcpState) -> usize {
+        // State numbers run from 1 to STATES.
+        (usize::from(old as u8) - 1) * STATES + usize::from(new as u8) - 1
+    }
+
+    /// The figures of an edge, created empty if it was not seen yet.
+    fn entry(&mut self, old: TcpState, new: TcpState) -> &mut Edge {
+        let i = Self::index(old, new);
+        let n = match self.slot[i] {
+            0 => {
+                self.seen.push((
+                    (old, new),
+                    Edge {
+                        count: 0,
+                        dwell: Hist::with_sigfig(2),
+                    },
+                ));
+                // At most STATES * STATES = 169 edges: the index fits.
+                self.slot[i] = self.seen.len() as u8;
+                self.seen.len()
+            }
+            n => usize::from(n),
+        };
+        &mut self.seen[n - 1].1
+    }
+
+    pub fn get(&self, key: &(TcpState, TcpState)) -> Option<&Edge> {
+        match self.slot[Self::index(key.0, key.1)] {
+            0 => None,
+            n => Some(&self.seen[usize::from(n) - 1].1),
+        }
+    }
+
+    pub fn contains_key(&self, key: &(TcpState, TcpState)) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every edge seen, in the order first seen.
+    pub fn iter(&self) -> impl Iterator<Item = (&(TcpState, TcpState), &Edge)> {
+        self.seen.iter().map(|(k, e)| (k, e))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &(TcpState, TcpState)> {
+        self.seen.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Edge> {
+        self.seen.iter().map(|(_, e)| e)
+    }
+}
+
 /// All aggregates of a run.
 #[derive(Clone, Debug)]
 pub struct Aggregate {
@@ -529,7 +603,7 @@ pub struct Aggregate {
     /// workloads.
     pub by_cgroup: Groups,
     pub transitions: u64,
-    pub edges: FxHashMap<(TcpState, TcpState), Edge>,
+    pub edges: Edges,
     /// Listeners and TIME_WAIT from socket-table samples, with the SYN-ACK retransmits and
     /// overflow drops matched to them.
     pub listeners: Listeners,
@@ -544,7 +618,7 @@ impl Default for Aggregate {
             by_process: Groups::default(),
             by_cgroup: Groups::default(),
             transitions: 0,
-            edges: FxHashMap::default(),
+            edges: Edges::default(),
             listeners: Listeners::default(),
         }
     }
@@ -562,10 +636,7 @@ impl Aggregate {
         } = fact
         {
             self.transitions += 1;
-            let e = self.edges.entry((*old, *new)).or_insert_with(|| Edge {
-                count: 0,
-                dwell: Hist::with_sigfig(2),
-            });
+            let e = self.edges.entry(*old, *new);
             e.count += 1;
             if let Some(d) = dwell_ns {
                 e.dwell.record_ns(*d);
@@ -852,6 +923,15 @@ mod tests {
         fast_edges.sort();
         plain_edges.sort();
         assert_eq!(fast_edges, plain_edges);
+        for old in TcpState::ALL {
+            for new in TcpState::ALL {
+                let k = (old, new);
+                let want = edges.get(&k).map(|e| format!("{e:?}"));
+                assert_eq!(fast.edges.get(&k).map(|e| format!("{e:?}")), want, "{k:?}");
+                assert_eq!(fast.edges.contains_key(&k), want.is_some(), "{k:?}");
+            }
+        }
+        assert!(edges.len() > 150, "only {} edges seen", edges.len());
         assert_eq!(
             fast.transitions,
             edges.values().map(|e| e.count).sum::<u64>()
