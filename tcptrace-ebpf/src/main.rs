@@ -11,7 +11,9 @@
 //! and costs less both in the program and around it (the kernel builds no trace record for
 //! it); or, where that cannot load, the classic tracepoint (`inet_sock_set_state`), which
 //! reads the record the kernel filled in and the socket's members with helper reads. Both
-//! end in the same code ([`set_state`]).
+//! end in the same code ([`set_state`]). A second program on the BTF tracepoint
+//! ([`set_state_nested`]) catches the state changes the kernel would skip because they
+//! interrupted the first on its CPU.
 //!
 //! `skb:kfree_skb` fires for every dropped packet of every protocol: its program compares the
 //! drop reason with the one number it reports (accept-queue overflow) before anything else.
@@ -203,9 +205,25 @@ const DROP: u32 = 2;
 #[inline(always)]
 fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from a per-CPU array slot of this CPU; tracepoint programs
-        // do not nest on one CPU for the same program, so the increment is not torn.
+        // SAFETY: the pointer comes from a per-CPU array slot of this CPU; a program does not
+        // nest on one CPU, and the nested-event program counts into its own slots
+        // ([`count_in`]), so the increment is not torn.
         unsafe { *c += 1 };
+    }
+}
+
+/// [`count`] into the nested-event program's copy of the counters when `NESTED`.
+#[inline(always)]
+fn count_in<const NESTED: bool>(index: u32) {
+    count(counter_index::<NESTED>(index));
+}
+
+#[inline(always)]
+const fn counter_index<const NESTED: bool>(index: u32) -> u32 {
+    if NESTED {
+        counter::NESTED + index
+    } else {
+        index
     }
 }
 
@@ -699,7 +717,7 @@ fn try_set_state(ctx: &TracePointContext) {
     } else {
         (addr16(ctx, f::SADDR_V6), addr16(ctx, f::DADDR_V6))
     };
-    set_state::<false>(
+    set_state::<false, false>(
         ts_ns,
         skaddr,
         old,
@@ -725,6 +743,51 @@ fn sk_field(i: usize) -> usize {
 /// loads from the socket (no record is built for us, no helper reads them).
 #[aya_ebpf::macros::btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    let active = ACTIVE.get_ptr_mut(0);
+    if let Some(a) = active {
+        // SAFETY: this CPU's slot of a per-CPU array; volatile, so the store stays before the
+        // work it marks.
+        unsafe { core::ptr::write_volatile(a, 1) };
+    }
+    btf_set_state::<false>(&ctx);
+    if let Some(a) = active {
+        // SAFETY: as above, and after the work.
+        unsafe { core::ptr::write_volatile(a, 0) };
+    }
+    0
+}
+
+/// The same state change when the kernel skipped [`inet_sock_set_state_btf`] for it. The
+/// kernel runs a program at most once at a time per CPU: a state change made by a softirq
+/// (a packet arriving, a timer) that interrupts the main program on its CPU, which happens
+/// under mass closes, finds it running and is skipped (counted in its `recursion_misses`).
+/// This second program on the same tracepoint, attached after it so that it runs after it
+/// for every event, handles the event only while the main program's flag ([`ACTIVE`]) says
+/// it is running on this CPU, which is exactly then; otherwise it returns at once. It counts
+/// into its own copy of the counters ([`counter::NESTED`]) so that neither tears the other's.
+#[aya_ebpf::macros::btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_nested(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    let Some(a) = ACTIVE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array.
+    if unsafe { core::ptr::read_volatile(a) } == 0 {
+        return 0;
+    }
+    count(counter::NESTED_SEEN);
+    btf_set_state::<true>(&ctx);
+    0
+}
+
+/// While the main state-change program runs on a CPU, 1 in that CPU's slot (see
+/// [`set_state_nested`]).
+#[map]
+static ACTIVE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The BTF tracepoint's work: read the socket's fields, filter, stamp, record. `NESTED`: run
+/// by [`set_state_nested`] (its own counters).
+#[inline(always)]
+fn btf_set_state<const NESTED: bool>(ctx: &aya_ebpf::programs::BtfTracePointContext) {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -733,20 +796,20 @@ pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) ->
     unsafe {
         let protocol = core::ptr::read_volatile(sk.add(sk_field(0)).cast::<u16>());
         if protocol != IPPROTO_TCP {
-            return 0;
+            return;
         }
         // The socket as a `tcp_sock`, so that the verifier admits loads of its inet_sock
         // and tcp_sock members (it types the argument as a `struct sock`).
         let Some(tp) = tcp_sock_of(sk as u64) else {
-            return 0;
+            return;
         };
         let sk = tp as *const u8;
         let family = core::ptr::read_volatile(sk.add(sk_field(1)).cast::<u16>());
         let sport = u16::from_be(core::ptr::read_volatile(sk.add(sk_field(2)).cast::<u16>()));
         let dport = u16::from_be(core::ptr::read_volatile(sk.add(sk_field(3)).cast::<u16>()));
         if !pass(family, sport, dport) {
-            count(counter::FILTERED);
-            return 0;
+            count_in::<NESTED>(counter::FILTERED);
+            return;
         }
         let ts_ns = bpf_ktime_get_ns();
         let (saddr, daddr) = if family == AF_INET {
@@ -764,7 +827,7 @@ pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) ->
             };
             (Addr([w(s6, 0), w(s6, 2)]), Addr([w(d6, 0), w(d6, 2)]))
         };
-        set_state::<true>(
+        set_state::<true, NESTED>(
             ts_ns,
             sk as u64,
             old as u32,
@@ -773,13 +836,12 @@ pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) ->
             (sport, dport, family),
         );
     }
-    0
 }
 
 /// What both tracepoints share once the socket's fields are read; `BTF`: `skaddr` is the BTF
 /// tracepoint's typed socket pointer, read with plain loads.
 #[inline(always)]
-fn set_state<const BTF: bool>(
+fn set_state<const BTF: bool, const NESTED: bool>(
     ts_ns: u64,
     skaddr: u64,
     old: u32,
@@ -800,7 +862,7 @@ fn set_state<const BTF: bool>(
             known.then_some(&owner),
             &ident,
         ) {
-            count(counter::FILTERED);
+            count_in::<NESTED>(counter::FILTERED);
             return;
         }
     }
@@ -818,7 +880,7 @@ fn set_state<const BTF: bool>(
         flags |= FLAG_AUX_SRTT;
     }
 
-    emit(
+    emit::<NESTED>(
         &Record {
             ts_ns,
             skaddr,
@@ -960,32 +1022,32 @@ const _: () = assert!(core::mem::size_of::<ShortEvent>() == EVENT_V1_SIZE);
 /// record with the socket's cgroup or namespace or its close counters takes a whole
 /// [`Event`]; any other the [`ShortEvent`] prefix. Two reserve sites, each of a constant size.
 #[inline(always)]
-fn emit(r: &Record, owner: OwnerWords) {
+fn emit<const NESTED: bool>(r: &Record, owner: OwnerWords) {
     if r.close.is_some() || r.ident.xflags & (XFLAG_CGROUP | XFLAG_NETNS) != 0 {
         let Some(mut entry) = reserve::<Event>() else {
-            count(counter::LOST);
+            count_in::<NESTED>(counter::LOST);
             return;
         };
         let base = entry.as_mut_ptr().cast::<u8>();
         emit_head(base, r, owner);
         emit_tail(base, r);
-        entry.submit(submit_flags());
+        entry.submit(submit_flags::<NESTED>());
     } else {
         let Some(mut entry) = reserve::<ShortEvent>() else {
-            count(counter::LOST);
+            count_in::<NESTED>(counter::LOST);
             return;
         };
         emit_head(entry.as_mut_ptr().cast::<u8>(), r, owner);
-        entry.submit(submit_flags());
+        entry.submit(submit_flags::<NESTED>());
     }
 }
 
 /// Counts a submitted record and picks its wake-up flag (see [`WAKE_MASK`]).
 #[inline(always)]
-fn submit_flags() -> u64 {
+fn submit_flags<const NESTED: bool>() -> u64 {
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    let Some(c) = COUNTERS.get_ptr_mut(counter::SUBMITTED) else {
+    let Some(c) = COUNTERS.get_ptr_mut(counter_index::<NESTED>(counter::SUBMITTED)) else {
         return 0;
     };
     // SAFETY: as in `count`; a plain read of a global the loader may have rewritten.
@@ -1189,7 +1251,7 @@ fn emit_without_owner(
         count(counter::FILTERED);
         return;
     }
-    emit(
+    emit::<false>(
         &Record {
             ts_ns,
             skaddr,

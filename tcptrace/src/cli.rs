@@ -156,7 +156,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: Duration,
     /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
-    /// 1048576; default 4096).
+    /// 1048576; default 2048).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
@@ -477,7 +477,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub sample: SampleArgs,
     /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
-    /// 1048576; default 4096). A larger ring rides out longer stalls of this process before
+    /// 1048576; default 2048). A larger ring rides out longer stalls of this process before
     /// the kernel has to drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,

@@ -661,7 +661,7 @@ impl LiveRun {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_since_tick = 0usize;
         let mut ticks = 0u64;
-        let mut lost_reported = 0u64;
+        let mut lost_reported = Counters::default();
         let mut next_publish = started;
 
         let stop = loop {
@@ -691,13 +691,16 @@ impl LiveRun {
                     // Loss is said when it happens, not only in the summary.
                     if ticks.is_multiple_of(LOSS_WARN_TICKS)
                         && let Ok(c) = counters_of(source)
-                        && c.all_lost() > lost_reported
+                        && c.all_lost() > lost_reported.all_lost()
                     {
                         log::warn!(
-                            "{} events lost: {LOSS_EXPLAINED}",
-                            c.all_lost() - lost_reported
+                            "{} events lost ({} with the ring buffer full, {} skipped by the \
+                             kernel): {LOSS_EXPLAINED}",
+                            c.all_lost() - lost_reported.all_lost(),
+                            c.lost.saturating_sub(lost_reported.lost),
+                            c.missed.saturating_sub(lost_reported.missed)
                         );
-                        lost_reported = c.all_lost();
+                        lost_reported = c;
                     }
                     if self.resetter.0.take()
                         && let Some(p) = &self.publish

@@ -126,13 +126,23 @@ impl GroupSummary {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The whole summary.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub transitions: u64,
     pub events: u64,
-    /// Events the kernel could not write because the ring buffer was full.
+    /// Every event tcptrace did not get (`Counters::all_lost`): ring buffer full, plus
+    /// `lost_skipped`.
     pub lost: u64,
+    /// Of `lost`, tracepoint hits the kernel skipped because one of tcptrace's programs was
+    /// already running on that CPU (a softirq interrupting it): a larger ring does not help.
+    /// Absent from JSON when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_skipped: u64,
     /// Records that did not decode (counted, skipped).
     pub undecodable: u64,
     /// Events the kernel-side filter dropped, as asked.
@@ -261,6 +271,7 @@ impl Summary {
             transitions: agg.transitions,
             events: track.events,
             lost: counters.all_lost(),
+            lost_skipped: counters.missed,
             undecodable,
             filtered: counters.filtered,
             track,
@@ -303,8 +314,10 @@ impl Summary {
         if self.lost > 0 {
             writeln!(
                 w,
-                "  WARNING: {} events were lost: {LOSS_EXPLAINED}",
-                self.lost
+                "  WARNING: {} events were lost ({} with the ring buffer full, {} skipped by the kernel): {LOSS_EXPLAINED}",
+                self.lost,
+                self.lost - self.lost_skipped,
+                self.lost_skipped
             )?;
         }
         let t = &self.track;
@@ -1260,6 +1273,37 @@ mod tests {
         let mut text = Vec::new();
         s.write_text(&mut text).expect("text");
         insta::assert_snapshot!(String::from_utf8(text).expect("utf8"));
+    }
+
+    #[test]
+    fn lost_events_are_split_into_ring_full_and_skipped_by_the_kernel() {
+        let names = workload_names();
+        let (p, _) = workloads(&names);
+        let c = Counters {
+            lost: 3,
+            missed: 4,
+            ..Counters::default()
+        };
+        let s = Summary::of(&p, &c, 5, &names);
+        assert_eq!((s.lost, s.lost_skipped), (7, 4));
+        let mut text = Vec::new();
+        s.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf8");
+        assert!(
+            text.contains(
+                "7 events were lost (3 with the ring buffer full, 4 skipped by the kernel)"
+            ),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::to_value(&s).expect("json");
+        assert_eq!(
+            (v["lost"].as_u64(), v["lost_skipped"].as_u64()),
+            (Some(7), Some(4))
+        );
+        // Without loss the JSON keeps its old shape.
+        let quiet = Summary::of(&p, &Counters::default(), 5, &names);
+        let v: serde_json::Value = serde_json::to_value(&quiet).expect("json");
+        assert!(v.get("lost_skipped").is_none(), "{v}");
     }
 
     #[test]

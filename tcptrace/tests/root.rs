@@ -83,17 +83,18 @@ fn check_life(life: &Life, expected: &[&str], pid: u32, laddr: &str, raddr: &str
     }
 }
 
-/// Whether process `pid` holds a BPF_PROG_TYPE_TRACING program (the BTF tracepoint), from
-/// its fds' /proc fdinfo.
-fn holds_tracing_program(pid: u32) -> bool {
+/// How many BPF_PROG_TYPE_TRACING programs (the BTF tracepoint's two: the state-change
+/// program and its nested-event program) process `pid` holds, from its fds' /proc fdinfo.
+fn tracing_programs(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .expect("fdinfo")
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .any(|info| {
+        .filter(|info| {
             info.lines()
                 .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["prog_type:", "26"])
         })
+        .count()
 }
 
 /// `classic`: with the classic tracepoint program (the fallback where the BTF tracepoint
@@ -107,10 +108,15 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, cl
     }
     let tracer = Tracer::start_command(cmd, &["--port", &port.to_string()]);
     assert_eq!(
-        holds_tracing_program(tracer.pid()),
-        !classic,
-        "the BTF tracepoint program (BPF_PROG_TYPE_TRACING) is {}",
-        if classic { "loaded" } else { "not loaded" }
+        tracing_programs(tracer.pid()),
+        if classic { 0 } else { 2 },
+        "BTF tracepoint programs (BPF_PROG_TYPE_TRACING: the state-change program and the \
+         nested-event one) with {}",
+        if classic {
+            "the classic tracepoint"
+        } else {
+            "the default"
+        }
     );
     let l = listen(sock);
     let mut conns = Vec::new();
