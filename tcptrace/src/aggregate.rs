@@ -2,7 +2,10 @@
 //!
 //! Values are recorded in microseconds. The overall histograms keep 3 significant digits; the
 //! per-group ones keep 2 (1% resolution) so that hundreds of groups stay within a few MiB.
-//! Groups are capped per dimension; what does not fit is counted under "other".
+//! Groups are capped per dimension; what does not fit is counted under "other". Each fact is
+//! read once (an `Update`) and added to the four places it counts in: overall, its port,
+//! its process and its cgroup (the test `aggregate_adds_facts_as_the_plain_version_did` holds
+//! this to matching the fact again for each).
 //!
 //! One dimension is the socket's cgroup id, unnamed: naming cgroups (and merging those of one
 //! workload) is the summary's business, so the aggregates stay a pure function of the events.
@@ -30,6 +33,11 @@ pub struct Hist {
     /// Exact sum of the recorded values in nanoseconds (before clamping), for exports that
     /// carry a sum (Prometheus `_sum`).
     sum_ns: u128,
+}
+
+/// A value in nanoseconds as the histograms hold it: microseconds, clamped to [`MAX_US`].
+fn to_us(ns: u64) -> u64 {
+    (ns / 1000).min(MAX_US)
 }
 
 /// Quantiles of a histogram in microseconds.
@@ -65,8 +73,13 @@ impl Hist {
     }
 
     pub fn record_ns(&mut self, ns: u64) {
+        self.record(ns, to_us(ns));
+    }
+
+    /// [`Hist::record_ns`] with the value in microseconds already worked out ([`to_us`]), for
+    /// a value recorded into several histograms.
+    fn record(&mut self, ns: u64, us: u64) {
         self.sum_ns += u128::from(ns);
-        let us = (ns / 1000).min(MAX_US);
         let sigfig = self.sigfig.max(1);
         let h = self.h.get_or_insert_with(|| {
             Box::new(
@@ -200,41 +213,105 @@ impl Stats {
         self.closes.iter().sum()
     }
 
-    fn add(&mut self, fact: &Fact) {
+    /// Adds one fact's figures, worked out once for all the groups it counts in.
+    fn apply(&mut self, u: &Update) {
+        match *u {
+            Update::Handshake { side, ns, us } => self.handshake[side].record(ns, us),
+            Update::Unmeasured { side } => self.handshake_unmeasured[side] += 1,
+            Update::Phase { i, ns, us } => self.phases[i].record(ns, us),
+            Update::Closed {
+                close,
+                lifetime,
+                bytes,
+            } => {
+                self.closes[close] += 1;
+                if let Some((ns, us)) = lifetime {
+                    self.lifetime.record(ns, us);
+                }
+                if let Some((sent, received)) = bytes {
+                    self.bytes_sent += sent;
+                    self.bytes_received += received;
+                    self.bytes_measured += 1;
+                }
+            }
+            Update::TimeWait => self.time_wait_entries += 1,
+            Update::SynRetransmit => self.syn_retransmits += 1,
+            Update::SynAckRetransmit => self.synack_retransmits += 1,
+            Update::ResetSent => self.resets_sent += 1,
+            Update::ResetReceived => self.resets_received += 1,
+            Update::None => {}
+        }
+    }
+}
+
+/// What one fact adds to each group it counts in ([`Stats::apply`]): the fact read once,
+/// values in both nanoseconds (the exact sums) and microseconds (the histograms).
+#[derive(Clone, Copy, Debug)]
+enum Update {
+    Handshake {
+        side: usize,
+        ns: u64,
+        us: u64,
+    },
+    Unmeasured {
+        side: usize,
+    },
+    Phase {
+        i: usize,
+        ns: u64,
+        us: u64,
+    },
+    Closed {
+        close: usize,
+        lifetime: Option<(u64, u64)>,
+        /// Payload bytes sent and received.
+        bytes: Option<(u64, u64)>,
+    },
+    TimeWait,
+    SynRetransmit,
+    SynAckRetransmit,
+    ResetSent,
+    ResetReceived,
+    None,
+}
+
+impl Update {
+    fn of(fact: &Fact) -> Self {
         match fact {
             Fact::Handshake {
                 side, latency_ns, ..
             } => {
-                let i = side_index(*side);
+                let side = side_index(*side);
                 match latency_ns {
-                    Some(ns) => self.handshake[i].record_ns(*ns),
-                    None => self.handshake_unmeasured[i] += 1,
+                    Some(ns) => Update::Handshake {
+                        side,
+                        ns: *ns,
+                        us: to_us(*ns),
+                    },
+                    None => Update::Unmeasured { side },
                 }
             }
             Fact::Phase {
                 phase, dwell_ns, ..
-            } => {
-                if let Some(i) = phase_index(*phase) {
-                    self.phases[i].record_ns(*dwell_ns);
-                }
-            }
-            Fact::Closed(c) => {
-                self.closes[close_index(c.close)] += 1;
-                if let Some(l) = c.lifetime_ns() {
-                    self.lifetime.record_ns(l);
-                }
-                if let Some(st) = c.stats {
-                    self.bytes_sent += st.bytes_acked;
-                    self.bytes_received += st.bytes_received;
-                    self.bytes_measured += 1;
-                }
-            }
-            Fact::TimeWait { .. } => self.time_wait_entries += 1,
-            Fact::SynRetransmit { .. } => self.syn_retransmits += 1,
-            Fact::SynAckRetransmit { .. } => self.synack_retransmits += 1,
-            Fact::Reset { sent: true, .. } => self.resets_sent += 1,
-            Fact::Reset { sent: false, .. } => self.resets_received += 1,
-            Fact::Transition { .. } => {}
+            } => match phase_index(*phase) {
+                Some(i) => Update::Phase {
+                    i,
+                    ns: *dwell_ns,
+                    us: to_us(*dwell_ns),
+                },
+                None => Update::None,
+            },
+            Fact::Closed(c) => Update::Closed {
+                close: close_index(c.close),
+                lifetime: c.lifetime_ns().map(|ns| (ns, to_us(ns))),
+                bytes: c.stats.map(|st| (st.bytes_acked, st.bytes_received)),
+            },
+            Fact::TimeWait { .. } => Update::TimeWait,
+            Fact::SynRetransmit { .. } => Update::SynRetransmit,
+            Fact::SynAckRetransmit { .. } => Update::SynAckRetransmit,
+            Fact::Reset { sent: true, .. } => Update::ResetSent,
+            Fact::Reset { sent: false, .. } => Update::ResetReceived,
+            Fact::Transition { .. } => Update::None,
         }
     }
 }
@@ -281,10 +358,10 @@ impl std::fmt::Display for GroupKey {
 ///
 /// Looked up for every fact (three times: a port dimension, the process and the cgroup), so
 /// the hot path does not hash: a port key finds its group through a 64 Ki-entry index, and a
-/// process or cgroup key through the last one seen (a churning host's facts mostly come from
-/// a few processes); other keys, and misses, go through the hash index. The test
-/// `groups_match_a_plain_hash_map` holds this to the plain `HashMap<GroupKey, Stats>` it
-/// replaces.
+/// process or cgroup key through a small direct-mapped cache of recent keys (a churning
+/// host's facts mostly come from a few processes, interleaved); other keys, and misses, go
+/// through the hash index. The test `groups_match_a_plain_hash_map` holds this to the plain
+/// `HashMap<GroupKey, Stats>` it replaces.
 #[derive(Clone, Debug, Default)]
 pub struct Groups {
     /// Each group's figures, in the order its key first appeared.
@@ -296,51 +373,90 @@ pub struct Groups {
     index: FxHashMap<GroupKey, u32>,
     /// Per port: 1 + the index of its group, 0 for none yet (allocated at the first port).
     by_port: Vec<u32>,
-    /// The last process looked up, and its group's index.
-    last_process: Option<(Comm, u32)>,
-    /// The last cgroup looked up, and its group's index.
-    last_cgroup: Option<(u64, u32)>,
+    /// Recent processes, each at a slot picked by a hash of its name, with 1 + the index of
+    /// its group (0: empty slot).
+    processes: [(Comm, u32); CACHE_SLOTS],
+    /// Recent cgroups, as `processes`.
+    cgroups: [(u64, u32); CACHE_SLOTS],
+}
+
+/// Slots in the caches of recent processes and cgroups.
+const CACHE_SLOTS: usize = 16;
+
+/// A process name's slot in [`Groups::processes`].
+fn comm_slot(c: &Comm) -> usize {
+    let (a, b) = c.0.split_at(8);
+    let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    id_slot(a ^ b.rotate_left(29))
+}
+
+/// A cgroup id's slot in [`Groups::cgroups`] (and the last step of [`comm_slot`]).
+fn id_slot(v: u64) -> usize {
+    (v.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % CACHE_SLOTS
 }
 
 impl Groups {
+    /// The group of a key of any kind (the fast paths by kind, else the hash index).
+    #[cfg(test)]
     fn get(&mut self, key: GroupKey) -> &mut Stats {
-        let i = match &key {
-            GroupKey::Port(p) => match self.by_port.get(usize::from(*p)) {
-                Some(&n) if n > 0 => n - 1,
-                _ => {
-                    let i = self.slow_index(key.clone());
-                    if self.order[i as usize] == key {
-                        if self.by_port.is_empty() {
-                            self.by_port = vec![0; 1 << 16];
-                        }
-                        self.by_port[usize::from(*p)] = i + 1;
+        match key {
+            GroupKey::Port(p) => self.port(p),
+            GroupKey::Process(c) => self.process(&c),
+            GroupKey::Cgroup(id) => self.cgroup(id),
+            key => {
+                let i = self.slow_index(key);
+                &mut self.stats[i as usize]
+            }
+        }
+    }
+
+    /// The group of a port.
+    fn port(&mut self, p: u16) -> &mut Stats {
+        let i = match self.by_port.get(usize::from(p)) {
+            Some(&n) if n > 0 => n - 1,
+            _ => {
+                let i = self.slow_index(GroupKey::Port(p));
+                if self.order[i as usize] == GroupKey::Port(p) {
+                    if self.by_port.is_empty() {
+                        self.by_port = vec![0; 1 << 16];
                     }
-                    i
+                    self.by_port[usize::from(p)] = i + 1;
                 }
-            },
-            GroupKey::Process(c) => match self.last_process {
-                Some((last, i)) if last == *c => i,
-                _ => {
-                    let c = *c;
-                    let i = self.slow_index(key);
-                    if self.order[i as usize] == GroupKey::Process(c) {
-                        self.last_process = Some((c, i));
-                    }
-                    i
+                i
+            }
+        };
+        &mut self.stats[i as usize]
+    }
+
+    /// The group of a process name.
+    fn process(&mut self, c: &Comm) -> &mut Stats {
+        let slot = comm_slot(c);
+        let i = match self.processes[slot] {
+            (k, n) if n > 0 && k == *c => n - 1,
+            _ => {
+                let i = self.slow_index(GroupKey::Process(*c));
+                if matches!(&self.order[i as usize], GroupKey::Process(k) if k == c) {
+                    self.processes[slot] = (*c, i + 1);
                 }
-            },
-            GroupKey::Cgroup(c) => match self.last_cgroup {
-                Some((last, i)) if last == *c => i,
-                _ => {
-                    let c = *c;
-                    let i = self.slow_index(key);
-                    if self.order[i as usize] == GroupKey::Cgroup(c) {
-                        self.last_cgroup = Some((c, i));
-                    }
-                    i
+                i
+            }
+        };
+        &mut self.stats[i as usize]
+    }
+
+    /// The group of a cgroup id.
+    fn cgroup(&mut self, id: u64) -> &mut Stats {
+        let slot = id_slot(id);
+        let i = match self.cgroups[slot] {
+            (k, n) if n > 0 && k == id => n - 1,
+            _ => {
+                let i = self.slow_index(GroupKey::Cgroup(id));
+                if self.order[i as usize] == GroupKey::Cgroup(id) {
+                    self.cgroups[slot] = (id, i + 1);
                 }
-            },
-            _ => self.slow_index(key),
+                i
+            }
         };
         &mut self.stats[i as usize]
     }
@@ -399,6 +515,80 @@ pub struct Edge {
     pub dwell: Hist,
 }
 
+/// Transitions per (old, new) edge, read as a map of the edges seen. Every transition looks
+/// its edge up, so by the two state numbers in a 13 x 13 table rather than by hashing.
+#[derive(Clone, Debug)]
+pub struct Edges {
+    /// The edges seen, in the order first seen.
+    seen: Vec<((TcpState, TcpState), Edge)>,
+    /// Per (old, new): 1 + the edge's index in `seen`, 0 for not seen.
+    slot: [u8; STATES * STATES],
+}
+
+/// The kernel's TCP states ([`TcpState::ALL`]).
+const STATES: usize = TcpState::ALL.len();
+
+impl Default for Edges {
+    fn default() -> Self {
+        Self {
+            seen: Vec::new(),
+            slot: [0; STATES * STATES],
+        }
+    }
+}
+
+impl Edges {
+    fn index(old: TcpState, new: TcpState) -> usize {
+        // State numbers run from 1 to STATES.
+        (usize::from(old as u8) - 1) * STATES + usize::from(new as u8) - 1
+    }
+
+    /// The figures of an edge, created empty if it was not seen yet.
+    fn entry(&mut self, old: TcpState, new: TcpState) -> &mut Edge {
+        let i = Self::index(old, new);
+        let n = match self.slot[i] {
+            0 => {
+                self.seen.push((
+                    (old, new),
+                    Edge {
+                        count: 0,
+                        dwell: Hist::with_sigfig(2),
+                    },
+                ));
+                // At most STATES * STATES = 169 edges: the index fits.
+                self.slot[i] = self.seen.len() as u8;
+                self.seen.len()
+            }
+            n => usize::from(n),
+        };
+        &mut self.seen[n - 1].1
+    }
+
+    pub fn get(&self, key: &(TcpState, TcpState)) -> Option<&Edge> {
+        match self.slot[Self::index(key.0, key.1)] {
+            0 => None,
+            n => Some(&self.seen[usize::from(n) - 1].1),
+        }
+    }
+
+    pub fn contains_key(&self, key: &(TcpState, TcpState)) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every edge seen, in the order first seen.
+    pub fn iter(&self) -> impl Iterator<Item = (&(TcpState, TcpState), &Edge)> {
+        self.seen.iter().map(|(k, e)| (k, e))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &(TcpState, TcpState)> {
+        self.seen.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Edge> {
+        self.seen.iter().map(|(_, e)| e)
+    }
+}
+
 /// All aggregates of a run.
 #[derive(Clone, Debug)]
 pub struct Aggregate {
@@ -413,7 +603,7 @@ pub struct Aggregate {
     /// workloads.
     pub by_cgroup: Groups,
     pub transitions: u64,
-    pub edges: FxHashMap<(TcpState, TcpState), Edge>,
+    pub edges: Edges,
     /// Listeners and TIME_WAIT from socket-table samples, with the SYN-ACK retransmits and
     /// overflow drops matched to them.
     pub listeners: Listeners,
@@ -428,7 +618,7 @@ impl Default for Aggregate {
             by_process: Groups::default(),
             by_cgroup: Groups::default(),
             transitions: 0,
-            edges: FxHashMap::default(),
+            edges: Edges::default(),
             listeners: Listeners::default(),
         }
     }
@@ -446,10 +636,7 @@ impl Aggregate {
         } = fact
         {
             self.transitions += 1;
-            let e = self.edges.entry((*old, *new)).or_insert_with(|| Edge {
-                count: 0,
-                dwell: Hist::with_sigfig(2),
-            });
+            let e = self.edges.entry(*old, *new);
             e.count += 1;
             if let Some(d) = dwell_ns {
                 e.dwell.record_ns(*d);
@@ -459,23 +646,22 @@ impl Aggregate {
         if let Fact::SynAckRetransmit { conn, .. } = fact {
             self.listeners.synack_retransmit(&conn.local);
         }
-        self.overall.add(fact);
+        let u = Update::of(fact);
+        self.overall.apply(&u);
         let conn = fact.conn();
         match conn.side {
-            Some(Side::Client) => self
-                .by_remote_port
-                .get(GroupKey::Port(conn.remote.port()))
-                .add(fact),
-            Some(Side::Server) => self
-                .by_local_port
-                .get(GroupKey::Port(conn.local.port()))
-                .add(fact),
+            Some(Side::Client) => self.by_remote_port.port(conn.remote.port()).apply(&u),
+            Some(Side::Server) => self.by_local_port.port(conn.local.port()).apply(&u),
             None => {}
         }
-        let process = conn.owner.map_or(Comm::default(), |o| o.comm);
-        self.by_process.get(GroupKey::Process(process)).add(fact);
-        let cgroup = conn.ident.cgroup.unwrap_or(0);
-        self.by_cgroup.get(GroupKey::Cgroup(cgroup)).add(fact);
+        let process = match &conn.owner {
+            Some(o) => self.by_process.process(&o.comm),
+            None => self.by_process.process(&Comm::default()),
+        };
+        process.apply(&u);
+        self.by_cgroup
+            .cgroup(conn.ident.cgroup.unwrap_or(0))
+            .apply(&u);
     }
 
     /// Whether any fact came with its socket's cgroup (else there are no workloads to show).
@@ -533,6 +719,223 @@ mod tests {
                 Stats::new(2)
             })
         }
+    }
+
+    /// The plain `Stats::add` that [`Update`] replaced: the fact matched again for every
+    /// group it counts in.
+    fn plain_stats_add(s: &mut Stats, fact: &Fact) {
+        match fact {
+            Fact::Handshake {
+                side, latency_ns, ..
+            } => {
+                let i = side_index(*side);
+                match latency_ns {
+                    Some(ns) => s.handshake[i].record_ns(*ns),
+                    None => s.handshake_unmeasured[i] += 1,
+                }
+            }
+            Fact::Phase {
+                phase, dwell_ns, ..
+            } => {
+                if let Some(i) = phase_index(*phase) {
+                    s.phases[i].record_ns(*dwell_ns);
+                }
+            }
+            Fact::Closed(c) => {
+                s.closes[close_index(c.close)] += 1;
+                if let Some(l) = c.lifetime_ns() {
+                    s.lifetime.record_ns(l);
+                }
+                if let Some(st) = c.stats {
+                    s.bytes_sent += st.bytes_acked;
+                    s.bytes_received += st.bytes_received;
+                    s.bytes_measured += 1;
+                }
+            }
+            Fact::TimeWait { .. } => s.time_wait_entries += 1,
+            Fact::SynRetransmit { .. } => s.syn_retransmits += 1,
+            Fact::SynAckRetransmit { .. } => s.synack_retransmits += 1,
+            Fact::Reset { sent: true, .. } => s.resets_sent += 1,
+            Fact::Reset { sent: false, .. } => s.resets_received += 1,
+            Fact::Transition { .. } => {}
+        }
+    }
+
+    /// The plain `Aggregate::add`: plain groups, each fact matched per group.
+    fn plain_add(
+        overall: &mut Stats,
+        dims: &mut [PlainGroups; 4],
+        edges: &mut FxHashMap<(TcpState, TcpState), Edge>,
+        fact: &Fact,
+    ) {
+        if let Fact::Transition {
+            old, new, dwell_ns, ..
+        } = fact
+        {
+            let e = edges.entry((*old, *new)).or_insert_with(|| Edge {
+                count: 0,
+                dwell: Hist::with_sigfig(2),
+            });
+            e.count += 1;
+            if let Some(d) = dwell_ns {
+                e.dwell.record_ns(*d);
+            }
+            return;
+        }
+        plain_stats_add(overall, fact);
+        let conn = fact.conn();
+        match conn.side {
+            Some(Side::Client) => {
+                plain_stats_add(dims[0].get(GroupKey::Port(conn.remote.port())), fact)
+            }
+            Some(Side::Server) => {
+                plain_stats_add(dims[1].get(GroupKey::Port(conn.local.port())), fact)
+            }
+            None => {}
+        }
+        let process = conn.owner.map_or(Comm::default(), |o| o.comm);
+        plain_stats_add(dims[2].get(GroupKey::Process(process)), fact);
+        let cgroup = conn.ident.cgroup.unwrap_or(0);
+        plain_stats_add(dims[3].get(GroupKey::Cgroup(cgroup)), fact);
+    }
+
+    #[test]
+    fn aggregate_adds_facts_as_the_plain_version_did() {
+        use crate::{
+            decode::{CloseStats, Ident, Owner, OwnerSource},
+            track::{Conn, Connection},
+        };
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let states = TcpState::ALL;
+        let mut fast = Aggregate::default();
+        let mut overall = Stats::new(3);
+        let mut dims: [PlainGroups; 4] = Default::default();
+        let mut edges = FxHashMap::default();
+        for i in 0..60_000u64 {
+            // Many ports (past MAX_GROUPS), and more processes and cgroups than the caches
+            // have slots, interleaved; values across the whole range, clamped ones included.
+            let side = [Some(Side::Client), Some(Side::Server), None][(next() % 3) as usize];
+            let conn = Conn {
+                sock: next() % 100,
+                local: ([10, 0, 0, 1], (next() % 1500) as u16).into(),
+                remote: ([10, 0, 0, 2], (next() % 1500) as u16).into(),
+                owner: (next() % 5 != 0).then(|| Owner {
+                    tgid: 1,
+                    pid: 1,
+                    comm: Comm::from_str_lossy(&format!("proc{}", next() % 40)),
+                    source: OwnerSource::Cached,
+                }),
+                side,
+                ident: Ident {
+                    cgroup: (next() % 5 != 0).then(|| next() % 40),
+                    netns: None,
+                },
+            };
+            let ns = match next() % 4 {
+                0 => next() % 10_000,
+                1 => next() % 10_000_000_000,
+                2 => next() % 200_000_000_000_000_000,
+                _ => next(),
+            };
+            let state = states[(next() % 13) as usize];
+            let fact = match next() % 10 {
+                0 => Fact::Transition {
+                    ts_ns: i,
+                    conn,
+                    old: state,
+                    new: states[(next() % 13) as usize],
+                    dwell_ns: (next() % 4 != 0).then_some(ns),
+                },
+                1 => Fact::Handshake {
+                    ts_ns: i,
+                    conn,
+                    side: if next() % 2 == 0 {
+                        Side::Client
+                    } else {
+                        Side::Server
+                    },
+                    latency_ns: (next() % 5 != 0).then_some(ns),
+                    retransmits: 0,
+                },
+                2 | 3 => Fact::Phase {
+                    ts_ns: i,
+                    conn,
+                    phase: state,
+                    dwell_ns: ns,
+                },
+                4 | 5 => Fact::Closed(Connection {
+                    conn,
+                    opened_ns: (next() % 4 != 0).then_some(i),
+                    closed_ns: i + ns % 1_000_000_000_000,
+                    handshake_ns: None,
+                    retransmits: 0,
+                    phases: [None; 5],
+                    close: CloseKind::ALL[(next() % 7) as usize],
+                    time_wait: false,
+                    stats: (next() % 2 == 0).then(|| CloseStats {
+                        bytes_acked: next() % 100_000,
+                        bytes_received: next() % 100_000,
+                        retrans: 0,
+                        srtt_us: 0,
+                    }),
+                }),
+                6 => Fact::TimeWait { ts_ns: i, conn },
+                7 => Fact::SynRetransmit { ts_ns: i, conn },
+                8 => Fact::SynAckRetransmit { ts_ns: i, conn },
+                _ => Fact::Reset {
+                    ts_ns: i,
+                    conn,
+                    sent: next() % 2 == 0,
+                },
+            };
+            fast.add(&fact);
+            plain_add(&mut overall, &mut dims, &mut edges, &fact);
+        }
+        assert_eq!(format!("{:?}", fast.overall), format!("{overall:?}"));
+        let fast_dims = [
+            &fast.by_remote_port,
+            &fast.by_local_port,
+            &fast.by_process,
+            &fast.by_cgroup,
+        ];
+        for (f, p) in fast_dims.into_iter().zip(&dims) {
+            assert_eq!(f.order, p.order);
+            for (k, s) in f.iter() {
+                assert_eq!(format!("{s:?}"), format!("{:?}", p.map[k]), "{k:?}");
+            }
+        }
+        assert!(
+            dims[0].map.contains_key(&GroupKey::Other),
+            "the port cap was not reached"
+        );
+        let mut fast_edges: Vec<_> = fast
+            .edges
+            .iter()
+            .map(|(k, e)| format!("{k:?} {e:?}"))
+            .collect();
+        let mut plain_edges: Vec<_> = edges.iter().map(|(k, e)| format!("{k:?} {e:?}")).collect();
+        fast_edges.sort();
+        plain_edges.sort();
+        assert_eq!(fast_edges, plain_edges);
+        for old in TcpState::ALL {
+            for new in TcpState::ALL {
+                let k = (old, new);
+                let want = edges.get(&k).map(|e| format!("{e:?}"));
+                assert_eq!(fast.edges.get(&k).map(|e| format!("{e:?}")), want, "{k:?}");
+                assert_eq!(fast.edges.contains_key(&k), want.is_some(), "{k:?}");
+            }
+        }
+        assert!(edges.len() > 150, "only {} edges seen", edges.len());
+        assert_eq!(
+            fast.transitions,
+            edges.values().map(|e| e.count).sum::<u64>()
+        );
     }
 
     #[test]

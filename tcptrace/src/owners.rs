@@ -22,6 +22,8 @@
 //! holds the filled-in events; replaying them through the cache changes nothing (only events
 //! that carry their owner update it, and those are the same in both runs).
 
+use std::collections::hash_map::Entry as MapEntry;
+
 use rustc_hash::FxHashMap;
 
 use crate::{
@@ -87,7 +89,32 @@ impl Owners {
     /// if an earlier event had named them.
     pub fn seed(&mut self, owners: impl IntoIterator<Item = (u64, Owner)>) {
         for (sock, owner) in owners {
-            self.insert(sock, owner);
+            self.make_room(sock, true);
+            let id = self.owners.id(Owner {
+                source: OwnerSource::Cached,
+                ..owner
+            });
+            self.by_sock.entry(sock).or_insert(Entry::EMPTY).owner = id;
+        }
+    }
+
+    /// The housekeeping that needs the whole map, before an entry for `sock` is written:
+    /// forgets unused owners when about to intern one (`interning`), and at [`CAPACITY`]
+    /// drops an arbitrary entry to make room for a new one.
+    fn make_room(&mut self, sock: u64, interning: bool) {
+        if interning && self.owners.wants_compaction(self.by_sock.len()) {
+            self.owners.compact(
+                self.by_sock
+                    .values_mut()
+                    .map(|e| &mut e.owner)
+                    .filter(|id| **id != NO_OWNER),
+            );
+        }
+        if self.by_sock.len() >= CAPACITY
+            && !self.by_sock.contains_key(&sock)
+            && let Some(&old) = self.by_sock.keys().next()
+        {
+            self.by_sock.remove(&old);
         }
     }
 
@@ -103,67 +130,13 @@ impl Owners {
         self.resolver = Some(r);
     }
 
-    fn intern(&mut self, owner: Owner) -> u32 {
-        if self.owners.wants_compaction(self.by_sock.len()) {
-            self.owners.compact(
-                self.by_sock
-                    .values_mut()
-                    .map(|e| &mut e.owner)
-                    .filter(|id| **id != NO_OWNER),
-            );
-        }
-        self.owners.id(owner)
-    }
-
-    fn get(&self, sock: u64) -> Option<Owner> {
-        self.by_sock
-            .get(&sock)
-            .filter(|e| e.owner != NO_OWNER)
-            .map(|e| self.owners.get(e.owner))
-    }
-
-    fn entry(&mut self, sock: u64) -> &mut Entry {
-        if self.by_sock.len() >= CAPACITY
-            && !self.by_sock.contains_key(&sock)
-            && let Some(&old) = self.by_sock.keys().next()
-        {
-            self.by_sock.remove(&old);
-        }
-        self.by_sock.entry(sock).or_insert(Entry::EMPTY)
-    }
-
-    fn insert(&mut self, sock: u64, owner: Owner) {
-        let id = self.intern(owner);
-        self.entry(sock).owner = id;
-    }
-
-    /// The name of a current owner whose name the kernel did not read.
-    fn name(&mut self, sock: u64, o: &Owner) -> Comm {
-        if let Some(c) = self
-            .get(sock)
-            .filter(|c| c.tgid == o.tgid && c.comm != Comm::default())
-        {
-            return c.comm;
-        }
-        if let Some(c) = self.comms.get(&o.tgid) {
-            return *c;
-        }
-        if let Some(c) = self.resolver.as_mut().and_then(|r| r(o.tgid, o.pid)) {
-            self.remember_comm(o.tgid, c);
-            return c;
-        }
-        Comm::default()
-    }
-
-    fn remember_comm(&mut self, tgid: u32, comm: Comm) {
-        if self.comms.len() >= COMM_CAPACITY {
-            self.comms.clear();
-        }
-        self.comms.insert(tgid, comm);
-    }
-
     /// Fills in the owner (and its name) and the identity of an event that lacks them, and
     /// keeps the cache current.
+    ///
+    /// One hash lookup of the socket per event (an entry, read once, written back or removed
+    /// through the same slot), where the plain version (`tests::PlainOwners`, which the tests
+    /// hold this to) did up to seven; and an owner is interned only when it differs from the
+    /// one the entry already names.
     pub fn fill(&mut self, ev: &mut Event) {
         let new_life = matches!(
             ev.kind,
@@ -175,46 +148,80 @@ impl Owners {
                 new: TcpState::SynSent | TcpState::Listen,
             }
         );
-        if new_life {
-            // A new socket at this address: an entry for it is a dead socket's.
-            self.by_sock.remove(&ev.sock);
+        let close = matches!(
+            ev.kind,
+            Kind::State {
+                new: TcpState::Close,
+                ..
+            }
+        );
+        let owns = ev
+            .owner
+            .is_some_and(|o| matches!(o.source, OwnerSource::Current | OwnerSource::Listener));
+        // What the event leaves in the cache (a CLOSE leaves nothing).
+        let writes = !close && (owns || ev.ident != Ident::default());
+        if writes {
+            self.make_room(ev.sock, owns);
         }
+        let Self {
+            by_sock,
+            owners,
+            comms,
+            resolver,
+        } = self;
+        let slot = by_sock.entry(ev.sock);
+        // The entry as the event finds it: a new socket at this address finds none (an entry
+        // for it is a dead socket's).
+        let prior = match &slot {
+            MapEntry::Occupied(o) if !new_life => Some(*o.get()),
+            _ => None,
+        };
+        let prior_owner = prior
+            .filter(|e| e.owner != NO_OWNER)
+            .map(|e| owners.get(e.owner));
         if let Some(o) = ev.owner.as_mut()
             && o.source == OwnerSource::Current
         {
             if o.comm == Comm::default() {
-                o.comm = self.name(ev.sock, o);
-            } else if self.comms.get(&o.tgid) != Some(&o.comm) {
-                self.remember_comm(o.tgid, o.comm);
+                o.comm = name(comms, resolver, prior_owner, o);
+            } else if comms.get(&o.tgid) != Some(&o.comm) {
+                remember_comm(comms, o.tgid, o.comm);
             }
         }
+        let mut e = prior.unwrap_or(Entry::EMPTY);
         match ev.owner {
-            Some(o) if matches!(o.source, OwnerSource::Current | OwnerSource::Listener) => {
-                self.insert(ev.sock, o);
+            Some(o) if owns => {
+                if writes {
+                    // Stored as `Cached`: the cache names every owner it fills in so.
+                    let o = Owner {
+                        source: OwnerSource::Cached,
+                        ..o
+                    };
+                    if prior_owner != Some(o) {
+                        e.owner = owners.id(o);
+                    }
+                }
             }
             Some(_) => {}
-            None if new_life => {}
             None => {
-                ev.owner = self.get(ev.sock).map(|o| Owner {
+                ev.owner = prior_owner.map(|o| Owner {
                     source: OwnerSource::Cached,
                     ..o
                 });
             }
         }
-        if ev.ident != Ident::default() {
-            let e = self.entry(ev.sock);
-            e.cgroup = ev.ident.cgroup.unwrap_or(e.cgroup);
-            e.netns = ev.ident.netns.unwrap_or(e.netns);
-            ev.ident = e.ident();
-        } else if let Some(e) = self.by_sock.get(&ev.sock) {
-            ev.ident = e.ident();
-        }
-        if let Kind::State {
-            new: TcpState::Close,
-            ..
-        } = ev.kind
-        {
-            self.by_sock.remove(&ev.sock);
+        e.cgroup = ev.ident.cgroup.unwrap_or(e.cgroup);
+        e.netns = ev.ident.netns.unwrap_or(e.netns);
+        ev.ident = e.ident();
+        match slot {
+            MapEntry::Occupied(mut o) if writes => *o.get_mut() = e,
+            MapEntry::Vacant(v) if writes => {
+                v.insert(e);
+            }
+            MapEntry::Occupied(o) if close || new_life => {
+                o.remove();
+            }
+            _ => {}
         }
     }
 
@@ -225,6 +232,34 @@ impl Owners {
             .filter(|e| e.owner != NO_OWNER)
             .count()
     }
+}
+
+/// The name of a current owner whose name the kernel did not read: the socket's entry's
+/// (same process), the last one an event gave the process, or the resolver's; else empty.
+fn name(
+    comms: &mut FxHashMap<u32, Comm>,
+    resolver: &mut Option<CommResolver>,
+    entry_owner: Option<Owner>,
+    o: &Owner,
+) -> Comm {
+    if let Some(c) = entry_owner.filter(|c| c.tgid == o.tgid && c.comm != Comm::default()) {
+        return c.comm;
+    }
+    if let Some(c) = comms.get(&o.tgid) {
+        return *c;
+    }
+    if let Some(c) = resolver.as_mut().and_then(|r| r(o.tgid, o.pid)) {
+        remember_comm(comms, o.tgid, c);
+        return c;
+    }
+    Comm::default()
+}
+
+fn remember_comm(comms: &mut FxHashMap<u32, Comm>, tgid: u32, comm: Comm) {
+    if comms.len() >= COMM_CAPACITY {
+        comms.clear();
+    }
+    comms.insert(tgid, comm);
 }
 
 #[cfg(test)]
@@ -385,25 +420,67 @@ mod tests {
         assert_eq!(c.len(), 0);
     }
 
-    /// The plain map `Owners` replaced (owners inline, no interning): the twin the
-    /// interned version is tested against.
+    /// The plain version `Owners` replaced, step by step as it was before the one-lookup
+    /// rewrite (a lookup per question, up to seven per event), with owners inline instead of
+    /// interned: the twin the fast version is tested against.
     #[derive(Default)]
-    pub struct SimpleOwners {
-        by_sock: FxHashMap<u64, Owner>,
+    pub struct PlainOwners {
+        /// Socket -> owner, cgroup id, namespace (0: unknown).
+        by_sock: FxHashMap<u64, (Option<Owner>, u64, u32)>,
+        comms: FxHashMap<u32, Comm>,
+        resolver: Option<CommResolver>,
     }
 
-    impl SimpleOwners {
-        fn insert(&mut self, sock: u64, owner: Owner) {
+    impl PlainOwners {
+        fn entry(&mut self, sock: u64) -> &mut (Option<Owner>, u64, u32) {
             if self.by_sock.len() >= CAPACITY
                 && !self.by_sock.contains_key(&sock)
                 && let Some(&old) = self.by_sock.keys().next()
             {
                 self.by_sock.remove(&old);
             }
-            self.by_sock.insert(sock, owner);
+            self.by_sock.entry(sock).or_insert((None, 0, 0))
         }
 
-        /// Fills in the owner of an event that has none, and keeps the cache current.
+        fn get(&self, sock: u64) -> Option<Owner> {
+            self.by_sock.get(&sock).and_then(|e| e.0)
+        }
+
+        fn ident(&self, sock: u64) -> Ident {
+            self.by_sock.get(&sock).map_or_else(Ident::default, |e| {
+                Entry {
+                    owner: NO_OWNER,
+                    cgroup: e.1,
+                    netns: e.2,
+                }
+                .ident()
+            })
+        }
+
+        fn remember_comm(&mut self, tgid: u32, comm: Comm) {
+            if self.comms.len() >= COMM_CAPACITY {
+                self.comms.clear();
+            }
+            self.comms.insert(tgid, comm);
+        }
+
+        fn name(&mut self, sock: u64, o: &Owner) -> Comm {
+            if let Some(c) = self
+                .get(sock)
+                .filter(|c| c.tgid == o.tgid && c.comm != Comm::default())
+            {
+                return c.comm;
+            }
+            if let Some(c) = self.comms.get(&o.tgid) {
+                return *c;
+            }
+            if let Some(c) = self.resolver.as_mut().and_then(|r| r(o.tgid, o.pid)) {
+                self.remember_comm(o.tgid, c);
+                return c;
+            }
+            Comm::default()
+        }
+
         pub fn fill(&mut self, ev: &mut Event) {
             // A socket's first event: an entry for its address is a dead socket's.
             let new_life = matches!(
@@ -419,18 +496,35 @@ mod tests {
             if new_life {
                 self.by_sock.remove(&ev.sock);
             }
+            if let Some(o) = ev.owner.as_mut()
+                && o.source == OwnerSource::Current
+            {
+                if o.comm == Comm::default() {
+                    o.comm = self.name(ev.sock, o);
+                } else if self.comms.get(&o.tgid) != Some(&o.comm) {
+                    self.remember_comm(o.tgid, o.comm);
+                }
+            }
             match ev.owner {
                 Some(o) if matches!(o.source, OwnerSource::Current | OwnerSource::Listener) => {
-                    self.insert(ev.sock, o);
+                    self.entry(ev.sock).0 = Some(o);
                 }
                 Some(_) => {}
                 None if new_life => {}
                 None => {
-                    ev.owner = self.by_sock.get(&ev.sock).map(|o| Owner {
+                    ev.owner = self.get(ev.sock).map(|o| Owner {
                         source: OwnerSource::Cached,
-                        ..*o
+                        ..o
                     });
                 }
+            }
+            if ev.ident != Ident::default() {
+                let e = self.entry(ev.sock);
+                e.1 = ev.ident.cgroup.unwrap_or(e.1);
+                e.2 = ev.ident.netns.unwrap_or(e.2);
+                ev.ident = self.ident(ev.sock);
+            } else if self.by_sock.contains_key(&ev.sock) {
+                ev.ident = self.ident(ev.sock);
             }
             if let Kind::State {
                 new: TcpState::Close,
@@ -440,12 +534,17 @@ mod tests {
                 self.by_sock.remove(&ev.sock);
             }
         }
+
+        fn len(&self) -> usize {
+            self.by_sock.values().filter(|e| e.0.is_some()).count()
+        }
     }
 
     #[test]
-    fn interned_owners_fill_events_as_the_plain_map_did() {
+    fn one_lookup_interned_owners_fill_events_as_the_plain_map_did() {
         // Random events over few sockets and many processes, so that interning, entry
-        // replacement, CLOSE and the forgetting of unused owners all happen often.
+        // replacement, CLOSE, names from the entry, the process or the resolver, identities
+        // and the forgetting of unused owners all happen often.
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             rng ^= rng << 13;
@@ -453,32 +552,92 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut interned = Owners::default();
-        let mut plain = SimpleOwners::default();
+        let resolver = || -> CommResolver {
+            Box::new(|tgid, _| (tgid % 3 == 0).then(|| Comm::from_str_lossy(&format!("r{tgid}"))))
+        };
+        let mut fast = Owners::default();
+        let mut plain = PlainOwners::default();
+        fast.set_resolver(resolver());
+        plain.resolver = Some(resolver());
         let states = [1u8, 2, 3, 4, 5, 7, 8, 9, 10];
-        for _ in 0..300_000 {
+        let mut named = 0;
+        for step in 0..300_000u64 {
             let sk = next() % 64;
             let old = states[(next() % 9) as usize];
             let new = states[(next() % 9) as usize];
-            let o = match next() % 4 {
+            let tgid = if next() % 2 == 0 {
+                (next() % 20_000) as u32
+            } else {
+                (next() % 16) as u32
+            };
+            let o = match next() % 6 {
                 0 => None,
-                1 => owner((next() % 20_000) as u32, OwnerSource::Current),
-                2 => owner((next() % 8) as u32, OwnerSource::Listener),
+                1 => owner(tgid, OwnerSource::Current),
+                // As the kernel sends a close: the pid without its name.
+                2 => Some(Owner {
+                    comm: Comm::default(),
+                    ..owner(tgid, OwnerSource::Current).expect("owner")
+                }),
+                3 => owner((next() % 8) as u32, OwnerSource::Listener),
+                4 => owner((next() % 8) as u32, OwnerSource::Proc),
                 _ => owner((next() % 8) as u32, OwnerSource::Cached),
             };
             let mut a = ev(sk, old, new, o);
+            match next() % 8 {
+                0 => a.ident.cgroup = Some(1 + next() % 5),
+                1 => a.ident.netns = Some(1 + (next() % 3) as u32),
+                2 => {
+                    a.ident = Ident {
+                        cgroup: Some(next() % 3),
+                        netns: Some((next() % 3) as u32),
+                    }
+                }
+                _ => {}
+            }
+            if step % 5000 == 0 {
+                let seeded = [(next() % 64, owner(tgid, OwnerSource::Proc).expect("owner"))];
+                fast.seed(seeded);
+                for (sock, o) in seeded {
+                    plain.entry(sock).0 = Some(o);
+                }
+            }
             let mut b = a;
-            interned.fill(&mut a);
+            fast.fill(&mut a);
             plain.fill(&mut b);
-            assert_eq!(a.owner, b.owner);
-            assert_eq!(interned.len(), plain.by_sock.len());
+            assert_eq!(a, b, "step {step}");
+            named += usize::from(a.owner.is_some_and(|o| o.comm.0[0] == b'r'));
+            let probe = next() % 64;
+            assert_eq!(fast.ident(probe), plain.ident(probe), "step {step}");
+            assert_eq!(fast.len(), plain.len(), "step {step}");
         }
+        assert!(named > 1000, "the resolver named only {named} owners");
         // The table of distinct owners stayed bounded although 20,000 pids came and went.
         assert!(
-            interned.owners.len() <= crate::intern::SLACK.max(2 * interned.len()) + 1,
+            fast.owners.len() <= crate::intern::SLACK.max(2 * fast.len()) + 1,
             "{} distinct owners for {} entries",
-            interned.owners.len(),
-            interned.len()
+            fast.owners.len(),
+            fast.len()
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity() {
+        let mut c = Owners::default();
+        let extra = 1000u64;
+        for sk in 0..CAPACITY as u64 + extra {
+            c.fill(&mut ev(
+                sk,
+                7,
+                2,
+                owner((sk % 50) as u32, OwnerSource::Current),
+            ));
+        }
+        assert_eq!(c.by_sock.len(), CAPACITY);
+        // The newest socket kept its owner.
+        let last = CAPACITY as u64 + extra - 1;
+        assert_eq!(
+            filled(&mut c, ev(last, 2, 1, None)),
+            Some(((last % 50) as u32, OwnerSource::Cached))
         );
     }
 }

@@ -20,13 +20,69 @@ use crate::{
 /// How often (in event time) idle sockets are swept from the tracker.
 const SWEEP_EVERY_NS: u64 = 60_000_000_000;
 
+/// Sockets that predate the run, by (local, remote): a map that only shrinks, with a bitmap
+/// of its keys' port pairs in front. Every event's addresses are looked up in it and almost
+/// none is there: the bitmap rules those out without hashing two socket addresses (a few
+/// dozen instructions per event). The test `prior_maps_answer_as_plain_maps` holds it to
+/// the plain map.
+struct PriorMap<V> {
+    map: FxHashMap<(SocketAddr, SocketAddr), V>,
+    /// One bit per [`pair_slot`], set for every key the map was made with.
+    ports: Vec<u64>,
+}
+
+impl<V> Default for PriorMap<V> {
+    fn default() -> Self {
+        Self {
+            map: FxHashMap::default(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+impl<V> PriorMap<V> {
+    fn new(entries: impl IntoIterator<Item = ((SocketAddr, SocketAddr), V)>) -> Self {
+        let map: FxHashMap<_, _> = entries.into_iter().collect();
+        let mut ports = vec![0u64; if map.is_empty() { 0 } else { 1 << 10 }];
+        for (l, r) in map.keys() {
+            let i = pair_slot(l.port(), r.port());
+            ports[i / 64] |= 1 << (i % 64);
+        }
+        Self { map, ports }
+    }
+
+    /// Whether the map may hold (local, remote): false only if it surely does not.
+    fn may_hold(&self, local: &SocketAddr, remote: &SocketAddr) -> bool {
+        let i = pair_slot(local.port(), remote.port());
+        !self.map.is_empty()
+            && self
+                .ports
+                .get(i / 64)
+                .is_some_and(|w| (w >> (i % 64)) & 1 != 0)
+    }
+
+    fn get(&self, key: &(SocketAddr, SocketAddr)) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn remove(&mut self, key: &(SocketAddr, SocketAddr)) -> Option<V> {
+        self.map.remove(key)
+    }
+}
+
+/// A (local port, remote port) pair's bit in [`PriorMap::ports`] (a listener's remote port
+/// is 0, so its children, with the same local port, mostly fall elsewhere).
+fn pair_slot(local: u16, remote: u16) -> usize {
+    ((u32::from(local).wrapping_mul(0x9e37) ^ u32::from(remote)) & 0xffff) as usize
+}
+
 struct Core {
     /// Fills in the owners of softirq-context events (see `owners`).
     owners: Owners,
     /// Owners of sockets that predate the run, by (local, remote), applied to events that
     /// still have no owner after `owners` (before any sink sees them, so recordings carry
     /// them too).
-    prior_owners: FxHashMap<(SocketAddr, SocketAddr), Owner>,
+    prior_owners: PriorMap<Owner>,
     tracker: Tracker,
     agg: Aggregate,
     facts: Vec<Fact>,
@@ -39,9 +95,11 @@ struct Core {
 }
 
 impl Core {
-    fn process(&mut self, mut ev: Event) {
-        self.owners.fill(&mut ev);
-        if !self.prior_owners.is_empty() {
+    /// Takes one event through owners, tracker, aggregate and sinks; `ev` is the caller's
+    /// own copy (the reorder stage's), filled in where it is.
+    fn process(&mut self, ev: &mut Event) {
+        self.owners.fill(ev);
+        if self.prior_owners.may_hold(&ev.local, &ev.remote) {
             let key = (ev.local, ev.remote);
             if ev.owner.is_none() {
                 ev.owner = self.prior_owners.get(&key).copied();
@@ -56,7 +114,7 @@ impl Core {
         }
         for (s, err) in self.sinks.iter_mut().zip(&mut self.sink_errors) {
             if err.is_none()
-                && let Err(e) = guarded(|| s.event(&ev))
+                && let Err(e) = guarded(|| s.event(ev))
             {
                 *err = Some(e);
             }
@@ -65,7 +123,7 @@ impl Core {
             self.agg.listeners.overflow_drop(&ev.local);
         }
         self.facts.clear();
-        self.tracker.process(&ev, &mut self.facts);
+        self.tracker.process(ev, &mut self.facts);
         self.dispatch();
         if ev.ts_ns.saturating_sub(self.last_sweep_ns) > SWEEP_EVERY_NS {
             self.last_sweep_ns = ev.ts_ns;
@@ -112,7 +170,7 @@ pub struct Pipeline {
     /// Sockets that predate the run, by (local, remote), with their state and holder as /proc
     /// showed them at start, until their first event arrives (from then on the tracker counts
     /// them: the tracker keys sockets by kernel address, which /proc does not show).
-    prior_sockets: FxHashMap<(SocketAddr, SocketAddr), (TcpState, Option<Owner>)>,
+    prior_sockets: PriorMap<(TcpState, Option<Owner>)>,
     reorder: Reorder,
     core: Core,
     undecodable: u64,
@@ -123,11 +181,11 @@ impl Pipeline {
     pub fn new(sinks: Vec<Box<dyn Sink>>) -> Self {
         let sink_errors = sinks.iter().map(|_| None).collect();
         Self {
-            prior_sockets: FxHashMap::default(),
+            prior_sockets: PriorMap::default(),
             reorder: Reorder::new(WINDOW_NS),
             core: Core {
                 owners: Owners::default(),
-                prior_owners: FxHashMap::default(),
+                prior_owners: PriorMap::default(),
                 tracker: Tracker::new(Limits::default()),
                 agg: Aggregate::default(),
                 facts: Vec::with_capacity(8),
@@ -163,7 +221,7 @@ impl Pipeline {
         by_addr: impl IntoIterator<Item = (SocketAddr, SocketAddr, Owner)>,
     ) {
         self.core.owners.seed(by_sock);
-        self.core.prior_owners = by_addr.into_iter().map(|(l, r, o)| ((l, r), o)).collect();
+        self.core.prior_owners = PriorMap::new(by_addr.into_iter().map(|(l, r, o)| ((l, r), o)));
     }
 
     /// Installs the lookup of process names the kernel did not send (see `owners`).
@@ -177,10 +235,8 @@ impl Pipeline {
         &mut self,
         socks: impl IntoIterator<Item = (SocketAddr, SocketAddr, TcpState, Option<Owner>)>,
     ) {
-        self.prior_sockets = socks
-            .into_iter()
-            .map(|(l, r, st, o)| ((l, r), (st, o)))
-            .collect();
+        self.prior_sockets =
+            PriorMap::new(socks.into_iter().map(|(l, r, st, o)| ((l, r), (st, o))));
     }
 
     /// Sockets that existed before the run and have had no event since: (local, remote),
@@ -188,7 +244,7 @@ impl Pipeline {
     pub fn prior_sockets(
         &self,
     ) -> impl Iterator<Item = (&(SocketAddr, SocketAddr), &(TcpState, Option<Owner>))> {
-        self.prior_sockets.iter()
+        self.prior_sockets.map.iter()
     }
 
     /// The identity (cgroup, network namespace) the owner cache holds for a socket that has
@@ -199,7 +255,7 @@ impl Pipeline {
 
     /// Feeds one decoded event in.
     pub fn push(&mut self, ev: Event) {
-        if !self.prior_sockets.is_empty() {
+        if self.prior_sockets.may_hold(&ev.local, &ev.remote) {
             self.prior_sockets.remove(&(ev.local, ev.remote));
         }
         let core = &mut self.core;
@@ -208,8 +264,8 @@ impl Pipeline {
 
     /// Feeds an event that is already in the order the tracker must see it, bypassing the
     /// reorder window: a recording holds the order the live run's reorder stage released.
-    pub fn push_ordered(&mut self, ev: Event) {
-        self.core.process(ev);
+    pub fn push_ordered(&mut self, mut ev: Event) {
+        self.core.process(&mut ev);
     }
 
     /// Feeds one socket-table sample in. Samples skip the reorder window (they are taken once
@@ -270,5 +326,68 @@ impl Pipeline {
 
     pub fn undecodable(&self) -> u64 {
         self.undecodable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prior_maps_answer_as_plain_maps() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let addr = |n: u64, port: u16| -> SocketAddr {
+            if n.is_multiple_of(3) {
+                ([0u16, 0, 0, 0, 0, 0, 0, n as u16 % 4], port).into()
+            } else {
+                ([10, 0, 0, (n % 4) as u8], port).into()
+            }
+        };
+        // Listeners (remote port 0) and connections, few ports so that keys share slots.
+        let keys: Vec<(SocketAddr, SocketAddr)> = (0..300u64)
+            .map(|i| {
+                let lp = (next() % 400) as u16;
+                let rp = if i.is_multiple_of(4) {
+                    0
+                } else {
+                    (next() % 400) as u16
+                };
+                (addr(next(), lp), addr(next(), rp))
+            })
+            .collect();
+        let mut plain: FxHashMap<_, _> = keys.iter().map(|k| (*k, k.0.port())).collect();
+        let mut fast = PriorMap::new(plain.iter().map(|(k, v)| (*k, *v)));
+        for _ in 0..200_000 {
+            let key = if next().is_multiple_of(4) {
+                keys[(next() % keys.len() as u64) as usize]
+            } else {
+                (
+                    addr(next(), (next() % 400) as u16),
+                    addr(next(), (next() % 400) as u16),
+                )
+            };
+            let fast_hit = if fast.may_hold(&key.0, &key.1) {
+                fast.get(&key).copied()
+            } else {
+                None
+            };
+            assert_eq!(fast_hit, plain.get(&key).copied(), "{key:?}");
+            if next().is_multiple_of(2) && fast.may_hold(&key.0, &key.1) {
+                assert_eq!(fast.remove(&key), plain.remove(&key), "{key:?}");
+            } else if next().is_multiple_of(2) {
+                plain.remove(&key);
+                fast.remove(&key);
+            }
+        }
+        assert!(plain.len() < 200, "too few removals: {} left", plain.len());
+        assert_eq!(fast.map, plain);
+        let empty = PriorMap::<u16>::default();
+        assert!(!empty.may_hold(&keys[0].0, &keys[0].1));
     }
 }

@@ -15,7 +15,8 @@ pub const WINDOW_NS: u64 = 2_000_000;
 
 /// Held events sorted by (timestamp, arrival order). The ring buffer delivers nearly sorted
 /// input, so almost every event is appended at the back and released from the front: no
-/// heap sifting, one move in and one move out per event (events are ~130 bytes).
+/// heap sifting, and one move in per event (events are ~180 bytes): a released event is
+/// handed on in place, where it is held, and then dropped.
 #[derive(Debug, Default)]
 pub struct Reorder {
     held: VecDeque<Event>,
@@ -31,8 +32,9 @@ impl Reorder {
         }
     }
 
-    /// Adds an event and releases, in order, every event older than the window.
-    pub fn push(&mut self, ev: Event, mut release: impl FnMut(Event)) {
+    /// Adds an event and releases, in order, every event older than the window (`release`
+    /// may change it as it goes on: it is the stage's own copy).
+    pub fn push(&mut self, ev: Event, mut release: impl FnMut(&mut Event)) {
         self.newest_ns = self.newest_ns.max(ev.ts_ns);
         let ts = ev.ts_ns;
         if self.held.back().is_none_or(|b| b.ts_ns <= ts) {
@@ -44,17 +46,19 @@ impl Reorder {
             self.held.insert(at, ev);
         }
         let horizon = self.newest_ns.saturating_sub(self.window_ns);
-        while self.held.front().is_some_and(|h| h.ts_ns <= horizon) {
-            if let Some(ev) = self.held.pop_front() {
-                release(ev);
-            }
+        while let Some(ev) = self.held.front_mut()
+            && ev.ts_ns <= horizon
+        {
+            release(ev);
+            self.held.pop_front();
         }
     }
 
     /// Releases everything held, in order (at exit, or when the source has gone quiet).
-    pub fn flush(&mut self, mut release: impl FnMut(Event)) {
-        while let Some(ev) = self.held.pop_front() {
+    pub fn flush(&mut self, mut release: impl FnMut(&mut Event)) {
+        while let Some(ev) = self.held.front_mut() {
             release(ev);
+            self.held.pop_front();
         }
     }
 

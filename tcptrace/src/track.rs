@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::{
-    decode::{CloseStats, Event, Ident, Kind, Owner, TcpState},
+    decode::{CloseStats, Event, Ident, Kind, Owner, OwnerSource, TcpState},
     intern::Interner,
 };
 
@@ -257,8 +257,12 @@ impl OptNs {
 struct Sock {
     local: SocketAddr,
     remote: SocketAddr,
-    /// The owner's id in the tracker's [`Interner`], or [`NO_OWNER`].
+    /// The owner's id in the tracker's [`Interner`], or [`NO_OWNER`]. The table holds owners
+    /// without their source, so that a socket's events, whose owners alternate between
+    /// `current` (its system calls) and `cached` (softirq), name one entry in it.
     owner: u32,
+    /// How the event that named the owner knew it.
+    owner_source: OwnerSource,
     side: Option<Side>,
     state: TcpState,
     /// When the current state was entered; `None` if first seen mid-life in this state.
@@ -439,12 +443,18 @@ impl Tracker {
         })
     }
 
-    /// The interned id of an event's owner; first forgets owners no tracked socket refers
-    /// to, when there are many of them.
+    /// The interned id of an event's owner (its source aside, see [`Sock::owner`]); first
+    /// forgets owners no tracked socket refers to, when there are many of them.
     fn owner_id(&mut self, owner: Option<Owner>) -> u32 {
         let Some(o) = owner else {
             return NO_OWNER;
         };
+        self.compact_owners();
+        self.owners.id(sourceless(o))
+    }
+
+    /// Forgets owners no tracked socket refers to, when there are many of them.
+    fn compact_owners(&mut self) {
         if self.owners.wants_compaction(self.socks.len()) {
             self.owners.compact(
                 self.socks
@@ -453,12 +463,10 @@ impl Tracker {
                     .filter(|id| **id != NO_OWNER),
             );
         }
-        self.owners.id(o)
     }
 
     fn transition(&mut self, ev: &Event, old: TcpState, new: TcpState, out: &mut Vec<Fact>) {
         let ts = ev.ts_ns;
-        let owner = self.owner_id(ev.owner);
         let restart = matches!(
             (old, new),
             (TcpState::Close, TcpState::SynSent)
@@ -466,6 +474,7 @@ impl Tracker {
                 | (TcpState::Listen, TcpState::SynRecv)
         );
         if restart {
+            let owner = self.owner_id(ev.owner);
             // A parked close of this address must come out before its successor's facts.
             while let Some(i) = self.parked.iter().position(|(_, c)| c.conn.sock == ev.sock) {
                 if let Some((_, c)) = self.parked.remove(i) {
@@ -501,17 +510,25 @@ impl Tracker {
             return;
         }
 
+        if ev.owner.is_some() {
+            self.compact_owners();
+        }
         let stats = &mut self.stats;
         let s = self.socks.get_or_insert_with(ev.sock, || {
             stats.joined_mid_life += 1;
-            Sock::new(ev, owner, side_from_state(old), old, None, ts)
+            Sock::new(ev, NO_OWNER, side_from_state(old), old, None, ts)
         });
         // Keep the newest addresses and owner: a client's local port is 0 at CLOSE->SYN_SENT
-        // (connect() sets the state before it picks the port).
+        // (connect() sets the state before it picks the port). Most events name the process
+        // the socket already has: no need to intern it again.
         s.local = ev.local;
         s.remote = ev.remote;
-        if owner != NO_OWNER {
-            s.owner = owner;
+        if let Some(o) = ev.owner {
+            let (source, o) = (o.source, sourceless(o));
+            if s.owner == NO_OWNER || self.owners.get(s.owner) != o {
+                s.owner = self.owners.id(o);
+            }
+            s.owner_source = source;
         }
         let conn = s.conn(ev.sock, &self.owners).with_ident(ev.ident);
         let consistent = s.state == old;
@@ -673,6 +690,14 @@ impl Tracker {
 /// A tracked socket without an owner.
 const NO_OWNER: u32 = u32::MAX;
 
+/// An owner as the tracker's table holds it: the source is kept per socket.
+fn sourceless(o: Owner) -> Owner {
+    Owner {
+        source: OwnerSource::Cached,
+        ..o
+    }
+}
+
 impl Sock {
     /// A socket as event `ev` shows it, its owner already interned as `owner`.
     fn new(
@@ -687,6 +712,7 @@ impl Sock {
             local: ev.local,
             remote: ev.remote,
             owner,
+            owner_source: ev.owner.map_or(OwnerSource::Cached, |o| o.source),
             side,
             state,
             since_ns: OptNs::new(since_ns),
@@ -706,7 +732,10 @@ impl Sock {
             sock,
             local: self.local,
             remote: self.remote,
-            owner: (self.owner != NO_OWNER).then(|| owners.get(self.owner)),
+            owner: (self.owner != NO_OWNER).then(|| Owner {
+                source: self.owner_source,
+                ..owners.get(self.owner)
+            }),
             side: self.side,
             ident: Ident::default(),
         }

@@ -571,3 +571,99 @@ fn owners_stay_right_when_the_owner_table_forgets_dead_processes() {
     assert_eq!(closed, 20_000);
     assert!(t.owners.len() <= crate::intern::SLACK, "{}", t.owners.len());
 }
+
+#[test]
+fn facts_name_each_sockets_newest_owner_with_its_source() {
+    // The tracker interns an owner only when the socket's process changes, and keeps its
+    // source per socket. Held to the plain rule over random events: a socket's facts name
+    // the owner of its newest event that had one (since it started or was first seen),
+    // with that event's source. Many processes, so the owner table is compacted often.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let states = [
+        S::Established,
+        S::SynSent,
+        S::SynRecv,
+        S::FinWait1,
+        S::FinWait2,
+        S::Close,
+        S::CloseWait,
+        S::LastAck,
+        S::Listen,
+    ];
+    let sources = [
+        OwnerSource::Current,
+        OwnerSource::Cached,
+        OwnerSource::Listener,
+    ];
+    let mut t = Tracker::new(Limits::default());
+    let mut model: FxHashMap<u64, Option<Owner>> = FxHashMap::default();
+    let mut out = Vec::new();
+    let mut checked = 0;
+    for i in 0..200_000u64 {
+        let sock = next() % 16;
+        let owner = match next() % 4 {
+            0 => None,
+            r => {
+                let pid = if r == 1 {
+                    (next() % 10_000) as u32
+                } else {
+                    (next() % 3) as u32
+                };
+                Some(Owner {
+                    tgid: pid,
+                    pid: pid + (next() % 2) as u32,
+                    comm: Comm::from_str_lossy(&format!("p{}", pid % 5)),
+                    source: sources[(next() % 3) as usize],
+                })
+            }
+        };
+        let kind = match next() % 10 {
+            0 => Kind::SynRetransmit,
+            1 => Kind::ResetReceived,
+            _ => Kind::State {
+                old: states[(next() % 9) as usize],
+                new: states[(next() % 9) as usize],
+            },
+        };
+        let mut e = ev(0, sock, kind);
+        e.ts_ns = i * 1000;
+        e.owner = owner;
+        let want = match kind {
+            Kind::State { old, new } => {
+                let restart = matches!(
+                    (old, new),
+                    (S::Close, S::SynSent) | (S::Close, S::Listen) | (S::Listen, S::SynRecv)
+                );
+                let m = model.entry(sock).or_insert(owner);
+                if restart || owner.is_some() {
+                    *m = owner;
+                }
+                let want = Some(*m);
+                if new == S::Close && !restart {
+                    model.remove(&sock);
+                }
+                want
+            }
+            Kind::SynRetransmit => Some(*model.entry(sock).or_insert(owner)),
+            _ => None,
+        };
+        out.clear();
+        t.process(&e, &mut out);
+        for f in &out {
+            let named = match f {
+                Fact::Transition { conn, .. } | Fact::SynRetransmit { conn, .. } => conn.owner,
+                _ => continue,
+            };
+            assert_eq!(Some(named), want, "event {i}: {e:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 150_000, "{checked}");
+    assert!(t.owners.len() <= crate::intern::SLACK, "{}", t.owners.len());
+}
