@@ -572,6 +572,25 @@ fn push_json_opt_str(line: &mut String, s: Option<&str>) {
 }
 
 /// A JSON integer or `null`.
+/// The start every JSON line shares: `{"time":..,"ts_ns":..,"pid":..`.
+fn push_json_head(line: &mut String, time: &str, ts_ns: u64, owner: Option<Owner>) {
+    line.push_str("{\"time\":");
+    push_json_str(line, time);
+    line.push_str(",\"ts_ns\":");
+    push_u64(line, ts_ns, 0);
+    line.push_str(",\"pid\":");
+    push_json_u64(line, owner.map(|o| u64::from(o.tgid)));
+}
+
+/// `,"comm":` and the owner's process name, or `null`.
+fn push_json_comm(line: &mut String, owner: Option<Owner>) {
+    line.push_str(",\"comm\":");
+    match &owner {
+        Some(o) => push_json_str(line, &o.comm.as_str()),
+        None => line.push_str("null"),
+    }
+}
+
 fn push_json_u64(line: &mut String, v: Option<u64>) {
     match v {
         Some(v) => {
@@ -823,20 +842,11 @@ impl<W: io::Write> Stream<W> {
                 let time = &mut self.time;
                 time.clear();
                 self.rfc3339.push(time, &self.clock, ts_ns);
-                line.push_str("{\"time\":");
-                push_json_str(line, time);
-                line.push_str(",\"ts_ns\":");
-                push_u64(line, ts_ns, 0);
                 let o = conn.owner;
-                line.push_str(",\"pid\":");
-                push_json_u64(line, o.map(|o| u64::from(o.tgid)));
+                push_json_head(line, time, ts_ns, o);
                 line.push_str(",\"tid\":");
                 push_json_u64(line, o.map(|o| u64::from(o.pid)));
-                line.push_str(",\"comm\":");
-                match &o {
-                    Some(o) => push_json_str(line, &o.comm.as_str()),
-                    None => line.push_str("null"),
-                }
+                push_json_comm(line, o);
                 line.push_str(",\"owner\":");
                 push_json_opt_name(line, o.map(|o| owner_source_name(o.source)));
                 push_json_endpoints(line, conn);
@@ -945,18 +955,9 @@ impl<W: io::Write> Stream<W> {
                 let time = &mut self.time;
                 time.clear();
                 self.rfc3339.push(time, &self.clock, c.closed_ns);
-                line.push_str("{\"time\":");
-                push_json_str(line, time);
-                line.push_str(",\"ts_ns\":");
-                push_u64(line, c.closed_ns, 0);
                 let o = conn.owner;
-                line.push_str(",\"pid\":");
-                push_json_u64(line, o.map(|o| u64::from(o.tgid)));
-                line.push_str(",\"comm\":");
-                match &o {
-                    Some(o) => push_json_str(line, &o.comm.as_str()),
-                    None => line.push_str("null"),
-                }
+                push_json_head(line, time, c.closed_ns, o);
+                push_json_comm(line, o);
                 line.push_str(",\"side\":");
                 push_json_opt_name(line, conn.side.map(|s| s.name()));
                 push_json_endpoints(line, conn);
