@@ -13,13 +13,24 @@ use crate::decode::Event;
 /// How far behind the newest event an event is held.
 pub const WINDOW_NS: u64 = 2_000_000;
 
-/// Held events sorted by (timestamp, arrival order). The ring buffer delivers nearly sorted
-/// input, so almost every event is appended at the back and released from the front: no
-/// heap sifting, and one move in per event (events are ~180 bytes): a released event is
-/// handed on in place, where it is held, and then dropped.
+/// Held events in two queues, each sorted by (timestamp, arrival order), released from
+/// whichever front is older. The ring buffers deliver nearly sorted input, so almost every
+/// event is appended to `held` and released from its front: no heap sifting, and one move in
+/// per event (events are ~180 bytes): a released event is handed on in place, where it is
+/// held, and then dropped. The records of one drain come sorted, but a drain can start
+/// before the end of the one before it in time (another CPU's ring): those events go to
+/// `late`, appended in order too. Inserting them into `held` instead shifted the held events
+/// behind each one (a tenth of a millisecond of them at 300,000 events/s): 3% of the tracer's
+/// time in `memmove`.
+///
+/// Why the two fronts give the order of one: an event goes to `late` only when it is older
+/// than `held`'s newest, and to `held` only when it is not, so an event of `held` and one of
+/// `late` with one timestamp came in that order (the `held` one first), and every event of
+/// `late` is older than something still in `held` or released.
 #[derive(Debug, Default)]
 pub struct Reorder {
     held: VecDeque<Event>,
+    late: VecDeque<Event>,
     newest_ns: u64,
     window_ns: u64,
 }
@@ -34,37 +45,52 @@ impl Reorder {
 
     /// Adds an event and releases, in order, every event older than the window (`release`
     /// may change it as it goes on: it is the stage's own copy).
-    pub fn push(&mut self, ev: Event, mut release: impl FnMut(&mut Event)) {
+    pub fn push(&mut self, ev: Event, release: impl FnMut(&mut Event)) {
         self.newest_ns = self.newest_ns.max(ev.ts_ns);
         let ts = ev.ts_ns;
         if self.held.back().is_none_or(|b| b.ts_ns <= ts) {
             self.held.push_back(ev);
+        } else if self.late.back().is_none_or(|b| b.ts_ns <= ts) {
+            self.late.push_back(ev);
         } else {
-            // Out of order: after every held event with a timestamp <= ts (equal timestamps
-            // keep arrival order).
-            let at = self.held.partition_point(|h| h.ts_ns <= ts);
-            self.held.insert(at, ev);
+            // Older than some late event too: after every late event with a timestamp <= ts
+            // (equal timestamps keep arrival order).
+            let at = self.late.partition_point(|h| h.ts_ns <= ts);
+            self.late.insert(at, ev);
         }
         let horizon = self.newest_ns.saturating_sub(self.window_ns);
-        while let Some(ev) = self.held.front_mut()
-            && ev.ts_ns <= horizon
-        {
-            release(ev);
-            self.held.pop_front();
-        }
+        self.release_to(horizon, release);
     }
 
     /// Releases everything held, in order (at exit, or when the source has gone quiet).
-    pub fn flush(&mut self, mut release: impl FnMut(&mut Event)) {
-        while let Some(ev) = self.held.front_mut() {
-            release(ev);
-            self.held.pop_front();
+    pub fn flush(&mut self, release: impl FnMut(&mut Event)) {
+        self.release_to(u64::MAX, release);
+    }
+
+    /// Releases, oldest first, every held event stamped at or before `horizon`.
+    fn release_to(&mut self, horizon: u64, mut release: impl FnMut(&mut Event)) {
+        loop {
+            let from_late = match (self.held.front(), self.late.front()) {
+                (Some(h), Some(l)) => l.ts_ns < h.ts_ns,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            let queue = if from_late {
+                &mut self.late
+            } else {
+                &mut self.held
+            };
+            match queue.front_mut() {
+                Some(ev) if ev.ts_ns <= horizon => release(ev),
+                _ => return,
+            }
+            queue.pop_front();
         }
     }
 
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.late.is_empty()
     }
 }
 
@@ -137,6 +163,47 @@ mod tests {
             }
             r.flush(|e| out.push(e.sock));
             assert_eq!(out, reference(window, &input), "window {window}");
+        }
+    }
+
+    /// Input as the reader hands it on: drains of two CPUs' streams, each drain sorted, a
+    /// drain starting up to `lag` before the end of the one before it, with equal
+    /// timestamps; checked against the min-heap for several windows.
+    #[test]
+    fn releases_exactly_as_a_min_heap_on_overlapping_sorted_drains() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (window, lag) in [(0, 5), (10, 5), (10, 40), (100, 40), (1000, 300)] {
+            let mut input = Vec::new();
+            let mut t = 1000u64;
+            let mut id = 0;
+            for _ in 0..200 {
+                let start = t.saturating_sub(rand() % (lag + 1));
+                let mut batch: Vec<u64> = (0..1 + rand() % 30)
+                    .map(|_| start + rand() % (lag + 20))
+                    .collect();
+                batch.sort_unstable();
+                t = t.max(batch.last().copied().unwrap_or(t));
+                for ts in batch {
+                    input.push((ts, id));
+                    id += 1;
+                }
+            }
+            let mut r = Reorder::new(window);
+            let mut out = Vec::new();
+            for &(ts, id) in &input {
+                let mut e = ev(ts);
+                e.sock = id;
+                r.push(e, |e| out.push(e.sock));
+            }
+            r.flush(|e| out.push(e.sock));
+            assert!(r.is_empty());
+            assert_eq!(out, reference(window, &input), "window {window}, lag {lag}");
         }
     }
 
