@@ -40,7 +40,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 pub use churn::{ChurnArgs, churn_main};
 use churn::{CloseOrder, Load, churn};
-pub use massclose::{HoldArgs, hold_main};
+pub use massclose::{HoldArgs, hold_main, skipped_check};
 use proc::{Exit, Scraper, Tracer, TracerStats, pty, snapshot};
 
 /// Pause between runs, so one run's tail (namespace teardown, tracer exit) settles.
@@ -316,6 +316,7 @@ fn stop_tcptrace(
         Some(v) => {
             stats.transitions = json_u64(&v, "transitions");
             stats.lost = json_u64(&v, "lost");
+            stats.lost_skipped = Some(json_u64(&v, "lost_skipped").unwrap_or(0));
         }
         None => notes.push(format!(
             "no summary JSON ({}); stderr: {}",

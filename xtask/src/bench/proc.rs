@@ -162,6 +162,9 @@ pub struct TracerStats {
     pub total_cpu_secs: f64,
     pub transitions: Option<u64>,
     pub lost: Option<u64>,
+    /// Of `lost`, the events the kernel skipped (`lost_skipped`, absent from the summary
+    /// when 0).
+    pub lost_skipped: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
     pub output_bytes: Option<u64>,
     /// The kernel's run-time statistics of the tracer's BPF programs while the churn ran
