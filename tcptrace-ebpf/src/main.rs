@@ -771,13 +771,19 @@ pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) ->
 /// It knows by [`TAKEN`]. On entry the main program notes the event and where the kernel
 /// built the event's arguments: a local array of the kernel function that runs each
 /// program, so at one address for both programs of one event, on the stack of the context
-/// the event came in (a task's, or the interrupt stack). It keeps one entry per stack, for
-/// the last two stacks it ran on. This program takes the event as taken when either entry
-/// holds it at its own arguments' address. An interrupt's events go to the interrupt
-/// stack's entry and leave the interrupted context's alone, wherever the interrupt came:
-/// inside the main program (its events are skipped there, then not found here, and
-/// handled), between the two programs, or inside this one (the kernel skips this one for
-/// them; the main program took them).
+/// the event came in (a task's, or the interrupt stack: softirqs run there, except after an
+/// interrupt of user mode, when no program of the task is running). It keeps one entry per
+/// stack, for the last two stacks it ran on. This program takes the event as taken when
+/// either entry holds it at its own arguments' address, and marks the entry consumed. An
+/// interrupt's events go to the interrupt stack's entry and leave the interrupted
+/// context's alone, wherever the interrupt came: inside the main program (its events are
+/// skipped there, then not found here, and handled), between the two programs, or inside
+/// this one (the kernel skips this one for them; the main program took them).
+///
+/// This relies on what runs between the two programs of one event on a CPU: interrupts
+/// only, as tracepoint probes run with preemption off (Linux 6.18 and before). Where the
+/// kernel runs them preemptible (a task preempted between the two programs while two other
+/// tasks' events come and go), an event can be handled twice, or skipped by both.
 ///
 /// A flag that the main program set while it ran missed the bursts that interrupted it
 /// in the kernel's own code around it (after the kernel marks it running, before its first
@@ -790,12 +796,15 @@ pub fn set_state_nested(ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
         return 0;
     };
     // SAFETY: this CPU's slot of a per-CPU array.
-    let took = unsafe {
+    unsafe {
         let me = Taken::of(&ctx, &raw mut (*t).scratch[1]);
-        me.is(&raw const (*t).recent) || me.is(&raw const (*t).older)
-    };
-    if took {
-        return 0;
+        for entry in [&raw mut (*t).recent, &raw mut (*t).older] {
+            if me.is(entry) {
+                // Consumed: a later event of a socket at a reused address cannot match it.
+                core::ptr::write_volatile(&raw mut (*entry).states, CONSUMED);
+                return 0;
+            }
+        }
     }
     count(counter::NESTED_SEEN);
     btf_set_state::<true>(&ctx);
@@ -818,6 +827,9 @@ struct Taken {
 fn same_stack(a: u64, b: u64) -> bool {
     a.wrapping_sub(b).wrapping_add(SAME_STACK) < 2 * SAME_STACK
 }
+
+/// The states of a consumed [`Taken`]: no transition's.
+const CONSUMED: u64 = u64::MAX;
 
 /// Two argument addresses this close are on one stack: a kernel stack is 16 KiB or more and
 /// the tracepoint's frames lie well within 8 KiB of its top, while two stacks' frames lie
@@ -856,9 +868,12 @@ impl Taken {
         // SAFETY: as the caller promises; volatile, so that the stores stay in this order
         // and are not merged with the caller's.
         unsafe {
-            core::ptr::write_volatile(&raw mut (*to).args, (*from).args);
+            // No address first and the address last, so that an event that interrupts the
+            // copy never finds a mix of two entries at an address.
+            core::ptr::write_volatile(&raw mut (*to).args, 0);
             core::ptr::write_volatile(&raw mut (*to).sk, (*from).sk);
             core::ptr::write_volatile(&raw mut (*to).states, (*from).states);
+            core::ptr::write_volatile(&raw mut (*to).args, (*from).args);
         }
     }
 

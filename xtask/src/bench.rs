@@ -317,6 +317,7 @@ fn stop_tcptrace(
             stats.transitions = json_u64(&v, "transitions");
             stats.lost = json_u64(&v, "lost");
             stats.lost_skipped = Some(json_u64(&v, "lost_skipped").unwrap_or(0));
+            stats.gaps = v.get("track").and_then(|t| json_u64(t, "gaps"));
         }
         None => notes.push(format!(
             "no summary JSON ({}); stderr: {}",

@@ -165,6 +165,9 @@ pub struct TracerStats {
     /// Of `lost`, the events the kernel skipped (`lost_skipped`, absent from the summary
     /// when 0).
     pub lost_skipped: Option<u64>,
+    /// Transitions whose old state was not the state the tracker held (summary
+    /// `track.gaps`): a missed or a doubled event, when nothing was lost.
+    pub gaps: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
     pub output_bytes: Option<u64>,
     /// The kernel's run-time statistics of the tracer's BPF programs while the churn ran
