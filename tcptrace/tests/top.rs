@@ -16,12 +16,13 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{BIN, CloseOrder, IO_TIMEOUT, connect_and_close, require_root};
+use common::{BIN, CloseOrder, IO_TIMEOUT, connect_and_close, exit_code_after, require_root};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/loopback.jsonl");
@@ -461,4 +462,151 @@ fn wait(child: &mut std::process::Child, timeout: Duration) -> std::process::Exi
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A pseudo-terminal of 160x48: (master, slave).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (-1, -1);
+    let size = libc::winsize {
+        ws_row: 48,
+        ws_col: 160,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds; the name and termios pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: two fresh fds that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+/// A terminal that stops reading (a slow SSH link, output paused with Ctrl-S) holds up the
+/// dashboard's frames, not the reader of the kernel's rings: `top` runs on a pseudo-terminal
+/// whose other side nobody reads, filled up to what the kernel buffers, with rings of 64 KiB,
+/// while the test makes 400 connections (4,000 transitions, several rings' worth); then the
+/// terminal is drained and `top` ends on SIGTERM. Every transition must be there and none
+/// lost. When the frames were written by the thread that reads the rings, its next frame
+/// stopped it, and this lost most of the events.
+#[test]
+#[ignore = "needs root; run by `cargo xtask test`"]
+fn a_terminal_that_stops_reading_loses_no_events() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let summary_path = unique("stalled-summary");
+    let (mut master, slave) = pty();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["top", "--interval", "0.2", "--ring-kib", "64"])
+        .args(["--port", &port.to_string(), "--summary-json"])
+        .arg(&summary_path)
+        .stdin(slave.try_clone().expect("pty"))
+        .stdout(slave)
+        .stderr(Stdio::piped());
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the pty (stdin, set above)
+    // the child's controlling terminal, as crossterm needs.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start tcptrace top");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let start = Instant::now();
+    while !line.contains("tracing TCP state transitions") {
+        line.clear();
+        let n = err.read_line(&mut line).expect("stderr");
+        assert!(n > 0, "tcptrace exited before it was ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not ready in 30 s"
+        );
+    }
+    // Fill what the kernel buffers between the terminal's two sides, through a second
+    // descriptor of the terminal that does not block (the child's would), so that the
+    // dashboard's next frame waits for a reader that is not there.
+    std::thread::sleep(Duration::from_secs(1));
+    let name = {
+        let mut buf = [0 as libc::c_char; 128];
+        // SAFETY: ptsname_r writes a NUL-terminated name into the buffer of the given size.
+        let r = unsafe {
+            libc::ptsname_r(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        assert_eq!(r, 0, "ptsname_r");
+        // SAFETY: NUL-terminated by ptsname_r.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&name)
+        .expect("open the terminal again");
+    let mut filled = 0usize;
+    while filled < 64 << 20 {
+        match std::io::Write::write(&mut filler, &[b'.'; 4096]) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the terminal: {e}"),
+        }
+    }
+    assert!(filled < 64 << 20, "the terminal never filled");
+    // A few connections change the figures on screen, so the next frame has something to
+    // write, and waits.
+    for _ in 0..5 {
+        connect_and_close(&listener, CloseOrder::ClientFirst);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..395 {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(&listener, order);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Read the terminal again, so that `top` can leave it.
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while matches!(master.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    // SAFETY: a signal to our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait(&mut child, Duration::from_secs(20));
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    drop(drain);
+    let text = std::fs::read_to_string(&summary_path).expect("summary file");
+    let _ = std::fs::remove_file(&summary_path);
+    assert_eq!(
+        status.code(),
+        Some(exit_code_after(libc::SIGTERM)),
+        "top ended with {status}\n{rest}"
+    );
+    let summary: Value = serde_json::from_str(&text).expect("summary JSON");
+    assert_eq!(summary["lost"], 0, "{text}");
+    assert_eq!(summary["overall"]["connections"], 800, "{text}");
 }
