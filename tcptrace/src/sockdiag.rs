@@ -40,7 +40,10 @@
 //! core dumped every second and 0.26% dumped every 5 s, side by side on a loaded machine (an
 //! earlier run, TIME_WAIT every second, saw 0.75%): the samples without TIME_WAIT still walk
 //! those sockets, since SYN_RECV requests live in the same hash, but build no message for
-//! them (and only in the families with a listener, see above).
+//! them (and only in the families with a listener, see above). And they walk only while
+//! there can be requests to count ([`requests_due`]): the last walk found some, or the
+//! namespace's handshake trouble counters moved; otherwise requests are counted by the next
+//! TIME_WAIT sample's walk.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -270,11 +273,14 @@ impl Diag {
 }
 
 /// Reads a TCP socket table snapshot of one namespace into a [`Sample`] (no owners yet): its
-/// listeners, and its TIME_WAIT sockets when `time_wait` (else `None`: not asked for, so not
-/// built by the kernel).
+/// listeners, their request sockets when `requests` (else each listener's `syn_recv` is 0:
+/// not counted; see [`requests_due`]), and its TIME_WAIT sockets when `time_wait` (else
+/// `None`: not asked for, so not built by the kernel; a TIME_WAIT sample counts requests
+/// too, in the same walk).
 pub fn sample_table(
     diag: &mut Diag,
     time_wait: bool,
+    requests: bool,
 ) -> Result<(Vec<ListenerSample>, Option<TimeWaitSample>), DiagError> {
     let mut t = Table::default();
     if time_wait {
@@ -292,7 +298,7 @@ pub fn sample_table(
         }
         let seen: Vec<SocketAddr> = t.listeners.iter().map(|l| l.local).collect();
         for (family, walk) in [2u8, 10].into_iter().zip(request_families(&seen)) {
-            if walk {
+            if walk && requests {
                 t.dump(diag, family, STATES & !(1 << TCP_LISTEN))?;
             }
         }
@@ -359,6 +365,55 @@ pub fn request_families(listeners: &[SocketAddr]) -> [bool; 2] {
     ]
 }
 
+/// Whether a sample without TIME_WAIT walks the established hash for request sockets: when
+/// the namespace's previous walk found some (a listener under a steady flow of handshakes
+/// keeps being counted every sample), or when its handshake trouble counters
+/// ([`syn_activity`]) moved since the previous sample or cannot be read. Otherwise the walk
+/// waits for the next TIME_WAIT sample (every `--time-wait-interval`), which counts requests
+/// in its own walk. A request socket lives one round trip unless its handshake is in
+/// trouble, and trouble shows in those counters within a second (a SYN-ACK is first
+/// retransmitted after 1 s; a full request queue drops or answers with a cookie at once),
+/// so a walk that would find requests is rarely skipped; and on a host whose listeners are
+/// idle beside many connections of its own the walk, the sampler's whole cost, is made
+/// every few seconds instead of every second.
+pub fn requests_due(found_last: bool, activity: Option<u64>, previous: Option<u64>) -> bool {
+    found_last || activity.is_none() || activity != previous
+}
+
+/// The sum of a namespace's `TcpExt` counters that move when handshakes are in trouble, from
+/// the text of its `/proc/net/netstat`: SYN and SYN-ACK retransmits, listen overflows and
+/// drops, SYN cookies sent, request-queue-full drops and cookies. `None` without a `TcpExt`
+/// section.
+pub fn syn_activity(netstat: &str) -> Option<u64> {
+    const NAMES: [&str; 6] = [
+        "TCPSynRetrans",
+        "ListenOverflows",
+        "ListenDrops",
+        "SyncookiesSent",
+        "TCPReqQFullDoCookies",
+        "TCPReqQFullDrop",
+    ];
+    let mut lines = netstat.lines();
+    let mut found = None;
+    while let Some(names) = lines.next() {
+        let Some(values) = lines.next() else { break };
+        let (Some(n), Some(v)) = (
+            names.strip_prefix("TcpExt:"),
+            values.strip_prefix("TcpExt:"),
+        ) else {
+            continue;
+        };
+        let sum = n
+            .split_whitespace()
+            .zip(v.split_whitespace())
+            .filter(|(name, _)| NAMES.contains(name))
+            .filter_map(|(_, value)| value.parse::<u64>().ok())
+            .fold(0u64, u64::wrapping_add);
+        found = Some(found.unwrap_or(0u64).wrapping_add(sum));
+    }
+    found
+}
+
 /// Where a watched namespace came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {
@@ -379,6 +434,10 @@ struct Ns {
     netstat: Option<File>,
     /// Samples taken of it so far (for [`time_wait_due`]).
     taken: u64,
+    /// Whether its last walk for request sockets found any, and its [`syn_activity`] at the
+    /// previous sample (for [`requests_due`]).
+    requests_found: bool,
+    syn_activity: Option<u64>,
 }
 
 /// The inode of the namespace a `/proc/PID/ns/net`-like path names.
@@ -509,6 +568,8 @@ impl Sampler {
                     diag,
                     netstat: File::open("/proc/thread-self/net/netstat").ok(),
                     taken: 0,
+                    requests_found: false,
+                    syn_activity: None,
                 }),
                 Err(e) => warnings.push(format!(
                     "the socket-table sampler cannot read this namespace: {e} (it needs a kernel with inet_diag/tcp_diag and, in a container, the host's permission to use NETLINK_SOCK_DIAG)"
@@ -555,6 +616,8 @@ impl Sampler {
             diag,
             netstat,
             taken: 0,
+            requests_found: false,
+            syn_activity: None,
         });
         Ok(())
     }
@@ -626,16 +689,21 @@ impl Sampler {
             // stays full is seen full in the sample whose interval counts its overflows
             // (`listeners::attribute`). Read the other way round, overflows between the dump
             // and the read fell in an interval where no sample showed the listener full.
-            let netstat = ns.netstat.as_mut().and_then(|f| {
+            let text = ns.netstat.as_mut().and_then(|f| {
                 let mut text = String::new();
                 f.seek(SeekFrom::Start(0)).ok()?;
                 f.read_to_string(&mut text).ok()?;
-                Netstat::parse(&text)
+                Some(text)
             });
+            let netstat = text.as_deref().and_then(Netstat::parse);
+            let activity = text.as_deref().and_then(syn_activity);
             let with_tw = time_wait_due(ns.taken, self.cfg.time_wait_every);
+            let requests = with_tw || requests_due(ns.requests_found, activity, ns.syn_activity);
             ns.taken += 1;
-            match sample_table(&mut ns.diag, with_tw) {
+            ns.syn_activity = activity;
+            match sample_table(&mut ns.diag, with_tw, requests) {
                 Ok((listeners, time_wait)) => {
+                    ns.requests_found = listeners.iter().any(|l| l.syn_recv > 0);
                     out.push(Sample {
                         ts_ns,
                         netns: ns.inode,
@@ -916,13 +984,35 @@ mod tests {
     }
 
     #[test]
+    fn request_walks_follow_what_was_found_and_the_trouble_counters() {
+        assert!(requests_due(true, Some(5), Some(5)), "found some last time");
+        assert!(
+            !requests_due(false, Some(5), Some(5)),
+            "none found, nothing moved"
+        );
+        assert!(requests_due(false, Some(6), Some(5)), "a counter moved");
+        assert!(requests_due(false, Some(5), None), "the first sample");
+        assert!(requests_due(false, None, None), "counters unreadable");
+    }
+
+    #[test]
+    fn syn_activity_sums_the_handshake_trouble_counters() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows TCPSynRetrans DelayedACKs ListenDrops\n\
+                    TcpExt: 1 2 40 1000 2\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 7\n";
+        assert_eq!(syn_activity(text), Some(45));
+        assert_eq!(syn_activity("IpExt: InNoRoutes\nIpExt: 7\n"), None);
+    }
+
+    #[test]
     fn this_namespace_shows_our_listener_with_its_backlog() {
         let Ok(mut diag) = Diag::open() else {
             panic!("NETLINK_SOCK_DIAG is not available to the unit tests");
         };
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        let (listeners, tw) = sample_table(&mut diag, false).expect("dump");
+        let (listeners, tw) = sample_table(&mut diag, false, true).expect("dump");
         assert_eq!(tw, None, "TIME_WAIT not asked for");
         let me = listeners
             .iter()
@@ -932,7 +1022,7 @@ mod tests {
         assert_eq!(me.backlog, 128);
         assert_eq!(me.accept_queue, 0);
         let c = std::net::TcpStream::connect(addr).expect("connect");
-        let (listeners, tw) = sample_table(&mut diag, true).expect("dump");
+        let (listeners, tw) = sample_table(&mut diag, true, false).expect("dump");
         assert!(tw.is_some(), "TIME_WAIT asked for");
         let me = listeners
             .iter()
