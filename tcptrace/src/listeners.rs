@@ -62,6 +62,27 @@ pub struct Netstat {
     pub req_q_full_drop: u64,
 }
 
+/// The `TcpExt` counters in the text of a `/proc/net/netstat` file (its first pair of
+/// `TcpExt:` lines: names, then values), as (name, value); `None` without that section. A
+/// value that does not parse reads as 0.
+pub fn tcpext(text: &str) -> Option<impl Iterator<Item = (&str, u64)>> {
+    let mut lines = text.lines();
+    while let Some(names) = lines.next() {
+        let Some(values) = lines.next() else { break };
+        if let (Some(n), Some(v)) = (
+            names.strip_prefix("TcpExt:"),
+            values.strip_prefix("TcpExt:"),
+        ) {
+            return Some(
+                n.split_whitespace()
+                    .zip(v.split_whitespace())
+                    .map(|(name, value)| (name, value.parse().unwrap_or(0))),
+            );
+        }
+    }
+    None
+}
+
 impl Netstat {
     /// The field names as `/proc/net/netstat` spells them, in the order of [`Netstat::values`].
     pub const NAMES: [&'static str; 7] = [
@@ -98,28 +119,16 @@ impl Netstat {
         }
     }
 
-    /// Parses the text of a `/proc/net/netstat` file (pairs of `TcpExt:` lines: names, then
-    /// values). `None` when there is no `TcpExt` section; a counter the kernel does not have
-    /// reads as 0.
+    /// Parses the text of a `/proc/net/netstat` file ([`tcpext`]). `None` when there is no
+    /// `TcpExt` section; a counter the kernel does not have reads as 0.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut lines = text.lines();
-        while let Some(names) = lines.next() {
-            let Some(values) = lines.next() else { break };
-            let (Some(n), Some(v)) = (
-                names.strip_prefix("TcpExt:"),
-                values.strip_prefix("TcpExt:"),
-            ) else {
-                continue;
-            };
-            let mut out = [0u64; 7];
-            for (name, value) in n.split_whitespace().zip(v.split_whitespace()) {
-                if let Some(i) = Self::NAMES.iter().position(|k| *k == name) {
-                    out[i] = value.parse().unwrap_or(0);
-                }
+        let mut out = [0u64; 7];
+        for (name, value) in tcpext(text)? {
+            if let Some(i) = Self::NAMES.iter().position(|k| *k == name) {
+                out[i] = value;
             }
-            return Some(Self::from_values(out));
         }
-        None
+        Some(Self::from_values(out))
     }
 
     /// `self - earlier`, counter by counter (a counter that went backwards gives 0).

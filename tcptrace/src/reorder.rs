@@ -137,6 +137,20 @@ mod tests {
         out
     }
 
+    /// The ids of `input` ((timestamp, id) in arrival order) as a [`Reorder`] releases them.
+    fn reorder(window: u64, input: &[(u64, u64)]) -> Vec<u64> {
+        let mut r = Reorder::new(window);
+        let mut out = Vec::new();
+        for &(ts, id) in input {
+            let mut e = ev(ts);
+            e.sock = id;
+            r.push(e, |e| out.push(e.sock));
+        }
+        r.flush(|e| out.push(e.sock));
+        assert!(r.is_empty());
+        out
+    }
+
     #[test]
     fn releases_exactly_as_a_min_heap_on_jittered_input() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -154,15 +168,11 @@ mod tests {
                 // Jitter back by up to 20, with many equal timestamps.
                 input.push((t - rand() % 21, id));
             }
-            let mut r = Reorder::new(window);
-            let mut out = Vec::new();
-            for &(ts, id) in &input {
-                let mut e = ev(ts);
-                e.sock = id;
-                r.push(e, |e| out.push(e.sock));
-            }
-            r.flush(|e| out.push(e.sock));
-            assert_eq!(out, reference(window, &input), "window {window}");
+            assert_eq!(
+                reorder(window, &input),
+                reference(window, &input),
+                "window {window}"
+            );
         }
     }
 
@@ -194,15 +204,7 @@ mod tests {
                     id += 1;
                 }
             }
-            let mut r = Reorder::new(window);
-            let mut out = Vec::new();
-            for &(ts, id) in &input {
-                let mut e = ev(ts);
-                e.sock = id;
-                r.push(e, |e| out.push(e.sock));
-            }
-            r.flush(|e| out.push(e.sock));
-            assert!(r.is_empty());
+            let out = reorder(window, &input);
             assert_eq!(out, reference(window, &input), "window {window}, lag {lag}");
         }
     }

@@ -381,9 +381,9 @@ pub fn requests_due(found_last: bool, activity: Option<u64>, previous: Option<u6
 }
 
 /// The sum of a namespace's `TcpExt` counters that move when handshakes are in trouble, from
-/// the text of its `/proc/net/netstat`: SYN and SYN-ACK retransmits, listen overflows and
-/// drops, SYN cookies sent, request-queue-full drops and cookies. `None` without a `TcpExt`
-/// section.
+/// the text of its `/proc/net/netstat` ([`crate::listeners::tcpext`]): SYN and SYN-ACK
+/// retransmits, listen overflows and drops, SYN cookies sent, request-queue-full drops and
+/// cookies. `None` without a `TcpExt` section.
 pub fn syn_activity(netstat: &str) -> Option<u64> {
     const NAMES: [&str; 6] = [
         "TCPSynRetrans",
@@ -393,25 +393,11 @@ pub fn syn_activity(netstat: &str) -> Option<u64> {
         "TCPReqQFullDoCookies",
         "TCPReqQFullDrop",
     ];
-    let mut lines = netstat.lines();
-    let mut found = None;
-    while let Some(names) = lines.next() {
-        let Some(values) = lines.next() else { break };
-        let (Some(n), Some(v)) = (
-            names.strip_prefix("TcpExt:"),
-            values.strip_prefix("TcpExt:"),
-        ) else {
-            continue;
-        };
-        let sum = n
-            .split_whitespace()
-            .zip(v.split_whitespace())
+    Some(
+        crate::listeners::tcpext(netstat)?
             .filter(|(name, _)| NAMES.contains(name))
-            .filter_map(|(_, value)| value.parse::<u64>().ok())
-            .fold(0u64, u64::wrapping_add);
-        found = Some(found.unwrap_or(0u64).wrapping_add(sum));
-    }
-    found
+            .fold(0u64, |sum, (_, value)| sum.wrapping_add(value)),
+    )
 }
 
 /// Where a watched namespace came from.

@@ -413,26 +413,8 @@ fn once_json_equals_the_exit_summary() {
         let _ = stdout.read_to_string(&mut s);
         s
     });
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let start = Instant::now();
-    while !line.contains("tracing TCP state transitions") {
-        line.clear();
-        let n = err.read_line(&mut line).expect("stderr");
-        assert!(n > 0, "tcptrace exited before it was ready");
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not ready in 30 s"
-        );
-    }
-    for i in 0..6 {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(&listener, order);
-    }
+    let mut err = ready(&mut child);
+    connections(&listener, 6);
     let status = wait(&mut child, Duration::from_secs(20));
     let mut rest = String::new();
     let _ = err.read_to_string(&mut rest);
@@ -448,6 +430,36 @@ fn once_json_equals_the_exit_summary() {
         .and_then(|r| r.iter().find(|r| r["name"] == "closed"))
         .expect("closed rate");
     assert_eq!(closed["total"], 12);
+}
+
+/// Reads the child's stderr until tcptrace says it is tracing (at most 30 s); returns the
+/// reader for the rest.
+fn ready(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr> {
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let start = Instant::now();
+    while !line.contains("tracing TCP state transitions") {
+        line.clear();
+        let n = err.read_line(&mut line).expect("stderr");
+        assert!(n > 0, "tcptrace exited before it was ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not ready in 30 s"
+        );
+    }
+    err
+}
+
+/// `n` connections to `listener`, closed by the client and the server in turn.
+fn connections(listener: &TcpListener, n: usize) {
+    for i in 0..n {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(listener, order);
+    }
 }
 
 fn wait(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
@@ -527,18 +539,7 @@ fn a_terminal_that_stops_reading_loses_no_events() {
         });
     }
     let mut child = cmd.spawn().expect("start tcptrace top");
-    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let start = Instant::now();
-    while !line.contains("tracing TCP state transitions") {
-        line.clear();
-        let n = err.read_line(&mut line).expect("stderr");
-        assert!(n > 0, "tcptrace exited before it was ready");
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not ready in 30 s"
-        );
-    }
+    let mut err = ready(&mut child);
     // Fill what the kernel buffers between the terminal's two sides, through a second
     // descriptor of the terminal that does not block (the child's would), so that the
     // dashboard's next frame waits for a reader that is not there.
@@ -579,14 +580,7 @@ fn a_terminal_that_stops_reading_loses_no_events() {
         connect_and_close(&listener, CloseOrder::ClientFirst);
     }
     std::thread::sleep(Duration::from_secs(1));
-    for i in 0..395 {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(&listener, order);
-    }
+    connections(&listener, 395);
     std::thread::sleep(Duration::from_secs(1));
     // Read the terminal again, so that `top` can leave it.
     let drain = std::thread::spawn(move || {
