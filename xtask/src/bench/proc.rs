@@ -186,10 +186,42 @@ pub fn has_fd_link(pid: u32, needle: &str) -> bool {
         .any(|e| fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(needle)))
 }
 
+/// How a tracer shows that it traces.
+#[derive(Clone, Copy, Debug)]
+pub enum Ready<'a> {
+    /// It prints a stderr line containing this.
+    Line(&'a str),
+    /// It holds a perf-event fd (libbpf-tools open one when they attach).
+    PerfFd,
+    /// `bpftool perf` lists its attachment to this tracepoint (bpftrace, which opens
+    /// perf-event fds for its output before it attaches).
+    Attached(&'a str),
+}
+
+/// Whether `bpftool perf show` lists process `pid` attached to `tracepoint`.
+fn attached(pid: u32, tracepoint: &str) -> bool {
+    let Ok(out) = std::process::Command::new("bpftool")
+        .args(["perf", "show", "--json"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .is_some_and(|a| {
+            a.iter().any(|e| {
+                e["pid"].as_u64() == Some(u64::from(pid))
+                    && e["tracepoint"].as_str() == Some(tracepoint)
+            })
+        })
+}
+
 impl Tracer {
-    /// Starts `cmd` (its stdin and stdout set by the caller) and waits until it traces: a stderr line containing `ready_line`, or
-    /// (for tools that say nothing) an open perf-event fd, which libbpf opens after attach.
-    pub fn start(mut cmd: Command, ready_line: Option<&str>) -> Result<Self> {
+    /// Starts `cmd` (its stdin and stdout set by the caller) and waits until it traces, as
+    /// `ready` says.
+    pub fn start(mut cmd: Command, ready: Ready) -> Result<Self> {
         let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
@@ -205,11 +237,12 @@ impl Tracer {
                     snapshot(&stderr).join("\n")
                 );
             }
-            let ready = match ready_line {
-                Some(l) => snapshot(&stderr).iter().any(|s| s.contains(l)),
-                None => has_fd_link(pid, "perf_event"),
+            let is_ready = match ready {
+                Ready::Line(l) => snapshot(&stderr).iter().any(|s| s.contains(l)),
+                Ready::PerfFd => has_fd_link(pid, "perf_event"),
+                Ready::Attached(tp) => attached(pid, tp),
             };
-            if ready {
+            if is_ready {
                 break;
             }
             if Instant::now() > deadline {
