@@ -137,10 +137,13 @@ pub enum Config {
     /// bpftrace counting transitions by new state in a map ([`BPFTRACE_COUNT`]): the
     /// cheapest useful tracer of the tracepoint, as a floor for the ratios.
     Bpftrace,
+    /// bpftrace with an empty probe on the tracepoint: what attaching a program costs at
+    /// all, and under the BPF statistics their own floor per program run.
+    BpftraceEmpty,
 }
 
 impl Config {
-    const TRACED: [Config; 10] = [
+    const TRACED: [Config; 11] = [
         Config::None,
         Config::Top,
         Config::Serve,
@@ -151,6 +154,7 @@ impl Config {
         Config::Tcpstates,
         Config::TcpstatesFile,
         Config::Bpftrace,
+        Config::BpftraceEmpty,
     ];
 
     fn label(self) -> &'static str {
@@ -166,6 +170,7 @@ impl Config {
             Config::Tcpstates => "tcpstates > /dev/null",
             Config::TcpstatesFile => "tcpstates > file",
             Config::Bpftrace => "bpftrace count/state",
+            Config::BpftraceEmpty => "bpftrace empty probe",
         }
     }
 
@@ -175,14 +180,18 @@ impl Config {
 
     /// Another tool than tcptrace: a yardstick, with no target and its own programs.
     fn is_other_tool(self) -> bool {
-        self.is_tcpstates() || self == Config::Bpftrace
+        self.is_tcpstates() || self.is_bpftrace()
+    }
+
+    fn is_bpftrace(self) -> bool {
+        matches!(self, Config::Bpftrace | Config::BpftraceEmpty)
     }
 
     /// Why this configuration cannot run here, if its tool is missing.
     fn missing(self, env: &Env) -> Option<&String> {
         match self {
             c if c.is_tcpstates() => env.tcpstates.as_ref().err(),
-            Config::Bpftrace => env.bpftrace.as_ref().err(),
+            c if c.is_bpftrace() => env.bpftrace.as_ref().err(),
             _ => None,
         }
     }
@@ -381,8 +390,8 @@ fn run_one(env: &Env, config: Config, run: usize, stats: bool) -> Result<Row> {
     if config.is_tcpstates() {
         return run_tcpstates(env, config, &out_path, load).map(|r| Row { stats, ..r });
     }
-    if config == Config::Bpftrace {
-        return run_bpftrace(env, &out_path, load).map(|r| Row { stats, ..r });
+    if config.is_bpftrace() {
+        return run_bpftrace(env, config, &out_path, load).map(|r| Row { stats, ..r });
     }
     let (tracer, scraper) =
         start_tcptrace(&env.bin, config, &out_path, &summary_path, &env.ports, None)?;
@@ -451,13 +460,22 @@ fn run_tcpstates(env: &Env, config: Config, out_path: &Path, load: String) -> Re
 const BPFTRACE_COUNT: &str =
     "tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { @[args->newstate] = count(); }";
 
-/// Runs the churn beside bpftrace counting transitions ([`BPFTRACE_COUNT`]).
-fn run_bpftrace(env: &Env, out_path: &Path, load: String) -> Result<Row> {
+/// The other bpftrace yardstick: a probe that does nothing. Under the BPF statistics its
+/// ns/event is their own cost per program run (two clock reads), which every program of
+/// every tracer here pays in that figure, once per program.
+const BPFTRACE_EMPTY: &str = "tracepoint:sock:inet_sock_set_state { }";
+
+/// Runs the churn beside a bpftrace yardstick ([`BPFTRACE_COUNT`], [`BPFTRACE_EMPTY`]).
+fn run_bpftrace(env: &Env, config: Config, out_path: &Path, load: String) -> Result<Row> {
     let path = env.bpftrace.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut cmd = Command::new(path);
-    cmd.args(["-e", BPFTRACE_COUNT]);
+    let program = match config {
+        Config::Bpftrace => BPFTRACE_COUNT,
+        _ => BPFTRACE_EMPTY,
+    };
+    cmd.args(["-e", program]);
     cmd.stdin(Stdio::null());
-    cmd.stdout(stdout_for(Config::Bpftrace, out_path)?);
+    cmd.stdout(stdout_for(config, out_path)?);
     // bpftrace opens perf-event fds for its output before it attaches: its readiness is the
     // kernel listing its tracepoint attachment.
     let tracer = Tracer::start(cmd, proc::Ready::Attached("inet_sock_set_state"))?;
@@ -472,9 +490,11 @@ fn run_bpftrace(env: &Env, out_path: &Path, load: String) -> Result<Row> {
         .filter(|l| l.starts_with("@["))
         .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
         .collect();
-    stats.transitions = (!counts.is_empty()).then(|| counts.iter().sum());
-    // A map update cannot fail for want of room: it loses nothing.
-    stats.lost = Some(0);
+    if config == Config::Bpftrace {
+        stats.transitions = (!counts.is_empty()).then(|| counts.iter().sum());
+        // A map update cannot fail for want of room: it loses nothing.
+        stats.lost = Some(0);
+    }
     if !exit.success() && !exit.killed {
         stats.note = Some(format!(
             "bpftrace ended with {}: {}",
@@ -483,7 +503,7 @@ fn run_bpftrace(env: &Env, out_path: &Path, load: String) -> Result<Row> {
         ));
     }
     Ok(Row {
-        config: Config::Bpftrace,
+        config,
         churn: c,
         tracer: Some(stats),
         load,
@@ -915,7 +935,8 @@ fn table(rows: &[Row], args: &Args, env: &Env) -> String {
          program, plus its nested-event program's time per state change (named by bpftool; \
          all its programs when bpftool is missing), from the kernel's run_time_ns/run_cnt, in \
          one run per configuration with the statistics on (they cost each program run about \
-         56 ns here, which the rate runs do not pay); tcpstates, bpftrace: all their programs"
+         56 ns here, which the rate runs do not pay: the empty bpftrace probe's figure is that \
+         floor, paid once per program run); tcpstates, bpftrace: all their programs"
     );
     s
 }
