@@ -15,6 +15,7 @@ mod collect;
 mod config;
 mod counters;
 mod decode;
+mod detached;
 mod docs;
 mod exit;
 mod export;
@@ -49,6 +50,7 @@ use std::{
     path::Path,
     process::ExitCode,
     rc::Rc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -57,6 +59,7 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command, Format, Per, RecordArgs, SummaryArgs, WatchArgs},
     config::Filter,
+    detached::Detached,
     exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
@@ -191,8 +194,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
         Per::Connection => Some(Unit::Connection),
         Per::None => None,
     };
+    // The stream goes out through a thread of its own: stdout that stops reading (a paused
+    // pager, a slow pipe) costs lines, counted, never events (see `detached`).
+    let mut stream = None;
     if let Some(unit) = unit {
-        let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+        let out = Detached::spawn(
+            io::stdout(),
+            "tcptrace-stream",
+            STREAM_QUEUE,
+            stdout_piece(),
+            STREAM_DRAIN / 4,
+        )
+        .context("starting the stream's writer thread")?;
+        stream = Some(out.handle());
         live.add_sink(Box::new(
             Stream::new(out, clock, style, unit)
                 .wide(args.wide)
@@ -206,6 +220,10 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     });
     say_ready(&mut live, args.duration);
     let done = live.run(args.duration).await?;
+    // The stream's last lines before the summary, as far as stdout takes them.
+    if let Some(s) = &stream {
+        s.settle(STREAM_DRAIN);
+    }
     let mut exit = Exit::of(&done);
     let summary = summary_out.write(&done, &mut exit);
     if let (Some(out), Some(t)) = (svg, &timeline) {
@@ -222,8 +240,39 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
         output_failed_at_exit(&mut exit, written);
     }
     say_sink_error(&done, "writing the stream");
+    // Dropping the pipeline ends the stream's writer: what it could not write counts now.
+    drop(done);
+    if let Some(d) = stream.map(|s| s.dropped()).filter(|d| d.lines > 0) {
+        eprintln!(
+            "tcptrace: {} lines ({:.1} MiB) of the stream were not written: stdout did not keep \
+             up (a paused pager, a slow pipe or terminal); the summary counts every event. \
+             Write to a file (> FILE) or use --per connection for fewer lines",
+            d.lines,
+            d.bytes as f64 / f64::from(1 << 20)
+        );
+    }
     Ok(exit)
 }
+
+/// The stream's writes: a pipe or terminal takes them a [`detached::PIPE_PIECE`] at a time, so
+/// that lines a stalled reader never took are counted exactly; a file in whole chunks.
+fn stdout_piece() -> usize {
+    use std::os::unix::fs::FileTypeExt as _;
+    let stdout = std::os::fd::AsFd::as_fd(&io::stdout())
+        .try_clone_to_owned()
+        .map(std::fs::File::from);
+    match stdout.and_then(|f| f.metadata()) {
+        Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => detached::PIPE_PIECE,
+        _ => usize::MAX,
+    }
+}
+
+/// Most bytes of the stream waiting for stdout before whole lines are dropped.
+const STREAM_QUEUE: usize = 16 << 20;
+/// How long the end of a run waits for stdout to take the stream's last lines (before the
+/// summary; the writer's own wait at its end is a quarter of it, for what the summary's
+/// lines pushed out).
+const STREAM_DRAIN: Duration = Duration::from_secs(2);
 
 /// `record`: `watch` without a stream, plus a recording sink.
 fn run_record(mut args: RecordArgs) -> Result<Exit> {

@@ -926,3 +926,122 @@ fn memory_stays_flat_under_sustained_churn() {
         curve.join(" ")
     );
 }
+
+/// `watch` writing its stream to a pipe nobody reads (a pager left paused, a consumer that
+/// hangs): the pipe fills, yet every event must reach the summary, none lost, and the lines
+/// stdout did not take must be counted on stderr. When the stream was written by the thread
+/// that reads the kernel's rings, the full pipe stopped that thread and the rings
+/// overflowed.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_stream_nobody_reads_loses_no_events() {
+    use std::io::{BufRead as _, Read as _};
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let summary_path = std::env::temp_dir().join(format!(
+        "tcptrace-unread-stream-{}.json",
+        std::process::id()
+    ));
+    let mut child = Command::new(BIN)
+        .args(["watch", "--ring-kib", "64", "--port", &port.to_string()])
+        .arg("--summary-json")
+        .arg(&summary_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tcptrace watch");
+    // The read end is held, not read, until the tracer has exited.
+    let mut unread = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let err = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stderr
+        .iter()
+        .any(|l: &String| l.contains("tracing TCP state transitions"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => stderr.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tcptrace did not start: {}", stderr.join("\n"));
+            }
+        }
+    }
+    // 4,000 transitions of text lines, about 0.5 MB: far more than a pipe holds (64 KiB),
+    // and than 64 KiB rings hold. Paced a little (about 40,000 transitions/s), as in the
+    // `top` test of a stalled terminal, so that a reader that is not held up keeps up.
+    let n = 400;
+    for i in 0..n {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(&l, order);
+        if i % 5 == 4 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: a signal to our own child, which has not been reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tcptrace did not exit within 20 s with its stdout unread");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut written = Vec::new();
+    unread.read_to_end(&mut written).expect("read the pipe");
+    stderr.extend(rx.try_iter());
+    let stderr = stderr.join("\n");
+    let text = std::fs::read_to_string(&summary_path).expect("summary file");
+    let _ = std::fs::remove_file(&summary_path);
+    assert_eq!(
+        status.code(),
+        Some(common::exit_code_after(libc::SIGTERM)),
+        "watch ended with {status}\n{stderr}"
+    );
+    let summary: Value = serde_json::from_str(&text).expect("summary JSON");
+    assert_eq!(summary["lost"], 0, "{text}\n{stderr}");
+    assert_eq!(summary["overall"]["connections"], 2 * n, "{text}");
+    // The lines stdout did not take are counted; with those it took, that is every line.
+    let dropped: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("tcptrace: ")?;
+            let (n, tail) = rest.split_once(' ')?;
+            tail.starts_with("lines (")
+                .then(|| n.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no count of lines not written on stderr:\n{stderr}"));
+    let complete = written.iter().filter(|&&b| b == b'\n').count() as u64;
+    let transitions = 10 * n;
+    assert_eq!(
+        complete + dropped,
+        transitions + 1,
+        "{complete} lines written and {dropped} counted as not written, of {transitions} \
+         transitions and a header\n{stderr}"
+    );
+    eprintln!(
+        "stdout never read: {complete} lines written, {dropped} counted as not written, 0 events \
+         lost"
+    );
+}

@@ -7,7 +7,7 @@
 //! tick at most, never per event, so the dashboard costs what the aggregate-only mode costs
 //! plus one snapshot and one frame per interval. State lives in [`app`], drawing in [`ui`].
 //!
-//! The frames reach the terminal through a thread of their own ([`Frames`]): ratatui draws
+//! The frames reach the terminal through a thread of their own ([`Detached`]): ratatui draws
 //! into memory, and that thread writes. The drawing shares a thread with the reader of the
 //! kernel's rings, so a terminal that stops reading (a slow SSH link, output paused with
 //! Ctrl-S, a tmux pane nobody drains) used to stop the reader too: beside 6 s of churn, a
@@ -34,11 +34,10 @@ pub mod ui;
 use std::{
     io::{self, IsTerminal as _, Write as _},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
+        Mutex,
+        atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -59,6 +58,7 @@ use self::{
 use crate::{
     cli::{Format, TopArgs},
     config::Filter,
+    detached::Detached,
     exit::Exit,
     live::{LiveRun, ReplayControl, Speed, Stop},
     summary::SnapshotOptions,
@@ -133,99 +133,9 @@ fn stdin_hung_up() -> bool {
     n > 0 && fd.revents & (libc::POLLHUP | libc::POLLNVAL) != 0
 }
 
-/// The terminal in dashboard mode; dropping it restores the terminal.
-/// The dashboard's output: what ratatui writes is gathered in memory, and each flush (the end
-/// of a frame) hands it to a thread that writes it to the terminal, so that a terminal that
-/// stops reading blocks that thread, never the live loop (see the module's documentation).
-/// While a frame is on its way (`pending`), the loop draws no other.
-struct Frames {
-    buf: Vec<u8>,
-    tx: Option<mpsc::Sender<Vec<u8>>>,
-    /// Frames handed over and not yet written.
-    pending: Arc<AtomicUsize>,
-    /// The first write error of the writer thread (the terminal went away).
-    failed: Arc<Mutex<Option<io::Error>>>,
-}
-
-impl Frames {
-    /// How long leaving the dashboard waits for the last frames to be written before it
-    /// restores the terminal anyway.
-    const DRAIN: Duration = Duration::from_secs(2);
-
-    fn start() -> Result<Self> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let pending = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(Mutex::new(None));
-        let (left, error) = (Arc::clone(&pending), Arc::clone(&failed));
-        std::thread::Builder::new()
-            .name("tcptrace-frames".to_owned())
-            .spawn(move || {
-                for frame in rx {
-                    let mut out = io::stdout().lock();
-                    if let Err(e) = out.write_all(&frame).and_then(|()| out.flush())
-                        && let Ok(mut f) = error.lock()
-                    {
-                        f.get_or_insert(e);
-                    }
-                    left.fetch_sub(1, Ordering::SeqCst);
-                }
-            })
-            .context("starting the dashboard's terminal writer thread")?;
-        Ok(Self {
-            buf: Vec::with_capacity(64 << 10),
-            tx: Some(tx),
-            pending,
-            failed,
-        })
-    }
-
-    /// Whether a frame handed over is not written yet.
-    fn busy(&self) -> bool {
-        self.pending.load(Ordering::SeqCst) > 0
-    }
-
-    /// Waits up to [`Frames::DRAIN`] for every frame handed over to be written.
-    fn drain(&self) {
-        let until = Instant::now() + Self::DRAIN;
-        while self.busy() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl io::Write for Frames {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if let Some(e) = self.failed.lock().ok().and_then(|mut f| f.take()) {
-            return Err(e);
-        }
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let frame = std::mem::replace(&mut self.buf, Vec::with_capacity(64 << 10));
-        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        tx.send(frame).map_err(|_| {
-            self.pending.fetch_sub(1, Ordering::SeqCst);
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the dashboard's terminal writer thread ended",
-            )
-        })
-    }
-}
-
-impl Drop for Frames {
-    fn drop(&mut self) {
-        let _ = io::Write::flush(self);
-        self.tx = None;
-        self.drain();
-    }
-}
+/// How long leaving the dashboard waits for the last frames to be written before it restores
+/// the terminal anyway.
+const FRAMES_DRAIN: Duration = Duration::from_secs(2);
 
 struct TerminalGuard;
 
@@ -362,8 +272,16 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let first = rx.borrow_and_update().clone();
     let mut app = App::new(first, args.close_wait, args.replay.is_some());
     let guard = TerminalGuard::enter()?;
-    let frames = Frames::start()?;
-    let in_flight = Arc::clone(&frames.pending);
+    // The frames: at most one in flight, so the limit is never reached.
+    let frames = Detached::spawn(
+        io::stdout(),
+        "tcptrace-frames",
+        64 << 20,
+        usize::MAX,
+        FRAMES_DRAIN,
+    )
+    .context("starting the dashboard's terminal writer thread")?;
+    let in_flight = frames.handle();
     let mut terminal =
         Terminal::new(CrosstermBackend::new(frames)).context("setting up the terminal")?;
     let run = live.run(args.duration);
@@ -384,7 +302,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let outcome: Result<()> = loop {
         // While a frame is on its way to a slow terminal, no other is drawn (the loop wakes
         // again within an interval, at the next snapshot).
-        if dirty && in_flight.load(Ordering::SeqCst) == 0 {
+        if dirty && !in_flight.busy() {
             if let Err(e) = terminal.draw(|f| ui::draw(f, &app, &meta)) {
                 break Err(anyhow::Error::from(e).context("drawing the dashboard"));
             }

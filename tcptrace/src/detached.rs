@@ -1,0 +1,424 @@
+//! Output written by a thread of its own, so that a reader of it that stops reading (a pager
+//! left paused, a slow pipe or SSH link, Ctrl-S, a terminal pane nobody drains) holds up that
+//! thread and never the live loop, which shares its thread with the reader of the kernel's
+//! rings: held up there, it let the rings fill and the kernel drop events, so the summary
+//! and the aggregates went short too (`watch` beside the churn, its stdout a pipe nobody
+//! read: see the root test `a_stream_nobody_reads_loses_no_events`).
+//!
+//! What is written is gathered in memory and handed to the thread in chunks that end at a
+//! line end (at a flush, whatever is gathered). At most `limit` bytes wait handed over and
+//! unwritten; a chunk beyond that is dropped whole and counted ([`Dropped`]), so a stream
+//! that does not keep up loses whole lines, and says how many, while every event still
+//! reaches the figures. `top` writes its frames through one as well, and draws a frame only
+//! when the last one is out ([`Handle::busy`]), so it never drops one.
+//!
+//! The thread's first write error (a closed pipe, a terminal gone) comes back from the next
+//! write or flush, so `| head` still ends the run as before. Nothing here knows about the
+//! rest of the tool.
+
+use std::{
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Bytes gathered before a chunk is handed over (at its last line end).
+const CHUNK: usize = 64 << 10;
+
+/// Writes to a pipe of at most this many bytes (PIPE_BUF) are all or nothing: one blocked
+/// for want of room has written none of its bytes.
+pub const PIPE_PIECE: usize = 4096;
+
+/// What the thread and the writer share.
+#[derive(Default)]
+struct Shared {
+    /// Bytes and line ends handed over and not written yet.
+    queued_bytes: AtomicU64,
+    queued_lines: AtomicU64,
+    /// Dropped for want of room, or left unwritten at the end.
+    dropped_bytes: AtomicU64,
+    dropped_lines: AtomicU64,
+    /// The thread's first write error (kind and text), returned from every later call.
+    failed: Mutex<Option<(io::ErrorKind, String)>>,
+}
+
+impl Shared {
+    fn is_failed(&self) -> bool {
+        self.failed.lock().map_or(true, |f| f.is_some())
+    }
+
+    /// Keeps the first error.
+    fn fail(&self, e: io::Error) {
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert((e.kind(), e.to_string()));
+        }
+    }
+
+    /// Takes back a chunk from the queue's count (saturating: the end may have counted it
+    /// dropped already).
+    fn unqueue(&self, chunk: &[u8]) {
+        for (count, n) in [
+            (&self.queued_bytes, chunk.len() as u64),
+            (&self.queued_lines, line_ends(chunk)),
+        ] {
+            let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                Some(q.saturating_sub(n))
+            });
+        }
+    }
+}
+
+/// Lines and bytes that never reached the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// A [`Detached`] seen from outside, once the writer itself is handed away (to a sink, to
+/// the terminal backend).
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+impl Handle {
+    /// The lines and bytes dropped so far.
+    pub fn dropped(&self) -> Dropped {
+        Dropped {
+            lines: self.0.dropped_lines.load(Ordering::SeqCst),
+            bytes: self.0.dropped_bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether bytes handed over are not written yet.
+    pub fn busy(&self) -> bool {
+        self.0.queued_bytes.load(Ordering::SeqCst) > 0
+    }
+
+    /// Waits up to `timeout` for what is handed over to be written; whether it was.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while self.busy() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(2));
+        }
+        !self.busy()
+    }
+}
+
+/// An [`io::Write`] whose bytes a thread of its own writes to the real output.
+pub struct Detached {
+    buf: Vec<u8>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    shared: Arc<Shared>,
+    limit: u64,
+    thread: Option<thread::JoinHandle<()>>,
+    /// How long dropping the writer waits for the thread to write what is queued.
+    drain: Duration,
+    warned: bool,
+}
+
+fn line_ends(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+impl Detached {
+    /// Starts the thread `name` writing to `out`, with at most `limit` bytes queued, in
+    /// writes of at most `piece` bytes; dropping the writer waits up to `drain` for the queue
+    /// to be written. A blocked write says nothing of what it wrote until it returns, so what
+    /// the end counts as not written is exact to a piece: [`PIPE_PIECE`] for a pipe.
+    pub fn spawn<W: io::Write + Send + 'static>(
+        mut out: W,
+        name: &str,
+        limit: usize,
+        piece: usize,
+        drain: Duration,
+    ) -> io::Result<Self> {
+        let piece = piece.max(1);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let shared = Arc::new(Shared::default());
+        let s = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for chunk in rx {
+                    // Piece by piece, taking each written piece off the queue's count, so
+                    // that at the end the count is what never reached the output.
+                    let mut rest = &chunk[..];
+                    while !rest.is_empty() && !s.is_failed() {
+                        match out.write(&rest[..rest.len().min(piece)]) {
+                            Ok(0) => s.fail(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => {
+                                s.unqueue(&rest[..n]);
+                                rest = &rest[n..];
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => s.fail(e),
+                        }
+                    }
+                    if let Err(e) = out.flush() {
+                        s.fail(e);
+                    }
+                    s.unqueue(rest);
+                }
+            })?;
+        Ok(Self {
+            buf: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            shared,
+            limit: limit as u64,
+            thread: Some(thread),
+            drain,
+            warned: false,
+        })
+    }
+
+    /// A handle that outlives the hand-over of the writer.
+    pub fn handle(&self) -> Handle {
+        Handle(Arc::clone(&self.shared))
+    }
+
+    fn failed(&self) -> io::Result<()> {
+        match self.shared.failed.lock().ok().and_then(|f| f.clone()) {
+            Some((kind, text)) => Err(io::Error::new(kind, text)),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the first `n` gathered bytes to the thread, or drops them when the queue is full.
+    fn hand_over(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let rest = self.buf.split_off(n);
+        let chunk = std::mem::replace(&mut self.buf, rest);
+        let (bytes, lines) = (chunk.len() as u64, line_ends(&chunk));
+        let s = &self.shared;
+        let queued = s.queued_bytes.load(Ordering::SeqCst);
+        if queued > 0 && queued + bytes > self.limit {
+            s.dropped_bytes.fetch_add(bytes, Ordering::SeqCst);
+            s.dropped_lines.fetch_add(lines, Ordering::SeqCst);
+            if !self.warned {
+                self.warned = true;
+                log::warn!(
+                    "the output is not keeping up ({} MiB waiting): dropping whole lines of it \
+                     until it does (counted at exit); every event still counts in the summary",
+                    queued >> 20
+                );
+            }
+            return Ok(());
+        }
+        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
+        s.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        s.queued_lines.fetch_add(lines, Ordering::SeqCst);
+        tx.send(chunk).map_err(|e| {
+            s.unqueue(&e.0);
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the output's writer thread ended",
+            )
+        })
+    }
+
+    /// Hands over what is gathered, stops the thread once it has written the queue, waiting
+    /// at most the drain time; what it has not written by then counts as dropped (a line
+    /// cut short by the end, its line end never written, among them).
+    fn finish(&mut self) {
+        let _ = io::Write::flush(self);
+        self.tx = None;
+        let settled = self.handle().settle(self.drain);
+        let s = &self.shared;
+        if !settled {
+            // The thread is stuck on the output; it ends with the process.
+            s.dropped_bytes
+                .fetch_add(s.queued_bytes.swap(0, Ordering::SeqCst), Ordering::SeqCst);
+            s.dropped_lines
+                .fetch_add(s.queued_lines.swap(0, Ordering::SeqCst), Ordering::SeqCst);
+        } else if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl io::Write for Detached {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.failed()?;
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK
+            && let Some(end) = self.buf.iter().rposition(|&b| b == b'\n')
+        {
+            self.hand_over(end + 1)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.failed()?;
+        self.hand_over(self.buf.len())
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        sync::{Condvar, Mutex},
+    };
+
+    use super::*;
+
+    /// An output that takes nothing until opened, then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<GateState>);
+
+    #[derive(Default)]
+    struct GateState {
+        /// Opened, and what was written.
+        taken: Mutex<(bool, Vec<u8>)>,
+        opened: Condvar,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            self.0.taken.lock().expect("gate").0 = true;
+            self.0.opened.notify_all();
+        }
+        fn written(&self) -> Vec<u8> {
+            self.0.taken.lock().expect("gate").1.clone()
+        }
+    }
+
+    impl io::Write for Gate {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let taken = self.0.taken.lock().expect("gate");
+            let mut g = self.0.opened.wait_while(taken, |g| !g.0).expect("gate");
+            g.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines(from: usize, n: usize) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("line {i:06} {}\n", "x".repeat(40)).into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn an_output_that_keeps_up_gets_every_byte_in_order() {
+        let gate = Gate::default();
+        gate.open();
+        let mut d = Detached::spawn(
+            gate.clone(),
+            "t",
+            1 << 20,
+            usize::MAX,
+            Duration::from_secs(5),
+        )
+        .expect("test");
+        let all = lines(0, 20_000);
+        for piece in all.chunks(777) {
+            d.write_all(piece).expect("test");
+        }
+        let dropped = d.handle();
+        drop(d);
+        assert_eq!(gate.written(), all);
+        assert_eq!(dropped.dropped(), Dropped::default());
+    }
+
+    #[test]
+    fn a_stalled_output_drops_whole_lines_and_counts_them_and_never_blocks_the_writer() {
+        let gate = Gate::default();
+        let limit = 256 << 10;
+        let mut d = Detached::spawn(gate.clone(), "t", limit, PIPE_PIECE, Duration::from_secs(5))
+            .expect("test");
+        let all = lines(0, 50_000);
+        // Written while the output takes nothing: the writer must not block.
+        for piece in all.chunks(1000) {
+            d.write_all(piece).expect("test");
+        }
+        d.flush().expect("test");
+        let dropped = d.handle();
+        let seen = dropped.dropped();
+        assert!(seen.lines > 0, "nothing dropped with the output stalled");
+        gate.open();
+        drop(d);
+        let written = gate.written();
+        let total = line_ends(&all);
+        // Every line is written whole or counted dropped, none split, none twice, in order.
+        assert_eq!(line_ends(&written) + dropped.dropped().lines, total);
+        assert_eq!(
+            written.len() as u64 + dropped.dropped().bytes,
+            all.len() as u64
+        );
+        let mut last = None;
+        for l in written.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let l = std::str::from_utf8(l).expect("test");
+            assert!(l.starts_with("line ") && l.len() == 52, "torn line {l:?}");
+            let i: u32 = l[5..11].parse().expect("test");
+            assert!(last.is_none_or(|p| i > p), "out of order at {i}");
+            last = Some(i);
+        }
+        // What waited stayed within the limit (plus the one chunk in the thread's hands).
+        assert!(
+            written.len() <= limit + CHUNK + 1000,
+            "{} written",
+            written.len()
+        );
+    }
+
+    #[test]
+    fn an_output_that_never_takes_anything_counts_the_queue_as_dropped_at_the_end() {
+        let gate = Gate::default();
+        let mut d = Detached::spawn(
+            gate.clone(),
+            "t",
+            1 << 20,
+            usize::MAX,
+            Duration::from_millis(50),
+        )
+        .expect("test");
+        d.write_all(&lines(0, 10)).expect("test");
+        let dropped = d.handle();
+        drop(d);
+        assert_eq!(dropped.dropped().lines, 10);
+        gate.open();
+    }
+
+    #[test]
+    fn a_write_error_comes_back_from_the_next_call() {
+        struct Closed;
+        impl io::Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut d = Detached::spawn(Closed, "t", 1 << 20, usize::MAX, Duration::from_secs(1))
+            .expect("test");
+        d.write_all(b"a\n").expect("test");
+        d.flush().expect("test");
+        let until = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match d.write_all(b"b\n").and_then(|()| d.flush()) {
+                Err(e) => break e,
+                Ok(()) if Instant::now() < until => thread::sleep(Duration::from_millis(5)),
+                Ok(()) => panic!("no error within 5 s"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+}
