@@ -17,11 +17,11 @@
 //! rest of the tool.
 
 use std::{
+    collections::VecDeque,
     io,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -37,9 +37,19 @@ pub const PIPE_PIECE: usize = 4096;
 /// What the thread and the writer share.
 #[derive(Default)]
 struct Shared {
-    /// Bytes and line ends handed over and not written yet.
+    /// Chunks handed over, oldest first. The thread writes the front one and takes it off
+    /// once it is out, so the queue holds what the output has not taken.
+    queue: Mutex<VecDeque<Arc<[u8]>>>,
+    /// A chunk was handed over, or the writer ended.
+    wake: Condvar,
+    /// Bytes of the front chunk written so far.
+    front_written: AtomicUsize,
+    /// Bytes in the queue not written yet.
     queued_bytes: AtomicU64,
-    queued_lines: AtomicU64,
+    /// The writer ended: the thread stops once the queue is empty.
+    closed: AtomicBool,
+    /// The writer stopped waiting: the thread writes nothing more.
+    abandoned: AtomicBool,
     /// Dropped for want of room, or left unwritten at the end.
     dropped_bytes: AtomicU64,
     dropped_lines: AtomicU64,
@@ -48,6 +58,11 @@ struct Shared {
 }
 
 impl Shared {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<[u8]>>> {
+        // A queue whose lock a panic poisoned is still whole.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn is_failed(&self) -> bool {
         self.failed.lock().map_or(true, |f| f.is_some())
     }
@@ -59,16 +74,64 @@ impl Shared {
         }
     }
 
-    /// Takes back a chunk from the queue's count (saturating: the end may have counted it
-    /// dropped already).
-    fn unqueue(&self, chunk: &[u8]) {
-        for (count, n) in [
-            (&self.queued_bytes, chunk.len() as u64),
-            (&self.queued_lines, line_ends(chunk)),
-        ] {
-            let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
-                Some(q.saturating_sub(n))
-            });
+    fn count_dropped(&self, bytes: &[u8]) {
+        self.dropped_bytes
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        self.dropped_lines
+            .fetch_add(line_ends(bytes), Ordering::SeqCst);
+    }
+
+    /// The next chunk to write (the front, left in the queue), or `None` once the writer
+    /// has ended and the queue is empty, or the writer stopped waiting.
+    fn next(&self) -> Option<Arc<[u8]>> {
+        let mut q = self.queue();
+        loop {
+            if self.abandoned.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(front) = q.front() {
+                return Some(Arc::clone(front));
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The thread: writes the front chunk piece by piece, counting each piece out, then
+    /// takes it off the queue. After an error it writes nothing and only empties the queue.
+    fn run(&self, out: &mut impl io::Write, piece: usize) {
+        while let Some(chunk) = self.next() {
+            let mut at = 0;
+            while at < chunk.len() && !self.is_failed() && !self.abandoned.load(Ordering::SeqCst) {
+                let end = chunk.len().min(at + piece);
+                match out.write(&chunk[at..end]) {
+                    Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        at += n;
+                        self.front_written.store(at, Ordering::SeqCst);
+                        self.queued_bytes.fetch_sub(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => self.fail(e),
+                }
+            }
+            if at == chunk.len()
+                && let Err(e) = out.flush()
+            {
+                self.fail(e);
+            }
+            let mut q = self.queue();
+            if self.abandoned.load(Ordering::SeqCst) {
+                return;
+            }
+            q.pop_front();
+            self.front_written.store(0, Ordering::SeqCst);
+            // What an error left unwritten is not waiting any more (nor counted dropped: the
+            // error ends the run).
+            self.queued_bytes
+                .fetch_sub((chunk.len() - at) as u64, Ordering::SeqCst);
         }
     }
 }
@@ -112,7 +175,6 @@ impl Handle {
 /// An [`io::Write`] whose bytes a thread of its own writes to the real output.
 pub struct Detached {
     buf: Vec<u8>,
-    tx: Option<mpsc::Sender<Vec<u8>>>,
     shared: Arc<Shared>,
     limit: u64,
     thread: Option<thread::JoinHandle<()>>,
@@ -138,36 +200,13 @@ impl Detached {
         drain: Duration,
     ) -> io::Result<Self> {
         let piece = piece.max(1);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || {
-                for chunk in rx {
-                    // Piece by piece, taking each written piece off the queue's count, so
-                    // that at the end the count is what never reached the output.
-                    let mut rest = &chunk[..];
-                    while !rest.is_empty() && !s.is_failed() {
-                        match out.write(&rest[..rest.len().min(piece)]) {
-                            Ok(0) => s.fail(io::ErrorKind::WriteZero.into()),
-                            Ok(n) => {
-                                s.unqueue(&rest[..n]);
-                                rest = &rest[n..];
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => s.fail(e),
-                        }
-                    }
-                    if let Err(e) = out.flush() {
-                        s.fail(e);
-                    }
-                    s.unqueue(rest);
-                }
-            })?;
+            .spawn(move || s.run(&mut out, piece))?;
         Ok(Self {
             buf: Vec::with_capacity(CHUNK),
-            tx: Some(tx),
             shared,
             limit: limit as u64,
             thread: Some(thread),
@@ -189,18 +228,16 @@ impl Detached {
     }
 
     /// Hands the first `n` gathered bytes to the thread, or drops them when the queue is full.
-    fn hand_over(&mut self, n: usize) -> io::Result<()> {
+    fn hand_over(&mut self, n: usize) {
         if n == 0 {
-            return Ok(());
+            return;
         }
-        let rest = self.buf.split_off(n);
-        let chunk = std::mem::replace(&mut self.buf, rest);
-        let (bytes, lines) = (chunk.len() as u64, line_ends(&chunk));
         let s = &self.shared;
+        let bytes = n as u64;
         let queued = s.queued_bytes.load(Ordering::SeqCst);
         if queued > 0 && queued + bytes > self.limit {
-            s.dropped_bytes.fetch_add(bytes, Ordering::SeqCst);
-            s.dropped_lines.fetch_add(lines, Ordering::SeqCst);
+            s.count_dropped(&self.buf[..n]);
+            self.buf.drain(..n);
             if !self.warned {
                 self.warned = true;
                 log::warn!(
@@ -209,36 +246,40 @@ impl Detached {
                     queued >> 20
                 );
             }
-            return Ok(());
+            return;
         }
-        let tx = self.tx.as_ref().ok_or(io::ErrorKind::BrokenPipe)?;
+        let chunk: Arc<[u8]> = Arc::from(&self.buf[..n]);
+        self.buf.drain(..n);
         s.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
-        s.queued_lines.fetch_add(lines, Ordering::SeqCst);
-        tx.send(chunk).map_err(|e| {
-            s.unqueue(&e.0);
-            io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the output's writer thread ended",
-            )
-        })
+        s.queue().push_back(chunk);
+        s.wake.notify_one();
     }
 
-    /// Hands over what is gathered, stops the thread once it has written the queue, waiting
-    /// at most the drain time; what it has not written by then counts as dropped (a line
-    /// cut short by the end, its line end never written, among them).
+    /// Hands over what is gathered, lets the thread write the queue, waiting at most the
+    /// drain time; what it has not written by then counts as dropped (a line cut short by
+    /// the end, its line end never written, among them), and the thread writes no more.
     fn finish(&mut self) {
-        let _ = io::Write::flush(self);
-        self.tx = None;
-        let settled = self.handle().settle(self.drain);
-        let s = &self.shared;
-        if !settled {
-            // The thread is stuck on the output; it ends with the process.
-            s.dropped_bytes
-                .fetch_add(s.queued_bytes.swap(0, Ordering::SeqCst), Ordering::SeqCst);
-            s.dropped_lines
-                .fetch_add(s.queued_lines.swap(0, Ordering::SeqCst), Ordering::SeqCst);
-        } else if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if self.failed().is_ok() {
+            self.hand_over(self.buf.len());
+        }
+        let s = Arc::clone(&self.shared);
+        {
+            let _q = s.queue();
+            s.closed.store(true, Ordering::SeqCst);
+            s.wake.notify_one();
+        }
+        if Handle(Arc::clone(&s)).settle(self.drain) {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            return;
+        }
+        // The thread is stuck on the output; it ends with the process.
+        let q = s.queue();
+        s.abandoned.store(true, Ordering::SeqCst);
+        let written = s.front_written.load(Ordering::SeqCst);
+        for (i, chunk) in q.iter().enumerate() {
+            s.count_dropped(&chunk[if i == 0 { written.min(chunk.len()) } else { 0 }..]);
         }
     }
 }
@@ -250,14 +291,15 @@ impl io::Write for Detached {
         if self.buf.len() >= CHUNK
             && let Some(end) = self.buf.iter().rposition(|&b| b == b'\n')
         {
-            self.hand_over(end + 1)?;
+            self.hand_over(end + 1);
         }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.failed()?;
-        self.hand_over(self.buf.len())
+        self.hand_over(self.buf.len());
+        Ok(())
     }
 }
 
@@ -319,10 +361,11 @@ mod tests {
     fn an_output_that_keeps_up_gets_every_byte_in_order() {
         let gate = Gate::default();
         gate.open();
+        // Room for all of it: however late the thread, nothing is dropped.
         let mut d = Detached::spawn(
             gate.clone(),
             "t",
-            1 << 20,
+            64 << 20,
             usize::MAX,
             Duration::from_secs(5),
         )
