@@ -781,9 +781,10 @@ pub fn inet_sock_set_state_btf(ctx: aya_ebpf::programs::BtfTracePointContext) ->
 /// this one (the kernel skips this one for them; the main program took them).
 ///
 /// This relies on what runs between the two programs of one event on a CPU: interrupts
-/// only, as tracepoint probes run with preemption off (Linux 6.18 and before). Where the
-/// kernel runs them preemptible (a task preempted between the two programs while two other
-/// tasks' events come and go), an event can be handled twice, or skipped by both.
+/// only, as tracepoint probes run with preemption off. PREEMPT_RT kernels from Linux 7.0
+/// run them with migration off instead: there (a task preempted between the two programs
+/// while two other tasks' events come and go) an event can be handled twice, or skipped by
+/// both, and userspace warns at start-up (`preemptible_tracepoints` in `collect.rs`).
 ///
 /// A flag that the main program set while it ran missed the bursts that interrupted it
 /// in the kernel's own code around it (after the kernel marks it running, before its first

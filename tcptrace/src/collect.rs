@@ -636,8 +636,32 @@ fn attach_btf_state(ebpf: &mut Ebpf, vmlinux: &[u8]) -> Result<()> {
             "{NESTED_STATE_PROGRAM} did not attach ({e:#}): state changes that interrupt \
              tcptrace's program on a CPU will be lost (and counted)"
         );
+    } else if preemptible_tracepoints(
+        &crate::host::kernel_release(),
+        &fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
+        fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
+    ) {
+        log::warn!(
+            "this kernel (PREEMPT_RT, Linux 7.0 or later) runs tracepoint programs with \
+             preemption on, which {NESTED_STATE_PROGRAM} does not allow for: a state change \
+             whose task is preempted between tcptrace's two programs while other tasks' state \
+             changes run on its CPU may, rarely, be counted twice or not at all (the \
+             summary's stream line counts the transitions the tracker found out of step as \
+             gaps)"
+        );
     }
     Ok(())
+}
+
+/// Whether the kernel runs tracepoint probes, and so BPF programs on them, preemptible: on
+/// PREEMPT_RT kernels from Linux 7.0 ("tracing: Guard __DECLARE_TRACE() use of
+/// __DO_TRACE_CALL() with SRCU-fast", January 2026) they run with migration off instead of
+/// preemption off; every other kernel still runs them with preemption off. `version` is
+/// `uname -v` (which names PREEMPT_RT), `realtime` /sys/kernel/realtime ("1" on those
+/// kernels) when it exists.
+fn preemptible_tracepoints(release: &str, version: &str, realtime: Option<&str>) -> bool {
+    let rt = realtime.is_some_and(|r| r.trim() == "1") || version.contains("PREEMPT_RT");
+    rt && parse_kernel_release(release).is_some_and(|v| v >= (7, 0))
 }
 
 fn attach_nested(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
@@ -1422,6 +1446,18 @@ format:
                 "{port}"
             );
         }
+    }
+
+    #[test]
+    fn only_realtime_kernels_from_7_0_run_tracepoint_programs_preemptible() {
+        let rt = "#1 SMP PREEMPT_RT Tue Jun 2 10:00:00 UTC 2026";
+        let plain = "#1 SMP PREEMPT_DYNAMIC Tue Jun 2 10:00:00 UTC 2026";
+        assert!(preemptible_tracepoints("7.0.3-rt", rt, None));
+        assert!(preemptible_tracepoints("7.2.0", plain, Some("1\n")));
+        assert!(!preemptible_tracepoints("7.2.0", plain, None));
+        assert!(!preemptible_tracepoints("7.2.0", plain, Some("0\n")));
+        assert!(!preemptible_tracepoints("6.18.44-fc-v669", rt, Some("1")));
+        assert!(!preemptible_tracepoints("garbage", rt, Some("1")));
     }
 
     #[test]
