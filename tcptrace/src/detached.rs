@@ -177,7 +177,6 @@ pub struct Detached {
     buf: Vec<u8>,
     shared: Arc<Shared>,
     limit: u64,
-    thread: Option<thread::JoinHandle<()>>,
     /// How long dropping the writer waits for the thread to write what is queued.
     drain: Duration,
     warned: bool,
@@ -202,14 +201,15 @@ impl Detached {
         let piece = piece.max(1);
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
-        let thread = thread::Builder::new()
+        // Never joined: a flush the output blocks must not hold up the end (the thread ends
+        // on its own once the queue is written, or with the process).
+        thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || s.run(&mut out, piece))?;
         Ok(Self {
             buf: Vec::with_capacity(CHUNK),
             shared,
             limit: limit as u64,
-            thread: Some(thread),
             drain,
             warned: false,
         })
@@ -269,9 +269,6 @@ impl Detached {
             s.wake.notify_one();
         }
         if Handle(Arc::clone(&s)).settle(self.drain) {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
             return;
         }
         // The thread is stuck on the output; it ends with the process.
