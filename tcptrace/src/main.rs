@@ -59,7 +59,7 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command, Format, Per, RecordArgs, SummaryArgs, WatchArgs},
     config::Filter,
-    detached::Detached,
+    detached::{Detached, Full},
     exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
@@ -198,11 +198,12 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     // pager, a slow pipe) costs lines, counted, never events (see `detached`).
     let mut stream = None;
     if let Some(unit) = unit {
+        let (stream_queue, piece) = stdout_kind();
         let out = Detached::spawn(
             io::stdout(),
             "tcptrace-stream",
-            STREAM_QUEUE,
-            stdout_piece(),
+            stream_queue,
+            piece,
             STREAM_DRAIN / 4,
         )
         .context("starting the stream's writer thread")?;
@@ -254,20 +255,26 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     Ok(exit)
 }
 
-/// The stream's writes: a pipe or terminal takes them a [`detached::PIPE_PIECE`] at a time, so
-/// that lines a stalled reader never took are counted exactly; a file in whole chunks.
-fn stdout_piece() -> usize {
+/// How the stream goes to stdout. A pipe or a terminal, whose reader may stop for good,
+/// drops lines past [`STREAM_QUEUE`] and takes writes a [`detached::PIPE_PIECE`] at a time,
+/// so that the lines a stalled reader never took are counted exactly; a file (or anything
+/// else) is written in whole chunks and never loses a line: past the queue, the stream
+/// waits for it, as it always waited for every write.
+fn stdout_kind() -> ((usize, Full), usize) {
     use std::os::unix::fs::FileTypeExt as _;
     let stdout = std::os::fd::AsFd::as_fd(&io::stdout())
         .try_clone_to_owned()
         .map(std::fs::File::from);
     match stdout.and_then(|f| f.metadata()) {
-        Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => detached::PIPE_PIECE,
-        _ => usize::MAX,
+        Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
+            ((STREAM_QUEUE, Full::Drop), detached::PIPE_PIECE)
+        }
+        _ => ((STREAM_QUEUE, Full::Wait), usize::MAX),
     }
 }
 
-/// Most bytes of the stream waiting for stdout before whole lines are dropped.
+/// Most bytes of the stream waiting for stdout before whole lines are dropped (a pipe or a
+/// terminal) or the stream waits (a file).
 const STREAM_QUEUE: usize = 16 << 20;
 /// How long the end of a run waits for stdout to take the stream's last lines (before the
 /// summary; the writer's own wait at its end is a quarter of it, for what the summary's

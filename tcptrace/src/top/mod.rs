@@ -58,7 +58,7 @@ use self::{
 use crate::{
     cli::{Format, TopArgs},
     config::Filter,
-    detached::Detached,
+    detached::{Detached, Full},
     exit::Exit,
     live::{LiveRun, ReplayControl, Speed, Stop},
     summary::SnapshotOptions,
@@ -276,7 +276,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let frames = Detached::spawn(
         io::stdout(),
         "tcptrace-frames",
-        64 << 20,
+        (64 << 20, Full::Drop),
         usize::MAX,
         FRAMES_DRAIN,
     )
