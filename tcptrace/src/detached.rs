@@ -193,6 +193,8 @@ pub struct Detached {
     shared: Arc<Shared>,
     limit: u64,
     full: Full,
+    /// Starts the thread, with the first chunk: see [`Detached::new`].
+    start: Option<Box<dyn FnOnce() -> io::Result<()>>>,
     /// How long dropping the writer waits for the thread to write what is queued.
     drain: Duration,
     warned: bool,
@@ -203,34 +205,43 @@ fn line_ends(bytes: &[u8]) -> u64 {
 }
 
 impl Detached {
-    /// Starts the thread `name` writing to `out`, with at most `limit` bytes queued (then
+    /// A writer whose thread `name` writes to `out`, with at most `limit` bytes queued (then
     /// `full` says what happens), in writes of at most `piece` bytes; dropping the writer
     /// waits up to `drain` for the queue to be written. A blocked write says nothing of what
     /// it wrote until it returns, so what the end counts as not written is exact to a
     /// piece: [`PIPE_PIECE`] for a pipe.
-    pub fn spawn<W: io::Write + Send + 'static>(
+    ///
+    /// The thread starts with the first chunk handed over, not here: a live run's output
+    /// is set up before the run drops its capabilities (see `privileges`), which belong to
+    /// threads, and its first line comes after; a thread started here would keep them.
+    pub fn new<W: io::Write + Send + 'static>(
         mut out: W,
         name: &str,
         (limit, full): (usize, Full),
         piece: usize,
         drain: Duration,
-    ) -> io::Result<Self> {
+    ) -> Self {
         let piece = piece.max(1);
         let shared = Arc::new(Shared::default());
         let s = Arc::clone(&shared);
+        let name = name.to_owned();
         // Never joined: a flush the output blocks must not hold up the end (the thread ends
         // on its own once the queue is written, or with the process).
-        thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || s.run(&mut out, piece))?;
-        Ok(Self {
+        let start = move || {
+            thread::Builder::new()
+                .name(name)
+                .spawn(move || s.run(&mut out, piece))
+                .map(drop)
+        };
+        Self {
+            start: Some(Box::new(start)),
             buf: Vec::with_capacity(CHUNK),
             shared,
             limit: limit as u64,
             full,
             drain,
             warned: false,
-        })
+        }
     }
 
     /// A handle that outlives the hand-over of the writer.
@@ -245,10 +256,14 @@ impl Detached {
         }
     }
 
-    /// Hands the first `n` gathered bytes to the thread, or drops them when the queue is full.
-    fn hand_over(&mut self, n: usize) {
+    /// Hands the first `n` gathered bytes to the thread (starting it with the first), or
+    /// drops them when the queue is full and `full` says so.
+    fn hand_over(&mut self, n: usize) -> io::Result<()> {
         if n == 0 {
-            return;
+            return Ok(());
+        }
+        if let Some(start) = self.start.take() {
+            start()?;
         }
         let s = &self.shared;
         let bytes = n as u64;
@@ -276,21 +291,24 @@ impl Detached {
                     queued >> 20
                 );
             }
-            return;
+            return Ok(());
         }
         let chunk: Arc<[u8]> = Arc::from(&self.buf[..n]);
         self.buf.drain(..n);
         s.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         s.queue().push_back(chunk);
         s.wake.notify_one();
+        Ok(())
     }
 
     /// Hands over what is gathered, lets the thread write the queue, waiting at most the
     /// drain time; what it has not written by then counts as dropped (a line cut short by
     /// the end, its line end never written, among them), and the thread writes no more.
     fn finish(&mut self) {
-        if self.failed().is_ok() {
-            self.hand_over(self.buf.len());
+        if self.failed().is_ok() && self.hand_over(self.buf.len()).is_err() {
+            // No thread to write it: it never reaches the output.
+            let s = Arc::clone(&self.shared);
+            s.count_dropped(&self.buf);
         }
         let s = Arc::clone(&self.shared);
         {
@@ -318,15 +336,14 @@ impl io::Write for Detached {
         if self.buf.len() >= CHUNK
             && let Some(end) = self.buf.iter().rposition(|&b| b == b'\n')
         {
-            self.hand_over(end + 1);
+            self.hand_over(end + 1)?;
         }
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.failed()?;
-        self.hand_over(self.buf.len());
-        Ok(())
+        self.hand_over(self.buf.len())
     }
 }
 
@@ -389,14 +406,13 @@ mod tests {
         let gate = Gate::default();
         gate.open();
         // Room for all of it: however late the thread, nothing is dropped.
-        let mut d = Detached::spawn(
+        let mut d = Detached::new(
             gate.clone(),
             "t",
             (64 << 20, Full::Drop),
             usize::MAX,
             Duration::from_secs(5),
-        )
-        .expect("test");
+        );
         let all = lines(0, 20_000);
         for piece in all.chunks(777) {
             d.write_all(piece).expect("test");
@@ -411,14 +427,13 @@ mod tests {
     fn a_stalled_output_drops_whole_lines_and_counts_them_and_never_blocks_the_writer() {
         let gate = Gate::default();
         let limit = 256 << 10;
-        let mut d = Detached::spawn(
+        let mut d = Detached::new(
             gate.clone(),
             "t",
             (limit, Full::Drop),
             PIPE_PIECE,
             Duration::from_secs(5),
-        )
-        .expect("test");
+        );
         let all = lines(0, 50_000);
         // Written while the output takes nothing: the writer must not block.
         for piece in all.chunks(1000) {
@@ -458,14 +473,13 @@ mod tests {
     fn a_slow_file_loses_nothing_the_writer_waits_while_the_queue_is_full() {
         let gate = Gate::default();
         let limit = 128 << 10;
-        let mut d = Detached::spawn(
+        let mut d = Detached::new(
             gate.clone(),
             "t",
             (limit, Full::Wait),
             usize::MAX,
             Duration::from_secs(5),
-        )
-        .expect("test");
+        );
         let all = lines(0, 20_000);
         let opener = {
             let gate = gate.clone();
@@ -490,14 +504,13 @@ mod tests {
     #[test]
     fn an_output_that_never_takes_anything_counts_the_queue_as_dropped_at_the_end() {
         let gate = Gate::default();
-        let mut d = Detached::spawn(
+        let mut d = Detached::new(
             gate.clone(),
             "t",
             (1 << 20, Full::Drop),
             usize::MAX,
             Duration::from_millis(50),
-        )
-        .expect("test");
+        );
         d.write_all(&lines(0, 10)).expect("test");
         let dropped = d.handle();
         drop(d);
@@ -516,14 +529,13 @@ mod tests {
                 Ok(())
             }
         }
-        let mut d = Detached::spawn(
+        let mut d = Detached::new(
             Closed,
             "t",
             (1 << 20, Full::Drop),
             usize::MAX,
             Duration::from_secs(1),
-        )
-        .expect("test");
+        );
         d.write_all(b"a\n").expect("test");
         d.flush().expect("test");
         let until = Instant::now() + Duration::from_secs(5);

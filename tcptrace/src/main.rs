@@ -199,14 +199,13 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut stream = None;
     if let Some(unit) = unit {
         let (stream_queue, piece) = stdout_kind();
-        let out = Detached::spawn(
+        let out = Detached::new(
             io::stdout(),
             "tcptrace-stream",
             stream_queue,
             piece,
             STREAM_DRAIN / 4,
-        )
-        .context("starting the stream's writer thread")?;
+        );
         stream = Some(out.handle());
         live.add_sink(Box::new(
             Stream::new(out, clock, style, unit)

@@ -273,14 +273,13 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let mut app = App::new(first, args.close_wait, args.replay.is_some());
     let guard = TerminalGuard::enter()?;
     // The frames: at most one in flight, so the limit is never reached.
-    let frames = Detached::spawn(
+    let frames = Detached::new(
         io::stdout(),
         "tcptrace-frames",
         (64 << 20, Full::Drop),
         usize::MAX,
         FRAMES_DRAIN,
-    )
-    .context("starting the dashboard's terminal writer thread")?;
+    );
     let in_flight = frames.handle();
     let mut terminal =
         Terminal::new(CrosstermBackend::new(frames)).context("setting up the terminal")?;
