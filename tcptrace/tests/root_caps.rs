@@ -192,6 +192,18 @@ fn once_tracing_root_holds_no_capability_and_still_counts_every_event() {
     // Traffic the kernel filters out: its counter must still be readable.
     let other = TcpListener::bind("127.0.0.1:0").expect("bind");
     connect_and_close(&other, CloseOrder::ServerFirst);
+    // The stream's writer thread starts with its first lines: it too holds nothing (made
+    // with the writer, before the drop, it kept every capability).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        std::fs::read_dir(format!("/proc/{}/task", tracer.pid()))
+            .expect("tasks")
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "tcptrace-stream")),
+        "no stream writer thread after 50 lines"
+    );
+    assert_no_capabilities(tracer.pid(), true, "root, once the stream is written");
     // Reading the ring buffers and the kernel's counters needs no capability.
     let out = tracer.stop();
     assert_eq!(out.lines.len(), 50, "{}", out.stderr);
