@@ -138,11 +138,31 @@ impl Comm {
         String::from_utf8_lossy(&self.0[..end])
     }
 
+    /// The name for a terminal ([`printable`]).
+    pub fn printable(&self) -> String {
+        printable(&self.as_str()).into_owned()
+    }
+
     pub fn from_str_lossy(s: &str) -> Self {
         let mut b = [0u8; 16];
         let n = s.len().min(15);
         b[..n].copy_from_slice(&s.as_bytes()[..n]);
         Self(b)
+    }
+}
+
+/// `s` for a terminal: ASCII control characters (a newline, an escape sequence's ESC) shown
+/// as `?`, so that a name a process or a user chose (`prctl(PR_SET_NAME)`, a cgroup's path)
+/// can neither break a line of text output nor send codes to the terminal. JSON, CSV and
+/// the metrics escape them their own way and keep them.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_control()) {
+        s.chars()
+            .map(|c| if c.is_ascii_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
     }
 }
 

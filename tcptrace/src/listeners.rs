@@ -716,7 +716,7 @@ impl ListenersSummary {
         )?;
         for l in &self.listeners {
             let owner = match (&l.comm, l.pid) {
-                (Some(c), Some(p)) => format!("{c}/{p}"),
+                (Some(c), Some(p)) => format!("{}/{p}", crate::decode::printable(c)),
                 _ => "?".to_owned(),
             };
             let addr = SocketAddr::new(

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::{
     cgroups::Cgroup,
     clock::Clock,
-    decode::{Family, Ident, Owner, OwnerSource},
+    decode::{Family, Ident, Owner, OwnerSource, printable},
     listeners::{Alert, Alerts, Sample},
     names::Names,
     sink::Sink,
@@ -402,7 +402,7 @@ fn owner_cols(line: &mut String, owner: Option<Owner>) {
         Some(o) => {
             push_u64_right(line, u64::from(o.tgid), 7);
             line.push(' ');
-            push_left(line, &o.comm.as_str(), 15);
+            push_left(line, &o.comm.printable(), 15);
         }
         None => {
             push_right(line, "-", 7);
@@ -941,15 +941,7 @@ impl<W: io::Write> Stream<W> {
                 line.push(' ');
                 let label = named.cgroup.as_deref().map_or("-", |c| c.label());
                 // One line per connection even for a path with a newline in it.
-                if label.bytes().any(|b| b.is_ascii_control()) {
-                    line.extend(
-                        label
-                            .chars()
-                            .map(|c| if c.is_ascii_control() { '?' } else { c }),
-                    );
-                } else {
-                    line.push_str(label);
-                }
+                line.push_str(&printable(label));
             }
             Style::Json => {
                 let time = &mut self.time;
@@ -1217,6 +1209,28 @@ mod tests {
             new: TcpState::Established,
             dwell_ns: dwell,
         }
+    }
+
+    /// A process may name itself anything (`prctl(PR_SET_NAME)`): in text its control
+    /// characters show as `?`, so the name neither breaks the line nor reaches the terminal
+    /// as an escape sequence; JSON keeps it, escaped.
+    #[test]
+    fn text_lines_show_control_characters_in_names_as_question_marks() {
+        let name = "a\nb\x1b[31mX";
+        let mut t = transition(Some(1_000));
+        if let Fact::Transition { conn, .. } = &mut t {
+            *conn = owned_by(name);
+        }
+        let text = render(Style::Text, Unit::Transition, std::slice::from_ref(&t));
+        assert_eq!(text.lines().count(), 2, "header and one line: {text}");
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(text.contains("a?b?[31mX"), "{text:?}");
+        let conn_text = render(Style::Text, Unit::Connection, &[closed(owned_by(name))]);
+        assert_eq!(conn_text.lines().count(), 2, "{conn_text}");
+        assert!(conn_text.contains("a?b?[31mX"), "{conn_text:?}");
+        let json = render(Style::Json, Unit::Transition, &[t]);
+        let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+        assert_eq!(v["comm"], name);
     }
 
     #[test]
@@ -2199,7 +2213,7 @@ mod tests {
         let mut time = String::new();
         CLOCK.write_time_of_day(&mut time, ts);
         let owner = match conn.owner {
-            Some(o) => format!("{:>7} {:<15}", o.tgid, o.comm.as_str()),
+            Some(o) => format!("{:>7} {:<15}", o.tgid, o.comm.printable()),
             None => format!("{:>7} {:<15}", "-", "-"),
         };
         let (local, remote) = (conn.local, conn.remote);
@@ -2223,13 +2237,13 @@ mod tests {
                 let bytes = |v: Option<u64>| {
                     v.map_or_else(|| format!("{:>12}", "-"), |v| format!("{v:>12}"))
                 };
-                let label: String = Named::of(Some(names), conn.ident)
-                    .cgroup
-                    .as_deref()
-                    .map_or("-", |c| c.label())
-                    .chars()
-                    .map(|c| if c.is_ascii_control() { '?' } else { c })
-                    .collect();
+                let label = printable(
+                    Named::of(Some(names), conn.ident)
+                        .cgroup
+                        .as_deref()
+                        .map_or("-", |c| c.label()),
+                )
+                .into_owned();
                 format!(
                     "{time} {owner} {side:<6} {local:<aw$} {remote:<aw$} {} {:>4} {} {close:<15} {} {} {} {label}",
                     ms_text_plain(c.handshake_ns, 9),

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregate, GroupKey, Groups, Hist, Quantiles, Stats, row_names, rows},
     counters::{Counters, LOSS_EXPLAINED},
-    decode::{Ident, TcpState},
+    decode::{Ident, TcpState, printable},
     listeners::ListenersSummary,
     names::Names,
     pipeline::Pipeline,
@@ -340,7 +340,7 @@ impl Summary {
                     w,
                     "  {:>7} {:<15} {} -> {}  {}",
                     st.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                    st.comm.as_deref().unwrap_or("-"),
+                    printable(st.comm.as_deref().unwrap_or("-")),
                     st.local,
                     st.remote,
                     st.age_ms.map_or_else(
@@ -953,7 +953,7 @@ impl Snapshot {
                     w,
                     "  {:>7} {:<15} {} -> {}  {}",
                     l.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                    l.comm.as_deref().unwrap_or("-"),
+                    printable(l.comm.as_deref().unwrap_or("-")),
                     l.local,
                     l.remote,
                     match (l.age_ms, l.from_proc) {
@@ -1162,7 +1162,7 @@ fn write_group(w: &mut impl io::Write, g: &GroupSummary, all_rows: bool) -> io::
     writeln!(
         w,
         "[{}] connections {}{}; resets sent {} received {}; SYN retransmits {}, SYN-ACK retransmits {}; TIME_WAIT entries {}",
-        g.key,
+        printable(&g.key),
         g.connections,
         if closes.is_empty() {
             String::new()
@@ -1230,6 +1230,19 @@ fn write_group(w: &mut impl io::Write, g: &GroupSummary, all_rows: bool) -> io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Group keys are names processes and users choose (a process's name, a cgroup's path):
+    /// in the text summary their control characters show as `?`.
+    #[test]
+    fn text_group_keys_show_control_characters_as_question_marks() {
+        let g = GroupSummary::of("a\nb\x1b[0m".to_owned(), &Stats::empty(2));
+        let mut out = Vec::new();
+        write_group(&mut out, &g, false).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.starts_with("[a?b?[0m] connections 0"), "{text:?}");
+        assert!(!text.contains('\x1b'), "{text:?}");
+    }
     use crate::top::fixtures::{self, workload_names, workloads};
 
     #[test]
