@@ -118,11 +118,17 @@ impl GroupSummary {
         }
     }
 
+    /// Nothing to show. A group with only retransmits or resets is not empty: a port under a
+    /// SYN flood that completes no connection shows its SYN-ACK retransmits.
     fn is_empty(&self) -> bool {
         self.rows.is_empty()
             && self.connections == 0
             && self.server_handshake_unmeasured == 0
             && self.client_handshake_unmeasured == 0
+            && self.syn_retransmits == 0
+            && self.synack_retransmits == 0
+            && self.resets_sent == 0
+            && self.resets_received == 0
     }
 }
 

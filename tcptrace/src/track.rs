@@ -391,9 +391,11 @@ impl Tracker {
                 });
                 p.count += 1;
                 p.last_ns = ev.ts_ns;
+                // The server side of a pending connection: it counts in its local port's
+                // group, as the connection's other server-side facts do.
                 out.push(Fact::SynAckRetransmit {
                     ts_ns: ev.ts_ns,
-                    conn: conn_of(ev, None),
+                    conn: conn_of(ev, Some(Side::Server)),
                 });
             }
             // Not about a connection: the listener figures count it (`listeners`).

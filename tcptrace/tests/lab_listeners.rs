@@ -336,6 +336,13 @@ fn syn_flood(cookies: u8) {
     // Every retransmit in b is a SYN-ACK of this listener (b sends no SYNs).
     assert!(rtx_truth > 0, "no SYN-ACK retransmits in the lab");
     assert_eq!(u(l, "synack_retransmits"), rtx_truth);
+    // And in the listener's local-port group, with the overall figure.
+    let group = out.summary["by_local_port"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["key"] == p.to_string()))
+        .unwrap_or_else(|| panic!("no local-port group {p}: {}", out.summary));
+    assert_eq!(u(group, "synack_retransmits"), rtx_truth, "{group}");
+    assert_eq!(u(&out.summary["overall"], "synack_retransmits"), rtx_truth);
     drop(server);
     lab.flush(&lab.a);
 }

@@ -177,6 +177,14 @@ fn synack_retransmits_are_matched_to_the_child_by_addresses() {
     let est = st(1100, 4, S::SynRecv, S::Established);
     let (_, facts) = run(&[rtx, child, est]);
     assert_eq!(handshakes(&facts), vec![(Side::Server, None, 1)]);
+    // The retransmit itself is a server-side fact, so it counts in its local port's group
+    // (with no side it counted only overall).
+    let sides: Vec<Option<Side>> = facts
+        .iter()
+        .filter(|f| matches!(f, Fact::SynAckRetransmit { .. }))
+        .map(|f| f.conn().side)
+        .collect();
+    assert_eq!(sides, vec![Some(Side::Server)]);
 }
 
 #[rstest]
