@@ -337,9 +337,10 @@ fn syn_flood(cookies: u8) {
     assert!(rtx_truth > 0, "no SYN-ACK retransmits in the lab");
     assert_eq!(u(l, "synack_retransmits"), rtx_truth);
     // And in the listener's local-port group, with the overall figure.
+    let key = p.to_string();
     let group = out.summary["by_local_port"]
         .as_array()
-        .and_then(|g| g.iter().find(|g| g["key"] == p.to_string()))
+        .and_then(|g| g.iter().find(|g| g["key"] == key.as_str()))
         .unwrap_or_else(|| panic!("no local-port group {p}: {}", out.summary));
     assert_eq!(u(group, "synack_retransmits"), rtx_truth, "{group}");
     assert_eq!(u(&out.summary["overall"], "synack_retransmits"), rtx_truth);
