@@ -45,6 +45,11 @@ impl Clock {
         ts_ns as i64 + self.realtime_offset_ns
     }
 
+    /// The event time (monotonic) of a wall-clock time: [`Clock::unix_ns`] undone.
+    pub fn mono_ns(&self, unix_ns: i64) -> u64 {
+        u64::try_from(unix_ns.saturating_sub(self.realtime_offset_ns)).unwrap_or(0)
+    }
+
     /// Appends local time of day as `HH:MM:SS.uuuuuu`.
     pub fn write_time_of_day(&self, out: &mut String, ts_ns: u64) {
         let local = self.unix_ns(ts_ns) + i64::from(self.utc_offset_secs) * 1_000_000_000;

@@ -257,7 +257,12 @@ impl Replayer {
     fn now_ns(&self) -> u64 {
         let pos = self.position(Instant::now());
         if self.pending.is_empty() && self.end.is_some() {
-            self.released_ns
+            // Played to the end: the recorded run's end (as `report` takes it).
+            let end = match &self.end {
+                Some(Ok(r)) => r.end_ns(),
+                _ => 0,
+            };
+            self.released_ns.max(end)
         } else {
             pos.min(self.pending.front().map_or(u64::MAX, Item::ts_ns))
                 .max(self.released_ns)
@@ -423,6 +428,9 @@ pub struct Finished {
     pub counters: Counters,
     /// The names the run's snapshots used, for its exit summary.
     pub names: Names,
+    /// When the run ended, in event time (the monotonic clock, or the replay's position):
+    /// the exit summary's CLOSE_WAIT ages run to it, and a recording's end record says it.
+    pub end_ns: u64,
 }
 
 impl Finished {
@@ -629,10 +637,17 @@ impl LiveRun {
         self.drop_privileges();
         self.start_sampler();
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
-        // Only the dashboard counts sockets that predate the run: other front ends do not
-        // pay for matching every event against them.
+        // Only the dashboard counts every socket that predates the run: other front ends
+        // keep only those in CLOSE_WAIT (the leaks the summary and the metrics count, a few
+        // at most), so that they do not pay for matching every event against all of them.
         if self.publish.as_ref().is_some_and(|p| p.opts.dashboard) {
             pipeline.set_prior_sockets(self.prior.drain(..));
+        } else {
+            pipeline.set_prior_sockets(
+                self.prior
+                    .drain(..)
+                    .filter(|(_, _, state, _)| *state == TcpState::CloseWait),
+            );
         }
         if let Source::Kernel(collector) = &mut self.source {
             let owner = |h: &crate::procfs::Holder, source| decode::Owner {
@@ -741,13 +756,14 @@ impl LiveRun {
         }
         pipeline.finish();
         let counters = counters_of(source)?;
+        let end_ns = now_ns(source);
         if let Some(p) = &self.publish {
             publish(
                 p,
                 &pipeline,
                 &counters,
                 started.elapsed(),
-                now_ns(source),
+                end_ns,
                 &self.names,
             );
         }
@@ -756,6 +772,7 @@ impl LiveRun {
             pipeline,
             counters,
             names: self.names,
+            end_ns,
         })
     }
 }

@@ -291,7 +291,8 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     live.sample(&args.sample)?;
     add_test_hooks(&mut live, &args.summary);
     let path = &args.output;
-    let recorder = Recorder::create(path, &record::Header::now(live.clock(), &filter))
+    let clock = live.clock();
+    let recorder = Recorder::create(path, &record::Header::now(clock, &filter))
         .with_context(|| format!("creating the recording {}", path.display()))?;
     let recorder = Rc::new(RefCell::new(recorder));
     let recorder_failed = Rc::new(Cell::new(false));
@@ -305,7 +306,12 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut exit = Exit::of(&done);
     // Finished whatever stopped the run (a signal, a failed or panicking sink), so the file
     // ends with its end record wherever that can still be written.
-    let finished = finish_recording(&mut recorder.borrow_mut(), recorder_failed.get(), &done);
+    let finished = finish_recording(
+        &mut recorder.borrow_mut(),
+        recorder_failed.get(),
+        &done,
+        &clock,
+    );
     summary_out.write(&done, &mut exit);
     say_sink_error(&done, &format!("writing the recording {}", path.display()));
     output_failed_at_exit(
@@ -328,7 +334,12 @@ pub fn output_failed_at_exit(exit: &mut Exit, result: Result<()>) {
 /// itself failed: a write error or a panic may have left a torn record at the file's end, and
 /// an end record after it would make a corrupt file claim to be complete. The file is then
 /// left as it is, which reads as truncated, and the error says so.
-fn finish_recording(recorder: &mut Recorder, recorder_failed: bool, done: &Finished) -> Result<()> {
+fn finish_recording(
+    recorder: &mut Recorder,
+    recorder_failed: bool,
+    done: &Finished,
+    clock: &crate::clock::Clock,
+) -> Result<()> {
     if recorder_failed {
         anyhow::bail!(
             "the recorder failed while writing, so the file has no end record and may end in a \
@@ -336,7 +347,12 @@ fn finish_recording(recorder: &mut Recorder, recorder_failed: bool, done: &Finis
              what was written before)"
         );
     }
-    Ok(recorder.finish(done.counters, done.pipeline.undecodable())?)
+    // The end the exit summary's ages run to, so that `report` gives the same summary.
+    Ok(recorder.finish_at(
+        done.counters,
+        done.pipeline.undecodable(),
+        clock.unix_ns(done.end_ns),
+    )?)
 }
 
 /// Where a live run's exit summary goes, as `--no-summary` and `--summary-json` say. The
@@ -368,7 +384,7 @@ impl SummaryOut {
     /// [`output_failed_at_exit`]); the text summary is printed all the same.
     pub fn write(self, done: &Finished, exit: &mut Exit) -> Summary {
         let p = &done.pipeline;
-        let summary = Summary::of(p, &done.counters, self.args.top, &done.names);
+        let summary = Summary::of(p, &done.counters, self.args.top, &done.names, done.end_ns);
         if let Some((path, f)) = self.json {
             output_failed_at_exit(exit, write_json(&path, f, &summary));
         }
@@ -399,19 +415,18 @@ mod tests {
             pipeline: pipeline::Pipeline::new(Vec::new()),
             counters: counters::Counters::default(),
             names: names::Names::none(),
+            end_ns: 0,
         };
-        let header = record::Header::now(
-            clock::Clock {
-                realtime_offset_ns: 5,
-                utc_offset_secs: 0,
-            },
-            &Filter::default(),
-        );
+        let clock = clock::Clock {
+            realtime_offset_ns: 5,
+            utc_offset_secs: 0,
+        };
+        let header = record::Header::now(clock, &Filter::default());
         for (failed, name) in [(false, "ok.tcpt"), (true, "failed.tcpt")] {
             let path =
                 std::env::temp_dir().join(format!("tcptrace-main-{}-{name}", std::process::id()));
             let mut recorder = Recorder::create(&path, &header).expect("create");
-            let finished = finish_recording(&mut recorder, failed, &done);
+            let finished = finish_recording(&mut recorder, failed, &done, &clock);
             drop(recorder);
             let strict = record::replay(&path, false, |_| {});
             let lenient = record::replay(&path, true, |_| {});

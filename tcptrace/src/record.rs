@@ -403,6 +403,16 @@ pub struct Replay {
     pub truncated: Option<RecordingError>,
 }
 
+impl Replay {
+    /// When the recorded run ended, in event time (its end record's time through the
+    /// header's clock); 0 for a truncated file, whose end is its last event.
+    pub fn end_ns(&self) -> u64 {
+        self.trailer
+            .as_ref()
+            .map_or(0, |t| self.header.clock.mono_ns(t.end_unix_ns))
+    }
+}
+
 /// The first bytes of a zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -875,7 +885,7 @@ impl Writer {
     }
 }
 
-/// Writes a recording. Use it as a pipeline sink through [`Shared`], then [`Recorder::finish`].
+/// Writes a recording. Use it as a pipeline sink through [`Shared`], then [`Recorder::finish_at`].
 ///
 /// [`Shared`]: crate::sink::Shared
 pub struct Recorder {
@@ -949,12 +959,9 @@ impl Recorder {
         }
     }
 
-    /// Writes the end line or record and closes the file (finishing the zstd frame).
-    pub fn finish(&mut self, counters: Counters, undecodable: u64) -> io::Result<()> {
-        self.finish_at(counters, undecodable, unix_now_ns())
-    }
-
-    /// [`Recorder::finish`] with a given end time (reproducible synthetic recordings).
+    /// Writes the end line or record, with the run's end time (a live run's end, the one its
+    /// exit summary's ages run to; a synthetic recording's last event), and closes the file
+    /// (finishing the zstd frame).
     pub fn finish_at(
         &mut self,
         counters: Counters,
@@ -1150,7 +1157,7 @@ mod tests {
                     want.push(It::S(s2.clone()));
                 }
             }
-            r.finish(Counters::default(), 0).expect("finish");
+            r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
             let got = std::cell::RefCell::new(Vec::new());
             let rep = replay_with(
                 &path,
@@ -1184,7 +1191,7 @@ mod tests {
                 filtered: 2,
                 missed: 1,
             };
-            r.finish(counters, 4).expect("finish");
+            r.finish_at(counters, 4, unix_now_ns()).expect("finish");
             let mut back = Vec::new();
             let rep = replay(&path, false, |e| back.push(e)).expect("replay");
             assert_eq!(back, evs);
@@ -1224,7 +1231,7 @@ mod tests {
         for e in &sample_events() {
             r.write_event(e).expect("write");
         }
-        r.finish(Counters::default(), 0).expect("finish");
+        r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
         let z = tmp("whole.tcpt.zst");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&z, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
@@ -1369,7 +1376,8 @@ mod tests {
         let src = tmp("cost-src.tcpt");
         let mut rec = Recorder::create(&src, &header()).expect("create");
         crate::generate::generate(&mut rec, 1_000_000, 1).expect("generate");
-        rec.finish(Counters::default(), 0).expect("finish");
+        rec.finish_at(Counters::default(), 0, unix_now_ns())
+            .expect("finish");
         let mut evs = Vec::new();
         replay(&src, false, |e| evs.push(e)).expect("replay");
         let _ = std::fs::remove_file(&src);
@@ -1381,7 +1389,7 @@ mod tests {
             for e in &evs {
                 r.write_event(e).expect("write");
             }
-            r.finish(Counters::default(), 0).expect("finish");
+            r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
             let write = process_cpu_secs() - t;
             let t = process_cpu_secs();
             let mut n = 0u64;

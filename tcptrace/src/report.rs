@@ -62,9 +62,12 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
         None => (Counters::default(), 0),
     };
     let names = Names::for_recording(&replay.header.host, replay.header.clock.realtime_offset_ns);
+    // The end record says when the run ended: CLOSE_WAIT ages run to it, as the live run's
+    // exit summary's did (a truncated file: to its last event).
+    let end_ns = replay.end_ns();
     let summary = Summary {
         undecodable,
-        ..Summary::of(&pipeline, &counters, top, &names)
+        ..Summary::of(&pipeline, &counters, top, &names, end_ns)
     };
     Ok(Report {
         replay,

@@ -38,7 +38,7 @@ pub struct Stuck {
     pub comm: Option<String>,
     pub local: String,
     pub remote: String,
-    /// Time in CLOSE_WAIT up to the last event of the run; `None` if it was already there when
+    /// Time in CLOSE_WAIT up to the end of the run; `None` if it was already there when
     /// tracing started.
     pub age_ms: Option<f64>,
 }
@@ -217,16 +217,31 @@ fn close_wait_by_workload(
 }
 
 impl Summary {
-    /// The summary of a pipeline, its workloads named through `names`.
-    pub fn of(p: &Pipeline, counters: &Counters, top_n: usize, names: &Names) -> Self {
+    /// The summary of a pipeline, its workloads named through `names`, at `end_ns` (event
+    /// time, monotonic: the end of the run, or the snapshot's time; the newest event if
+    /// later), to which the ages of sockets still in CLOSE_WAIT run. Sockets /proc showed in
+    /// CLOSE_WAIT at start that have had no event since count too, first, of unknown age.
+    pub fn of(p: &Pipeline, counters: &Counters, top_n: usize, names: &Names, end_ns: u64) -> Self {
+        let mut prior: Vec<Stuck> = p
+            .prior_sockets()
+            .filter(|(_, (state, _))| *state == TcpState::CloseWait)
+            .map(|((local, remote), (_, owner))| Stuck {
+                pid: owner.map(|o| o.tgid),
+                comm: owner.map(|o| o.comm.as_str().into_owned()),
+                local: local.to_string(),
+                remote: remote.to_string(),
+                age_ms: None,
+            })
+            .collect();
+        prior.sort_by(|a, b| (&a.local, &a.remote).cmp(&(&b.local, &b.remote)));
         Self::build_named(
             p.aggregate(),
             counters,
             p.undecodable(),
             p.tracker(),
             top_n,
-            names,
-            &|sock| p.ident_of(sock),
+            (names, &|sock| p.ident_of(sock)),
+            (end_ns, prior),
         )
     }
 
@@ -245,8 +260,8 @@ impl Summary {
             undecodable,
             tracker,
             top_n,
-            &Names::none(),
-            &|_| Ident::default(),
+            (&Names::none(), &|_| Ident::default()),
+            (0, Vec::new()),
         )
     }
 
@@ -256,22 +271,23 @@ impl Summary {
         undecodable: u64,
         tracker: &Tracker,
         top_n: usize,
-        names: &Names,
-        ident_of: &dyn Fn(u64) -> Ident,
+        (names, ident_of): (&Names, &dyn Fn(u64) -> Ident),
+        (end_ns, prior_close_wait): (u64, Vec<Stuck>),
     ) -> Self {
         let track: TrackStats = tracker.stats();
         let waiting = tracker.sockets_in(TcpState::CloseWait);
-        let end = tracker.newest_ns();
-        let close_wait_oldest = waiting
-            .iter()
-            .take(top_n)
-            .map(|(since, c)| Stuck {
+        let end = end_ns.max(tracker.newest_ns());
+        let close_wait_now = (prior_close_wait.len() + waiting.len()) as u64;
+        let close_wait_oldest = prior_close_wait
+            .into_iter()
+            .chain(waiting.iter().map(|(since, c)| Stuck {
                 pid: c.owner.map(|o| o.tgid),
                 comm: c.owner.map(|o| o.comm.as_str().into_owned()),
                 local: c.local.to_string(),
                 remote: c.remote.to_string(),
                 age_ms: since.map(|t| end.saturating_sub(t) as f64 / 1e6),
-            })
+            }))
+            .take(top_n)
             .collect();
         Self {
             transitions: agg.transitions,
@@ -300,7 +316,7 @@ impl Summary {
             } else {
                 Vec::new()
             },
-            close_wait_now: waiting.len() as u64,
+            close_wait_now,
             close_wait_oldest,
             listeners: agg.listeners.summary(),
         }
@@ -710,8 +726,8 @@ impl Detail {
         agg: &Aggregate,
         tracker: &Tracker,
         opts: &DetailOptions,
-        now_ns: u64,
-        elapsed: Duration,
+        (now_ns, elapsed): (u64, Duration),
+        prior_close_wait: usize,
         names: &Names,
     ) -> Self {
         let mut edges: Vec<_> = agg
@@ -820,9 +836,13 @@ impl Detail {
         let threshold_ns = u64::try_from(opts.close_wait_threshold.as_nanos()).unwrap_or(u64::MAX);
         let run_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let now = now_ns.max(tracker.newest_ns());
+        // Sockets in CLOSE_WAIT before the run (from /proc, no event since) are at least as
+        // old as the run: a leak older than the tracer, or than its last restart, crosses
+        // the threshold once the run has lasted that long.
         let ages = waiting
             .iter()
-            .map(|(since, _)| since.map_or(run_ns, |t| now.saturating_sub(t)));
+            .map(|(since, _)| since.map_or(run_ns, |t| now.saturating_sub(t)))
+            .chain(std::iter::repeat_n(run_ns, prior_close_wait));
         let mut close_wait = CloseWaitAges {
             threshold_s: opts.close_wait_threshold.as_secs_f64(),
             ..CloseWaitAges::default()
@@ -902,12 +922,15 @@ impl Snapshot {
         Self {
             elapsed_s: elapsed.as_secs_f64(),
             newest_ns: tracker.newest_ns(),
-            summary: Summary::of(p, counters, top_n, names),
+            summary: Summary::of(p, counters, top_n, names, now_ns),
             states,
-            detail: opts
-                .detail
-                .as_ref()
-                .map(|d| Detail::build(p.aggregate(), tracker, d, now_ns, elapsed, names)),
+            detail: opts.detail.as_ref().map(|d| {
+                let prior = p
+                    .prior_sockets()
+                    .filter(|(_, (state, _))| *state == TcpState::CloseWait)
+                    .count();
+                Detail::build(p.aggregate(), tracker, d, (now_ns, elapsed), prior, names)
+            }),
             dashboard: recent
                 .filter(|_| opts.dashboard)
                 .map(|r| Dashboard::build(p, r, now_ns, names)),
@@ -1255,7 +1278,9 @@ mod tests {
     fn workloads_group_a_pods_containers_with_bytes_and_close_wait() {
         let names = workload_names();
         let (p, snap) = workloads(&names);
-        let s = Summary::of(&p, &Counters::default(), 5, &names);
+        // At the snapshot's time: the ages of sockets in CLOSE_WAIT run to it.
+        let now = snap.dashboard.as_ref().map_or(0, |d| d.now_ns);
+        let s = Summary::of(&p, &Counters::default(), 5, &names, now);
         assert_eq!(
             s, snap.summary,
             "the snapshot's summary is the exit summary"
@@ -1283,7 +1308,7 @@ mod tests {
         );
         assert_eq!(s.by_workload[0].rows["handshake client"].count, 5);
         // Without names the same figures group by cgroup id, one group per cgroup.
-        let bare = Summary::of(&p, &Counters::default(), 5, &Names::none());
+        let bare = Summary::of(&p, &Counters::default(), 5, &Names::none(), 0);
         let keys: Vec<&str> = bare.by_workload.iter().map(|g| g.key.as_str()).collect();
         assert_eq!(
             keys,
@@ -1303,7 +1328,7 @@ mod tests {
             missed: 4,
             ..Counters::default()
         };
-        let s = Summary::of(&p, &c, 5, &names);
+        let s = Summary::of(&p, &c, 5, &names, 0);
         assert_eq!((s.lost, s.lost_skipped), (7, 4));
         let mut text = Vec::new();
         s.write_text(&mut text).expect("text");
@@ -1320,7 +1345,7 @@ mod tests {
             (Some(7), Some(4))
         );
         // Without loss the JSON keeps its old shape.
-        let quiet = Summary::of(&p, &Counters::default(), 5, &names);
+        let quiet = Summary::of(&p, &Counters::default(), 5, &names, 0);
         let v: serde_json::Value = serde_json::to_value(&quiet).expect("json");
         assert!(v.get("lost_skipped").is_none(), "{v}");
     }

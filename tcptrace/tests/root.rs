@@ -1045,3 +1045,48 @@ fn a_stream_nobody_reads_loses_no_events() {
          lost"
     );
 }
+
+/// Sockets stuck in CLOSE_WAIT, the leak signal: one that was stuck before tracing started
+/// (found in /proc) counts in the exit summary, of unknown age, and one that got stuck while
+/// tracing is as old as the time to the end of the run, not to the run's last event.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn close_wait_counts_sockets_stuck_before_the_start_and_ages_to_the_end_of_the_run() {
+    use std::io::Read as _;
+    require_root();
+    let l = listener(Ipv4Addr::LOCALHOST.into());
+    let port = l.local_addr().expect("addr").port();
+    let addr = l.local_addr().expect("addr");
+    // The client closes, the server holds its end: CLOSE_WAIT.
+    let stuck = |l: &TcpListener| {
+        let c = std::net::TcpStream::connect(addr).expect("connect");
+        let (mut s, _) = l.accept().expect("accept");
+        drop(c);
+        let _ = s.read(&mut [0u8; 1]);
+        s
+    };
+    let before = stuck(&l);
+    let tracer = Tracer::start(&["--port", &port.to_string(), "--per", "none"]);
+    let during = stuck(&l);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = tracer.stop();
+    drop((before, during));
+    let s = &out.summary;
+    assert_eq!(s["close_wait_now"], 2, "{s}");
+    let oldest = s["close_wait_oldest"]
+        .as_array()
+        .expect("close_wait_oldest");
+    assert_eq!(oldest.len(), 2, "{s}");
+    // First the one from before the start: its age is unknown.
+    assert_eq!(oldest[0]["age_ms"], Value::Null, "{s}");
+    let age = oldest[1]["age_ms"].as_f64().expect("age_ms");
+    assert!(
+        age >= 1400.0,
+        "in CLOSE_WAIT for 1.5 s before the end of the run, the summary says {age} ms: {s}"
+    );
+    assert!(
+        out.stderr.contains("since before tracing"),
+        "{}",
+        out.stderr
+    );
+}

@@ -232,7 +232,7 @@ mod tests {
     fn the_workloads_chart_names_the_slowest_by_side() {
         let names = workload_names();
         let (p, _) = workloads(&names);
-        let summary = Summary::of(&p, &Default::default(), 5, &names);
+        let summary = Summary::of(&p, &Default::default(), 5, &names, 0);
         let groups = workload_groups(p.aggregate(), &names);
         let clock = Clock {
             realtime_offset_ns: 0,
