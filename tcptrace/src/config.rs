@@ -242,11 +242,33 @@ fn check_comm(comm: &str) -> Result<String, String> {
     Ok(comm.to_owned())
 }
 
+/// Whether `path` is a network namespace: the kernel's NS_GET_NSTYPE answers CLONE_NEWNET
+/// for an open namespace file (anything else, a directory or another kind of namespace,
+/// would pass no socket at all).
+fn is_network_namespace(path: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    /// `_IO(0xb7, 0x3)`, Linux 4.11+.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: an ioctl without arguments on a file descriptor we own.
+    let kind = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    kind == libc::CLONE_NEWNET
+}
+
 /// A `--netns` value as (namespace inode, path to enter it by).
 fn netns_of(given: &Path) -> Result<(u32, PathBuf), String> {
     use std::os::unix::fs::MetadataExt as _;
     let inode_of = |p: &Path| std::fs::metadata(p).ok().map(|m| m.ino() as u32);
     if let Some(inode) = inode_of(given) {
+        if !is_network_namespace(given) {
+            return Err(format!(
+                "--netns {}: not a network namespace; give a network namespace's path \
+                 (/run/netns/NAME, /proc/PID/ns/net) or its inode number",
+                given.display()
+            ));
+        }
         return Ok((inode, given.to_path_buf()));
     }
     let Some(wanted) = given.to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -286,6 +308,15 @@ fn netns_of(given: &Path) -> Result<(u32, PathBuf), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netns_refuses_what_is_not_a_network_namespace() {
+        for bad in ["/tmp", "/proc/self/ns/pid", "/proc/self/status"] {
+            let e = netns_of(Path::new(bad)).expect_err(bad);
+            assert!(e.contains("not a network namespace"), "{bad}: {e}");
+        }
+        assert!(is_network_namespace(Path::new("/proc/self/ns/net")));
+    }
 
     #[test]
     fn filter_flags_follow_the_sets() {
