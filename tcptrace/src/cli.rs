@@ -345,7 +345,8 @@ pub struct TopArgs {
     /// Replay speed: N times real time, or `max` for as fast as possible.
     #[arg(long, value_name = "N|max", default_value = "1", value_parser = parse_speed, requires = "replay")]
     pub speed: f64,
-    /// Print one snapshot after --interval and exit (no terminal needed).
+    /// Print one snapshot after --interval and exit (no terminal needed); with --replay, the
+    /// snapshot at the recording's end, played as fast as possible.
     #[arg(long)]
     pub once: bool,
     /// Format of the --once snapshot on stdout.

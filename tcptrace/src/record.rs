@@ -1157,7 +1157,8 @@ mod tests {
                     want.push(It::S(s2.clone()));
                 }
             }
-            r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
+            r.finish_at(Counters::default(), 0, unix_now_ns())
+                .expect("finish");
             let got = std::cell::RefCell::new(Vec::new());
             let rep = replay_with(
                 &path,
@@ -1231,7 +1232,8 @@ mod tests {
         for e in &sample_events() {
             r.write_event(e).expect("write");
         }
-        r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
+        r.finish_at(Counters::default(), 0, unix_now_ns())
+            .expect("finish");
         let z = tmp("whole.tcpt.zst");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&z, zstd::encode_all(&bytes[..], 3).expect("zstd")).expect("write");
@@ -1389,7 +1391,8 @@ mod tests {
             for e in &evs {
                 r.write_event(e).expect("write");
             }
-            r.finish_at(Counters::default(), 0, unix_now_ns()).expect("finish");
+            r.finish_at(Counters::default(), 0, unix_now_ns())
+                .expect("finish");
             let write = process_cpu_secs() - t;
             let t = process_cpu_secs();
             let mut n = 0u64;

@@ -109,17 +109,17 @@ fn top_flags_are_checked() {
 
 #[test]
 fn top_once_replays_a_recording_without_root() {
+    // With the defaults too (1x, a 1 s interval): `--once` plays the recording to its end,
+    // where it ran for one interval at 1x (the first second of the recording only).
+    for extra in [&["--interval", "10", "--speed", "max"][..], &[][..]] {
+        top_once_replay(extra);
+    }
+}
+
+fn top_once_replay(extra: &[&str]) {
     let out = tcptrace()
-        .args([
-            "top",
-            "--once",
-            "--format",
-            "json",
-            "--interval",
-            "10",
-            "--speed",
-            "max",
-        ])
+        .args(["top", "--once", "--format", "json"])
+        .args(extra)
         .arg("--replay")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -127,10 +127,11 @@ fn top_once_replays_a_recording_without_root() {
         ))
         .output()
         .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !stderr.contains("tracing TCP"),
+        "a replay traces nothing: {stderr}"
     );
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON snapshot");
     let report = tcptrace()

@@ -204,7 +204,8 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let control = ReplayControl::default();
     let (mut live, meta) = match &args.replay {
         Some(path) => {
-            let speed = if args.speed.is_finite() {
+            // One snapshot of a recording is the one at its end: no reason to wait for it.
+            let speed = if args.speed.is_finite() && !args.once {
                 Speed::Times(args.speed)
             } else {
                 Speed::Max
@@ -243,8 +244,13 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
             no_summary: true,
             ..args.summary.clone()
         })?;
-        crate::say_ready(&mut live, Some(args.interval));
-        let done = live.run(Some(args.interval)).await?;
+        // A live run for one interval; a replay to its end (the last snapshot is published as
+        // the run ends).
+        let until = args.replay.is_none().then_some(args.interval);
+        if args.replay.is_none() {
+            crate::say_ready(&mut live, until);
+        }
+        let done = live.run(until).await?;
         let snap = rx.borrow().clone();
         let mut out = io::BufWriter::new(io::stdout().lock());
         let written = match args.format {
