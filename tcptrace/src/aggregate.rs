@@ -632,9 +632,23 @@ impl Aggregate {
 
     pub fn add(&mut self, fact: &Fact) {
         if let Fact::Transition {
-            old, new, dwell_ns, ..
+            old,
+            new,
+            dwell_ns,
+            conn,
+            ..
         } = fact
         {
+            if (*old, *new) == (TcpState::Close, TcpState::Listen)
+                && let (Some(o), Some(netns)) = (conn.owner, conn.ident.netns)
+            {
+                let key = crate::listeners::ListenerKey {
+                    netns: u64::from(netns),
+                    local: conn.local,
+                };
+                self.listeners
+                    .started(key, o.tgid, o.comm.as_str().into_owned());
+            }
             self.transitions += 1;
             let e = self.edges.entry(*old, *new);
             e.count += 1;

@@ -357,6 +357,11 @@ pub struct Listeners {
     pub unmatched_synack_retransmits: u64,
     pub unmatched_overflow_drops: u64,
     pub samples: u64,
+    /// Who started each listener, from its LISTEN transition (the kernel program names the
+    /// process that called listen()): the holder a sample could not find in /proc (a capless
+    /// tracer may not read another root process's fds) is taken from here. Bounded like the
+    /// listeners.
+    pub started_by: BTreeMap<ListenerKey, (u32, String)>,
 }
 
 fn push_bounded<T>(v: &mut Vec<T>, x: T) {
@@ -481,6 +486,11 @@ impl Listeners {
             if l.pid.is_some() {
                 st.pid = l.pid;
                 st.comm.clone_from(&l.comm);
+            } else if st.pid.is_none()
+                && let Some((pid, comm)) = self.started_by.get(&key)
+            {
+                st.pid = Some(*pid);
+                st.comm = Some(comm.clone());
             }
             st.backlog = l.backlog;
             st.accept_now = l.accept_queue;
@@ -523,6 +533,19 @@ impl Listeners {
     }
 
     /// A SYN-ACK was retransmitted for a connection to `local`.
+    /// A listener started (a CLOSE -> LISTEN transition) by process `pid` named `comm`.
+    pub fn started(&mut self, key: ListenerKey, pid: u32, comm: String) {
+        if let Some(st) = self.listeners.get_mut(&key)
+            && st.pid.is_none()
+        {
+            st.pid = Some(pid);
+            st.comm = Some(comm.clone());
+        }
+        if self.started_by.len() < MAX_LISTENERS || self.started_by.contains_key(&key) {
+            self.started_by.insert(key, (pid, comm));
+        }
+    }
+
     pub fn synack_retransmit(&mut self, local: &SocketAddr) {
         match self.find(local) {
             Some(l) => l.synack_retransmits += 1,
@@ -1052,6 +1075,56 @@ pub(crate) mod tests {
         let sixty = TimeWaitSample::of([("10.0.0.1:1".parse().expect("addr"), 60_000)]);
         assert_eq!(sixty.remaining[TW_BUCKETS - 2], 1);
         assert_eq!(TimeWaitSample::of([]).remaining_min_ms, 0);
+    }
+
+    /// A listener whose holder /proc does not show (a capless tracer, another root process)
+    /// is named after the process its LISTEN transition named, whichever comes first; one
+    /// /proc does show keeps that.
+    #[test]
+    fn a_listener_without_a_holder_in_proc_is_named_after_its_listen_transition() {
+        let unnamed = |addr| ListenerSample {
+            pid: None,
+            comm: None,
+            ..listener(addr, 0, 8, 0)
+        };
+        let key = |addr: &str| ListenerKey {
+            netns: 4026531840,
+            local: addr.parse().expect("addr"),
+        };
+        let mut l = Listeners::default();
+        // Transition first, then samples.
+        l.started(key("10.0.0.1:8080"), 7, "web".to_owned());
+        l.add_sample(&sample(
+            1,
+            vec![unnamed("10.0.0.1:8080")],
+            Netstat::default(),
+        ));
+        // Sample first, then the transition.
+        l.add_sample(&sample(
+            2,
+            vec![unnamed("10.0.0.1:9090")],
+            Netstat::default(),
+        ));
+        l.started(key("10.0.0.1:9090"), 8, "api".to_owned());
+        // /proc's holder stays.
+        l.started(key("10.0.0.1:7070"), 9, "old".to_owned());
+        l.add_sample(&sample(
+            3,
+            vec![listener("10.0.0.1:7070", 0, 8, 0)],
+            Netstat::default(),
+        ));
+        let s = l.summary();
+        let owner = |port: u16| {
+            let x = s
+                .listeners
+                .iter()
+                .find(|x| x.port == port)
+                .expect("listener");
+            (x.pid, x.comm.clone())
+        };
+        assert_eq!(owner(8080), (Some(7), Some("web".to_owned())));
+        assert_eq!(owner(9090), (Some(8), Some("api".to_owned())));
+        assert_eq!(owner(7070), (Some(42), Some("server".to_owned())));
     }
 
     #[test]
