@@ -402,7 +402,8 @@ fn owner_cols(line: &mut String, owner: Option<Owner>) {
         Some(o) => {
             push_u64_right(line, u64::from(o.tgid), 7);
             line.push(' ');
-            push_left(line, &o.comm.printable(), 15);
+            let name = o.comm.as_str();
+            push_left(line, &printable(&name), 15);
         }
         None => {
             push_right(line, "-", 7);
