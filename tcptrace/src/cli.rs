@@ -453,7 +453,8 @@ pub enum Format {
     /// Aligned columns for people.
     #[default]
     Text,
-    /// JSON Lines: one object per line.
+    /// JSON: a stream is JSON Lines (one object per line), a summary or snapshot one
+    /// document.
     Json,
     /// CSV with a header row: the JSON keys as columns, RFC 4180 quoting (stream only).
     Csv,
