@@ -7,12 +7,12 @@
 //!
 //! What is written is gathered in memory and handed to the thread in chunks that end at a
 //! line end (at a flush, whatever is gathered). At most `limit` bytes wait handed over and
-//! unwritten; past that ([`Full`]) a chunk for a pipe or a terminal is dropped whole and
-//! counted ([`Dropped`]), so a stream that does not keep up loses whole lines, and says how
-//! many, while every event still reaches the figures; one for a file waits for room, so a
-//! file never misses a line (it is only ever slow for a while). `top` writes its frames
-//! through one as well, and draws a frame only when the last one is out
-//! ([`Handle::busy`]), so it never drops one.
+//! unwritten; a chunk past that is dropped whole and counted ([`Dropped`]), so a stream
+//! that does not keep up loses whole lines, and says how many, while every event still
+//! reaches the figures. It is for outputs whose reader can stop for good (a pipe, a
+//! terminal, a socket): `watch` writes a file as it always did, on its own thread, since a
+//! disk is only ever slow for a while. `top` writes its frames through one as well, and
+//! draws a frame only when the last one is out ([`Handle::busy`]), so it never drops one.
 //!
 //! The thread's first write error (a closed pipe, a terminal gone) comes back from the next
 //! write or flush, so `| head` still ends the run as before. Nothing here knows about the
@@ -51,8 +51,6 @@ struct Shared {
     broken: AtomicBool,
     /// A chunk was handed over, or the writer ended.
     wake: Condvar,
-    /// A chunk was written (room for a writer that waits, see [`Full::Wait`]).
-    room: Condvar,
     /// Bytes of the front chunk written so far.
     front_written: AtomicUsize,
     /// Bytes in the queue not written yet.
@@ -159,7 +157,6 @@ impl Shared {
                 return;
             }
             q.pop_front();
-            self.room.notify_all();
             self.front_written.store(0, Ordering::SeqCst);
             drop(q);
             // What an error left unwritten is not waiting any more (nor counted dropped: the
@@ -169,16 +166,6 @@ impl Shared {
             self.recycle(chunk);
         }
     }
-}
-
-/// What a full queue does with the next chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Full {
-    /// Drops it, counted: for an output that may stop taking anything (a pipe, a terminal).
-    Drop,
-    /// Waits for room: for an output that only runs slow for a while (a file), so that none
-    /// of it is lost; the writer is held up only while the queue is full.
-    Wait,
 }
 
 /// Lines and bytes that never reached the output.
@@ -222,7 +209,6 @@ pub struct Detached {
     buf: Vec<u8>,
     shared: Arc<Shared>,
     limit: u64,
-    full: Full,
     /// Starts the thread, with the first chunk: see [`Detached::new`].
     start: Option<Box<dyn FnOnce() -> io::Result<()>>>,
     /// How long dropping the writer waits for the thread to write what is queued.
@@ -236,7 +222,7 @@ fn line_ends(bytes: &[u8]) -> u64 {
 
 impl Detached {
     /// A writer whose thread `name` writes to `out`, with at most `limit` bytes queued (then
-    /// `full` says what happens), in writes of at most `piece` bytes; dropping the writer
+    /// whole chunks are dropped), in writes of at most `piece` bytes; dropping the writer
     /// waits up to `drain` for the queue to be written. A blocked write says nothing of what
     /// it wrote until it returns, so what the end counts as not written is exact to a
     /// piece: [`PIPE_PIECE`] for a pipe.
@@ -247,7 +233,7 @@ impl Detached {
     pub fn new<W: io::Write + Send + 'static>(
         mut out: W,
         name: &str,
-        (limit, full): (usize, Full),
+        limit: usize,
         piece: usize,
         drain: Duration,
     ) -> Self {
@@ -268,7 +254,6 @@ impl Detached {
             buf: Vec::with_capacity(CHUNK),
             shared,
             limit: limit as u64,
-            full,
             drain,
             warned: false,
         }
@@ -290,7 +275,7 @@ impl Detached {
     }
 
     /// Hands the first `n` gathered bytes to the thread (starting it with the first), or
-    /// drops them when the queue is full and `full` says so.
+    /// drops them when the queue is full.
     fn hand_over(&mut self, n: usize) -> io::Result<()> {
         if n == 0 {
             return Ok(());
@@ -300,20 +285,8 @@ impl Detached {
         }
         let s = &self.shared;
         let bytes = n as u64;
-        let over = |queued: u64| queued > 0 && queued + bytes > self.limit;
-        if self.full == Full::Wait {
-            let mut q = s.queue();
-            while over(s.queued_bytes.load(Ordering::SeqCst)) && !s.is_failed() {
-                // Timed, so that an error the thread met without a chunk out is seen.
-                q = s
-                    .room
-                    .wait_timeout(q, Duration::from_millis(50))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
         let queued = s.queued_bytes.load(Ordering::SeqCst);
-        if over(queued) {
+        if queued > 0 && queued + bytes > self.limit {
             s.count_dropped(&self.buf[..n]);
             self.buf.drain(..n);
             if !self.warned {
@@ -446,7 +419,7 @@ mod tests {
         let mut d = Detached::new(
             gate.clone(),
             "t",
-            (64 << 20, Full::Drop),
+            64 << 20,
             usize::MAX,
             Duration::from_secs(5),
         );
@@ -464,13 +437,7 @@ mod tests {
     fn a_stalled_output_drops_whole_lines_and_counts_them_and_never_blocks_the_writer() {
         let gate = Gate::default();
         let limit = 256 << 10;
-        let mut d = Detached::new(
-            gate.clone(),
-            "t",
-            (limit, Full::Drop),
-            PIPE_PIECE,
-            Duration::from_secs(5),
-        );
+        let mut d = Detached::new(gate.clone(), "t", limit, PIPE_PIECE, Duration::from_secs(5));
         let all = lines(0, 50_000);
         // Written while the output takes nothing: the writer must not block.
         for piece in all.chunks(1000) {
@@ -507,44 +474,12 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_file_loses_nothing_the_writer_waits_while_the_queue_is_full() {
-        let gate = Gate::default();
-        let limit = 128 << 10;
-        let mut d = Detached::new(
-            gate.clone(),
-            "t",
-            (limit, Full::Wait),
-            usize::MAX,
-            Duration::from_secs(5),
-        );
-        let all = lines(0, 20_000);
-        let opener = {
-            let gate = gate.clone();
-            thread::spawn(move || {
-                thread::sleep(Duration::from_millis(200));
-                gate.open();
-            })
-        };
-        let start = Instant::now();
-        for piece in all.chunks(1000) {
-            d.write_all(piece).expect("test");
-        }
-        // More than the queue holds: the writes waited for the output to open.
-        assert!(start.elapsed() >= Duration::from_millis(150));
-        let handle = d.handle();
-        drop(d);
-        opener.join().expect("opener");
-        assert_eq!(gate.written(), all);
-        assert_eq!(handle.dropped(), Dropped::default());
-    }
-
-    #[test]
     fn an_output_that_never_takes_anything_counts_the_queue_as_dropped_at_the_end() {
         let gate = Gate::default();
         let mut d = Detached::new(
             gate.clone(),
             "t",
-            (1 << 20, Full::Drop),
+            1 << 20,
             usize::MAX,
             Duration::from_millis(50),
         );
@@ -566,13 +501,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut d = Detached::new(
-            Closed,
-            "t",
-            (1 << 20, Full::Drop),
-            usize::MAX,
-            Duration::from_secs(1),
-        );
+        let mut d = Detached::new(Closed, "t", 1 << 20, usize::MAX, Duration::from_secs(1));
         d.write_all(b"a\n").expect("test");
         d.flush().expect("test");
         let until = Instant::now() + Duration::from_secs(5);

@@ -59,7 +59,7 @@ use clap::Parser as _;
 use crate::{
     cli::{Cli, Command, Format, Per, RecordArgs, SummaryArgs, WatchArgs},
     config::Filter,
-    detached::{Detached, Full},
+    detached::Detached,
     exit::Exit,
     live::{Finished, LiveRun},
     record::Recorder,
@@ -194,24 +194,28 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
         Per::Connection => Some(Unit::Connection),
         Per::None => None,
     };
-    // The stream goes out through a thread of its own: stdout that stops reading (a paused
-    // pager, a slow pipe) costs lines, counted, never events (see `detached`).
+    // A stdout whose reader can stop (a pipe, a terminal) gets the stream through a thread of
+    // its own, so that a paused pager or a hung consumer costs lines, counted, never events
+    // (see `detached`); a file is written on the loop's thread, as it always was.
     let mut stream = None;
     if let Some(unit) = unit {
-        let (stream_queue, piece) = stdout_kind();
-        let out = Detached::new(
-            io::stdout(),
-            "tcptrace-stream",
-            stream_queue,
-            piece,
-            STREAM_DRAIN / 4,
-        );
-        stream = Some(out.handle());
-        live.add_sink(Box::new(
-            Stream::new(out, clock, style, unit)
-                .wide(args.wide)
-                .names(live.names()),
-        ));
+        let names = live.names();
+        if stdout_can_stall() {
+            let out = Detached::new(
+                io::stdout(),
+                "tcptrace-stream",
+                STREAM_QUEUE,
+                detached::PIPE_PIECE,
+                STREAM_DRAIN / 4,
+            );
+            stream = Some(out.handle());
+            let s = Stream::new(out, clock, style, unit).wide(args.wide);
+            live.add_sink(Box::new(s.names(names)));
+        } else {
+            let out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+            let s = Stream::new(out, clock, style, unit).wide(args.wide);
+            live.add_sink(Box::new(s.names(names)));
+        }
     }
     let timeline = svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));
@@ -254,26 +258,20 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     Ok(exit)
 }
 
-/// How the stream goes to stdout. A pipe or a terminal, whose reader may stop for good,
-/// drops lines past [`STREAM_QUEUE`] and takes writes a [`detached::PIPE_PIECE`] at a time,
-/// so that the lines a stalled reader never took are counted exactly; a file (or anything
-/// else) is written in whole chunks and never loses a line: past the queue, the stream
-/// waits for it, as it always waited for every write.
-fn stdout_kind() -> ((usize, Full), usize) {
+/// Whether stdout is a pipe, a terminal or a socket: a reader that may stop taking it for
+/// good (a file is only ever slow for a while).
+fn stdout_can_stall() -> bool {
     use std::os::unix::fs::FileTypeExt as _;
     let stdout = std::os::fd::AsFd::as_fd(&io::stdout())
         .try_clone_to_owned()
         .map(std::fs::File::from);
-    match stdout.and_then(|f| f.metadata()) {
-        Ok(m) if m.file_type().is_fifo() || m.file_type().is_char_device() => {
-            ((STREAM_QUEUE, Full::Drop), detached::PIPE_PIECE)
-        }
-        _ => ((STREAM_QUEUE, Full::Wait), usize::MAX),
-    }
+    stdout.and_then(|f| f.metadata()).is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_char_device() || t.is_socket()
+    })
 }
 
-/// Most bytes of the stream waiting for stdout before whole lines are dropped (a pipe or a
-/// terminal) or the stream waits (a file).
+/// Most bytes of the stream waiting for a pipe or a terminal before whole lines are dropped.
 const STREAM_QUEUE: usize = 16 << 20;
 /// How long the end of a run waits for stdout to take the stream's last lines (before the
 /// summary; the writer's own wait at its end is a quarter of it, for what the summary's

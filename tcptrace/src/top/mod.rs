@@ -58,7 +58,7 @@ use self::{
 use crate::{
     cli::{Format, TopArgs},
     config::Filter,
-    detached::{Detached, Full},
+    detached::Detached,
     exit::Exit,
     live::{LiveRun, ReplayControl, Speed, Stop},
     summary::SnapshotOptions,
@@ -282,7 +282,7 @@ async fn top(args: TopArgs, filter: Filter) -> Result<Exit> {
     let frames = Detached::new(
         io::stdout(),
         "tcptrace-frames",
-        (64 << 20, Full::Drop),
+        64 << 20,
         usize::MAX,
         FRAMES_DRAIN,
     );
