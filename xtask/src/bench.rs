@@ -438,20 +438,32 @@ fn run_tcpstates(env: &Env, config: Config, out_path: &Path, load: String) -> Re
         // The first line is the header.
         stats.transitions = Some(lines.saturating_sub(1));
     }
+    Ok(yardstick_row(config, c, stats, load, (&exit, &stderr)))
+}
+
+/// The row of another tool's run, with a note when it ended other than by our SIGINT.
+fn yardstick_row(
+    config: Config,
+    churn: churn::Churn,
+    mut stats: TracerStats,
+    load: String,
+    (exit, stderr): (&proc::Exit, &[String]),
+) -> Row {
     if !exit.success() && !exit.killed {
         stats.note = Some(format!(
-            "tcpstates ended with {}: {}",
+            "{} ended with {}: {}",
+            config.label(),
             exit.describe(),
             stderr.join(" | ")
         ));
     }
-    Ok(Row {
+    Row {
         config,
-        churn: c,
+        churn,
         tracer: Some(stats),
         load,
         stats: false,
-    })
+    }
 }
 
 /// The bpftrace yardstick: transitions counted per new state in a per-CPU map, nothing sent
@@ -495,20 +507,7 @@ fn run_bpftrace(env: &Env, config: Config, out_path: &Path, load: String) -> Res
         // A map update cannot fail for want of room: it loses nothing.
         stats.lost = Some(0);
     }
-    if !exit.success() && !exit.killed {
-        stats.note = Some(format!(
-            "bpftrace ended with {}: {}",
-            exit.describe(),
-            stderr.join(" | ")
-        ));
-    }
-    Ok(Row {
-        config,
-        churn: c,
-        tracer: Some(stats),
-        load,
-        stats: false,
-    })
+    Ok(yardstick_row(config, c, stats, load, (&exit, &stderr)))
 }
 
 /// The tracer's stdout: /dev/null, or a file in the bench directory.
