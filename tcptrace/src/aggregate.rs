@@ -639,15 +639,23 @@ impl Aggregate {
             ..
         } = fact
         {
-            if (*old, *new) == (TcpState::Close, TcpState::Listen)
-                && let (Some(o), Some(netns)) = (conn.owner, conn.ident.netns)
-            {
-                let key = crate::listeners::ListenerKey {
-                    netns: u64::from(netns),
-                    local: conn.local,
-                };
-                self.listeners
-                    .started(key, o.tgid, o.comm.as_str().into_owned());
+            let key = |netns: u32| crate::listeners::ListenerKey {
+                netns: u64::from(netns),
+                local: conn.local,
+            };
+            match (old, new) {
+                (TcpState::Close, TcpState::Listen) => {
+                    if let (Some(o), Some(netns)) = (conn.owner, conn.ident.netns) {
+                        let comm = o.comm.as_str().into_owned();
+                        self.listeners.started(key(netns), o.tgid, comm);
+                    }
+                }
+                (TcpState::Listen, TcpState::Close) => {
+                    if let Some(netns) = conn.ident.netns {
+                        self.listeners.stopped(&key(netns));
+                    }
+                }
+                _ => {}
             }
             self.transitions += 1;
             let e = self.edges.entry(*old, *new);

@@ -151,14 +151,14 @@ impl Comm {
     }
 }
 
-/// `s` for a terminal: ASCII control characters (a newline, an escape sequence's ESC) shown
+/// `s` for a terminal: control characters (a newline, an escape sequence's ESC or CSI) shown
 /// as `?`, so that a name a process or a user chose (`prctl(PR_SET_NAME)`, a cgroup's path)
 /// can neither break a line of text output nor send codes to the terminal. JSON, CSV and
 /// the metrics escape them their own way and keep them.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_control()) {
+    if s.chars().any(char::is_control) {
         s.chars()
-            .map(|c| if c.is_ascii_control() { '?' } else { c })
+            .map(|c| if c.is_control() { '?' } else { c })
             .collect::<String>()
             .into()
     } else {
@@ -387,6 +387,20 @@ pub fn decode(raw: &RawEvent) -> Result<Event, DecodeError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn printable_shows_every_control_character_as_a_question_mark() {
+        // C0 (newline, ESC), DEL and C1 (CSI, which some terminals take as ESC [).
+        assert_eq!(
+            printable("a\nb\u{1b}[31mc\u{7f}d\u{9b}31me"),
+            "a?b?[31mc?d?31me"
+        );
+        assert!(matches!(
+            printable("nginx: worker"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("café"), "café");
+    }
+
     use super::*;
 
     /// A raw state-change record for tests.

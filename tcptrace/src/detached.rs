@@ -96,6 +96,7 @@ impl Shared {
     /// Keeps a written chunk's buffer for [`Shared::buffer`] (a few at most).
     fn recycle(&self, chunk: Arc<Vec<u8>>) {
         if let Ok(mut v) = Arc::try_unwrap(chunk)
+            && v.capacity() >= CHUNK
             && let Ok(mut spare) = self.spare.lock()
             && spare.len() < 4
         {
@@ -135,7 +136,7 @@ impl Shared {
         while let Some(chunk) = self.next() {
             let mut at = 0;
             while at < chunk.len() && !self.is_failed() && !self.abandoned.load(Ordering::SeqCst) {
-                let end = chunk.len().min(at + piece);
+                let end = chunk.len().min(at.saturating_add(piece));
                 match out.write(&chunk[at..end]) {
                     Ok(0) => self.fail(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
@@ -214,6 +215,8 @@ pub struct Detached {
     /// How long dropping the writer waits for the thread to write what is queued.
     drain: Duration,
     warned: bool,
+    /// No warning on stderr when dropping starts (see [`Detached::quiet`]).
+    quiet: bool,
 }
 
 fn line_ends(bytes: &[u8]) -> u64 {
@@ -256,7 +259,15 @@ impl Detached {
             limit: limit as u64,
             drain,
             warned: false,
+            quiet: false,
         }
+    }
+
+    /// Says nothing on stderr when it starts dropping: for an output that is stderr's own
+    /// file (one terminal for both), where a warning would block on what stopped.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// A handle that outlives the hand-over of the writer.
@@ -281,7 +292,12 @@ impl Detached {
             return Ok(());
         }
         if let Some(start) = self.start.take() {
-            start()?;
+            start().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting the output's writer thread: {e} (out of threads or memory?)"),
+                )
+            })?;
         }
         let s = &self.shared;
         let bytes = n as u64;
@@ -291,6 +307,11 @@ impl Detached {
             self.buf.drain(..n);
             if !self.warned {
                 self.warned = true;
+                // Said only where it cannot block the caller: when stderr is the output that
+                // stopped (the same terminal), the count at the end says it instead.
+                if self.quiet {
+                    return Ok(());
+                }
                 log::warn!(
                     "the output is not keeping up ({} MiB waiting): dropping whole lines of it \
                      until it does (counted at exit); every event still counts in the summary",
@@ -301,10 +322,19 @@ impl Detached {
         }
         // The gathered buffer itself goes, a recycled one takes its place (with the bytes
         // after the cut, if any: a flush hands over everything).
-        let mut next = s.buffer();
-        next.extend_from_slice(&self.buf[n..]);
-        self.buf.truncate(n);
-        let chunk = Arc::new(std::mem::replace(&mut self.buf, next));
+        let chunk = if n < CHUNK / 4 {
+            // A small hand-over (a flush on a quiet host) gets a buffer of its own size: a
+            // queue of them, each holding a whole gather buffer, grew to 35 GiB of address
+            // space behind a stalled output before 16 MiB of bytes were queued.
+            let small = self.buf[..n].to_vec();
+            self.buf.drain(..n);
+            Arc::new(small)
+        } else {
+            let mut next = s.buffer();
+            next.extend_from_slice(&self.buf[n..]);
+            self.buf.truncate(n);
+            Arc::new(std::mem::replace(&mut self.buf, next))
+        };
         s.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
         s.queue().push_back(chunk);
         s.wake.notify_one();
@@ -471,6 +501,61 @@ mod tests {
             "{} written",
             written.len()
         );
+    }
+
+    /// An output that takes a few bytes per write (a slow terminal, a signal mid-write).
+    struct Trickle(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(100);
+            self.0.lock().expect("trickle").extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_with_unbounded_pieces_write_everything() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut d = Detached::new(
+            Trickle(Arc::clone(&got)),
+            "t",
+            64 << 20,
+            usize::MAX,
+            Duration::from_secs(5),
+        );
+        let all = lines(0, 5_000);
+        d.write_all(&all).expect("test");
+        let handle = d.handle();
+        drop(d);
+        assert_eq!(*got.lock().expect("got"), all);
+        assert_eq!(handle.dropped(), Dropped::default());
+    }
+
+    #[test]
+    fn small_hand_overs_behind_a_stalled_output_hold_their_size_not_a_buffer_each() {
+        let gate = Gate::default();
+        let mut d = Detached::new(
+            gate.clone(),
+            "t",
+            16 << 20,
+            PIPE_PIECE,
+            Duration::from_millis(50),
+        );
+        for i in 0..2_000 {
+            d.write_all(&lines(i, 1)).expect("test");
+            d.flush().expect("test");
+        }
+        let queued: usize = d.shared.queue().iter().map(|c| c.capacity()).sum();
+        assert!(
+            queued < 1 << 20,
+            "{queued} bytes of buffers for 2,000 lines"
+        );
+        drop(d);
+        gate.open();
     }
 
     #[test]

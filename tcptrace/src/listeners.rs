@@ -259,6 +259,9 @@ pub struct ListenerPoint {
 pub struct ListenerStats {
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// `pid` and `comm` come from the listener's LISTEN transition, not from /proc: a later
+    /// LISTEN (the server restarted) replaces them.
+    pub named_by_listen: bool,
     pub netns_name: String,
     pub backlog: u32,
     pub accept_now: u32,
@@ -486,11 +489,13 @@ impl Listeners {
             if l.pid.is_some() {
                 st.pid = l.pid;
                 st.comm.clone_from(&l.comm);
-            } else if st.pid.is_none()
+                st.named_by_listen = false;
+            } else if (st.pid.is_none() || st.named_by_listen)
                 && let Some((pid, comm)) = self.started_by.get(&key)
             {
                 st.pid = Some(*pid);
                 st.comm = Some(comm.clone());
+                st.named_by_listen = true;
             }
             st.backlog = l.backlog;
             st.accept_now = l.accept_queue;
@@ -532,20 +537,27 @@ impl Listeners {
         self.listeners.get_mut(&key)
     }
 
-    /// A SYN-ACK was retransmitted for a connection to `local`.
     /// A listener started (a CLOSE -> LISTEN transition) by process `pid` named `comm`.
     pub fn started(&mut self, key: ListenerKey, pid: u32, comm: String) {
         if let Some(st) = self.listeners.get_mut(&key)
-            && st.pid.is_none()
+            && (st.pid.is_none() || st.named_by_listen)
         {
             st.pid = Some(pid);
             st.comm = Some(comm.clone());
+            st.named_by_listen = true;
         }
         if self.started_by.len() < MAX_LISTENERS || self.started_by.contains_key(&key) {
             self.started_by.insert(key, (pid, comm));
         }
     }
 
+    /// A listener closed (LISTEN -> CLOSE): its starter is forgotten, so that short-lived
+    /// listeners do not fill [`Listeners::started_by`].
+    pub fn stopped(&mut self, key: &ListenerKey) {
+        self.started_by.remove(key);
+    }
+
+    /// A SYN-ACK was retransmitted for a connection to `local`.
     pub fn synack_retransmit(&mut self, local: &SocketAddr) {
         match self.find(local) {
             Some(l) => l.synack_retransmits += 1,
@@ -1124,6 +1136,23 @@ pub(crate) mod tests {
         };
         assert_eq!(owner(8080), (Some(7), Some("web".to_owned())));
         assert_eq!(owner(9090), (Some(8), Some("api".to_owned())));
+        assert_eq!(owner(7070), (Some(42), Some("server".to_owned())));
+        // A restarted server is named after its new process; a closed listener's starter is
+        // forgotten; /proc's holder is not replaced by a LISTEN.
+        l.stopped(&key("10.0.0.1:8080"));
+        assert!(!l.started_by.contains_key(&key("10.0.0.1:8080")));
+        l.started(key("10.0.0.1:8080"), 17, "web2".to_owned());
+        l.started(key("10.0.0.1:7070"), 19, "new".to_owned());
+        let s = l.summary();
+        let owner = |port: u16| {
+            let x = s
+                .listeners
+                .iter()
+                .find(|x| x.port == port)
+                .expect("listener");
+            (x.pid, x.comm.clone())
+        };
+        assert_eq!(owner(8080), (Some(17), Some("web2".to_owned())));
         assert_eq!(owner(7070), (Some(42), Some("server".to_owned())));
     }
 

@@ -384,6 +384,8 @@ pub struct LiveRun {
     /// The socket-table sampler's thread and its samples, when started.
     sampler: Option<SamplerRun>,
     privileges_dropped: bool,
+    /// See [`LiveRun::recording`].
+    recording: bool,
     /// Names of cgroups and network namespaces for the snapshots and the sinks (this host's
     /// for a live run; a replay's only on the host and boot that recorded it).
     names: Names,
@@ -456,9 +458,13 @@ impl LiveRun {
             comm: decode::Comm::from_str_lossy(&h.comm),
             source: decode::OwnerSource::Proc,
         };
+        // /proc's sockets can be matched to the port and family filters only: with a socket
+        // filter (`--cgroup`, `--pid`, `--comm`, `--netns`) none are kept, rather than
+        // another workload's counted as this one's.
         let prior = collector
             .prior
             .iter()
+            .filter(|_| !filter.any_sockets())
             .filter(|p| filter.matches(p.local, p.remote))
             .filter_map(|p| {
                 let state = TcpState::from_kernel(p.state)?;
@@ -515,8 +521,15 @@ impl LiveRun {
             sampler_opened: None,
             sampler: None,
             privileges_dropped: false,
+            recording: false,
             names,
         })
+    }
+
+    /// The run is recorded: its exit summary leaves out what the recording cannot carry (the
+    /// CLOSE_WAIT sockets /proc showed at start), so that `report` gives the same summary.
+    pub fn recording(&mut self) {
+        self.recording = true;
     }
 
     /// Drops every capability the rest of the run does not need (see `privileges`): call
@@ -642,6 +655,9 @@ impl LiveRun {
         // at most), so that they do not pay for matching every event against all of them.
         if self.publish.as_ref().is_some_and(|p| p.opts.dashboard) {
             pipeline.set_prior_sockets(self.prior.drain(..));
+        } else if self.recording {
+            // A recording does not carry them: its report must equal the live summary.
+            self.prior.clear();
         } else {
             pipeline.set_prior_sockets(
                 self.prior

@@ -200,14 +200,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut stream = None;
     if let Some(unit) = unit {
         let names = live.names();
-        if stdout_can_stall() {
+        if stdout_can_stall()
+            && let Ok(fd) = std::os::fd::AsFd::as_fd(&io::stdout()).try_clone_to_owned()
+        {
+            // A file of its own for fd 1: written without Rust's line buffer, so that what
+            // the end counts as not written is exact and no stderr line lands mid-line.
             let out = Detached::new(
-                io::stdout(),
+                std::fs::File::from(fd),
                 "tcptrace-stream",
                 STREAM_QUEUE,
                 detached::PIPE_PIECE,
                 STREAM_DRAIN / 4,
-            );
+            )
+            .quiet(stdout_is_stderr());
             stream = Some(out.handle());
             let s = Stream::new(out, clock, style, unit).wide(args.wide);
             live.add_sink(Box::new(s.names(names)));
@@ -271,6 +276,21 @@ fn stdout_can_stall() -> bool {
     })
 }
 
+/// Whether stdout and stderr are one open file (a terminal both go to), so that a warning on
+/// stderr would wait for the very output that stopped.
+fn stdout_is_stderr() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = |fd: std::os::fd::BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata())
+            .map(|m| (m.dev(), m.ino(), m.rdev()))
+    };
+    let out = meta(std::os::fd::AsFd::as_fd(&io::stdout()));
+    let err = meta(std::os::fd::AsFd::as_fd(&io::stderr()));
+    matches!((out, err), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Most bytes of the stream waiting for a pipe or a terminal before whole lines are dropped.
 const STREAM_QUEUE: usize = 16 << 20;
 /// How long the end of a run waits for stdout to take the stream's last lines (before the
@@ -288,6 +308,7 @@ async fn record(args: RecordArgs, filter: Filter) -> Result<Exit> {
     let mut live = LiveRun::start(&filter, args.ring_kib)?;
     live.sample(&args.sample)?;
     add_test_hooks(&mut live, &args.summary);
+    live.recording();
     let path = &args.output;
     let clock = live.clock();
     let recorder = Recorder::create(path, &record::Header::now(clock, &filter))
