@@ -1094,6 +1094,15 @@ pub(crate) mod tests {
     /// /proc does show keeps that.
     #[test]
     fn a_listener_without_a_holder_in_proc_is_named_after_its_listen_transition() {
+        let owner = |l: &Listeners, port: u16| {
+            let s = l.summary();
+            let x = s
+                .listeners
+                .iter()
+                .find(|x| x.port == port)
+                .expect("listener");
+            (x.pid, x.comm.clone())
+        };
         let unnamed = |addr| ListenerSample {
             pid: None,
             comm: None,
@@ -1125,35 +1134,17 @@ pub(crate) mod tests {
             vec![listener("10.0.0.1:7070", 0, 8, 0)],
             Netstat::default(),
         ));
-        let s = l.summary();
-        let owner = |port: u16| {
-            let x = s
-                .listeners
-                .iter()
-                .find(|x| x.port == port)
-                .expect("listener");
-            (x.pid, x.comm.clone())
-        };
-        assert_eq!(owner(8080), (Some(7), Some("web".to_owned())));
-        assert_eq!(owner(9090), (Some(8), Some("api".to_owned())));
-        assert_eq!(owner(7070), (Some(42), Some("server".to_owned())));
+        assert_eq!(owner(&l, 8080), (Some(7), Some("web".to_owned())));
+        assert_eq!(owner(&l, 9090), (Some(8), Some("api".to_owned())));
+        assert_eq!(owner(&l, 7070), (Some(42), Some("server".to_owned())));
         // A restarted server is named after its new process; a closed listener's starter is
         // forgotten; /proc's holder is not replaced by a LISTEN.
         l.stopped(&key("10.0.0.1:8080"));
         assert!(!l.started_by.contains_key(&key("10.0.0.1:8080")));
         l.started(key("10.0.0.1:8080"), 17, "web2".to_owned());
         l.started(key("10.0.0.1:7070"), 19, "new".to_owned());
-        let s = l.summary();
-        let owner = |port: u16| {
-            let x = s
-                .listeners
-                .iter()
-                .find(|x| x.port == port)
-                .expect("listener");
-            (x.pid, x.comm.clone())
-        };
-        assert_eq!(owner(8080), (Some(17), Some("web2".to_owned())));
-        assert_eq!(owner(7070), (Some(42), Some("server".to_owned())));
+        assert_eq!(owner(&l, 8080), (Some(17), Some("web2".to_owned())));
+        assert_eq!(owner(&l, 7070), (Some(42), Some("server".to_owned())));
     }
 
     #[test]

@@ -21,7 +21,8 @@ use std::{
 };
 
 use common::{
-    CloseOrder, IO_TIMEOUT, Tracer, churn_while_stopped, connect_and_close, require_root,
+    CloseOrder, IO_TIMEOUT, Tracer, churn_while_stopped, connect_and_close, connections,
+    require_root,
 };
 use serde_json::Value;
 
@@ -308,14 +309,7 @@ fn prometheus_scrapes_real_numbers_and_every_deploy_query_returns_data() {
         p.wait_for("up{job=\"tcptrace\"}", 1.0);
     }
     let n = 40u64;
-    for i in 0..n {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(&l, order);
-    }
+    connections(&l, n as usize);
     // Ten transitions per connection pair, client and server socket together.
     for p in [&native, &classic] {
         p.wait_for("sum(tcptrace_transitions_total)", (10 * n) as f64);

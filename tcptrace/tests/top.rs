@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{BIN, CloseOrder, IO_TIMEOUT, connect_and_close, exit_code_after, require_root};
+use common::{
+    BIN, CloseOrder, IO_TIMEOUT, connect_and_close, connections, exit_code_after, require_root,
+};
 use serde_json::Value;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/loopback.jsonl");
@@ -448,18 +450,6 @@ fn ready(child: &mut std::process::Child) -> BufReader<std::process::ChildStderr
         );
     }
     err
-}
-
-/// `n` connections to `listener`, closed by the client and the server in turn.
-fn connections(listener: &TcpListener, n: usize) {
-    for i in 0..n {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(listener, order);
-    }
 }
 
 fn wait(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {

@@ -364,6 +364,19 @@ pub fn connect_and_close(listener: &TcpListener, order: CloseOrder) -> (u16, u16
     (cport, addr.port())
 }
 
+/// `n` connections to `listener` (as [`connect_and_close`]), closed by the client and the
+/// server in turn, the client first.
+pub fn connections(listener: &TcpListener, n: usize) {
+    for i in 0..n {
+        let order = if i % 2 == 0 {
+            CloseOrder::ClientFirst
+        } else {
+            CloseOrder::ServerFirst
+        };
+        connect_and_close(listener, order);
+    }
+}
+
 /// Transitions a client socket goes through, by close order.
 pub fn client_expected(order: CloseOrder) -> Vec<&'static str> {
     let mut v = vec!["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED"];
