@@ -200,19 +200,19 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let mut stream = None;
     if let Some(unit) = unit {
         let names = live.names();
-        if stdout_can_stall()
-            && let Ok(fd) = std::os::fd::AsFd::as_fd(&io::stdout()).try_clone_to_owned()
+        // A file of its own for fd 1: written without Rust's line buffer, so that what the
+        // end counts as not written is exact and no stderr line lands mid-line.
+        if let Ok((file, meta)) = dup_with_metadata(std::os::fd::AsFd::as_fd(&io::stdout()))
+            && can_stall(&meta)
         {
-            // A file of its own for fd 1: written without Rust's line buffer, so that what
-            // the end counts as not written is exact and no stderr line lands mid-line.
             let out = Detached::new(
-                std::fs::File::from(fd),
+                file,
                 "tcptrace-stream",
                 STREAM_QUEUE,
                 detached::PIPE_PIECE,
                 STREAM_DRAIN / 4,
             )
-            .quiet(stdout_is_stderr());
+            .quiet(is_stderr(&meta));
             stream = Some(out.handle());
             let s = Stream::new(out, clock, style, unit).wide(args.wide);
             live.add_sink(Box::new(s.names(names)));
@@ -263,32 +263,29 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     Ok(exit)
 }
 
-/// Whether stdout is a pipe, a terminal or a socket: a reader that may stop taking it for
-/// good (a file is only ever slow for a while).
-fn stdout_can_stall() -> bool {
-    use std::os::unix::fs::FileTypeExt as _;
-    let stdout = std::os::fd::AsFd::as_fd(&io::stdout())
-        .try_clone_to_owned()
-        .map(std::fs::File::from);
-    stdout.and_then(|f| f.metadata()).is_ok_and(|m| {
-        let t = m.file_type();
-        t.is_fifo() || t.is_char_device() || t.is_socket()
-    })
+/// A file of its own for `fd` (a dup), with its metadata.
+fn dup_with_metadata(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    let file = std::fs::File::from(fd.try_clone_to_owned()?);
+    let meta = file.metadata()?;
+    Ok((file, meta))
 }
 
-/// Whether stdout and stderr are one open file (a terminal both go to), so that a warning on
+/// Whether an output is a pipe, a terminal or a socket: a reader that may stop taking it for
+/// good (a file is only ever slow for a while).
+fn can_stall(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = m.file_type();
+    t.is_fifo() || t.is_char_device() || t.is_socket()
+}
+
+/// Whether an output is stderr's own file (a terminal both go to), so that a warning on
 /// stderr would wait for the very output that stopped.
-fn stdout_is_stderr() -> bool {
+fn is_stderr(m: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = |fd: std::os::fd::BorrowedFd<'_>| {
-        fd.try_clone_to_owned()
-            .map(std::fs::File::from)
-            .and_then(|f| f.metadata())
-            .map(|m| (m.dev(), m.ino(), m.rdev()))
-    };
-    let out = meta(std::os::fd::AsFd::as_fd(&io::stdout()));
-    let err = meta(std::os::fd::AsFd::as_fd(&io::stderr()));
-    matches!((out, err), (Ok(a), Ok(b)) if a == b)
+    let id = |m: &std::fs::Metadata| (m.dev(), m.ino(), m.rdev());
+    dup_with_metadata(std::os::fd::AsFd::as_fd(&io::stderr())).is_ok_and(|(_, e)| id(&e) == id(m))
 }
 
 /// Most bytes of the stream waiting for a pipe or a terminal before whole lines are dropped.
