@@ -542,6 +542,37 @@ pub mod tp {
 /// RSS on 2 CPUs for no measured gain.
 pub const RING_BYTES: u32 = 2 << 20;
 
+/// One slot of the main state-change program's slot rings: a whole [`Event`].
+///
+/// The program that handles state changes writes them into a ring of its own per CPU, in a
+/// memory-mappable array the reader maps, instead of the kernel's ring buffer: the kernel
+/// runs that program at most once at a time per CPU (it skips a nested run, and the
+/// nested-event program takes those), so each ring has one writer and needs no lock, where
+/// the ring buffer's reserve and submit take a lock with interrupts off (measured on 2
+/// cores under the bench's churn: 216 ns per event with the ring buffer, 173 with a
+/// per-CPU array). Every other program (the nested-event one and the `tcp:*` ones, which
+/// can interrupt it) keeps the ring buffers, as does every program on CPUs whose stores
+/// another CPU may see out of order (see `SLOT_RINGS` in the program).
+pub const SLOT_BYTES: usize = EVENT_SIZE;
+
+/// A slot ring's two positions (see [`SLOT_BYTES`]): records `tail..head` are ready. The
+/// program alone writes `head`, after the record; the reader alone writes `tail`, after it
+/// copied the records. Each on a cache line of its own.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotPos {
+    pub head: u64,
+    pub _head_line: [u64; 7],
+    pub tail: u64,
+    pub _tail_line: [u64; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<SlotPos>() == 128);
+
+/// Length of the record the program writes to a ring buffer only to wake the reader up for
+/// its slot ring (a record shorter than any event, which the reader skips).
+pub const WAKE_BYTES: usize = 8;
+
 /// Number of ring buffers: CPU `n` writes to ring `n % RINGS`. One ring shared by all CPUs
 /// made its lock and positions bounce between CPUs on every record (measured on 2 cores: a
 /// ring per CPU cut the program's time per event by about a quarter). Rings that no CPU
@@ -571,4 +602,6 @@ mod user {
     unsafe impl aya::Pod for super::SockOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SlotPos {}
 }

@@ -42,8 +42,9 @@ use tcptrace_common::{
     FILTER_LPORT, FILTER_PORT, FILTER_RPORT, FLAG_AUX_SRTT, FLAG_OWNER_CURRENT,
     FLAG_OWNER_LISTENER, ListenKey, Listener, MAX_FILTER_NETNS, OFFS_CGROUP, OFFS_CLOSE,
     OFFS_NETNS, Owner, PORT_PLANE_EITHER, PORT_PLANE_LOCAL, PORT_PLANE_REMOTE, PORT_PLANES,
-    PORT_WORDS, RING_BYTES, RINGS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID, SockFilter, SockOffsets,
-    XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter, port_slot, tp,
+    PORT_WORDS, RING_BYTES, RINGS, SF_CGROUP, SF_COMM, SF_NETNS, SF_PID, SlotPos, SockFilter,
+    SockOffsets, WAKE_BYTES, XFLAG_CGROUP, XFLAG_CLOSE_STATS, XFLAG_NETNS, XFLAG_NO_COMM, counter,
+    port_slot, tp,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -176,6 +177,35 @@ fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
         EVENTS7.reserve(0)
     }
 }
+
+/// Slots per CPU less one (a power of two less one) of the state-change program's slot
+/// rings, set by userspace at load time; 0 (the default) turns them off, and every record
+/// goes to the ring buffers. Userspace turns them on only on CPUs that keep stores in order
+/// (x86-64): a record must be whole in memory before the reader sees its `head`, and this
+/// program has no store barrier to say so on other CPUs.
+#[unsafe(no_mangle)]
+static SLOT_MASK: u64 = 0;
+
+/// The slot rings' [`WAKE_MASK`]: a record written at a `head` with none of these bits set
+/// wakes the reader (set by userspace from the slots per CPU).
+#[unsafe(no_mangle)]
+static SLOT_WAKE_MASK: u64 = 2047;
+
+/// `BPF_F_MMAPABLE`: the array can be mapped into the reader's memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The slot rings (see [`tcptrace_common::SLOT_BYTES`]): CPU `c`'s ring is slots
+/// `c * (SLOT_MASK + 1)` onwards. Sized by userspace at load time.
+#[map]
+static SLOTS: Array<Slot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Each CPU's slot ring positions, by CPU number. Sized by userspace at load time.
+#[map]
+static SLOT_POS: Array<SlotPos> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// A slot: a whole [`Event`], 8-aligned.
+#[repr(C, align(8))]
+struct Slot([u8; core::mem::size_of::<Event>()]);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -1019,6 +1049,7 @@ fn set_state<const BTF: bool, const NESTED: bool>(
             close,
         },
         owner,
+        !NESTED,
     );
 }
 
@@ -1142,8 +1173,14 @@ const _: () = assert!(core::mem::size_of::<ShortEvent>() == EVENT_V1_SIZE);
 /// offsets (built on the stack and copied, it took a byte-by-byte copy of the record). A
 /// record with the socket's cgroup or namespace or its close counters takes a whole
 /// [`Event`]; any other the [`ShortEvent`] prefix. Two reserve sites, each of a constant size.
+///
+/// `slot`: the caller is the state-change program (not the nested-event one), the one
+/// program that may write the slot rings ([`emit_slot`]).
 #[inline(always)]
-fn emit<const NESTED: bool>(r: &Record, owner: OwnerWords) {
+fn emit<const NESTED: bool>(r: &Record, owner: OwnerWords, slot: bool) {
+    if slot && emit_slot(r, owner) {
+        return;
+    }
     if r.close.is_some() || r.ident.xflags & (XFLAG_CGROUP | XFLAG_NETNS) != 0 {
         let Some(mut entry) = reserve::<Event>() else {
             count_in::<NESTED>(counter::LOST);
@@ -1163,11 +1200,65 @@ fn emit<const NESTED: bool>(r: &Record, owner: OwnerWords) {
     }
 }
 
+/// Writes a record into this CPU's slot ring; false when the slot rings are off (then the
+/// caller uses the ring buffer). Only the state-change program may call it: the kernel never
+/// runs it twice at once on one CPU, so each ring has one writer, and the record is
+/// written whole (every field, zero where unknown) before `head` moves past it.
+#[inline(always)]
+fn emit_slot(r: &Record, owner: OwnerWords) -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    let mask = unsafe { core::ptr::read_volatile(&SLOT_MASK) };
+    if mask == 0 {
+        return false;
+    }
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(pos) = SLOT_POS.get_ptr_mut(cpu) else {
+        return false;
+    };
+    // SAFETY: this CPU's positions in a live map value. `tail` is the reader's, read once;
+    // `head` is this program's alone, and is stored after the record's fields (volatile
+    // stores, in program order, which x86-64 makes visible in that order).
+    unsafe {
+        let head = core::ptr::read_volatile(&raw const (*pos).head);
+        let tail = core::ptr::read_volatile(&raw const (*pos).tail);
+        if head.wrapping_sub(tail) > mask {
+            count(counter::LOST);
+            return true;
+        }
+        let index = u64::from(cpu) * (mask + 1) + (head & mask);
+        let Some(slot) = SLOTS.get_ptr_mut(index as u32) else {
+            count(counter::LOST);
+            return true;
+        };
+        let base = slot.cast::<u8>();
+        emit_head(base, r, owner);
+        emit_tail(base, r);
+        core::ptr::write_volatile(&raw mut (*pos).head, head.wrapping_add(1));
+        count(counter::SUBMITTED);
+        // The reader sleeps on the ring buffers, so a record there wakes it for this ring.
+        if head & core::ptr::read_volatile(&SLOT_WAKE_MASK) == 0
+            && let Some(mut entry) = reserve::<WakeRecord>()
+        {
+            entry.write(WakeRecord(0));
+            entry.submit(BPF_RB_FORCE_WAKEUP);
+        }
+    }
+    true
+}
+
+/// What [`emit_slot`] puts in the ring buffer to wake the reader ([`WAKE_BYTES`] long).
+#[repr(C)]
+struct WakeRecord(u64);
+
+const _: () = assert!(core::mem::size_of::<WakeRecord>() == WAKE_BYTES);
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Counts a submitted record and picks its wake-up flag (see [`WAKE_MASK`]).
 #[inline(always)]
 fn submit_flags<const NESTED: bool>() -> u64 {
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
     let Some(c) = COUNTERS.get_ptr_mut(counter_index::<NESTED>(counter::SUBMITTED)) else {
         return 0;
     };
@@ -1189,8 +1280,9 @@ fn submit_flags<const NESTED: bool>() -> u64 {
 fn emit_head(base: *mut u8, r: &Record, owner: OwnerWords) {
     let put = |offset: usize, v: u64| {
         // SAFETY: every offset below is an 8-aligned field of the reserved record
-        // (ring buffer records are 8-aligned).
-        unsafe { base.add(offset).cast::<u64>().write(v) }
+        // (ring buffer records and slots are 8-aligned). Volatile, so that no store is moved
+        // after a slot ring's `head` ([`emit_slot`]).
+        unsafe { base.add(offset).cast::<u64>().write_volatile(v) }
     };
     put(offset_of!(Event, ts_ns), r.ts_ns);
     put(offset_of!(Event, skaddr), r.skaddr);
@@ -1205,17 +1297,25 @@ fn emit_head(base: *mut u8, r: &Record, owner: OwnerWords) {
     // SAFETY (the writes below): fields of the reserved record, each naturally aligned.
     unsafe {
         let at = |offset: usize| base.add(offset);
-        at(offset_of!(Event, sport)).cast::<u16>().write(r.sport);
-        at(offset_of!(Event, dport)).cast::<u16>().write(r.dport);
-        at(offset_of!(Event, family)).cast::<u16>().write(r.family);
+        at(offset_of!(Event, sport))
+            .cast::<u16>()
+            .write_volatile(r.sport);
+        at(offset_of!(Event, dport))
+            .cast::<u16>()
+            .write_volatile(r.dport);
+        at(offset_of!(Event, family))
+            .cast::<u16>()
+            .write_volatile(r.family);
         at(offset_of!(Event, kind))
             .cast::<u16>()
-            .write(r.kind as u16);
-        at(offset_of!(Event, old)).write(r.old);
-        at(offset_of!(Event, new)).write(r.new);
-        at(offset_of!(Event, flags)).write(r.flags);
-        at(offset_of!(Event, _pad)).write(0);
-        at(offset_of!(Event, aux)).cast::<u32>().write(r.aux);
+            .write_volatile(r.kind as u16);
+        at(offset_of!(Event, old)).write_volatile(r.old);
+        at(offset_of!(Event, new)).write_volatile(r.new);
+        at(offset_of!(Event, flags)).write_volatile(r.flags);
+        at(offset_of!(Event, _pad)).write_volatile(0);
+        at(offset_of!(Event, aux))
+            .cast::<u32>()
+            .write_volatile(r.aux);
     }
 }
 
@@ -1225,7 +1325,7 @@ fn emit_head(base: *mut u8, r: &Record, owner: OwnerWords) {
 fn emit_tail(base: *mut u8, r: &Record) {
     let put = |offset: usize, v: u64| {
         // SAFETY: 8-aligned fields of the reserved record, as in `emit_head`.
-        unsafe { base.add(offset).cast::<u64>().write(v) }
+        unsafe { base.add(offset).cast::<u64>().write_volatile(v) }
     };
     let c = r.close.unwrap_or(CloseStats {
         acked: 0,
@@ -1395,6 +1495,7 @@ fn emit_without_owner(
             close: None,
         },
         NO_OWNER,
+        false,
     );
 }
 

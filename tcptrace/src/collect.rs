@@ -20,6 +20,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{config::Filter, counters::Counters};
 
+mod slots;
+
 /// Where tracefs is (or was mounted by us).
 #[derive(Debug, Clone)]
 pub struct Tracefs(pub PathBuf);
@@ -334,6 +336,9 @@ pub struct Collector {
     attached: Vec<&'static str>,
     /// The ring buffers, one per CPU modulo `RINGS` (see `tcptrace_common::RINGS`).
     rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    /// The state-change program's rings, where it writes them ([`slots`]); `None` where
+    /// every record goes to the ring buffers.
+    slots: Option<slots::SlotRings>,
     /// Set while the reader thread runs at real-time priority ([`raise_priority`]).
     realtime: Option<RtGuard>,
     /// Records of one batch from every ring, merged into time order before they are handed
@@ -491,15 +496,26 @@ const QUEUE_CAP: usize = 262_144;
 /// A drain always empties every ring: stopping part-way would leave one ring's older
 /// records behind another's newer ones, further apart in time than the reorder window
 /// mends. So the queue holds at most `cap` plus what the rings can hold.
-fn drain_rings(rings: &mut [AsyncFd<RingBuf<MapData>>], merge: &mut Merge, cap: usize) {
+fn drain_rings(
+    rings: &mut [AsyncFd<RingBuf<MapData>>],
+    slots: Option<&mut slots::SlotRings>,
+    merge: &mut Merge,
+    cap: usize,
+) {
     if merge.len() >= cap {
         return;
     }
     for ring in rings {
         let ring = ring.get_mut();
         while let Some(item) = ring.next() {
-            merge.push(&item);
+            // A record that only woke the reader for the slot rings.
+            if item.len() != tcptrace_common::WAKE_BYTES {
+                merge.push(&item);
+            }
         }
+    }
+    if let Some(slots) = slots {
+        slots.drain(|record| merge.push(record));
     }
 }
 
@@ -905,11 +921,38 @@ impl Collector {
         // Rings no CPU writes to get the smallest size the kernel allows (one page).
         let in_use = rings_in_use();
         let ring_bytes = ring_kib.map_or(RING_BYTES, |kib| kib * 1024);
+        // With the slot rings (where this CPU keeps stores in order; `TCPTRACE_RINGS=kernel`
+        // turns them off, for comparisons) each CPU's slot ring is the ring size, and the
+        // ring buffers, which then carry only the nested-event and `tcp:*` programs'
+        // records, a quarter of it.
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| anyhow::anyhow!("reading the CPU count from {path}: {e}"))?;
+        let use_slots =
+            slots::SUPPORTED && std::env::var("TCPTRACE_RINGS").as_deref() != Ok("kernel");
+        let per_cpu = slots::slots_per_cpu(ring_bytes, cpus, ring_kib.is_some());
+        let (slot_mask, side_bytes) = if use_slots {
+            (per_cpu - 1, (ring_bytes / 4).max(4096))
+        } else {
+            (0, ring_bytes)
+        };
+        loader.override_global("SLOT_MASK", &slot_mask, true);
+        let slot_wake = slots::wake_mask(per_cpu);
+        loader.override_global("SLOT_WAKE_MASK", &slot_wake, true);
+        if use_slots {
+            let entries = u32::try_from(cpus as u64 * per_cpu)
+                .ok()
+                .filter(|_| per_cpu <= u64::from(u32::MAX))
+                .with_context(|| {
+                    format!("{cpus} CPUs with rings of {ring_bytes} bytes need too many slots: choose a smaller --ring-kib")
+                })?;
+            loader.map_max_entries("SLOTS", entries);
+            loader.map_max_entries("SLOT_POS", cpus as u32);
+        }
         for (i, name) in RING_NAMES.iter().enumerate() {
-            let bytes = if i < in_use { ring_bytes } else { 4096 };
+            let bytes = if i < in_use { side_bytes } else { 4096 };
             loader.map_max_entries(name, bytes);
         }
-        let mask = wake_mask(ring_bytes);
+        let mask = wake_mask(side_bytes);
         loader.override_global("WAKE_MASK", &mask, true);
         // The server handshake latency comes from the child socket's srtt_us, read at an
         // offset only this kernel's BTF knows. Without it that figure stays unmeasured (0 =
@@ -1036,10 +1079,23 @@ impl Collector {
         }
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let slots = if use_slots {
+            let mut take = |name: &str| -> Result<MapData> {
+                match ebpf.take_map(name) {
+                    Some(aya::maps::Map::Array(data)) => Ok(data),
+                    _ => bail!("the {name} array is missing from the eBPF object"),
+                }
+            };
+            let (slot_map, pos_map) = (take("SLOTS")?, take("SLOT_POS")?);
+            Some(slots::SlotRings::new(slot_map, pos_map, cpus, per_cpu)?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             attached,
             rings,
+            slots,
             merge: Merge::default(),
             realtime,
             poll: POLL_BUSY,
@@ -1083,11 +1139,11 @@ impl Collector {
             }
         }
         self.clear_readiness();
-        let rings = &mut self.rings;
+        let (rings, slots) = (&mut self.rings, &mut self.slots);
         let n = hand_on(
             &mut self.merge,
             &mut self.spare,
-            |queue| drain_rings(rings, queue, QUEUE_CAP),
+            |queue| drain_rings(rings, slots.as_mut(), queue, QUEUE_CAP),
             f,
         );
         self.poll = if n == 0 {
@@ -1114,7 +1170,12 @@ impl Collector {
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut total = 0;
         loop {
-            drain_rings(&mut self.rings, &mut self.merge, usize::MAX);
+            drain_rings(
+                &mut self.rings,
+                self.slots.as_mut(),
+                &mut self.merge,
+                usize::MAX,
+            );
             let n = self.merge.flush(&mut f);
             total += n;
             if n == 0 {

@@ -97,16 +97,53 @@ fn tracing_programs(pid: u32) -> usize {
         .count()
 }
 
-/// `classic`: with the classic tracepoint program (the fallback where the BTF tracepoint
-/// cannot load) instead of the BTF one this kernel runs by default.
-fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, classic: bool) {
+/// Whether `pid` holds the state-change program's slot rings at a size in use: the
+/// memory-mappable array (`map_flags` 0x400, `BPF_F_MMAPABLE`) of more than one entry
+/// (with the slot rings off it keeps the one entry of its declaration).
+fn slot_rings_in_use(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("fdinfo")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .any(|info| {
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            field("map_type:").as_deref() == Some("2")
+                && field("map_flags:").as_deref() == Some("0x400")
+                && field("max_entries:").and_then(|v| v.parse::<u64>().ok()) > Some(1)
+        })
+}
+
+/// Which way the events reach userspace in [`loopback_connections`].
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// The BTF tracepoint, state changes through the slot rings (the default here).
+    Default,
+    /// The classic tracepoint program (the fallback where the BTF tracepoint cannot load).
+    Classic,
+    /// Every record through the kernel's ring buffers (`TCPTRACE_RINGS=kernel`; the default
+    /// on CPUs other than x86-64).
+    RingBuffers,
+}
+
+fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, path: Path) {
     require_root();
     let (sock, port) = bound(ip);
     let mut cmd = std::process::Command::new(common::BIN);
-    if classic {
-        cmd.env("TCPTRACE_TRACEPOINT", "classic");
+    match path {
+        Path::Default => {}
+        Path::Classic => {
+            cmd.env("TCPTRACE_TRACEPOINT", "classic");
+        }
+        Path::RingBuffers => {
+            cmd.env("TCPTRACE_RINGS", "kernel");
+        }
     }
     let tracer = Tracer::start_command(cmd, &["--port", &port.to_string()]);
+    let classic = path == Path::Classic;
     assert_eq!(
         tracing_programs(tracer.pid()),
         if classic { 0 } else { 2 },
@@ -117,6 +154,11 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, cl
         } else {
             "the default"
         }
+    );
+    assert_eq!(
+        slot_rings_in_use(tracer.pid()),
+        path != Path::RingBuffers,
+        "slot rings in use (the x86-64 default, off with TCPTRACE_RINGS=kernel)"
     );
     let l = listen(sock);
     let mut conns = Vec::new();
@@ -185,13 +227,13 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, cl
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn ipv4_loopback_connections_report_exact_transitions() {
-    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, false);
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, Path::Default);
 }
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn ipv6_loopback_connections_report_exact_transitions() {
-    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, false);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::Default);
 }
 
 /// The same through the classic tracepoint program, the fallback on kernels where the BTF
@@ -199,8 +241,17 @@ fn ipv6_loopback_connections_report_exact_transitions() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn classic_tracepoint_reports_the_same_exact_transitions() {
-    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 5, true);
-    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, true);
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 5, Path::Classic);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::Classic);
+}
+
+/// The same with every record through the kernel's ring buffers, as on CPUs where the slot
+/// rings stay off.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn ring_buffers_alone_report_the_same_exact_transitions() {
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, Path::RingBuffers);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::RingBuffers);
 }
 
 #[test]
