@@ -118,6 +118,10 @@ pub enum Config {
     Baseline,
     /// `tcptrace watch --per none`: aggregates only.
     None,
+    /// `tcptrace watch --per none` with every record through the kernel's ring buffers
+    /// (`TCPTRACE_RINGS=kernel`, as on CPUs other than x86-64): the slot rings' gain, side
+    /// by side.
+    NoneRingBuffers,
     /// `tcptrace top`: the dashboard, drawing into a 160x48 pseudo-terminal once a second.
     Top,
     /// `tcptrace serve`: Prometheus metrics, scraped once a second.
@@ -143,8 +147,9 @@ pub enum Config {
 }
 
 impl Config {
-    const TRACED: [Config; 11] = [
+    const TRACED: [Config; 12] = [
         Config::None,
+        Config::NoneRingBuffers,
         Config::Top,
         Config::Serve,
         Config::Text,
@@ -161,6 +166,7 @@ impl Config {
         match self {
             Config::Baseline => "untraced",
             Config::None => "watch --per none",
+            Config::NoneRingBuffers => "  same, ring buffers only",
             Config::Top => "top (160x48)",
             Config::Serve => "serve (1 scrape/s)",
             Config::Text => "watch text > file",
@@ -259,6 +265,10 @@ fn tcptrace_command(
     match config {
         Config::None => {
             cmd.args(["--per", "none"]);
+        }
+        Config::NoneRingBuffers => {
+            cmd.args(["--per", "none"]);
+            cmd.env("TCPTRACE_RINGS", "kernel");
         }
         Config::Json => {
             cmd.args(["--format", "json"]);
@@ -514,7 +524,12 @@ fn run_bpftrace(env: &Env, config: Config, out_path: &Path, load: String) -> Res
 fn stdout_for(config: Config, out_path: &Path) -> Result<Stdio> {
     if matches!(
         config,
-        Config::None | Config::Serve | Config::Tcpstates | Config::Record | Config::RecordJsonl
+        Config::None
+            | Config::NoneRingBuffers
+            | Config::Serve
+            | Config::Tcpstates
+            | Config::Record
+            | Config::RecordJsonl
     ) {
         return Ok(Stdio::null());
     }
