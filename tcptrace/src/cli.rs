@@ -104,8 +104,8 @@ pub struct RecordArgs {
     /// Stop after this many seconds (e.g. 600 or 0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Size of each ring buffer in KiB (one per CPU, as for `watch`). Events lost to a full
-    /// ring are counted in the recording and its summary.
+    /// Size of each CPU's ring in KiB (as for `watch`). Events lost to a full ring are
+    /// counted in the recording and its summary.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     #[command(flatten)]
@@ -155,8 +155,7 @@ pub struct ServeArgs {
     /// same values).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
-    /// 1048576; default 2048).
+    /// Size of each CPU's ring in KiB (as for `watch`).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
@@ -355,7 +354,7 @@ pub struct TopArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, conflicts_with = "once")]
     pub duration: Option<Duration>,
-    /// Size of each ring buffer in KiB (one per CPU, as for `watch`).
+    /// Size of each CPU's ring in KiB (as for `watch`).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     #[command(flatten)]
@@ -478,9 +477,12 @@ pub struct WatchArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
-    /// Size of each ring buffer in KiB (one per CPU, up to 8; a power of two from 4 to
-    /// 1048576; default 2048). A larger ring rides out longer stalls of this process before
-    /// the kernel has to drop events.
+    /// Size of each CPU's ring in KiB: a power of two from 4 to 1048576; default 2048 (less
+    /// per CPU beyond 16 CPUs, 32 MiB in all, at least 256 each). On x86-64 state changes go
+    /// to it, and the kernel's ring buffers, for the other events (up to 8, CPU n writing
+    /// ring n mod 8), get a quarter of it; elsewhere every event goes to ring buffers of this
+    /// size. A larger ring rides out longer stalls of this process before the kernel has to
+    /// drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (e.g. 10 or 0.5).
