@@ -37,6 +37,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     {
         return csv(args, &header);
     }
+    record::check_recording_name(out)?;
     let rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
     // Events and samples go to the one writer in file order.

@@ -83,6 +83,37 @@ impl RecordingFormat {
     }
 }
 
+/// Refuses an output name that asks for something a recording is not (`run.csv`,
+/// `run.json`, ...): any other name gets a binary recording, which under such a name would
+/// mislead whoever opens it. The error names what the user probably wanted.
+pub fn check_recording_name(path: &Path) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let wanted = if name.ends_with(".csv") {
+        "CSV lines come from `tcptrace watch --format csv > FILE.csv`, or from a recording \
+         with `tcptrace export RECORDING -o FILE.csv`"
+    } else if name.ends_with(".json") {
+        "a JSON summary comes from `--summary-json FILE.json`; a JSON Lines recording ends \
+         in .jsonl or .jsonl.zst"
+    } else if name.ends_with(".txt") || name.ends_with(".log") {
+        "the text stream comes from `tcptrace watch > FILE`"
+    } else if name.ends_with(".svg") || name.ends_with(".html") || name.ends_with(".png") {
+        "charts come from a recording with `tcptrace report RECORDING --svg DIR`"
+    } else if (name.ends_with(".zst") && !name.ends_with(".jsonl.zst")) || name.ends_with(".gz") {
+        "a compressed JSON Lines recording ends in .jsonl.zst; the binary format is compressed \
+         already"
+    } else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "{}: not a recording's name: a recording is binary (e.g. run.tcpt) or JSON Lines \
+         (run.jsonl, run.jsonl.zst); {wanted}",
+        path.display()
+    )
+}
+
 /// What was recorded, where and how: the first line of a JSON Lines recording, the
 /// length-prefixed JSON after the magic number of a binary one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

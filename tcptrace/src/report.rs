@@ -67,6 +67,7 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     let end_ns = replay.end_ns();
     let summary = Summary {
         undecodable,
+        truncated: replay.trailer.is_none(),
         ..Summary::of(&pipeline, &counters, top, &names, end_ns)
     };
     Ok(Report {
@@ -118,9 +119,10 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         other => other.context("writing the summary")?,
     }
-    if r.replay.truncated.is_some() {
+    if r.replay.truncated.is_some() && json {
         eprintln!(
-            "tcptrace: note: the recording was truncated; lost and filtered counts are unknown (shown as 0)"
+            "tcptrace: note: the recording was truncated; lost and filtered counts are unknown \
+             (0 in the JSON, which says \"truncated\": true)"
         );
     }
     if let (Some(dir), Some(t)) = (&args.svg, &r.timeline) {

@@ -153,6 +153,10 @@ pub struct Summary {
     pub undecodable: u64,
     /// Events the kernel-side filter dropped, as asked.
     pub filtered: u64,
+    /// A report of a recording that was cut off before its end record: `lost`, `filtered`
+    /// and `undecodable` are unknown (0 here), not none. Absent from JSON otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     pub track: TrackStats,
     pub overall: GroupSummary,
     pub by_remote_port: Vec<GroupSummary>,
@@ -296,6 +300,7 @@ impl Summary {
             lost_skipped: counters.missed,
             undecodable,
             filtered: counters.filtered,
+            truncated: false,
             track,
             overall: GroupSummary::of("overall".to_owned(), &agg.overall),
             by_remote_port: top(&agg.by_remote_port, top_n),
@@ -328,11 +333,20 @@ impl Summary {
     }
 
     pub fn write_text(&self, mut w: impl io::Write) -> io::Result<()> {
-        writeln!(
-            w,
-            "tcptrace summary: {} transitions, {} events, {} lost, {} undecodable, {} filtered in the kernel",
-            self.transitions, self.events, self.lost, self.undecodable, self.filtered
-        )?;
+        if self.truncated {
+            writeln!(
+                w,
+                "tcptrace summary: {} transitions, {} events (the recording was cut off before \
+                 its end record: lost, filtered and undecodable are unknown)",
+                self.transitions, self.events
+            )?;
+        } else {
+            writeln!(
+                w,
+                "tcptrace summary: {} transitions, {} events, {} lost, {} undecodable, {} filtered in the kernel",
+                self.transitions, self.events, self.lost, self.undecodable, self.filtered
+            )?;
+        }
         if self.lost > 0 {
             writeln!(
                 w,

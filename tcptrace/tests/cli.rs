@@ -272,6 +272,49 @@ fn report_refuses_csv_and_names_the_alternatives() {
 }
 
 #[test]
+fn recordings_refuse_names_of_other_outputs_and_name_the_right_command() {
+    let dir = std::env::temp_dir().join(format!("tcptrace-cli-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let at = |name: &str| dir.join(name).display().to_string();
+    // `record` says so before it needs root, and before it creates anything.
+    for (cmd, name, hint) in [
+        (["record", "-o"], "run.csv", "tcptrace watch --format csv"),
+        (["generate-recording", "-o"], "run.json", "--summary-json"),
+        (["record", "-o"], "run.svg", "--svg DIR"),
+        (["generate-recording", "-o"], "run.zst", ".jsonl.zst"),
+    ] {
+        let mut c = tcptrace();
+        c.args(cmd).arg(at(name));
+        if cmd[0] == "record" {
+            // Bounded even if the check were gone (as root it would trace).
+            c.args(["--duration", "1"]);
+        }
+        c.assert()
+            .code(1)
+            .stderr(predicate::str::contains(format!(
+                "{name}: not a recording's name"
+            )))
+            .stderr(predicate::str::contains(hint));
+        assert!(!dir.join(name).exists(), "{name} was created");
+    }
+    // export's .csv is the line stream; another such name is refused too.
+    tcptrace()
+        .args(["export", "tests/fixtures/one-connection.jsonl", "-o"])
+        .arg(at("out.json"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not a recording's name"));
+    for name in ["a.tcpt", "b.jsonl", "c.jsonl.zst", "d"] {
+        tcptrace()
+            .args(["generate-recording", "--transitions", "10", "-o"])
+            .arg(at(name))
+            .assert()
+            .success();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn man_and_completions_print_from_the_binary() {
     tcptrace()
         .arg("man")

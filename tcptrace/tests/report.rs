@@ -147,6 +147,17 @@ fn truncated_recordings_report_their_valid_prefix_when_allowed() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["events"], 4);
     assert_eq!(v["transitions"], 4);
+    // The kernel's counters were in the end record the file never got: unknown, and said so.
+    assert_eq!(v["truncated"], true, "{out}");
+    let text = ok(&["truncated.jsonl", "--allow-truncated"]);
+    assert!(
+        text.contains("lost, filtered and undecodable are unknown"),
+        "{text}"
+    );
+    // A whole recording says nothing of the kind.
+    let whole = ok(&["loopback.jsonl", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&whole).expect("json");
+    assert!(v.get("truncated").is_none(), "{whole}");
 }
 
 #[test]
@@ -332,6 +343,7 @@ fn bad_binary_recordings_name_the_file_the_offset_and_the_fix() {
     let out = ok(&[&cut, "--allow-truncated", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["events"], 1024);
+    assert_eq!(v["truncated"], true);
     // Without the end block: truncated too.
     let no_end = write("no-end.tcpt", &bytes[..bytes.len() - 40]);
     assert!(err(&[&no_end]).contains("the recording is truncated"));
