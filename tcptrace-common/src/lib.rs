@@ -336,8 +336,12 @@ pub mod counter {
     /// CPU: the ones the kernel skipped the main program for (its `recursion_misses`), now
     /// handled (submitted, filtered or lost, and counted as such).
     pub const NESTED_SEEN: u32 = 2 * PER_PROGRAM;
+    /// Records the state-change program wrote to its slot rings (counted apart from
+    /// `SUBMITTED`, whose count paces the ring buffers' wake-ups, so that the slot records
+    /// do not skew it).
+    pub const SLOTTED: u32 = 2 * PER_PROGRAM + 1;
     /// Number of counters.
-    pub const COUNT: u32 = 2 * PER_PROGRAM + 1;
+    pub const COUNT: u32 = 2 * PER_PROGRAM + 2;
 }
 
 /// Field layouts of the tracepoints the kernel program reads, as their format files
@@ -531,7 +535,9 @@ pub mod tp {
     }
 }
 
-/// Size in bytes of each ring buffer in use (power of two, multiple of the page size). 2 MiB
+/// Size in bytes of each CPU's ring by default: its slot ring ([`SLOT_BYTES`]: 16,384
+/// slots), or, where the slot rings are off, each ring buffer in use (power of two, multiple
+/// of the page size; with the slot rings the ring buffers get a quarter of it). 2 MiB
 /// holds 21,845 short records (96 bytes: the [`EVENT_V1_SIZE`] prefix plus the ring's 8-byte
 /// header; most events) or 15,420 whole ones (136 bytes: a socket's first event, carrying its
 /// identity, and its close, carrying its counters): about 60 ms of the heaviest loopback
@@ -545,24 +551,28 @@ pub const RING_BYTES: u32 = 2 << 20;
 /// One slot of the main state-change program's slot rings: a whole [`Event`].
 ///
 /// The program that handles state changes writes them into a ring of its own per CPU, in a
-/// memory-mappable array the reader maps, instead of the kernel's ring buffer: the kernel
-/// runs that program at most once at a time per CPU (it skips a nested run, and the
-/// nested-event program takes those), so each ring has one writer and needs no lock, where
-/// the ring buffer's reserve and submit take a lock with interrupts off (measured on 2
-/// cores under the bench's churn: 216 ns per event with the ring buffer, 173 with a
-/// per-CPU array). Every other program (the nested-event one and the `tcp:*` ones, which
-/// can interrupt it) keeps the ring buffers, as does every program on CPUs whose stores
-/// another CPU may see out of order (see `SLOT_RINGS` in the program).
+/// memory-mappable array the reader maps, instead of the kernel's ring buffer, so each ring
+/// has one writer and needs no lock, where the ring buffer's reserve and submit take a lock
+/// with interrupts off (measured on 2 cores under the bench's churn: 216 ns per event with
+/// the ring buffer, 173 with a per-CPU array). One writer: the kernel runs that program at
+/// most once at a time per CPU (since Linux 6.1 and its stable backports it skips a nested
+/// run, and the nested-event program takes those), and where an older kernel does run it
+/// nested, the nested run finds the ring's `busy` word set and writes to the ring buffer.
+/// Every other program (the nested-event one and the `tcp:*` ones, which can interrupt it)
+/// keeps the ring buffers, as does every program on CPUs whose stores another CPU may see
+/// out of order (see `SLOT_MASK` in the program).
 pub const SLOT_BYTES: usize = EVENT_SIZE;
 
 /// A slot ring's two positions (see [`SLOT_BYTES`]): records `tail..head` are ready. The
 /// program alone writes `head`, after the record; the reader alone writes `tail`, after it
-/// copied the records. Each on a cache line of its own.
+/// copied the records. Each on a cache line of its own; `busy` (the program's, beside
+/// `head`) is non-zero while the program writes a record.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SlotPos {
     pub head: u64,
-    pub _head_line: [u64; 7],
+    pub busy: u64,
+    pub _head_line: [u64; 6],
     pub tail: u64,
     pub _tail_line: [u64; 7],
 }

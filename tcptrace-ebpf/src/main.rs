@@ -1200,10 +1200,13 @@ fn emit<const NESTED: bool>(r: &Record, owner: OwnerWords, slot: bool) {
     }
 }
 
-/// Writes a record into this CPU's slot ring; false when the slot rings are off (then the
-/// caller uses the ring buffer). Only the state-change program may call it: the kernel never
-/// runs it twice at once on one CPU, so each ring has one writer, and the record is
-/// written whole (every field, zero where unknown) before `head` moves past it.
+/// Writes a record into this CPU's slot ring; false when the slot rings are off, or the
+/// ring is busy (then the caller uses the ring buffer). Only the state-change program may
+/// call it, so each ring has one writer: the kernel runs it at most once at a time per CPU
+/// from Linux 6.1 (and its stable backports), and on older kernels a run that interrupts
+/// another on its CPU finds `busy` set (an interrupt sees its CPU's stores in program
+/// order). The record is written whole (every field, zero where unknown) before `head`
+/// moves past it.
 #[inline(always)]
 fn emit_slot(r: &Record, owner: OwnerWords) -> bool {
     // SAFETY: a plain read of a global the loader may have rewritten before load.
@@ -1220,14 +1223,19 @@ fn emit_slot(r: &Record, owner: OwnerWords) -> bool {
     // `head` is this program's alone, and is stored after the record's fields (volatile
     // stores, in program order, which x86-64 makes visible in that order).
     unsafe {
+        if core::ptr::read_volatile(&raw const (*pos).busy) != 0 {
+            return false;
+        }
+        core::ptr::write_volatile(&raw mut (*pos).busy, 1);
         let head = core::ptr::read_volatile(&raw const (*pos).head);
         let tail = core::ptr::read_volatile(&raw const (*pos).tail);
-        if head.wrapping_sub(tail) > mask {
-            count(counter::LOST);
-            return true;
-        }
-        let index = u64::from(cpu) * (mask + 1) + (head & mask);
-        let Some(slot) = SLOTS.get_ptr_mut(index as u32) else {
+        let slot = if head.wrapping_sub(tail) > mask {
+            None
+        } else {
+            SLOTS.get_ptr_mut((u64::from(cpu) * (mask + 1) + (head & mask)) as u32)
+        };
+        let Some(slot) = slot else {
+            core::ptr::write_volatile(&raw mut (*pos).busy, 0);
             count(counter::LOST);
             return true;
         };
@@ -1235,7 +1243,8 @@ fn emit_slot(r: &Record, owner: OwnerWords) -> bool {
         emit_head(base, r, owner);
         emit_tail(base, r);
         core::ptr::write_volatile(&raw mut (*pos).head, head.wrapping_add(1));
-        count(counter::SUBMITTED);
+        core::ptr::write_volatile(&raw mut (*pos).busy, 0);
+        count(counter::SLOTTED);
         // The reader sleeps on the ring buffers, so a record there wakes it for this ring.
         if head & core::ptr::read_volatile(&SLOT_WAKE_MASK) == 0
             && let Some(mut entry) = reserve::<WakeRecord>()

@@ -477,11 +477,12 @@ pub struct WatchArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
-    /// Size of each CPU's ring in KiB: a power of two from 4 to 1048576; default 2048 (less
-    /// per CPU beyond 16 CPUs, 32 MiB in all, at least 256 each). On x86-64 state changes go
-    /// to it, and the kernel's ring buffers, for the other events (up to 8, CPU n writing
-    /// ring n mod 8), get a quarter of it; elsewhere every event goes to ring buffers of this
-    /// size. A larger ring rides out longer stalls of this process before the kernel has to
+    /// Size of each CPU's ring in KiB: a power of two from 4 to 1048576; default 2048. On
+    /// x86-64 state changes go to it, and the kernel's ring buffers, for the other events
+    /// (up to 8, CPU n writing ring n mod 8), get a quarter of it; elsewhere every event goes
+    /// to ring buffers of this size. With many possible CPUs the rings are cut to 32 MiB in
+    /// all (or what 8 ring buffers of a chosen size take), and below 256 KiB a CPU the ring
+    /// buffers take every event. A larger ring rides out longer stalls of this process before the kernel has to
     /// drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,

@@ -921,30 +921,29 @@ impl Collector {
         // Rings no CPU writes to get the smallest size the kernel allows (one page).
         let in_use = rings_in_use();
         let ring_bytes = ring_kib.map_or(RING_BYTES, |kib| kib * 1024);
-        // With the slot rings (where this CPU keeps stores in order; `TCPTRACE_RINGS=kernel`
-        // turns them off, for comparisons) each CPU's slot ring is the ring size, and the
-        // ring buffers, which then carry only the nested-event and `tcp:*` programs'
-        // records, a quarter of it.
+        // With the slot rings (where this CPU keeps stores in order and they fit their
+        // budget, see `slots::slots_per_cpu`; `TCPTRACE_RINGS=kernel` turns them off, for
+        // comparisons) each CPU's slot ring is the ring size, and the ring buffers, which then
+        // carry only the nested-event and `tcp:*` programs' records, a quarter of it.
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| anyhow::anyhow!("reading the CPU count from {path}: {e}"))?;
-        let use_slots =
-            slots::SUPPORTED && std::env::var("TCPTRACE_RINGS").as_deref() != Ok("kernel");
-        let per_cpu = slots::slots_per_cpu(ring_bytes, cpus, ring_kib.is_some());
-        let (slot_mask, side_bytes) = if use_slots {
-            (per_cpu - 1, (ring_bytes / 4).max(4096))
-        } else {
-            (0, ring_bytes)
+        let per_cpu = slots::slots_per_cpu(ring_bytes, cpus, ring_kib.is_some()).filter(|_| {
+            slots::SUPPORTED && std::env::var("TCPTRACE_RINGS").as_deref() != Ok("kernel")
+        });
+        let (slot_mask, side_bytes) = match per_cpu {
+            Some(n) => (n - 1, (ring_bytes / 4).max(4096)),
+            None => (0, ring_bytes),
         };
         loader.override_global("SLOT_MASK", &slot_mask, true);
-        let slot_wake = slots::wake_mask(per_cpu);
+        let slot_wake = slots::wake_mask(per_cpu.unwrap_or(1));
         loader.override_global("SLOT_WAKE_MASK", &slot_wake, true);
-        if use_slots {
-            let entries = u32::try_from(cpus as u64 * per_cpu)
-                .ok()
-                .filter(|_| per_cpu <= u64::from(u32::MAX))
-                .with_context(|| {
-                    format!("{cpus} CPUs with rings of {ring_bytes} bytes need too many slots: choose a smaller --ring-kib")
-                })?;
+        if let Some(per_cpu) = per_cpu {
+            let entries = u32::try_from(cpus as u64 * per_cpu).with_context(|| {
+                format!(
+                    "{cpus} CPUs with rings of {ring_bytes} bytes need too many slots: \
+                     choose a smaller --ring-kib"
+                )
+            })?;
             loader.map_max_entries("SLOTS", entries);
             loader.map_max_entries("SLOT_POS", cpus as u32);
         }
@@ -1079,7 +1078,7 @@ impl Collector {
         }
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-        let slots = if use_slots {
+        let slots = if let Some(per_cpu) = per_cpu {
             let mut take = |name: &str| -> Result<MapData> {
                 match ebpf.take_map(name) {
                     Some(aya::maps::Map::Array(data)) => Ok(data),
@@ -1221,7 +1220,7 @@ impl Collector {
         let both = |i: u32| -> Result<u64> { Ok(read(i)? + read(counter::NESTED + i)?) };
         Ok(Counters {
             lost: both(counter::LOST)?,
-            submitted: both(counter::SUBMITTED)?,
+            submitted: both(counter::SUBMITTED)? + read(counter::SLOTTED)?,
             filtered: both(counter::FILTERED)?,
             missed,
         })

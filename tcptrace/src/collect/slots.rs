@@ -27,23 +27,32 @@ use tcptrace_common::{
 /// Whether this build may turn the slot rings on (see the module's paragraph).
 pub const SUPPORTED: bool = cfg!(target_arch = "x86_64");
 
-/// Total bytes of slot rings by default: each CPU gets the ring size it would have had as a
-/// ring buffer, unless many CPUs would make that more than this (then less, down to
-/// [`MIN_DEFAULT_BYTES`] each).
-const DEFAULT_BUDGET: u64 = 32 << 20;
-/// The least each CPU gets by default.
-const MIN_DEFAULT_BYTES: u64 = 256 << 10;
+/// The most memory the slot rings take in all by default: each CPU gets the ring size it
+/// would have had as a ring buffer, unless so many CPUs are possible that this budget
+/// would be passed (then less each). A size the user chose gets at least what it would
+/// have had as ring buffers (up to 8 of them, `tcptrace_common::RINGS`).
+const BUDGET: u64 = 32 << 20;
+/// The least a CPU's slot ring may be cut to for the budget: below it (more than 128
+/// possible CPUs at the default size) the state changes go to the ring buffers instead.
+const MIN_CUT_BYTES: u64 = 256 << 10;
 
-/// Slots per CPU (a power of two) for rings of `ring_bytes` each, `explicit` when the user
-/// chose that size (then it is kept whatever the number of CPUs).
-pub fn slots_per_cpu(ring_bytes: u32, cpus: usize, explicit: bool) -> u64 {
-    let mut bytes = u64::from(ring_bytes);
-    if !explicit {
-        let share = DEFAULT_BUDGET / (cpus.max(1) as u64);
-        bytes = bytes.min(share.max(MIN_DEFAULT_BYTES));
+/// Slots per CPU (a power of two) for rings of `ring_bytes` each on `cpus` possible CPUs,
+/// `explicit` when the user chose that size; `None` when the slot rings would not fit the
+/// budget (then every record goes to the ring buffers).
+pub fn slots_per_cpu(ring_bytes: u32, cpus: usize, explicit: bool) -> Option<u64> {
+    let cpus = cpus.max(1) as u64;
+    let asked = u64::from(ring_bytes);
+    let budget = if explicit {
+        BUDGET.max(asked * u64::from(tcptrace_common::RINGS))
+    } else {
+        BUDGET
+    };
+    let bytes = asked.min(budget / cpus);
+    if bytes < asked && bytes < MIN_CUT_BYTES {
+        return None;
     }
     let slots = (bytes / SLOT_BYTES as u64).max(1);
-    1 << slots.ilog2()
+    Some(1 << slots.ilog2())
 }
 
 /// The program's `SLOT_WAKE_MASK` for rings of `slots` slots: the reader is woken once every
@@ -129,23 +138,22 @@ impl SlotRings {
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
         for cpu in 0..self.cpus {
-            // SAFETY: the mappings hold `cpus` positions and `cpus * per_cpu` slots (sizes
-            // checked against the maps' at load: `new`'s callers size them so), and live as
-            // long as `self`.
-            let (slots, head, tail) = unsafe {
+            // SAFETY: the mappings hold `cpus` positions and `cpus * per_cpu` slots (`new`
+            // maps that much of maps sized so at load), and live as long as `self`.
+            let (ring, head, tail) = unsafe {
                 let pos = self.pos.ptr.as_ptr().cast::<SlotPos>().add(cpu);
-                let ring = self
-                    .slots
-                    .ptr
-                    .as_ptr()
-                    .add(cpu * self.per_cpu as usize * SLOT_BYTES);
                 (
-                    std::slice::from_raw_parts(ring, self.per_cpu as usize * SLOT_BYTES),
+                    self.slots
+                        .ptr
+                        .as_ptr()
+                        .add(cpu * self.per_cpu as usize * SLOT_BYTES)
+                        .cast_const(),
                     AtomicU64::from_ptr(&raw mut (*pos).head),
                     AtomicU64::from_ptr(&raw mut (*pos).tail),
                 )
             };
-            n += drain_ring(slots, head, tail, self.per_cpu, &mut f);
+            // SAFETY: `ring` starts `per_cpu` slots of this mapping.
+            n += unsafe { drain_ring(ring, head, tail, self.per_cpu, &mut f) };
         }
         n
     }
@@ -154,9 +162,14 @@ impl SlotRings {
 /// Reads one ring: the records between `tail` and `head`, oldest first, then moves `tail` to
 /// `head`. `head` is read with acquire ordering, so the records before it are whole; `tail`
 /// is stored with release ordering, after they were copied out, so the program does not
-/// write over them before.
-fn drain_ring(
-    slots: &[u8],
+/// write over them before. Only those slots are read (the program may be writing the
+/// others), and `tail` is left alone when there were none (the program reads its cache
+/// line on every event).
+///
+/// # Safety
+/// `ring` points at `per_cpu` slots of [`SLOT_BYTES`] that stay mapped during the call.
+unsafe fn drain_ring(
+    ring: *const u8,
     head: &AtomicU64,
     tail: &AtomicU64,
     per_cpu: u64,
@@ -164,6 +177,9 @@ fn drain_ring(
 ) -> usize {
     let end = head.load(Ordering::Acquire);
     let mut at = tail.load(Ordering::Relaxed);
+    if at == end {
+        return 0;
+    }
     // The program never runs more than a ring ahead; if the words say otherwise (they are
     // shared memory), only the last ring's worth can still be there.
     if end.wrapping_sub(at) > per_cpu {
@@ -172,7 +188,9 @@ fn drain_ring(
     let mut n = 0;
     while at != end {
         let start = (at % per_cpu) as usize * SLOT_BYTES;
-        let slot = &slots[start..start + SLOT_BYTES];
+        // SAFETY: a ready slot inside the ring (as the caller promises), which the program
+        // does not write until `tail` passes it.
+        let slot = unsafe { std::slice::from_raw_parts(ring.add(start), SLOT_BYTES) };
         f(record_of(slot));
         at = at.wrapping_add(1);
         n += 1;
@@ -237,18 +255,21 @@ mod tests {
 
         fn drain(&mut self) -> Vec<(u64, usize)> {
             let mut out = Vec::new();
-            drain_ring(
-                &self.slots,
-                &self.head,
-                &self.tail,
-                self.per_cpu,
-                &mut |r: &[u8]| {
-                    out.push((
-                        u64::from_ne_bytes(r[..8].try_into().expect("8 bytes")),
-                        r.len(),
-                    ));
-                },
-            );
+            // SAFETY: the ring is `per_cpu` slots of this Vec, alive for the call.
+            unsafe {
+                drain_ring(
+                    self.slots.as_ptr(),
+                    &self.head,
+                    &self.tail,
+                    self.per_cpu,
+                    &mut |r: &[u8]| {
+                        out.push((
+                            u64::from_ne_bytes(r[..8].try_into().expect("8 bytes")),
+                            r.len(),
+                        ));
+                    },
+                );
+            }
             out
         }
     }
@@ -312,13 +333,34 @@ mod tests {
     #[test]
     fn rings_are_sized_from_the_ring_size_and_the_cpus() {
         let two_mib = 2 << 20;
-        assert_eq!(slots_per_cpu(two_mib, 2, false), 16_384);
-        // Many CPUs: the default shrinks to the budget, down to a floor ...
-        assert_eq!(slots_per_cpu(two_mib, 64, false), 4096);
-        assert_eq!(slots_per_cpu(two_mib, 4096, false), 2048);
-        // ... but a size the user chose is kept.
-        assert_eq!(slots_per_cpu(two_mib, 64, true), 16_384);
-        assert_eq!(slots_per_cpu(4096, 1, true), 32);
+        assert_eq!(slots_per_cpu(two_mib, 2, false), Some(16_384));
+        assert_eq!(slots_per_cpu(two_mib, 16, false), Some(16_384));
+        // Many possible CPUs: the default is cut to the 32 MiB budget ...
+        assert_eq!(slots_per_cpu(two_mib, 64, false), Some(4096));
+        assert_eq!(slots_per_cpu(two_mib, 128, false), Some(2048));
+        // ... and past 256 KiB a CPU the ring buffers take over.
+        assert_eq!(slots_per_cpu(two_mib, 129, false), None);
+        assert_eq!(slots_per_cpu(two_mib, 4096, false), None);
+        // A size the user chose gets at least what 8 ring buffers of it would take.
+        assert_eq!(slots_per_cpu(two_mib, 64, true), Some(4096));
+        assert_eq!(slots_per_cpu(64 << 20, 64, true), Some(65_536));
+        assert_eq!(slots_per_cpu(4096, 1, true), Some(32));
+        assert_eq!(slots_per_cpu(4096, 4096, true), Some(32));
+        for (kib, cpus) in [
+            (4, 1),
+            (2048, 2),
+            (2048, 128),
+            (1 << 20, 8),
+            (1 << 20, 4096),
+        ] {
+            if let Some(slots) = slots_per_cpu(kib << 10, cpus, true) {
+                let total = slots * SLOT_BYTES as u64 * cpus as u64;
+                assert!(
+                    total <= (32 << 20).max(8 * (u64::from(kib) << 10)),
+                    "{kib} KiB on {cpus} CPUs: {total} bytes"
+                );
+            }
+        }
         for slots in [1, 2, 8, 32, 1024, 16_384] {
             let m = wake_mask(slots);
             assert!(
@@ -327,5 +369,14 @@ mod tests {
             );
         }
         assert_eq!(wake_mask(16_384), 2047);
+    }
+
+    #[test]
+    fn a_drain_that_finds_nothing_leaves_tail_alone() {
+        let mut ring = Fake::new(4);
+        ring.tail.store(7, Ordering::Relaxed);
+        ring.head.store(7, Ordering::Relaxed);
+        assert!(ring.drain().is_empty());
+        assert_eq!(ring.tail.load(Ordering::Relaxed), 7);
     }
 }
