@@ -37,7 +37,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     {
         return csv(args, &header);
     }
-    record::check_recording_name(out)?;
+    record::check_recording_name(out).map_err(anyhow::Error::msg)?;
     let rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
     // Events and samples go to the one writer in file order.

@@ -297,7 +297,7 @@ const STREAM_DRAIN: Duration = Duration::from_secs(2);
 
 /// `record`: `watch` without a stream, plus a recording sink.
 fn run_record(mut args: RecordArgs) -> Result<Exit> {
-    record::check_recording_name(&args.output)?;
+    record::check_recording_name(&args.output).map_err(anyhow::Error::msg)?;
     let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
     block_on(record(args, filter))
 }

@@ -86,7 +86,7 @@ impl RecordingFormat {
 /// Refuses an output name that asks for something a recording is not (`run.csv`,
 /// `run.json`, ...): any other name gets a binary recording, which under such a name would
 /// mislead whoever opens it. The error names what the user probably wanted.
-pub fn check_recording_name(path: &Path) -> anyhow::Result<()> {
+pub fn check_recording_name(path: &Path) -> Result<(), String> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -107,11 +107,11 @@ pub fn check_recording_name(path: &Path) -> anyhow::Result<()> {
     } else {
         return Ok(());
     };
-    anyhow::bail!(
+    Err(format!(
         "{}: not a recording's name: a recording is binary (e.g. run.tcpt) or JSON Lines \
          (run.jsonl, run.jsonl.zst); {wanted}",
         path.display()
-    )
+    ))
 }
 
 /// What was recorded, where and how: the first line of a JSON Lines recording, the
