@@ -517,12 +517,19 @@ pub struct Edge {
 
 /// Transitions per (old, new) edge, read as a map of the edges seen. Every transition looks
 /// its edge up, so by the two state numbers in a 13 x 13 table rather than by hashing.
+///
+/// The dwell histograms are kept only when asked ([`Aggregate::keep_edge_dwells`]): only the
+/// state-machine chart shows them, and recording one more value per transition was about a
+/// seventh of `watch --per none`'s CPU (perf, under the bench's churn). Without them an
+/// edge's `dwell` stays empty; the counts are always kept.
 #[derive(Clone, Debug)]
 pub struct Edges {
     /// The edges seen, in the order first seen.
     seen: Vec<((TcpState, TcpState), Edge)>,
     /// Per (old, new): 1 + the edge's index in `seen`, 0 for not seen.
     slot: [u8; STATES * STATES],
+    /// Whether dwells are recorded.
+    dwells: bool,
 }
 
 /// The kernel's TCP states ([`TcpState::ALL`]).
@@ -533,6 +540,7 @@ impl Default for Edges {
         Self {
             seen: Vec::new(),
             slot: [0; STATES * STATES],
+            dwells: false,
         }
     }
 }
@@ -630,6 +638,12 @@ impl Aggregate {
         self.listeners.add_sample(s);
     }
 
+    /// Records each transition's dwell in its edge's histogram from now on (for the
+    /// state-machine chart; see [`Edges`]).
+    pub fn keep_edge_dwells(&mut self) {
+        self.edges.dwells = true;
+    }
+
     pub fn add(&mut self, fact: &Fact) {
         if let Fact::Transition {
             old,
@@ -658,9 +672,12 @@ impl Aggregate {
                 _ => {}
             }
             self.transitions += 1;
+            let dwells = self.edges.dwells;
             let e = self.edges.entry(*old, *new);
             e.count += 1;
-            if let Some(d) = dwell_ns {
+            if let Some(d) = dwell_ns
+                && dwells
+            {
                 e.dwell.record_ns(*d);
             }
             return;
@@ -836,6 +853,9 @@ mod tests {
         };
         let states = TcpState::ALL;
         let mut fast = Aggregate::default();
+        fast.keep_edge_dwells();
+        // As the live runs without charts keep it: no edge dwells, everything else the same.
+        let mut lean = Aggregate::default();
         let mut overall = Stats::new(3);
         let mut dims: [PlainGroups; 4] = Default::default();
         let mut edges = FxHashMap::default();
@@ -917,8 +937,16 @@ mod tests {
                 },
             };
             fast.add(&fact);
+            lean.add(&fact);
             plain_add(&mut overall, &mut dims, &mut edges, &fact);
         }
+        assert_eq!(format!("{:?}", lean.overall), format!("{:?}", fast.overall));
+        assert_eq!(lean.by_process.order, fast.by_process.order);
+        let counts =
+            |a: &Aggregate| -> Vec<_> { a.edges.iter().map(|(k, e)| (*k, e.count)).collect() };
+        assert_eq!(counts(&lean), counts(&fast));
+        assert!(lean.edges.values().all(|e| e.dwell.count() == 0));
+        assert!(fast.edges.values().any(|e| e.dwell.count() > 0));
         assert_eq!(format!("{:?}", fast.overall), format!("{overall:?}"));
         let fast_dims = [
             &fast.by_remote_port,

@@ -386,6 +386,8 @@ pub struct LiveRun {
     privileges_dropped: bool,
     /// See [`LiveRun::recording`].
     recording: bool,
+    /// Charts are drawn at the end ([`LiveRun::charts`]).
+    charts: bool,
     /// Names of cgroups and network namespaces for the snapshots and the sinks (this host's
     /// for a live run; a replay's only on the host and boot that recorded it).
     names: Names,
@@ -522,8 +524,14 @@ impl LiveRun {
             sampler: None,
             privileges_dropped: false,
             recording: false,
+            charts: false,
             names,
         })
+    }
+
+    /// The run's charts are drawn at its end: keep what only they show (each edge's dwell).
+    pub fn charts(&mut self) {
+        self.charts = true;
     }
 
     /// The run is recorded: its exit summary leaves out what the recording cannot carry (the
@@ -650,6 +658,9 @@ impl LiveRun {
         self.drop_privileges();
         self.start_sampler();
         let mut pipeline = Pipeline::new(std::mem::take(&mut self.sinks));
+        if self.charts {
+            pipeline.keep_edge_dwells();
+        }
         // Only the dashboard counts every socket that predates the run: other front ends
         // keep only those in CLOSE_WAIT (the leaks the summary and the metrics count, a few
         // at most), so that they do not pay for matching every event against all of them.

@@ -225,6 +225,7 @@ async fn watch(args: WatchArgs, filter: Filter) -> Result<Exit> {
     let timeline = svg.as_ref().map(|_| {
         let t = Rc::new(RefCell::new(Timeline::default()));
         live.add_sink(Box::new(Shared(Rc::clone(&t))));
+        live.charts();
         t
     });
     say_ready(&mut live, args.duration);

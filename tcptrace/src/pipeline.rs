@@ -315,6 +315,12 @@ impl Pipeline {
         &self.core.agg
     }
 
+    /// Keeps each edge's dwell histogram, which only the state-machine chart shows (see
+    /// `aggregate::Edges`).
+    pub fn keep_edge_dwells(&mut self) {
+        self.core.agg.keep_edge_dwells();
+    }
+
     pub fn tracker(&self) -> &Tracker {
         &self.core.tracker
     }

@@ -40,7 +40,10 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
         sinks.push(Box::new(Shared(Rc::clone(&t))));
         t
     });
-    let pipeline = Pipeline::new(sinks);
+    let mut pipeline = Pipeline::new(sinks);
+    if timeline.is_some() {
+        pipeline.keep_edge_dwells();
+    }
     let pipeline_cell = RefCell::new(pipeline);
     let replay = record::replay_with(
         path,
