@@ -365,6 +365,9 @@ pub struct Listeners {
     /// tracer may not read another root process's fds) is taken from here. Bounded like the
     /// listeners.
     pub started_by: BTreeMap<ListenerKey, (u32, String)>,
+    /// The run's filter, when it narrows which listeners are shown (see
+    /// [`Listeners::in_scope`]); `None` shows them all.
+    pub scope: Option<crate::config::Filter>,
 }
 
 fn push_bounded<T>(v: &mut Vec<T>, x: T) {
@@ -576,6 +579,41 @@ impl Listeners {
         }
     }
 
+    /// Shows only the listeners `filter` traces (see [`Listeners::in_scope`]).
+    pub fn set_scope(&mut self, filter: &crate::config::Filter) {
+        let narrows = filter.any_ports()
+            || filter.ipv4_only
+            || filter.ipv6_only
+            || !filter.netns.is_empty()
+            || filter.pid.is_some()
+            || filter.comm.is_some();
+        self.scope = narrows.then(|| filter.clone());
+    }
+
+    /// Whether a listener is one the run's filter traces: its family and local port as
+    /// its LISTEN transition has them (which a remote-port filter never passes: a
+    /// listener has no remote port), its network namespace for `--netns`, and its holder
+    /// for `--pid` and `--comm` (an unknown holder does not pass). `--cgroup` does not
+    /// narrow them: a sample does not carry the listener's cgroup. The samples themselves
+    /// keep every listener, so a namespace's overflows are still matched to the one
+    /// listener seen full among all of them.
+    pub fn in_scope(&self, key: &ListenerKey, l: &ListenerStats) -> bool {
+        let Some(f) = &self.scope else {
+            return true;
+        };
+        let any: std::net::IpAddr = if key.local.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        f.matches(key.local, SocketAddr::new(any, 0))
+            && (f.netns.is_empty() || f.netns.iter().any(|n| u64::from(*n) == key.netns))
+            && f.pid.is_none_or(|p| l.pid == Some(p))
+            && f.comm
+                .as_deref()
+                .is_none_or(|c| l.comm.as_deref() == Some(c))
+    }
+
     /// The summary view (`listeners` in the summary and its JSON).
     pub fn summary(&self) -> ListenersSummary {
         let namespaces = self
@@ -613,6 +651,7 @@ impl Listeners {
         let listeners = self
             .listeners
             .iter()
+            .filter(|(k, l)| self.in_scope(k, l))
             .map(|(k, l)| ListenerSummary {
                 netns: k.netns,
                 netns_name: l.netns_name.clone(),
@@ -1145,6 +1184,87 @@ pub(crate) mod tests {
         l.started(key("10.0.0.1:7070"), 19, "new".to_owned());
         assert_eq!(owner(&l, 8080), (Some(17), Some("web2".to_owned())));
         assert_eq!(owner(&l, 7070), (Some(42), Some("server".to_owned())));
+    }
+
+    #[test]
+    fn a_filter_shows_only_the_listeners_it_traces_and_keeps_overflows_matched_as_before() {
+        let mut other = listener("10.0.0.1:9000", 0, 8, 0);
+        other.pid = Some(7);
+        other.comm = Some("other".to_owned());
+        let all = vec![
+            listener("10.0.0.1:80", 0, 8, 0),
+            listener("[::]:443", 0, 8, 0),
+            other,
+            // Full, as is :80 at the second sample: two full, so no overflow is matched.
+            listener("10.0.0.1:8080", 8, 8, 0),
+        ];
+        let n0 = Netstat::default();
+        let n1 = Netstat {
+            listen_overflows: 5,
+            ..n0
+        };
+        let mut second = all.clone();
+        second[0].accept_queue = 8;
+        let shown = |f: Filter| -> (Vec<u16>, u64) {
+            let mut l = Listeners::default();
+            l.set_scope(&f);
+            l.add_sample(&sample(1, all.clone(), n0));
+            l.add_sample(&sample(2, second.clone(), n1));
+            let s = l.summary();
+            let inferred = s.listeners.iter().map(|x| x.inferred_overflows).sum();
+            (s.listeners.iter().map(|x| x.port).collect(), inferred)
+        };
+        use crate::config::Filter;
+        assert_eq!(shown(Filter::default()), (vec![80, 8080, 9000, 443], 0));
+        let port = |ports: Vec<u16>| Filter {
+            ports,
+            ..Filter::default()
+        };
+        // :8080 is filtered out but still seen full: the overflows stay unmatched.
+        assert_eq!(shown(port(vec![80])), (vec![80], 0));
+        assert_eq!(
+            shown(Filter {
+                lports: vec![443, 9000],
+                ..Filter::default()
+            }),
+            (vec![9000, 443], 0)
+        );
+        // A listener has no remote port.
+        assert_eq!(
+            shown(Filter {
+                rports: vec![80],
+                ..Filter::default()
+            }),
+            (vec![], 0)
+        );
+        assert_eq!(
+            shown(Filter {
+                ipv6_only: true,
+                ..Filter::default()
+            }),
+            (vec![443], 0)
+        );
+        assert_eq!(
+            shown(Filter {
+                pid: Some(7),
+                ..Filter::default()
+            }),
+            (vec![9000], 0)
+        );
+        assert_eq!(
+            shown(Filter {
+                comm: Some("server".to_owned()),
+                ..Filter::default()
+            }),
+            (vec![80, 8080, 443], 0)
+        );
+        assert_eq!(
+            shown(Filter {
+                netns: vec![12345],
+                ..Filter::default()
+            }),
+            (vec![], 0)
+        );
     }
 
     #[test]

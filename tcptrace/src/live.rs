@@ -388,6 +388,9 @@ pub struct LiveRun {
     recording: bool,
     /// Charts are drawn at the end ([`LiveRun::charts`]).
     charts: bool,
+    /// The run's filter (a replay's: its recording's), which also narrows the listeners
+    /// shown.
+    filter: Filter,
     /// Names of cgroups and network namespaces for the snapshots and the sinks (this host's
     /// for a live run; a replay's only on the host and boot that recorded it).
     names: Names,
@@ -478,6 +481,7 @@ impl LiveRun {
             prior,
             clock,
             Names::system(),
+            filter.clone(),
         )
     }
 
@@ -496,6 +500,7 @@ impl LiveRun {
             Vec::new(),
             header.clock,
             names,
+            header.filter.clone(),
         )?;
         Ok((run, header))
     }
@@ -505,6 +510,7 @@ impl LiveRun {
         prior: Vec<PriorSocket>,
         clock: Clock,
         names: Names,
+        filter: Filter,
     ) -> Result<Self> {
         let sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -525,6 +531,7 @@ impl LiveRun {
             privileges_dropped: false,
             recording: false,
             charts: false,
+            filter,
             names,
         })
     }
@@ -661,6 +668,7 @@ impl LiveRun {
         if self.charts {
             pipeline.keep_edge_dwells();
         }
+        pipeline.listener_scope(&self.filter);
         // Only the dashboard counts every socket that predates the run: other front ends
         // keep only those in CLOSE_WAIT (the leaks the summary and the metrics count, a few
         // at most), so that they do not pay for matching every event against all of them.

@@ -315,6 +315,11 @@ impl Pipeline {
         &self.core.agg
     }
 
+    /// Shows only the listeners `filter` traces (see `Listeners::in_scope`).
+    pub fn listener_scope(&mut self, filter: &crate::config::Filter) {
+        self.core.agg.listeners.set_scope(filter);
+    }
+
     /// Keeps each edge's dwell histogram, which only the state-machine chart shows (see
     /// `aggregate::Edges`).
     pub fn keep_edge_dwells(&mut self) {

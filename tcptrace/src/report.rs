@@ -53,6 +53,7 @@ pub fn build(path: &Path, allow_truncated: bool, top: usize, timeline: bool) -> 
     )?;
     let mut pipeline = pipeline_cell.into_inner();
     pipeline.finish();
+    pipeline.listener_scope(&replay.header.filter);
     if let Some((at, reason)) = replay.truncated.as_ref().and_then(|e| e.truncation()) {
         log::warn!(
             "{at}: the recording is truncated ({reason}); reporting on the {} events before it",

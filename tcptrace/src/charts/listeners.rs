@@ -20,7 +20,11 @@ pub const PANELS: usize = 3;
 
 pub fn render(input: &Input<'_>) -> DrawResult<String> {
     let l = &input.agg.listeners;
-    let mut chosen: Vec<(&ListenerKey, &ListenerStats)> = l.listeners.iter().collect();
+    let mut chosen: Vec<(&ListenerKey, &ListenerStats)> = l
+        .listeners
+        .iter()
+        .filter(|(k, s)| l.in_scope(k, s))
+        .collect();
     // Under most pressure first: fullest accept queue, then most SYN_RECV, then drops.
     chosen.sort_by_key(|(_, s)| {
         std::cmp::Reverse((
