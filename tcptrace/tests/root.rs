@@ -83,17 +83,28 @@ fn check_life(life: &Life, expected: &[&str], pid: u32, laddr: &str, raddr: &str
     }
 }
 
-/// How many BPF_PROG_TYPE_TRACING programs (the BTF tracepoint's two: the state-change
-/// program and its nested-event program) process `pid` holds, from its fds' /proc fdinfo.
-fn tracing_programs(pid: u32) -> usize {
+/// The /proc fdinfo text of each of `pid`'s fds, as name -> value for its "name:\tvalue"
+/// lines (BPF programs and maps show their type, flags and sizes there).
+fn fdinfos(pid: u32) -> Vec<std::collections::HashMap<String, String>> {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .expect("fdinfo")
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter(|info| {
+        .map(|info| {
             info.lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["prog_type:", "26"])
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect()
         })
+        .collect()
+}
+
+/// How many BPF_PROG_TYPE_TRACING programs (the BTF tracepoint's two: the state-change
+/// program and its nested-event program) process `pid` holds.
+fn tracing_programs(pid: u32) -> usize {
+    fdinfos(pid)
+        .iter()
+        .filter(|f| f.get("prog_type").map(String::as_str) == Some("26"))
         .count()
 }
 
@@ -101,32 +112,23 @@ fn tracing_programs(pid: u32) -> usize {
 /// memory-mappable array (`map_flags` 0x400, `BPF_F_MMAPABLE`) of more than one entry
 /// (with the slot rings off it keeps the one entry of its declaration).
 fn slot_rings_in_use(pid: u32) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("fdinfo")
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .any(|info| {
-            let field = |name: &str| {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_owned())
-            };
-            field("map_type:").as_deref() == Some("2")
-                && field("map_flags:").as_deref() == Some("0x400")
-                && field("max_entries:").and_then(|v| v.parse::<u64>().ok()) > Some(1)
-        })
+    fdinfos(pid).iter().any(|f| {
+        let field = |name: &str| f.get(name).map(String::as_str);
+        field("map_type") == Some("2")
+            && field("map_flags") == Some("0x400")
+            && field("max_entries").and_then(|v| v.parse::<u64>().ok()) > Some(1)
+    })
 }
 
 /// Which way the events reach userspace in [`loopback_connections`].
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
-    /// The BTF tracepoint, state changes through the slot rings (the default here).
+    /// The BTF tracepoint, every record through the kernel's ring buffers (the default).
     Default,
     /// The classic tracepoint program (the fallback where the BTF tracepoint cannot load).
     Classic,
-    /// Every record through the kernel's ring buffers (`TCPTRACE_RINGS=kernel`; the default
-    /// on CPUs other than x86-64).
-    RingBuffers,
+    /// State changes through the slot rings (`TCPTRACE_RINGS=slots`, off by default).
+    SlotRings,
 }
 
 fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, path: Path) {
@@ -138,8 +140,8 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, pa
         Path::Classic => {
             cmd.env("TCPTRACE_TRACEPOINT", "classic");
         }
-        Path::RingBuffers => {
-            cmd.env("TCPTRACE_RINGS", "kernel");
+        Path::SlotRings => {
+            cmd.env("TCPTRACE_RINGS", "slots");
         }
     }
     let tracer = Tracer::start_command(cmd, &["--port", &port.to_string()]);
@@ -157,8 +159,8 @@ fn loopback_connections(ip: std::net::IpAddr, family: &str, per_order: usize, pa
     );
     assert_eq!(
         slot_rings_in_use(tracer.pid()),
-        path != Path::RingBuffers,
-        "slot rings in use (the x86-64 default, off with TCPTRACE_RINGS=kernel)"
+        path == Path::SlotRings,
+        "slot rings in use (only with TCPTRACE_RINGS=slots)"
     );
     let l = listen(sock);
     let mut conns = Vec::new();
@@ -245,13 +247,12 @@ fn classic_tracepoint_reports_the_same_exact_transitions() {
     loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::Classic);
 }
 
-/// The same with every record through the kernel's ring buffers, as on CPUs where the slot
-/// rings stay off.
+/// The same with the state changes through the slot rings (`TCPTRACE_RINGS=slots`).
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
-fn ring_buffers_alone_report_the_same_exact_transitions() {
-    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, Path::RingBuffers);
-    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::RingBuffers);
+fn slot_rings_report_the_same_exact_transitions() {
+    loopback_connections(Ipv4Addr::LOCALHOST.into(), "ipv4", 25, Path::SlotRings);
+    loopback_connections(Ipv6Addr::LOCALHOST.into(), "ipv6", 5, Path::SlotRings);
 }
 
 #[test]

@@ -118,10 +118,9 @@ pub enum Config {
     Baseline,
     /// `tcptrace watch --per none`: aggregates only.
     None,
-    /// `tcptrace watch --per none` with every record through the kernel's ring buffers
-    /// (`TCPTRACE_RINGS=kernel`, as on CPUs other than x86-64): the slot rings' gain, side
-    /// by side.
-    NoneRingBuffers,
+    /// `tcptrace watch --per none` with the state changes through the slot rings
+    /// (`TCPTRACE_RINGS=slots`, off by default): their gain, side by side.
+    NoneSlotRings,
     /// `tcptrace top`: the dashboard, drawing into a 160x48 pseudo-terminal once a second.
     Top,
     /// `tcptrace serve`: Prometheus metrics, scraped once a second.
@@ -149,7 +148,7 @@ pub enum Config {
 impl Config {
     const TRACED: [Config; 12] = [
         Config::None,
-        Config::NoneRingBuffers,
+        Config::NoneSlotRings,
         Config::Top,
         Config::Serve,
         Config::Text,
@@ -166,7 +165,7 @@ impl Config {
         match self {
             Config::Baseline => "untraced",
             Config::None => "watch --per none",
-            Config::NoneRingBuffers => "  same, ring buffers only",
+            Config::NoneSlotRings => "  same, slot rings",
             Config::Top => "top (160x48)",
             Config::Serve => "serve (1 scrape/s)",
             Config::Text => "watch text > file",
@@ -266,9 +265,9 @@ fn tcptrace_command(
         Config::None => {
             cmd.args(["--per", "none"]);
         }
-        Config::NoneRingBuffers => {
+        Config::NoneSlotRings => {
             cmd.args(["--per", "none"]);
-            cmd.env("TCPTRACE_RINGS", "kernel");
+            cmd.env("TCPTRACE_RINGS", "slots");
         }
         Config::Json => {
             cmd.args(["--format", "json"]);
@@ -525,7 +524,7 @@ fn stdout_for(config: Config, out_path: &Path) -> Result<Stdio> {
     if matches!(
         config,
         Config::None
-            | Config::NoneRingBuffers
+            | Config::NoneSlotRings
             | Config::Serve
             | Config::Tcpstates
             | Config::Record
