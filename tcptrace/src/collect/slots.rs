@@ -16,9 +16,9 @@
 //! Off by default (`TCPTRACE_RINGS=slots` turns them on): in one fresh-clone test run with
 //! them on, the lab case `lab_first_synack_dropped` found a connection's first events
 //! missing on both ends (no handshake, no SYN or SYN-ACK retransmits, no identity), and
-//! about 50 reruns with them on, idle and under load, and 40 runs of the exact-transition
-//! tests did not fail again. Until that is explained the ring buffers, with their longer
-//! record, stay the default.
+//! 38 reruns of it with them on, idle and under load, and 30 runs of the exact-transition
+//! tests did not fail again. Until that is explained the ring buffers, which every test
+//! run before had used, stay the default.
 
 use std::{
     ptr::NonNull,

@@ -331,14 +331,7 @@ pub fn churn_while_stopped(tracer: &Tracer, listener: &TcpListener, n: u64) {
     let pid = tracer.pid() as i32;
     // SAFETY: signals to a child process we own.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    for i in 0..n {
-        let order = if i % 2 == 0 {
-            CloseOrder::ClientFirst
-        } else {
-            CloseOrder::ServerFirst
-        };
-        connect_and_close(listener, order);
-    }
+    connections(listener, n as usize);
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
 }
