@@ -354,6 +354,8 @@ pub struct Collector {
     /// The other merge buffer: records drained from the rings while `merge`'s are handed
     /// on go here (see [`Collector::read_batch`]).
     spare: Merge,
+    /// When the drains whose records wait in `merge` started (see [`hand_on`]).
+    merge_before: Option<u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Optional probes that could not be used, with the reason.
     pub skipped: Vec<String>,
@@ -374,12 +376,13 @@ pub struct Collector {
 
 /// Records gathered from several rings and handed on in time order.
 ///
-/// Each CPU writes its own ring, so one batch holds one nearly sorted run per ring. The
-/// reorder stage downstream only holds a short window (`reorder::WINDOW_NS`), shorter than a
-/// batch ([`POLL_BUSY`]), so the runs are merged here by timestamp: a stable sort, which
-/// on a few sorted runs is a merge. Records that arrive after a batch was read were
-/// committed after their ring was drained, so they are at most a drain's duration older than
-/// what was handed on: well inside the reorder window.
+/// Each CPU writes its own ring, so one batch holds one nearly sorted run per ring; they
+/// are merged here by timestamp (a stable sort, which on a few sorted runs is a merge), so
+/// the reorder stage downstream mostly appends. Records that arrive after a batch was read
+/// were committed after their ring was drained, so they may be older than records already
+/// handed on (by a drain's duration, longer if the reader was held up in it): the reorder
+/// stage holds events until the reader says when its drains started
+/// ([`Delivery::ReadAllBefore`]), so it never releases one of those first.
 ///
 /// After a burst (the queue holds up to [`QUEUE_CAP`] records, about 28 MiB, while the
 /// pipeline catches up) the buffers give their memory back once [`SHRINK_AFTER`] batches in
@@ -494,17 +497,23 @@ const QUEUE_CAP: usize = 262_144;
 
 /// Moves every record the rings hold into `merge`, unless it already holds `cap` records.
 /// A drain always empties every ring: stopping part-way would leave one ring's older
-/// records behind another's newer ones, further apart in time than the reorder window
-/// mends. So the queue holds at most `cap` plus what the rings can hold.
+/// records behind another's newer ones, and the drain's start would not hold as the
+/// instant before which everything was read. So the queue holds at most `cap` plus what the
+/// rings can hold.
+///
+/// Returns when the drain started (the kernel's clock, read before the first ring): every
+/// record committed before then is now in `merge` (see [`Delivery::ReadAllBefore`]); `None`
+/// when it read nothing, at the cap.
 fn drain_rings(
     rings: &mut [AsyncFd<RingBuf<MapData>>],
     slots: Option<&mut slots::SlotRings>,
     merge: &mut Merge,
     cap: usize,
-) {
+) -> Option<u64> {
     if merge.len() >= cap {
-        return;
+        return None;
     }
+    let started = crate::clock::monotonic_now_ns();
     for ring in rings {
         let ring = ring.get_mut();
         while let Some(item) = ring.next() {
@@ -517,39 +526,68 @@ fn drain_rings(
     if let Some(slots) = slots {
         slots.drain(|record| merge.push(record));
     }
+    Some(started)
+}
+
+/// What the reader hands on.
+#[derive(Debug)]
+pub enum Delivery<'a> {
+    /// A record, as the kernel wrote it.
+    Record(&'a [u8]),
+    /// Every record the kernel committed before this instant (its clock) has been handed
+    /// on: a drain that started then has ended, and its records went before this. A record
+    /// still to come was committed after it (see `reorder`).
+    ReadAllBefore(u64),
 }
 
 /// Hands on the queued records and whatever `refill` adds to the queue meanwhile, oldest
 /// first per refill, until the queue is empty or [`READ_LIMIT`] records went by; `spare` is
-/// the second buffer the queue swaps with. Returns the number handed on.
+/// the second buffer the queue swaps with; `queued_before` is [`Delivery::ReadAllBefore`]'s
+/// instant for when the queue's records are handed on (kept between calls while records
+/// stay queued). Returns the number of records handed on.
 ///
-/// `refill` moves records from the kernel's rings into the queue (see [`drain_rings`]). It
-/// runs first and then every [`REFILL_EVERY`] records, so the rings are emptied while the
-/// pipeline is busy. Records added meanwhile are handed on after those already sorted: they
-/// were committed after the previous drain, so they are at most a drain's duration older
-/// than what went before (within the reorder window, see [`Merge`]). Tested against
-/// draining everything first and sorting once.
+/// `refill` moves records from the kernel's rings into the queue (see [`drain_rings`]) and
+/// says when it started. It runs first and then every [`REFILL_EVERY`] records, so the
+/// rings are emptied while the pipeline is busy. Records added meanwhile are handed on after
+/// those already sorted, and each batch ends with the start of the last drain in it.
+/// Tested against draining everything first and sorting once.
 fn hand_on(
     queue: &mut Merge,
     spare: &mut Merge,
-    mut refill: impl FnMut(&mut Merge),
-    mut f: impl FnMut(&[u8]),
+    queued_before: &mut Option<u64>,
+    mut refill: impl FnMut(&mut Merge) -> Option<u64>,
+    mut f: impl FnMut(Delivery<'_>),
 ) -> usize {
     let mut total = 0;
     loop {
-        refill(queue);
+        if let Some(t) = refill(queue) {
+            *queued_before = Some(t);
+        }
         let mut batch = std::mem::replace(queue, std::mem::take(spare));
+        let batch_before = queued_before.take();
         let mut since = 0usize;
         total += batch.flush(|record| {
-            f(record);
+            f(Delivery::Record(record));
             since += 1;
             if since == REFILL_EVERY {
                 since = 0;
-                refill(queue);
+                if let Some(t) = refill(queue) {
+                    *queued_before = Some(t);
+                }
             }
         });
         *spare = batch;
-        if queue.is_empty() || total >= READ_LIMIT {
+        if let Some(t) = batch_before {
+            f(Delivery::ReadAllBefore(t));
+        }
+        if queue.is_empty() {
+            // A refill during the batch that found nothing: its start holds already.
+            if let Some(t) = queued_before.take() {
+                f(Delivery::ReadAllBefore(t));
+            }
+            return total;
+        }
+        if total >= READ_LIMIT {
             return total;
         }
     }
@@ -1101,6 +1139,7 @@ impl Collector {
             poll: POLL_BUSY,
             drain_at: tokio::time::Instant::now() + POLL_BUSY,
             spare: Merge::default(),
+            merge_before: None,
             counters,
             skipped,
             existing_socks: existing.sockets,
@@ -1123,7 +1162,7 @@ impl Collector {
     /// pipeline cannot keep up with waits in this process's memory instead of filling the
     /// kernel's rings. It returns after [`READ_LIMIT`] records even if more are queued, so
     /// ticks and signals still get their turn.
-    pub async fn read_batch(&mut self, f: impl FnMut(&[u8])) -> Result<usize> {
+    pub async fn read_batch(&mut self, f: impl FnMut(Delivery<'_>)) -> Result<usize> {
         if self.merge.is_empty() {
             let woken = std::future::poll_fn(|cx| {
                 for ring in &self.rings {
@@ -1143,6 +1182,7 @@ impl Collector {
         let n = hand_on(
             &mut self.merge,
             &mut self.spare,
+            &mut self.merge_before,
             |queue| drain_rings(rings, slots.as_mut(), queue, QUEUE_CAP),
             f,
         );
@@ -1407,9 +1447,13 @@ format:
             }
         }
 
-        /// What `drain_rings` does to real rings: nothing at the cap, else everything.
-        fn drain(&mut self, queue: &mut Merge, cap: usize) {
+        /// What `drain_rings` does to real rings: nothing at the cap, else everything; says
+        /// when it started (the next stamp of the first ring: every record stamped before
+        /// it is taken).
+        fn drain(&mut self, queue: &mut Merge, cap: usize) -> Option<u64> {
+            let mut started = None;
             if queue.len() < cap {
+                started = self.next_ts.iter().min().copied();
                 for ring in &mut self.rings {
                     while let Some(r) = ring.pop_front() {
                         queue.push(&r);
@@ -1417,6 +1461,7 @@ format:
                 }
             }
             self.produce();
+            started
         }
     }
 
@@ -1441,24 +1486,39 @@ format:
             let (mut queue, mut spare) = (Merge::default(), Merge::default());
             let mut seen = Vec::new();
             let (mut most, mut max_backlog) = (0, 0);
+            let mut queued_before = None;
+            let mut read_all_before = 0u64;
             for _ in 0..10_000 {
                 let n = hand_on(
                     &mut queue,
                     &mut spare,
+                    &mut queued_before,
                     |q| {
                         let (before, backlog): (usize, usize) =
                             (q.len(), fake.rings.iter().map(|r| r.len()).sum());
                         max_backlog = max_backlog.max(backlog);
-                        fake.drain(q, cap);
+                        let started = fake.drain(q, cap);
                         // Nothing taken at the cap; below it, the rings' backlog at most.
                         assert!(if before >= cap {
-                            q.len() == before
+                            q.len() == before && started.is_none()
                         } else {
-                            q.len() <= before + backlog
+                            q.len() <= before + backlog && started.is_some()
                         });
                         most = most.max(q.len());
+                        started
                     },
-                    |r| seen.push(r.to_vec()),
+                    |d| match d {
+                        Delivery::Record(r) => {
+                            // Never a record the reader said it had handed on already.
+                            let ts = u64::from_ne_bytes(r[..8].try_into().expect("stamp"));
+                            assert!(ts >= read_all_before, "{ts} after {read_all_before}");
+                            seen.push(r.to_vec());
+                        }
+                        Delivery::ReadAllBefore(t) => {
+                            assert!(t >= read_all_before, "went back to {t}");
+                            read_all_before = t;
+                        }
+                    },
                 );
                 // It returns once past the limit: at most one batch (a queue's worth) beyond it.
                 assert!(n <= READ_LIMIT + most, "{n} handed on in one call");

@@ -39,7 +39,7 @@ use tokio::{
 use crate::{
     cli::SampleArgs,
     clock::{self, Clock},
-    collect::Collector,
+    collect::{Collector, Delivery},
     config::Filter,
     counters::{Counters, LOSS_EXPLAINED},
     decode::{self, Event, TcpState},
@@ -53,8 +53,7 @@ use crate::{
     summary::{Snapshot, SnapshotOptions},
 };
 
-/// How long the ring buffer may stay silent before held events are released; also the
-/// granularity of snapshots and of flushing the sinks' writers.
+/// The granularity of snapshots and of flushing the sinks' writers.
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often lost events are warned about while running, in ticks.
 const LOSS_WARN_TICKS: u64 = 10;
@@ -685,6 +684,7 @@ impl LiveRun {
             );
         }
         if let Source::Kernel(collector) = &mut self.source {
+            pipeline.hold_until_read();
             let owner = |h: &crate::procfs::Holder, source| decode::Owner {
                 tgid: h.pid,
                 pid: h.pid,
@@ -709,7 +709,6 @@ impl LiveRun {
         let deadline = duration.map(|d| started + d);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut read_since_tick = 0usize;
         let mut ticks = 0u64;
         let mut lost_reported = Counters::default();
         let mut next_publish = started;
@@ -728,12 +727,10 @@ impl LiveRun {
                     }
                 } => break Stop::Deadline,
                 now = tick.tick() => {
-                    if read_since_tick == 0 {
-                        pipeline.flush();
-                    } else {
-                        pipeline.flush_sinks();
-                    }
-                    read_since_tick = 0;
+                    // Held events are released as the reader reports its drains (see
+                    // `reorder`), quiet or not: releasing them all on a quiet tick could
+                    // hand one on before an older one still unread.
+                    pipeline.flush_sinks();
                     ticks += 1;
                     if let Source::Kernel(c) = source {
                         c.guard_priority();
@@ -769,9 +766,8 @@ impl LiveRun {
                 }
                 Some(s) = next_sample(&mut self.sampler) => pipeline.push_sample(&s),
                 n = read(source, &mut pipeline) => {
-                    match n? {
-                        Some(n) => read_since_tick += n,
-                        None => break Stop::End,
+                    if n?.is_none() {
+                        break Stop::End;
                     }
                 }
             }
@@ -816,7 +812,10 @@ impl LiveRun {
 async fn read(source: &mut Source, pipeline: &mut Pipeline) -> Result<Option<usize>> {
     match source {
         Source::Kernel(c) => c
-            .read_batch(|bytes| pipeline.push_bytes(bytes))
+            .read_batch(|d| match d {
+                Delivery::Record(bytes) => pipeline.push_bytes(bytes),
+                Delivery::ReadAllBefore(ns) => pipeline.read_all_before(ns),
+            })
             .await
             .map(Some),
         Source::Replay(r) => r.feed(pipeline).await,

@@ -262,6 +262,19 @@ impl Pipeline {
         self.reorder.push(ev, |ev| core.process(ev));
     }
 
+    /// Holds events until the reader says what it has read ([`Pipeline::read_all_before`]):
+    /// for the kernel's rings, read in drains (see `reorder`). Call it before the first push.
+    pub fn hold_until_read(&mut self) {
+        self.reorder.hold_until_read();
+    }
+
+    /// The reader has fed in every record the kernel committed before `ns` (its clock):
+    /// releases the events that nothing still unread can precede.
+    pub fn read_all_before(&mut self, ns: u64) {
+        let core = &mut self.core;
+        self.reorder.read_all_before(ns, |ev| core.process(ev));
+    }
+
     /// Feeds an event that is already in the order the tracker must see it, bypassing the
     /// reorder window: a recording holds the order the live run's reorder stage released.
     pub fn push_ordered(&mut self, mut ev: Event) {
@@ -274,13 +287,6 @@ impl Pipeline {
     /// [`Pipeline::push_ordered`] and this) gives the same figures.
     pub fn push_sample(&mut self, s: &Sample) {
         self.core.sample(s);
-    }
-
-    /// Releases every held event (the source went quiet, or the run ends) and flushes sinks.
-    pub fn flush(&mut self) {
-        let core = &mut self.core;
-        self.reorder.flush(|ev| core.process(ev));
-        self.flush_sinks();
     }
 
     /// The end of the input: releases everything, including closes the tracker still holds
@@ -343,6 +349,76 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lab failure, replayed: a drain that started just before a burst of handshake
+    /// events on one CPU read that CPU's ring empty, stalled, and read the other CPU's ring
+    /// after the connection's teardown was committed there; the burst came in the next
+    /// drain. Going by the newest event, the teardown was released first and the tracker saw
+    /// both ends close before they opened; held until the reader says what it has read, the
+    /// connection is whole.
+    #[test]
+    fn a_drain_stalled_between_rings_does_not_split_a_connection() {
+        use crate::{
+            aggregate::Hist,
+            decode::{decode, tests::raw_state},
+        };
+        // TCP states as the kernel numbers them.
+        let (est, syn_sent, syn_recv, fw1, fw2, tw) = (1, 2, 3, 4, 5, 6);
+        let (close, cw, lack, listen) = (7, 8, 9, 10);
+        let (client, server, ms) = (0xc1, 0x5e, 1_000_000u64);
+        let t0 = 1_000 * ms;
+        let t1 = t0 + 1_030 * ms;
+        let ev = |ts, sk, old, new| decode(&raw_state(ts, sk, old, new)).expect("decodes");
+        // (records of one drain, when it started)
+        let drains = [
+            (vec![ev(t0, client, close, syn_sent)], t0 + ms / 1000),
+            (
+                vec![
+                    ev(t1 + ms, client, est, fw1),
+                    ev(t1 + ms + 1_000, server, est, cw),
+                    ev(t1 + 3 * ms, server, cw, lack),
+                    ev(t1 + 3 * ms + 1_000, client, fw1, fw2),
+                    ev(t1 + 4 * ms, server, lack, close),
+                    ev(t1 + 5 * ms, client, fw2, tw),
+                ],
+                t1 - 1_000,
+            ),
+            (
+                vec![
+                    ev(t1, client, syn_sent, est),
+                    ev(t1 + 10_000, server, listen, syn_recv),
+                    ev(t1 + 20_000, server, syn_recv, est),
+                ],
+                t1 + 6 * ms,
+            ),
+        ];
+        let run = |told: bool| {
+            let mut p = Pipeline::new(Vec::new());
+            if told {
+                p.hold_until_read();
+            }
+            for (records, started) in drains.clone() {
+                for e in records {
+                    p.push(e);
+                }
+                if told {
+                    p.read_all_before(started);
+                }
+            }
+            p.finish();
+            let o = &p.aggregate().overall;
+            let handshakes = o.handshake.iter().map(Hist::count).sum::<u64>()
+                + o.handshake_unmeasured.iter().sum::<u64>();
+            (p.tracker().stats(), handshakes)
+        };
+        let (stats, handshakes) = run(true);
+        assert_eq!((stats.gaps, stats.joined_mid_life), (0, 0), "{stats:?}");
+        assert_eq!(stats.out_of_order, 0, "{stats:?}");
+        assert_eq!(handshakes, 2, "both ends' handshakes");
+        // The same drains without the reader's word: what the lab run saw.
+        let (stats, _) = run(false);
+        assert!(stats.gaps > 0 && stats.joined_mid_life > 0, "{stats:?}");
+    }
 
     #[test]
     fn prior_maps_answer_as_plain_maps() {

@@ -55,6 +55,28 @@ fn conn(lines: &[Value], lport: u16, rport: u16) -> &Value {
         })
 }
 
+/// Prints the run's counters and every line it wrote if the test fails while this lives, so
+/// a rare failure (a connection's first events missing) says whether events were lost,
+/// undecodable or out of order, and what the tracer saw.
+struct DumpOnFailure<'a>(&'a common::Output);
+
+impl Drop for DumpOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let s = &self.0.summary;
+        println!(
+            "tracer counters: lost {} undecodable {} filtered {} track {}",
+            s["lost"], s["undecodable"], s["filtered"], s["track"]
+        );
+        println!("tracer stderr:\n{}", self.0.stderr);
+        for l in &self.0.lines {
+            println!("{l}");
+        }
+    }
+}
+
 fn num(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
@@ -228,6 +250,7 @@ fn lab_first_syn_dropped() {
         ),
     );
     let (out, app_us, cport) = traced_connection(&lab, p);
+    let _dump = DumpOnFailure(&out);
     let c = conn(&out.lines, cport, p);
     println!(
         "first SYN dropped: connect() in the client took {:.3} ms",
@@ -291,6 +314,7 @@ fn lab_first_synack_dropped() {
     // In the server namespace: count the SYNs that arrive.
     lab.iptables(&lab.b, &format!("-A INPUT -p tcp --dport {p} --syn"));
     let (out, app_us, cport) = traced_connection(&lab, p);
+    let _dump = DumpOnFailure(&out);
     let synacks = rule_packets(&lab, &lab.a, "INPUT", "flags:0x12/0x12");
     let syns = rule_packets(&lab, &lab.b, "INPUT", "flags:0x17/0x02");
     let c = conn(&out.lines, cport, p);
