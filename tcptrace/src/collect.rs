@@ -356,6 +356,10 @@ pub struct Collector {
     spare: Merge,
     /// When the drains whose records wait in `merge` started (see [`hand_on`]).
     merge_before: Option<u64>,
+    /// A test hook, not an option: with `TCPTRACE_TEST_DRAIN_PAUSE_MS` set, every drain
+    /// stops this long after the first CPU's ring of state changes, as a reader preempted
+    /// there would (the lab test of a reader held up between rings sets it).
+    test_pause: Option<std::time::Duration>,
     counters: PerCpuArray<MapData, u64>,
     /// Optional probes that could not be used, with the reason.
     pub skipped: Vec<String>,
@@ -509,12 +513,19 @@ fn drain_rings(
     slots: Option<&mut slots::SlotRings>,
     merge: &mut Merge,
     cap: usize,
+    pause: Option<std::time::Duration>,
 ) -> Option<u64> {
     if merge.len() >= cap {
         return None;
     }
     let started = crate::clock::monotonic_now_ns();
-    for ring in rings {
+    for (i, ring) in rings.iter_mut().enumerate() {
+        if i == 1
+            && slots.is_none()
+            && let Some(p) = pause
+        {
+            std::thread::sleep(p);
+        }
         let ring = ring.get_mut();
         while let Some(item) = ring.next() {
             // A record that only woke the reader for the slot rings.
@@ -524,7 +535,7 @@ fn drain_rings(
         }
     }
     if let Some(slots) = slots {
-        slots.drain(|record| merge.push(record));
+        slots.drain(|record| merge.push(record), pause);
     }
     Some(started)
 }
@@ -1140,6 +1151,10 @@ impl Collector {
             drain_at: tokio::time::Instant::now() + POLL_BUSY,
             spare: Merge::default(),
             merge_before: None,
+            test_pause: std::env::var("TCPTRACE_TEST_DRAIN_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
             counters,
             skipped,
             existing_socks: existing.sockets,
@@ -1178,12 +1193,12 @@ impl Collector {
             }
         }
         self.clear_readiness();
-        let (rings, slots) = (&mut self.rings, &mut self.slots);
+        let (rings, slots, pause) = (&mut self.rings, &mut self.slots, self.test_pause);
         let n = hand_on(
             &mut self.merge,
             &mut self.spare,
             &mut self.merge_before,
-            |queue| drain_rings(rings, slots.as_mut(), queue, QUEUE_CAP),
+            |queue| drain_rings(rings, slots.as_mut(), queue, QUEUE_CAP, pause),
             f,
         );
         self.poll = if n == 0 {
@@ -1215,6 +1230,7 @@ impl Collector {
                 self.slots.as_mut(),
                 &mut self.merge,
                 usize::MAX,
+                None,
             );
             let n = self.merge.flush(&mut f);
             total += n;

@@ -141,10 +141,16 @@ impl SlotRings {
     }
 
     /// Hands every record the rings hold to `f` (each CPU's in order), then frees their
-    /// slots. Returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// slots. Returns how many. `pause`: a test hook, a stop after the first CPU's ring (see
+    /// the collector's `test_pause`).
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8]), pause: Option<std::time::Duration>) -> usize {
         let mut n = 0;
         for cpu in 0..self.cpus {
+            if cpu == 1
+                && let Some(p) = pause
+            {
+                std::thread::sleep(p);
+            }
             // SAFETY: the mappings hold `cpus` positions and `cpus * per_cpu` slots (`new`
             // maps that much of maps sized so at load), and live as long as `self`.
             let (ring, head, tail) = unsafe {

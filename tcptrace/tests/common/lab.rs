@@ -455,6 +455,21 @@ fn peer_command(st: &mut PeerState, line: &str) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(num(1)?));
             Ok(String::new())
         }
+        // pin CPU: the thread that runs the commands runs on that CPU only (so do the
+        // state changes its system calls make).
+        "pin" => {
+            let cpu = usize::try_from(num(1)?).map_err(|e| e.to_string())?;
+            // SAFETY: a zeroed CPU set with one bit set, for the calling thread (0).
+            let r = unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+            };
+            if r != 0 {
+                return Err(errno(&std::io::Error::last_os_error()));
+            }
+            Ok(String::new())
+        }
         // send N: writes exactly N bytes on the connection, in the background (more than
         // the socket buffers hold waits for the peer to read); `sent` waits for it to finish.
         "send" => {
