@@ -104,7 +104,7 @@ pub struct RecordArgs {
     /// Stop after this many seconds (e.g. 600 or 0.5).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Size of each ring buffer in KiB (as for `watch`). Events lost to a full ring are
+    /// Size of each CPU's ring in KiB (as for `watch`). Events lost to a full ring are
     /// counted in the recording and its summary.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
@@ -155,7 +155,7 @@ pub struct ServeArgs {
     /// same values).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_duration)]
     pub interval: Duration,
-    /// Size of each ring buffer in KiB (as for `watch`).
+    /// Size of each CPU's ring in KiB (as for `watch`).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     /// Stop after this many seconds (otherwise at SIGTERM or SIGINT).
@@ -354,7 +354,7 @@ pub struct TopArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_duration, conflicts_with = "once")]
     pub duration: Option<Duration>,
-    /// Size of each ring buffer in KiB (as for `watch`).
+    /// Size of each CPU's ring in KiB (as for `watch`).
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,
     #[command(flatten)]
@@ -477,10 +477,12 @@ pub struct WatchArgs {
     pub filter: FilterArgs,
     #[command(flatten)]
     pub sample: SampleArgs,
-    /// Size of each ring buffer in KiB (one per CPU, up to 8: CPU n writes ring n mod 8): a
-    /// power of two from 4 to 1048576; default 2048. With the slot rings
-    /// (TCPTRACE_RINGS=slots, x86-64) it is each CPU's slot ring, and the ring buffers get a
-    /// quarter of it. A larger ring rides out longer stalls of this process before the kernel has to
+    /// Size of each CPU's ring in KiB: a power of two from 4 to 1048576; default 2048. On
+    /// x86-64 state changes go to it, and the kernel's ring buffers, for the other events
+    /// (up to 8, CPU n writing ring n mod 8), get a quarter of it; elsewhere every event goes
+    /// to ring buffers of this size. With many possible CPUs the rings are cut to 32 MiB in
+    /// all (or what 8 ring buffers of a chosen size take), and below 256 KiB a CPU the ring
+    /// buffers take every event. A larger ring rides out longer stalls of this process before the kernel has to
     /// drop events.
     #[arg(long, value_name = "KIB", value_parser = parse_ring_kib)]
     pub ring_kib: Option<u32>,

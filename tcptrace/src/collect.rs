@@ -970,15 +970,14 @@ impl Collector {
         // Rings no CPU writes to get the smallest size the kernel allows (one page).
         let in_use = rings_in_use();
         let ring_bytes = ring_kib.map_or(RING_BYTES, |kib| kib * 1024);
-        // With the slot rings (asked for with `TCPTRACE_RINGS=slots`, where this CPU keeps
-        // stores in order and they fit their budget, see `slots::slots_per_cpu`) each CPU's
-        // slot ring is the ring size, and the ring buffers, which then carry only the
-        // nested-event and `tcp:*` programs' records, a quarter of it. They are off by
-        // default until one lab failure with them on is understood (see `slots`).
+        // With the slot rings (where this CPU keeps stores in order and they fit their
+        // budget, see `slots::slots_per_cpu`; `TCPTRACE_RINGS=kernel` turns them off, for
+        // comparisons) each CPU's slot ring is the ring size, and the ring buffers, which then
+        // carry only the nested-event and `tcp:*` programs' records, a quarter of it.
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| anyhow::anyhow!("reading the CPU count from {path}: {e}"))?;
         let per_cpu = slots::slots_per_cpu(ring_bytes, cpus, ring_kib.is_some()).filter(|_| {
-            slots::SUPPORTED && std::env::var("TCPTRACE_RINGS").as_deref() == Ok("slots")
+            slots::SUPPORTED && std::env::var("TCPTRACE_RINGS").as_deref() != Ok("kernel")
         });
         let (slot_mask, side_bytes) = match per_cpu {
             Some(n) => (n - 1, (ring_bytes / 4).max(4096)),

@@ -118,9 +118,10 @@ pub enum Config {
     Baseline,
     /// `tcptrace watch --per none`: aggregates only.
     None,
-    /// `tcptrace watch --per none` with the state changes through the slot rings
-    /// (`TCPTRACE_RINGS=slots`, off by default): their gain, side by side.
-    NoneSlotRings,
+    /// `tcptrace watch --per none` with every record through the kernel's ring buffers
+    /// (`TCPTRACE_RINGS=kernel`, as on CPUs other than x86-64): the slot rings' gain, side
+    /// by side.
+    NoneRingBuffers,
     /// `tcptrace top`: the dashboard, drawing into a 160x48 pseudo-terminal once a second.
     Top,
     /// `tcptrace serve`: Prometheus metrics, scraped once a second.
@@ -148,7 +149,7 @@ pub enum Config {
 impl Config {
     const TRACED: [Config; 12] = [
         Config::None,
-        Config::NoneSlotRings,
+        Config::NoneRingBuffers,
         Config::Top,
         Config::Serve,
         Config::Text,
@@ -165,7 +166,7 @@ impl Config {
         match self {
             Config::Baseline => "untraced",
             Config::None => "watch --per none",
-            Config::NoneSlotRings => "  same, slot rings",
+            Config::NoneRingBuffers => "  same, ring buffers only",
             Config::Top => "top (160x48)",
             Config::Serve => "serve (1 scrape/s)",
             Config::Text => "watch text > file",
@@ -265,9 +266,9 @@ fn tcptrace_command(
         Config::None => {
             cmd.args(["--per", "none"]);
         }
-        Config::NoneSlotRings => {
+        Config::NoneRingBuffers => {
             cmd.args(["--per", "none"]);
-            cmd.env("TCPTRACE_RINGS", "slots");
+            cmd.env("TCPTRACE_RINGS", "kernel");
         }
         Config::Json => {
             cmd.args(["--format", "json"]);
@@ -524,7 +525,7 @@ fn stdout_for(config: Config, out_path: &Path) -> Result<Stdio> {
     if matches!(
         config,
         Config::None
-            | Config::NoneSlotRings
+            | Config::NoneRingBuffers
             | Config::Serve
             | Config::Tcpstates
             | Config::Record

@@ -13,12 +13,12 @@
 //! whose stores become visible in program order: the program has no barrier to order a
 //! record's stores before its `head` on other CPUs.
 //!
-//! Off by default (`TCPTRACE_RINGS=slots` turns them on): in one fresh-clone test run with
-//! them on, the lab case `lab_first_synack_dropped` found a connection's first events
-//! missing on both ends (no handshake, no SYN or SYN-ACK retransmits, no identity), and
-//! 38 reruns of it with them on, idle and under load, and 30 runs of the exact-transition
-//! tests did not fail again. Until that is explained the ring buffers, which every test
-//! run before had used, stay the default.
+//! On by default on x86-64 (`TCPTRACE_RINGS=kernel` turns them off, for comparisons). In
+//! one fresh-clone test run they were on for, the lab case `lab_first_synack_dropped` found a
+//! connection's first events missing on both ends; they were off by default until the cause
+//! was found: a reader held up between two CPUs' rings (the slot rings are read after the
+//! ring buffers, one more ring), and a reorder stage that went by the newest event alone
+//! (see `reorder`). The lab test of a reader held up between rings checks both transports.
 
 use std::{
     ptr::NonNull,
