@@ -579,15 +579,10 @@ impl Listeners {
         }
     }
 
-    /// Shows only the listeners `filter` traces (see [`Listeners::in_scope`]).
+    /// Shows only the listeners `filter` traces (see [`Listeners::in_scope`]; a filter
+    /// that narrows nothing there shows them all).
     pub fn set_scope(&mut self, filter: &crate::config::Filter) {
-        let narrows = filter.any_ports()
-            || filter.ipv4_only
-            || filter.ipv6_only
-            || !filter.netns.is_empty()
-            || filter.pid.is_some()
-            || filter.comm.is_some();
-        self.scope = narrows.then(|| filter.clone());
+        self.scope = Some(filter.clone());
     }
 
     /// Whether a listener is one the run's filter traces: its family and local port as
