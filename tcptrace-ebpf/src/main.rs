@@ -232,6 +232,75 @@ static SOCK_VERDICT: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65_536,
 const PASS: u32 = 1;
 const DROP: u32 = 2;
 
+/// The verdicts sockets had at their CLOSE, the last [`CLOSED_KEPT`] on each CPU, for the RST
+/// that an abortive close sends right after (tcp_disconnect sets CLOSE, then sends it, in
+/// the same system call). The CLOSE forgets the socket's [`SOCK_VERDICT`], and a reset event
+/// has no owner to judge `--pid` or `--comm` by, so without these a filter by process
+/// dropped the RST of every abortive close it passed (the root test
+/// `lab_socket_filters_pass_exactly_their_sockets` counts resets per filter). More than one:
+/// the tracepoint fires after the RST is sent, and over a veth or loopback the peer can take
+/// it in a softirq on the way, closing its own socket on this CPU in between. Only a reset
+/// of the same socket, on the same CPU and within [`CLOSED_VERDICT_NS`] of the CLOSE, takes
+/// one (the newest, once): an older entry is another life's.
+#[repr(C)]
+struct ClosedVerdicts {
+    next: u64,
+    sk: [u64; CLOSED_KEPT],
+    ts_ns: [u64; CLOSED_KEPT],
+    passes: [u64; CLOSED_KEPT],
+}
+
+const CLOSED_KEPT: usize = 4;
+
+#[map]
+static CLOSED_VERDICT: PerCpuArray<ClosedVerdicts> = PerCpuArray::with_max_entries(1, 0);
+
+/// How long after its socket's CLOSE a kept verdict holds (the RST follows within
+/// microseconds; a socket at the same address within it is another life, see
+/// [`take_closed_verdict`]).
+const CLOSED_VERDICT_NS: u64 = 1_000_000;
+
+/// Keeps the verdict of a socket at its CLOSE for the RST that may follow (see
+/// [`ClosedVerdicts`]).
+#[inline(always)]
+fn keep_closed_verdict(sk: u64, ts_ns: u64, passes: bool) {
+    if let Some(c) = CLOSED_VERDICT.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, plain words; the index is masked.
+        unsafe {
+            let i = ((*c).next as usize) & (CLOSED_KEPT - 1);
+            (*c).next = (*c).next.wrapping_add(1);
+            (*c).sk[i] = sk;
+            (*c).ts_ns[i] = ts_ns;
+            (*c).passes[i] = u64::from(passes);
+        }
+    }
+}
+
+/// The verdict its CLOSE kept for socket `sk`, for a reset of the closed socket at `ts_ns`,
+/// taken once; `None` if this CPU kept none for it lately.
+#[inline(always)]
+fn take_closed_verdict(sk: u64, ts_ns: u64) -> Option<bool> {
+    let c = CLOSED_VERDICT.get_ptr_mut(0)?;
+    // The newest entry of the socket: sockets come and go fast, and the address may have
+    // closed twice within the window, as another socket first (the lab's filter test saw a
+    // client's and then a server's CLOSE at one address 300 µs apart).
+    let mut newest: Option<usize> = None;
+    // SAFETY: as in `keep_closed_verdict`.
+    unsafe {
+        for i in 0..CLOSED_KEPT {
+            if (*c).sk[i] == sk
+                && ts_ns.wrapping_sub((*c).ts_ns[i]) <= CLOSED_VERDICT_NS
+                && newest.is_none_or(|n| (*c).ts_ns[i] > (*c).ts_ns[n & (CLOSED_KEPT - 1)])
+            {
+                newest = Some(i);
+            }
+        }
+        let i = newest? & (CLOSED_KEPT - 1);
+        (*c).sk[i] = 0;
+        Some((*c).passes[i] != 0)
+    }
+}
+
 #[inline(always)]
 fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
@@ -1005,14 +1074,12 @@ fn set_state<const BTF: bool, const NESTED: bool>(
     let sf = sock_filter!(flags);
     if sf != 0 {
         let known = flags & (FLAG_OWNER_CURRENT | FLAG_OWNER_LISTENER) != 0;
-        if !sock_passes(
-            sf,
-            &o,
-            skaddr,
-            new == TCP_CLOSE,
-            known.then_some(&owner),
-            &ident,
-        ) {
+        let closing = new == TCP_CLOSE;
+        let passes = sock_passes(sf, &o, skaddr, closing, known.then_some(&owner), &ident);
+        if closing {
+            keep_closed_verdict(skaddr, ts_ns, passes);
+        }
+        if !passes {
             count_in::<NESTED>(counter::FILTERED);
             return;
         }
@@ -1478,13 +1545,23 @@ fn emit_without_owner(
 ) {
     let sf = sock_filter!(flags);
     // A reset sent by a close comes after the socket's CLOSE (tcp_disconnect sets CLOSE,
-    // then sends it): judged as closing, it leaves no verdict behind for the freed socket's
-    // address, which the next socket there would inherit (the root test
-    // `lab_socket_filters_pass_exactly_their_sockets` closes abortively to check).
+    // then sends it): it takes the verdict the CLOSE kept, or is judged as closing, so that
+    // it leaves no verdict behind for the freed socket's address, which the next socket
+    // there would inherit (the root test `lab_socket_filters_pass_exactly_their_sockets`
+    // closes abortively to check both).
     let closing = state == TCP_CLOSE;
-    if sf != 0 && !sock_passes(sf, &offsets(), skaddr, closing, None, &NO_IDENT) {
-        count(counter::FILTERED);
-        return;
+    if sf != 0 {
+        let passes = match closing
+            .then(|| take_closed_verdict(skaddr, ts_ns))
+            .flatten()
+        {
+            Some(passes) => passes,
+            None => sock_passes(sf, &offsets(), skaddr, closing, None, &NO_IDENT),
+        };
+        if !passes {
+            count(counter::FILTERED);
+            return;
+        }
     }
     emit::<false>(
         &Record {

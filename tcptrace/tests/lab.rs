@@ -1324,8 +1324,12 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
     }
     server.ok("close_listener");
     drop((client, server));
-    let rows = |t: Tracer| -> Vec<(u16, String)> {
-        t.stop()
+    // Each run's transition rows, and its resets and close kinds: the abortive closes' RSTs
+    // come after the server sockets' CLOSE, where the socket's verdict is already gone, and a
+    // filter by process that dropped them counted those closes as aborted without a reset.
+    let rows = |t: Tracer| -> (Vec<(u16, String)>, Value) {
+        let out = t.stop();
+        let rows = out
             .lines
             .iter()
             .filter(|l| s(&l["laddr"]).starts_with("10.201."))
@@ -1334,11 +1338,21 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
                 let side = if lport == p { "server" } else { "client" };
                 (lport, format!("{side} {}->{}", s(&l["old"]), s(&l["new"])))
             })
-            .collect()
+            .collect();
+        let o = &out.summary["overall"];
+        let resets = serde_json::json!({
+            "resets_sent": o["resets_sent"],
+            "resets_received": o["resets_received"],
+            "closes": o["closes"],
+        });
+        (rows, resets)
     };
     let mut by_run = std::collections::BTreeMap::new();
+    let mut resets_by_run = std::collections::BTreeMap::new();
     for (name, t) in runs {
-        by_run.insert(name, rows(t));
+        let (r, resets) = rows(t);
+        by_run.insert(name, r);
+        resets_by_run.insert(name, resets);
     }
     let all = &by_run["all"];
     let server_rows: Vec<&(u16, String)> = all.iter().filter(|(l, _)| *l == p).collect();
@@ -1362,6 +1376,26 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
         let got: Vec<&(u16, String)> = by_run[name].iter().collect();
         println!("{name}: {} rows (unfiltered: {})", got.len(), want.len());
         assert_eq!(&got, want, "--{name} passed other rows than its sockets'");
+    }
+    // The server sent the RSTs (6 abortive closes) and the client received them: a filter on
+    // one side counts that side's resets, and its closes are the kinds they were.
+    let all = &resets_by_run["all"];
+    println!("resets: {resets_by_run:#?}");
+    assert_eq!(all["resets_sent"], 6, "{all}");
+    assert_eq!(all["resets_received"], 6, "{all}");
+    let server = serde_json::json!({"fin": 2, "reset_sent": 6});
+    let client = serde_json::json!({"fin": 2, "reset_received": 6});
+    for (name, sent, received, closes) in [
+        ("cgroup", 6, 0, &server),
+        ("pid-server", 6, 0, &server),
+        ("pid-client", 0, 6, &client),
+        ("comm-client", 0, 6, &client),
+        ("netns-server", 6, 0, &server),
+    ] {
+        let got = &resets_by_run[name];
+        assert_eq!(got["resets_sent"], sent, "--{name}: {got}");
+        assert_eq!(got["resets_received"], received, "--{name}: {got}");
+        assert_eq!(&got["closes"], closes, "--{name}: {got}");
     }
 }
 
