@@ -31,7 +31,7 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0    ended normally: --duration elapsed, q in top, a replay or a command done
   1    error: could not start (privileges, kernel, tracefs) or a bad file; said on stderr
-  2    usage error: a bad flag or value
+  2    usage error: a bad flag or value (e.g. --pid naming no process)
   74   an output failed while running or at exit (e.g. the disk filled); summary still printed
   101  internal error (a panic); the program is detached, summary printed where possible
   129  SIGHUP (terminal or SSH session gone): summary and recording flushed first

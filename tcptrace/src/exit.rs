@@ -34,6 +34,39 @@ pub enum Exit {
 /// An error (start-up, input, a file that cannot be written): said on stderr.
 pub const ERROR: u8 = 1;
 
+/// A usage error: a bad flag or value. clap exits with it for what it checks; [`Usage`]
+/// carries the values checked after parsing to it.
+pub const USAGE: u8 = 2;
+
+/// A flag's value refused after parsing (a filter naming no process, cgroup or namespace, an
+/// output name that is not a recording's, a format the command does not write): `main`
+/// exits with [`USAGE`], as clap does for the values it checks itself.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A [`Usage`] error with this message, for `?` and `map_err`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+/// The exit code of an error that ended a command: [`USAGE`] for a [`Usage`] error (however
+/// deep in the chain), [`ERROR`] for any other.
+pub fn code_of(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<Usage>()) {
+        USAGE
+    } else {
+        ERROR
+    }
+}
+
 impl Exit {
     /// The process exit code.
     pub fn code(self) -> u8 {
@@ -109,6 +142,17 @@ mod tests {
                     .ok()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_refused_value_exits_as_a_usage_error_and_any_other_error_with_1() {
+        use anyhow::Context as _;
+        assert_eq!(code_of(&usage("--pid 1: no such process")), USAGE);
+        let wrapped = Err::<(), _>(usage("--comm too long"))
+            .context("starting")
+            .unwrap_err();
+        assert_eq!(code_of(&wrapped), USAGE);
+        assert_eq!(code_of(&anyhow::anyhow!("tracefs is not mounted")), ERROR);
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     {
         return csv(args, &header);
     }
-    record::check_recording_name(out).map_err(anyhow::Error::msg)?;
+    record::check_recording_name(out).map_err(crate::exit::usage)?;
     let rec =
         Recorder::create(out, &header).with_context(|| format!("creating {}", out.display()))?;
     // Events and samples go to the one writer in file order.
@@ -90,7 +90,11 @@ fn csv(args: &ExportArgs, header: &record::Header) -> Result<()> {
     let unit = match args.per {
         Per::Transition => Unit::Transition,
         Per::Connection => Unit::Connection,
-        Per::None => anyhow::bail!("--per none writes no lines: use transition or connection"),
+        Per::None => {
+            return Err(crate::exit::usage(
+                "--per none writes no lines: use transition or connection",
+            ));
+        }
     };
     let file =
         crate::outfile::create(out).with_context(|| format!("creating {}", out.display()))?;

@@ -351,7 +351,7 @@ pub fn generate(rec: &mut Recorder, transitions: u64, seed: u64) -> std::io::Res
 }
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    crate::record::check_recording_name(&args.output).map_err(anyhow::Error::msg)?;
+    crate::record::check_recording_name(&args.output).map_err(crate::exit::usage)?;
     let mut rec = Recorder::create(&args.output, &header())
         .with_context(|| format!("creating {}", args.output.display()))?;
     let events = generate(&mut rec, args.transitions, args.seed)

@@ -119,7 +119,7 @@ fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) => {
             eprintln!("tcptrace: error: {e:#}");
-            ExitCode::from(exit::ERROR)
+            ExitCode::from(exit::code_of(&e))
         }
     }
 }
@@ -135,7 +135,7 @@ fn block_on<F: Future<Output = Result<Exit>>>(f: F) -> Result<Exit> {
 }
 
 fn run_watch(mut args: WatchArgs) -> Result<Exit> {
-    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(exit::usage)?;
     block_on(watch(args, filter))
 }
 
@@ -298,8 +298,8 @@ const STREAM_DRAIN: Duration = Duration::from_secs(2);
 
 /// `record`: `watch` without a stream, plus a recording sink.
 fn run_record(mut args: RecordArgs) -> Result<Exit> {
-    record::check_recording_name(&args.output).map_err(anyhow::Error::msg)?;
-    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
+    record::check_recording_name(&args.output).map_err(exit::usage)?;
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(exit::usage)?;
     block_on(record(args, filter))
 }
 

@@ -101,11 +101,13 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     let json = match args.format {
         Format::Text => false,
         Format::Json => true,
-        Format::Csv => anyhow::bail!(
-            "--format csv is for the line stream (`tcptrace watch --format csv`); report \
-             prints a summary: use --format text or --format json, or turn the recording \
-             into CSV lines with `tcptrace export FILE -o OUT.csv`"
-        ),
+        Format::Csv => {
+            return Err(crate::exit::usage(
+                "--format csv is for the line stream (`tcptrace watch --format csv`); report \
+                 prints a summary: use --format text or --format json, or turn the recording \
+                 into CSV lines with `tcptrace export FILE -o OUT.csv`",
+            ));
+        }
     };
     let r = build(
         &args.file,

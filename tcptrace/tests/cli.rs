@@ -103,7 +103,7 @@ fn top_flags_are_checked() {
     tcptrace()
         .args(["top", "--once", "--format", "csv"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("--format json"));
 }
 
@@ -264,7 +264,7 @@ fn report_refuses_csv_and_names_the_alternatives() {
             "csv",
         ])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains(
             "--format csv is for the line stream",
         ))
@@ -290,7 +290,7 @@ fn recordings_refuse_names_of_other_outputs_and_name_the_right_command() {
             c.args(["--duration", "1"]);
         }
         c.assert()
-            .code(1)
+            .code(2)
             .stderr(predicate::str::contains(format!(
                 "{name}: not a recording's name"
             )))
@@ -302,7 +302,7 @@ fn recordings_refuse_names_of_other_outputs_and_name_the_right_command() {
         .args(["export", "tests/fixtures/one-connection.jsonl", "-o"])
         .arg(at("out.json"))
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("not a recording's name"));
     for name in ["a.tcpt", "b.jsonl", "c.jsonl.zst", "d"] {
         tcptrace()
@@ -326,6 +326,24 @@ fn man_and_completions_print_from_the_binary() {
         .assert()
         .success()
         .stdout(predicate::str::contains("watch record report"));
+}
+
+#[test]
+fn export_per_none_is_a_usage_error() {
+    let out = std::env::temp_dir().join(format!("tcptrace-cli-{}.csv", std::process::id()));
+    tcptrace()
+        .args([
+            "export",
+            "tests/fixtures/one-connection.jsonl",
+            "--per",
+            "none",
+            "-o",
+        ])
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--per none writes no lines"));
+    assert!(!out.exists(), "{} was written", out.display());
 }
 
 #[test]
@@ -356,7 +374,7 @@ fn bad_socket_filters_name_the_problem_and_the_fix() {
             .arg("watch")
             .args(&args)
             .assert()
-            .failure()
+            .code(2)
             .stderr(predicate::str::contains(says));
     }
 }

@@ -41,7 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `tcptrace serve`.
 pub fn run(mut args: ServeArgs) -> Result<Exit> {
-    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(crate::exit::usage)?;
     crate::block_on(serve(args, filter))
 }
 

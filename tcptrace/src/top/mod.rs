@@ -74,12 +74,12 @@ pub fn run(mut args: TopArgs) -> Result<Exit> {
         );
     }
     if args.format == Format::Csv {
-        bail!(
+        return Err(crate::exit::usage(
             "--format csv is for the `watch` stream; `top --once` prints one snapshot as \
-             --format text or --format json"
-        );
+             --format text or --format json",
+        ));
     }
-    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(anyhow::Error::msg)?;
+    let filter = Filter::from_cli(&args.filter, &mut args.sample).map_err(crate::exit::usage)?;
     crate::block_on(top(args, filter))
 }
 
