@@ -146,11 +146,8 @@ mod tests {
 
     #[test]
     fn a_refused_value_exits_as_a_usage_error_and_any_other_error_with_1() {
-        use anyhow::Context as _;
         assert_eq!(code_of(&usage("--pid 1: no such process")), USAGE);
-        let wrapped = Err::<(), _>(usage("--comm too long"))
-            .context("starting")
-            .unwrap_err();
+        let wrapped = usage("--comm too long").context("starting");
         assert_eq!(code_of(&wrapped), USAGE);
         assert_eq!(code_of(&anyhow::anyhow!("tracefs is not mounted")), ERROR);
     }
