@@ -12,8 +12,11 @@
 //! and asks the caller's probe whether the counters still read; if not, it keeps only those
 //! two capabilities (and says so at debug level).
 //!
-//! Capabilities belong to threads: this must run on the only thread (the live loop runs on
-//! a current-thread runtime and starts no threads); a second thread is a warning.
+//! Capabilities belong to threads: [`drop_all`] runs on the live loop's thread (a
+//! current-thread runtime), and the threads the run starts later (the sampler, the output
+//! writers) start without them. The one thread started before, a replay's recording reader,
+//! drops its own once the file is open ([`drop_this_thread`]). Any other thread still
+//! holding a capability when [`drop_all`] is done is a warning.
 
 use std::collections::HashSet;
 
@@ -22,10 +25,59 @@ use caps::{CapSet, Capability};
 
 /// What [`drop_all`] left in the permitted set (empty unless the probe needed them).
 pub fn drop_all(still_works: impl FnOnce() -> bool) -> Result<Vec<Capability>> {
+    let keep = drop_sets(still_works)?;
+    let others = other_threads_with_capabilities();
+    if others > 0 {
+        log::warn!("dropped this thread's capabilities, but {others} other threads keep theirs");
+    }
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    if kept.is_empty() {
+        log::debug!("dropped every capability");
+    } else {
+        log::debug!(
+            "dropped every capability but {kept:?}: this kernel refuses BPF map reads without them"
+        );
+    }
+    Ok(kept)
+}
+
+/// Drops every capability of the calling thread (and sets its no_new_privs), for a helper
+/// thread that reads untrusted input and needs no privilege once its file is open: the
+/// replay's recording reader, started before the run drops the main thread's.
+pub fn drop_this_thread() -> Result<()> {
+    drop_sets(|| true).map(drop)
+}
+
+/// Threads of this process other than the caller whose permitted set is not empty (from
+/// `/proc/self/task/*/status`; 0 where it cannot be read).
+fn other_threads_with_capabilities() -> usize {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let me = unsafe { libc::gettid() }.to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| t.file_name().to_str() != Some(me.as_str()))
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapPrm:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .is_some_and(|v| v != 0)
+            })
+        })
+        .count()
+}
+
+/// Empties the calling thread's sets but what the probe needs (see [`drop_all`]); returns
+/// what it kept.
+fn drop_sets(still_works: impl FnOnce() -> bool) -> Result<HashSet<Capability>> {
     let permitted = caps::read(None, CapSet::Permitted).context("reading the permitted set")?;
     let none = HashSet::new();
     if permitted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(none);
     }
     caps::set(None, CapSet::Effective, &none).context("clearing the effective set")?;
     let keep: HashSet<Capability> = if still_works() {
@@ -58,21 +110,5 @@ pub fn drop_all(still_works: impl FnOnce() -> bool) -> Result<Vec<Capability>> {
     if rc != 0 {
         log::debug!("no_new_privs: {}", std::io::Error::last_os_error());
     }
-    let threads = std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count);
-    if threads > 1 {
-        log::warn!(
-            "dropped this thread's capabilities, but {} other threads keep theirs",
-            threads - 1
-        );
-    }
-    let mut kept: Vec<Capability> = keep.into_iter().collect();
-    kept.sort_by_key(|c| c.index());
-    if kept.is_empty() {
-        log::debug!("dropped every capability");
-    } else {
-        log::debug!(
-            "dropped every capability but {kept:?}: this kernel refuses BPF map reads without them"
-        );
-    }
-    Ok(kept)
+    Ok(keep)
 }

@@ -563,10 +563,24 @@ pub fn replay(
 pub fn replay_with(
     path: &Path,
     allow_truncated: bool,
+    f: impl FnMut(Event),
+    s: impl FnMut(Sample),
+) -> Result<Replay, RecordingError> {
+    replay_opened(path, allow_truncated, || {}, f, s)
+}
+
+/// [`replay_with`], calling `opened` once the file is open and before any of it is read (a
+/// reader thread gives up its capabilities there).
+pub fn replay_opened(
+    path: &Path,
+    allow_truncated: bool,
+    opened: impl FnOnce(),
     mut f: impl FnMut(Event),
     mut s: impl FnMut(Sample),
 ) -> Result<Replay, RecordingError> {
-    read_source(path, open(path)?, allow_truncated, true, &mut f, &mut s)
+    let src = open(path)?;
+    opened();
+    read_source(path, src, allow_truncated, true, &mut f, &mut s)
 }
 
 /// [`replay`] of bytes in memory, `name` standing for the file in errors (fuzzing, tests).

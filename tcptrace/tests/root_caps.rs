@@ -8,7 +8,8 @@
 //!
 //! Least privilege: once it says it is tracing, the tracer holds no capability in any set
 //! of any thread (read from /proc/PID/task/*/status), as root and as the unit's user, and
-//! still delivers and counts every event; files it creates under sudo belong to SUDO_UID and
+//! still delivers and counts every event; a replay (`top --replay`) reads its recording with
+//! no capability in any thread; files it creates under sudo belong to SUDO_UID and
 //! SUDO_GID (one that existed keeps its owner), and outputs written at exit land even in a
 //! directory root does not own (root without CAP_DAC_OVERRIDE could not create them there).
 
@@ -213,6 +214,65 @@ fn once_tracing_root_holds_no_capability_and_still_counts_every_event() {
         out.summary["filtered"].as_u64().is_some_and(|n| n >= 10),
         "the kernel's filtered counter was read at exit: {}",
         out.summary
+    );
+}
+
+/// A replay reads a recording, input from anywhere. As root, `top --replay` reads it with no
+/// capability in any thread: the recording reader starts before the run drops the main
+/// thread's, so it drops its own once the file is open, and the run waits for that (it
+/// warned "other threads keep theirs" before).
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_replay_as_root_reads_the_recording_with_no_capability() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tcptrace-replay-caps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rec = dir.join("big.tcpt");
+    let made = Command::new(BIN)
+        .args(["generate-recording", "--transitions", "1000000", "-o"])
+        .arg(&rec)
+        .output()
+        .expect("generate-recording");
+    assert!(made.status.success(), "{made:?}");
+    let child = Command::new(BIN)
+        .args(["top", "--once", "--replay"])
+        .arg(&rec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tcptrace top --replay");
+    let pid = child.id();
+    // While the reader thread reads, every thread of the process holds nothing (the main
+    // thread drops its own as the run starts: poll until it has).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = None;
+    while seen.is_none() && std::time::Instant::now() < deadline {
+        let reading = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "replay-reader")
+                })
+            })
+            .unwrap_or(false);
+        if reading {
+            let sets = std::panic::catch_unwind(|| capability_sets(pid)).unwrap_or_default();
+            if !sets.is_empty() && sets.iter().all(|(_, set, v)| set == "CapBnd" || *v == 0) {
+                seen = Some(sets);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("keep theirs"), "{stderr}");
+    let sets =
+        seen.expect("never saw the recording reader at work with no capability in any thread");
+    assert!(
+        sets.iter().any(|(task, _, _)| task != &pid.to_string()),
+        "only the main thread was read: {sets:?}"
     );
 }
 
