@@ -12,12 +12,29 @@ use tcptrace_common::MAX_FILTER_NETNS;
 use crate::cli::FilterArgs;
 
 /// `--cgroup`: a cgroup v2 directory, its id (the directory's inode, which is the kernel's
-/// cgroup id) and its depth below the cgroup2 root (the root is 0).
+/// cgroup id), its depth below the cgroup2 root (the root is 0) and its path below the
+/// mount as `/proc/PID/cgroup` shows cgroups (`/system.slice/nginx.service`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupFilter {
     pub path: PathBuf,
     pub id: u64,
     pub level: u32,
+    /// Empty in recordings made before it was kept: then it narrows nothing in userspace.
+    #[serde(default)]
+    pub below: String,
+}
+
+impl CgroupFilter {
+    /// Whether a process's cgroup v2 path (`/proc/PID/cgroup`) is this cgroup or below it
+    /// (true for any path where `below` is unknown).
+    pub fn holds(&self, cgroup: &str) -> bool {
+        let below = self.below.trim_end_matches('/');
+        below.is_empty()
+            || cgroup == below
+            || cgroup
+                .strip_prefix(below)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 /// The kernel-side filter.
@@ -206,6 +223,7 @@ fn cgroup_filter(given: &Path, mountinfo: &str) -> Result<CgroupFilter, String> 
     Ok(CgroupFilter {
         id: meta.ino(),
         level: (root_depth + below.components().count()) as u32,
+        below: format!("/{}", below.display()),
         path,
     })
 }
@@ -360,9 +378,16 @@ mod tests {
         let f = cgroup_filter(&leaf, &mountinfo).expect("valid");
         assert_eq!(f.level, 2);
         assert_eq!(f.id, std::fs::metadata(&leaf).expect("stat").ino());
+        assert_eq!(f.below, "/system.slice/web.service");
+        assert!(f.holds("/system.slice/web.service"));
+        assert!(f.holds("/system.slice/web.service/worker"));
+        assert!(!f.holds("/system.slice/web.service2"));
+        assert!(!f.holds("/system.slice"));
         let rel = cgroup_filter(Path::new("system.slice"), &mountinfo).expect("relative");
         assert_eq!((rel.level, rel.path), (1, root.join("system.slice")));
-        assert_eq!(cgroup_filter(&root, &mountinfo).expect("root").level, 0);
+        let top = cgroup_filter(&root, &mountinfo).expect("root");
+        assert_eq!((top.level, top.below.as_str()), (0, "/"));
+        assert!(top.holds("/user.slice") && top.holds("/"));
         // Inside a cgroup namespace the mount's root is a cgroup deeper in the hierarchy,
         // and the kernel's levels count from the real root.
         let namespaced = mountinfo.replace(" 0:30 / ", " 0:30 /kubepods/pod1 ");

@@ -159,6 +159,9 @@ pub struct ListenerSample {
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// That process's cgroup v2 path (`/system.slice/nginx.service`), when /proc showed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// The TIME_WAIT sockets of a namespace at the instant of a sample.
@@ -262,6 +265,11 @@ pub struct ListenerStats {
     /// `pid` and `comm` come from the listener's LISTEN transition, not from /proc: a later
     /// LISTEN (the server restarted) replaces them.
     pub named_by_listen: bool,
+    /// The cgroup v2 path of the process /proc showed holding it, last sampled.
+    pub cgroup: Option<String>,
+    /// Its LISTEN transition came in this run while it was sampled (so it passed the run's
+    /// socket filters in the kernel); kept after it closes.
+    pub listened_in_run: bool,
     pub netns_name: String,
     pub backlog: u32,
     pub accept_now: u32,
@@ -489,9 +497,11 @@ impl Listeners {
             st.samples += 1;
             st.last_ns = s.ts_ns;
             st.netns_name.clone_from(&s.netns_name);
+            st.listened_in_run |= self.started_by.contains_key(&key);
             if l.pid.is_some() {
                 st.pid = l.pid;
                 st.comm.clone_from(&l.comm);
+                st.cgroup.clone_from(&l.cgroup);
                 st.named_by_listen = false;
             } else if (st.pid.is_none() || st.named_by_listen)
                 && let Some((pid, comm)) = self.started_by.get(&key)
@@ -542,6 +552,9 @@ impl Listeners {
 
     /// A listener started (a CLOSE -> LISTEN transition) by process `pid` named `comm`.
     pub fn started(&mut self, key: ListenerKey, pid: u32, comm: String) {
+        if let Some(st) = self.listeners.get_mut(&key) {
+            st.listened_in_run = true;
+        }
         if let Some(st) = self.listeners.get_mut(&key)
             && (st.pid.is_none() || st.named_by_listen)
         {
@@ -587,9 +600,10 @@ impl Listeners {
 
     /// Whether a listener is one the run's filter traces: its family and local port as
     /// its LISTEN transition has them (which a remote-port filter never passes: a
-    /// listener has no remote port), its network namespace for `--netns`, and its holder
-    /// for `--pid` and `--comm` (an unknown holder does not pass). `--cgroup` does not
-    /// narrow them: a sample does not carry the listener's cgroup. The samples themselves
+    /// listener has no remote port), its network namespace for `--netns`, its holder for
+    /// `--pid` and `--comm` (an unknown holder does not pass), and for `--cgroup` its
+    /// holder's cgroup (the cgroup or below it), or else a LISTEN transition in this run
+    /// (which the kernel passed only for a socket of the cgroup). The samples themselves
     /// keep every listener, so a namespace's overflows are still matched to the one
     /// listener seen full among all of them.
     pub fn in_scope(&self, key: &ListenerKey, l: &ListenerStats) -> bool {
@@ -607,6 +621,11 @@ impl Listeners {
             && f.comm
                 .as_deref()
                 .is_none_or(|c| l.comm.as_deref() == Some(c))
+            && f.cgroup.as_ref().is_none_or(|c| {
+                l.listened_in_run
+                    || self.started_by.contains_key(key)
+                    || l.cgroup.as_deref().is_some_and(|p| c.holds(p))
+            })
     }
 
     /// The summary view (`listeners` in the summary and its JSON).
@@ -993,6 +1012,7 @@ pub(crate) mod tests {
             inode: 7,
             pid: Some(42),
             comm: Some("server".to_owned()),
+            cgroup: Some("/system.slice/server.service".to_owned()),
         }
     }
 
@@ -1186,6 +1206,7 @@ pub(crate) mod tests {
         let mut other = listener("10.0.0.1:9000", 0, 8, 0);
         other.pid = Some(7);
         other.comm = Some("other".to_owned());
+        other.cgroup = Some("/user.slice/other.service".to_owned());
         let all = vec![
             listener("10.0.0.1:80", 0, 8, 0),
             listener("[::]:443", 0, 8, 0),
@@ -1260,6 +1281,56 @@ pub(crate) mod tests {
             }),
             (vec![], 0)
         );
+        let cgroup = |below: &str| Filter {
+            cgroup: Some(crate::config::CgroupFilter {
+                path: format!("/sys/fs/cgroup{below}").into(),
+                id: 1,
+                level: 1,
+                below: below.to_owned(),
+            }),
+            ..Filter::default()
+        };
+        // :9000's holder is in another cgroup.
+        assert_eq!(shown(cgroup("/system.slice")), (vec![80, 8080, 443], 0));
+        assert_eq!(
+            shown(cgroup("/system.slice/server.service")),
+            (vec![80, 8080, 443], 0)
+        );
+        assert_eq!(shown(cgroup("/system.slice/server")), (vec![], 0));
+        assert_eq!(shown(cgroup("/user.slice")), (vec![9000], 0));
+        // A recording made before filters kept the path below the mount narrows nothing.
+        assert_eq!(shown(cgroup("")), (vec![80, 8080, 9000, 443], 0));
+    }
+
+    #[test]
+    fn a_listener_started_in_the_run_is_in_its_cgroup_filter() {
+        use crate::config::{CgroupFilter, Filter};
+        let mut l = Listeners::default();
+        l.set_scope(&Filter {
+            cgroup: Some(CgroupFilter {
+                path: "/sys/fs/cgroup/user.slice".into(),
+                id: 1,
+                level: 1,
+                below: "/user.slice".to_owned(),
+            }),
+            ..Filter::default()
+        });
+        let mut unheld = listener("10.0.0.1:80", 0, 8, 0);
+        (unheld.pid, unheld.comm, unheld.cgroup) = (None, None, None);
+        let key = ListenerKey {
+            netns: 4026531840,
+            local: "10.0.0.1:80".parse().expect("addr"),
+        };
+        l.started(key, 9, "web".to_owned());
+        let both = vec![unheld, listener("10.0.0.1:81", 0, 8, 0)];
+        l.add_sample(&sample(1, both.clone(), Netstat::default()));
+        let ports =
+            |l: &Listeners| -> Vec<u16> { l.summary().listeners.iter().map(|x| x.port).collect() };
+        assert_eq!(ports(&l), vec![80]);
+        // Still after it closed (its starter is forgotten then).
+        l.stopped(&key);
+        l.add_sample(&sample(2, both[1..].to_vec(), Netstat::default()));
+        assert_eq!(ports(&l), vec![80]);
     }
 
     #[test]

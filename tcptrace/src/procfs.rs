@@ -91,6 +91,17 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
+    /// Its cgroup v2 path (`/system.slice/nginx.service`) as `/proc/PID/cgroup` shows it
+    /// from tcptrace's cgroup namespace; `None` without a cgroup v2 line.
+    pub cgroup: Option<String>,
+}
+
+/// The cgroup v2 path in a `/proc/PID/cgroup` text: its `0::PATH` line.
+fn cgroup_v2_path(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| p.starts_with('/'))
 }
 
 /// Socket inode -> holder, and the set of network namespaces seen (with one pid in each).
@@ -120,6 +131,8 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
         let comm = fs::read_to_string(base.join("comm"))
             .map(|c| c.trim().to_owned())
             .unwrap_or_default();
+        // Read once the process is known to hold a socket.
+        let mut cgroup: Option<Option<String>> = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
@@ -130,9 +143,17 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
                 .and_then(|s| s.strip_suffix(']'))
                 .and_then(|s| s.parse::<u64>().ok())
             {
+                let cgroup = cgroup
+                    .get_or_insert_with(|| {
+                        fs::read_to_string(base.join("cgroup"))
+                            .ok()
+                            .and_then(|t| cgroup_v2_path(&t))
+                    })
+                    .clone();
                 inodes.entry(inode).or_insert_with(|| Holder {
                     pid,
                     comm: comm.clone(),
+                    cgroup,
                 });
             }
         }
@@ -239,6 +260,20 @@ mod tests {
    1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 43211 1 ffff888104a8d100 20 4 30 10 -1
    2: garbage
 ";
+
+    #[test]
+    fn reads_the_cgroup_v2_line() {
+        assert_eq!(
+            cgroup_v2_path("12:cpu:/old\n0::/system.slice/nginx.service\n").as_deref(),
+            Some("/system.slice/nginx.service")
+        );
+        assert_eq!(cgroup_v2_path("0::/\n").as_deref(), Some("/"));
+        assert_eq!(cgroup_v2_path("4:memory:/x\n"), None);
+        let mine = fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        if mine.lines().any(|l| l.starts_with("0::")) {
+            assert!(cgroup_v2_path(&mine).is_some(), "{mine}");
+        }
+    }
 
     #[test]
     fn parses_proc_net_tcp_rows() {

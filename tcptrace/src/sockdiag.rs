@@ -338,6 +338,7 @@ impl Table {
                 inode: u64::from(row.inode),
                 pid: None,
                 comm: None,
+                cgroup: None,
             }),
             TCP_SYN_RECV | TCP_NEW_SYN_RECV => *self.requests.entry(row.local).or_default() += 1,
             TCP_TIME_WAIT => self.tw.push((row.remote, row.expires_ms)),
@@ -721,6 +722,7 @@ impl Sampler {
                 if let Some(h) = self.owners.get(&l.inode) {
                     l.pid = Some(h.pid);
                     l.comm = Some(h.comm.clone());
+                    l.cgroup.clone_from(&h.cgroup);
                 }
             }
         }

@@ -1280,12 +1280,17 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
     let mut client = lab.peer(&lab.a);
     server.ok("name tt-lab-srv");
     client.ok("name tt-lab-cli");
+    // A listener on the same port in the server's namespace, held since before tracing by a
+    // process outside the filtered cgroup: sampled (--all-netns samples namespace b), shown
+    // unfiltered, and not under --cgroup.
+    let mut outsider = lab.peer(&lab.b);
+    outsider.ok(&format!("listen 127.0.0.1:{p}"));
     let ns_b = format!("/run/netns/{}", lab.b);
     let runs: Vec<(&str, Tracer)> = vec![
-        ("all", Tracer::start(&["--port", &port])),
+        ("all", Tracer::start(&["--port", &port, "--all-netns"])),
         (
             "cgroup",
-            Tracer::start(&["--port", &port, "--cgroup", parent.path()]),
+            Tracer::start(&["--port", &port, "--cgroup", parent.path(), "--all-netns"]),
         ),
         (
             "pid-server",
@@ -1322,8 +1327,10 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
         client.ok("close");
         server.ok("hold_close 0");
     }
+    // Held through a sample or two (one a second) before it closes.
+    server.ok("sleep 1500");
     server.ok("close_listener");
-    drop((client, server));
+    drop((client, server, outsider));
     // Each run's transition rows, and its resets and close kinds: the abortive closes' RSTs
     // come after the server sockets' CLOSE, where the socket's verdict is already gone, and a
     // filter by process that dropped them counted those closes as aborted without a reset.
@@ -1340,10 +1347,21 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
             })
             .collect();
         let o = &out.summary["overall"];
+        let mut listeners: Vec<String> = out.summary["listeners"]["listeners"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l["port"] == u64::from(p))
+                    .map(|l| format!("{}:{}", s(&l["address"]), l["port"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        listeners.sort();
         let resets = serde_json::json!({
             "resets_sent": o["resets_sent"],
             "resets_received": o["resets_received"],
             "closes": o["closes"],
+            "listeners": listeners,
         });
         (rows, resets)
     };
@@ -1380,9 +1398,25 @@ fn lab_socket_filters_pass_exactly_their_sockets() {
     // The server sent the RSTs (6 abortive closes) and the client received them: a filter on
     // one side counts that side's resets, and its closes are the kinds they were.
     let all = &resets_by_run["all"];
-    println!("resets: {resets_by_run:#?}");
+    println!("resets and listeners: {resets_by_run:#?}");
     assert_eq!(all["resets_sent"], 6, "{all}");
     assert_eq!(all["resets_received"], 6, "{all}");
+    // Listeners on the port (sorted: "10.201..." before "127..."): the server's (started in
+    // the run) and the outsider's; under --cgroup only the server's (the outsider's holder is
+    // in another cgroup).
+    let server_listener = format!("{}:{p}", Lab::B_IP);
+    let outsider_listener = format!("127.0.0.1:{p}");
+    assert_eq!(
+        all["listeners"],
+        serde_json::json!([server_listener, outsider_listener]),
+        "{all}"
+    );
+    assert_eq!(
+        resets_by_run["cgroup"]["listeners"],
+        serde_json::json!([server_listener]),
+        "{}",
+        resets_by_run["cgroup"]
+    );
     let server = serde_json::json!({"fin": 2, "reset_sent": 6});
     let client = serde_json::json!({"fin": 2, "reset_received": 6});
     for (name, sent, received, closes) in [
