@@ -1,6 +1,7 @@
 //! Owners of sockets that existed before tracing started, from /proc.
 //! It also reads a process name by pid (`comm_of`) for the events whose name the kernel did
-//! not send (see `owners`).
+//! not send (see `owners`), and each holder's cgroup v2 path (which `--cgroup` narrows the
+//! sampled listeners by, see `listeners`).
 //!
 //! The tracer learns a socket's owner when the owner acts on it (connect, listen, close).
 //! Sockets opened before tcptrace started would show no owner until they close, and children

@@ -569,8 +569,8 @@ pub fn replay_with(
     replay_opened(path, allow_truncated, || {}, f, s)
 }
 
-/// [`replay_with`], calling `opened` once the file is open and before any of it is read (a
-/// reader thread gives up its capabilities there).
+/// [`replay_with`], calling `opened` once the file is open and its format told from its
+/// first bytes, before any record is read (a reader thread gives up its capabilities there).
 pub fn replay_opened(
     path: &Path,
     allow_truncated: bool,
