@@ -554,13 +554,11 @@ impl Listeners {
     pub fn started(&mut self, key: ListenerKey, pid: u32, comm: String) {
         if let Some(st) = self.listeners.get_mut(&key) {
             st.listened_in_run = true;
-        }
-        if let Some(st) = self.listeners.get_mut(&key)
-            && (st.pid.is_none() || st.named_by_listen)
-        {
-            st.pid = Some(pid);
-            st.comm = Some(comm.clone());
-            st.named_by_listen = true;
+            if st.pid.is_none() || st.named_by_listen {
+                st.pid = Some(pid);
+                st.comm = Some(comm.clone());
+                st.named_by_listen = true;
+            }
         }
         if self.started_by.len() < MAX_LISTENERS || self.started_by.contains_key(&key) {
             self.started_by.insert(key, (pid, comm));
@@ -1298,7 +1296,8 @@ pub(crate) mod tests {
         );
         assert_eq!(shown(cgroup("/system.slice/server")), (vec![], 0));
         assert_eq!(shown(cgroup("/user.slice")), (vec![9000], 0));
-        // A recording made before filters kept the path below the mount narrows nothing.
+        // A filter from a recording made before filters kept their path below the mount
+        // narrows nothing.
         assert_eq!(shown(cgroup("")), (vec![80, 8080, 9000, 443], 0));
     }
 
