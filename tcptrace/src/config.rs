@@ -26,14 +26,20 @@ pub struct CgroupFilter {
 
 impl CgroupFilter {
     /// Whether a process's cgroup v2 path (`/proc/PID/cgroup`) is this cgroup or below it
-    /// (true for any path where `below` is unknown).
+    /// (true for any path where the filter [`narrows`](Self::narrows) nothing).
     pub fn holds(&self, cgroup: &str) -> bool {
         let below = self.below.trim_end_matches('/');
-        below.is_empty()
+        !self.narrows()
             || cgroup == below
             || cgroup
                 .strip_prefix(below)
                 .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Whether the filter leaves some cgroup out, as far as userspace can tell: not for the
+    /// root cgroup, and not where `below` is unknown (a recording made before it was kept).
+    pub fn narrows(&self) -> bool {
+        !self.below.trim_end_matches('/').is_empty()
     }
 }
 
@@ -388,6 +394,7 @@ mod tests {
         let top = cgroup_filter(&root, &mountinfo).expect("root");
         assert_eq!((top.level, top.below.as_str()), (0, "/"));
         assert!(top.holds("/user.slice") && top.holds("/"));
+        assert!(f.narrows() && !top.narrows());
         // Inside a cgroup namespace the mount's root is a cgroup deeper in the hierarchy,
         // and the kernel's levels count from the real root.
         let namespaced = mountinfo.replace(" 0:30 / ", " 0:30 /kubepods/pod1 ");

@@ -620,7 +620,8 @@ impl Listeners {
                 .as_deref()
                 .is_none_or(|c| l.comm.as_deref() == Some(c))
             && f.cgroup.as_ref().is_none_or(|c| {
-                l.listened_in_run
+                !c.narrows()
+                    || l.listened_in_run
                     || self.started_by.contains_key(key)
                     || l.cgroup.as_deref().is_some_and(|p| c.holds(p))
             })
@@ -1297,8 +1298,20 @@ pub(crate) mod tests {
         assert_eq!(shown(cgroup("/system.slice/server")), (vec![], 0));
         assert_eq!(shown(cgroup("/user.slice")), (vec![9000], 0));
         // A filter from a recording made before filters kept their path below the mount
-        // narrows nothing.
+        // narrows nothing, nor does the root cgroup: not even listeners whose holder's
+        // cgroup is unknown (as in such a recording's samples).
         assert_eq!(shown(cgroup("")), (vec![80, 8080, 9000, 443], 0));
+        assert_eq!(shown(cgroup("/")), (vec![80, 8080, 9000, 443], 0));
+        let mut unknown = listener("10.0.0.1:7000", 0, 8, 0);
+        unknown.cgroup = None;
+        let mut l = Listeners::default();
+        l.set_scope(&cgroup(""));
+        l.add_sample(&sample(1, vec![unknown.clone()], n0));
+        assert_eq!(l.summary().listeners.len(), 1);
+        let mut l = Listeners::default();
+        l.set_scope(&cgroup("/system.slice"));
+        l.add_sample(&sample(1, vec![unknown], n0));
+        assert_eq!(l.summary().listeners.len(), 0);
     }
 
     #[test]
