@@ -1,7 +1,7 @@
 //! Owners of sockets that existed before tracing started, from /proc.
 //! It also reads a process name by pid (`comm_of`) for the events whose name the kernel did
-//! not send (see `owners`), and each holder's cgroup v2 path (which `--cgroup` narrows the
-//! sampled listeners by, see `listeners`).
+//! not send (see `owners`), and a process's cgroup v2 path (`cgroup_of`, which the sampler
+//! reads for listeners' holders only; `--cgroup` narrows the listeners shown by it).
 //!
 //! The tracer learns a socket's owner when the owner acts on it (connect, listen, close).
 //! Sockets opened before tcptrace started would show no owner until they close, and children
@@ -92,9 +92,15 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
-    /// Its cgroup v2 path (`/system.slice/nginx.service`) as `/proc/PID/cgroup` shows it
-    /// from tcptrace's cgroup namespace; `None` without a cgroup v2 line.
-    pub cgroup: Option<String>,
+}
+
+/// The cgroup v2 path (`/system.slice/nginx.service`) of process `pid` as
+/// `/proc/PID/cgroup` shows it from tcptrace's cgroup namespace; `None` without a cgroup v2
+/// line or once the process is gone.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|t| cgroup_v2_path(&t))
 }
 
 /// The cgroup v2 path in a `/proc/PID/cgroup` text: its `0::PATH` line.
@@ -132,8 +138,6 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
         let comm = fs::read_to_string(base.join("comm"))
             .map(|c| c.trim().to_owned())
             .unwrap_or_default();
-        // Read once the process is known to hold a socket.
-        let mut cgroup: Option<Option<String>> = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else {
                 continue;
@@ -144,17 +148,9 @@ fn scan_processes(proc: &Path) -> (HashMap<u64, Holder>, HashMap<String, u32>) {
                 .and_then(|s| s.strip_suffix(']'))
                 .and_then(|s| s.parse::<u64>().ok())
             {
-                let cgroup = cgroup
-                    .get_or_insert_with(|| {
-                        fs::read_to_string(base.join("cgroup"))
-                            .ok()
-                            .and_then(|t| cgroup_v2_path(&t))
-                    })
-                    .clone();
                 inodes.entry(inode).or_insert_with(|| Holder {
                     pid,
                     comm: comm.clone(),
-                    cgroup,
                 });
             }
         }
@@ -272,6 +268,11 @@ mod tests {
         assert_eq!(cgroup_v2_path("4:memory:/x\n"), None);
         let mine = fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
         if mine.lines().any(|l| l.starts_with("0::")) {
+            assert_eq!(
+                cgroup_of(std::process::id()),
+                cgroup_v2_path(&mine),
+                "{mine}"
+            );
             assert!(cgroup_v2_path(&mine).is_some(), "{mine}");
         }
     }

@@ -531,6 +531,9 @@ pub struct Sampler {
     /// Socket inode -> owner, refreshed when an unknown listener shows up (at most every
     /// [`OWNER_RESCAN`]).
     owners: HashMap<u64, procfs::Holder>,
+    /// Listener holders' cgroup v2 paths by pid, read once each per owner scan (pids are
+    /// reused, so they are forgotten with the owners).
+    cgroups: HashMap<u32, Option<String>>,
     last_owner_scan: Option<Instant>,
     /// Namespaces that failed to open, by inode, so each is said once.
     failed: HashSet<u64>,
@@ -570,6 +573,7 @@ impl Sampler {
             cfg,
             namespaces,
             owners: HashMap::new(),
+            cgroups: HashMap::new(),
             last_owner_scan: None,
             failed: HashSet::new(),
         };
@@ -653,6 +657,7 @@ impl Sampler {
             .is_none_or(|t| t.elapsed() >= OWNER_RESCAN);
         if unknown && due {
             self.owners = procfs::socket_holders();
+            self.cgroups.clear();
             self.last_owner_scan = Some(Instant::now());
         }
     }
@@ -722,7 +727,11 @@ impl Sampler {
                 if let Some(h) = self.owners.get(&l.inode) {
                     l.pid = Some(h.pid);
                     l.comm = Some(h.comm.clone());
-                    l.cgroup.clone_from(&h.cgroup);
+                    l.cgroup.clone_from(
+                        self.cgroups
+                            .entry(h.pid)
+                            .or_insert_with(|| procfs::cgroup_of(h.pid)),
+                    );
                 }
             }
         }
