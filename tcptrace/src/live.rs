@@ -201,9 +201,9 @@ impl Replayer {
     fn start(path: &Path, speed: Speed, control: ReplayControl) -> Result<Self> {
         let (tx, rx) = mpsc::channel(8);
         let path: PathBuf = path.to_owned();
-        // Said once the reader holds no capability (or could not open the file), so that the
-        // run never drops the main thread's while another thread still has them.
-        let (dropped_tx, dropped) = std::sync::mpsc::sync_channel::<()>(2);
+        // Said once the reader holds no capability (or hung up: it could not open the file),
+        // so that the run never drops the main thread's while another thread still has them.
+        let (dropped_tx, dropped) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name("replay-reader".to_owned())
             .spawn(move || {
@@ -219,7 +219,7 @@ impl Replayer {
                 };
                 // The recording is input from anywhere: read it with no privilege (this
                 // thread exists before the run drops the main thread's, see `privileges`).
-                let drop_capabilities = || {
+                let drop_capabilities = move || {
                     if let Err(e) = crate::privileges::drop_this_thread() {
                         log::warn!("the recording reader could not drop its capabilities: {e:#}");
                     }
@@ -232,8 +232,6 @@ impl Replayer {
                     |ev| push(Item::Event(ev)),
                     |s| push(Item::Sample(Box::new(s))),
                 );
-                // Not opened: nothing was read, and the error ends the replay.
-                let _ = dropped_tx.send(());
                 let (batch, open) = (batch.into_inner(), open.get());
                 if open && !batch.is_empty() {
                     let _ = tx.blocking_send(Batch::Events(batch));
