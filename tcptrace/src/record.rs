@@ -343,8 +343,10 @@ impl EventLine {
 /// What went wrong reading a recording; every variant names the file (and line).
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
-    #[error("{}: cannot read the recording: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// The OS error is in the message, not a `source` (a source is printed again after
+    /// the message in `main`'s chain, which said the OS error twice).
+    #[error("{}: cannot read the recording: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{}: the file is empty: a tcptrace recording starts with a header line (was `tcptrace record` stopped before it started?)", path.display())]
     Empty { path: PathBuf },
     #[error("{}:1: not a tcptrace recording: {reason}", path.display())]
@@ -473,7 +475,7 @@ enum Source<'a> {
 fn open(path: &Path) -> Result<Source<'static>, RecordingError> {
     let file = File::open(path).map_err(|source| RecordingError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     detect(path, BufReader::with_capacity(256 * 1024, file))
 }
@@ -485,7 +487,7 @@ fn detect<'a>(
 ) -> Result<Source<'a>, RecordingError> {
     let io_err = |source| RecordingError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let (head, n) = peek::<8>(&mut file).map_err(io_err)?;
     let head = &head[..n];
@@ -524,7 +526,7 @@ pub fn read_header(path: &Path) -> Result<Header, RecordingError> {
             r.read_until(b'\n', &mut buf)
                 .map_err(|source| RecordingError::Io {
                     path: path.to_owned(),
-                    source,
+                    error: source,
                 })?;
             let text = String::from_utf8_lossy(&buf);
             if text.trim().is_empty() {

@@ -329,6 +329,27 @@ fn man_and_completions_print_from_the_binary() {
 }
 
 #[test]
+fn a_missing_recording_is_named_with_the_os_error_once() {
+    let out = tcptrace()
+        .args(["report", "/nonexistent/tcptrace-no-such.tcpt"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let stderr = String::from_utf8_lossy(&out);
+    assert!(
+        stderr.contains("/nonexistent/tcptrace-no-such.tcpt: cannot read the recording"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
 fn export_per_none_is_a_usage_error() {
     let out = std::env::temp_dir().join(format!("tcptrace-cli-{}.csv", std::process::id()));
     tcptrace()
